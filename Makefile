@@ -1,0 +1,34 @@
+# Set-up, tests and the demo. `make test` and `make demo` each do all set-up on a fresh clone.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+# torch goes in first, and stays pinned by a constraint while the project installs: norse
+# requires torchvision, whose newest release would otherwise replace the CPU torch with a
+# multi-GB CUDA build. (torchvision is installed but never imported: it fails beside CPU torch.)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/nsm demo
+
+bench: $(STAMP)
+	$(VENV)/bin/nsm bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

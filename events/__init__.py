@@ -1,0 +1,48 @@
+"""Event-camera data: readers and writers of the real file formats, offline data sets,
+numba binning into frames, an HDF5 frame cache and an event-camera simulator.
+
+This package never imports torch. Public names are resolved lazily, so that ``import events``
+stays cheap (numba kernels compile only when binning is first used).
+"""
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    # types
+    "EVENT_DTYPE": "events.types",
+    "SensorSize": "events.types",
+    "Recording": "events.types",
+    "EventFormatError": "events.types",
+    "make_events": "events.types",
+    # file formats
+    "read": "events.io",
+    "reader": "events.io",
+    "detect_format": "events.io",
+    # data sets
+    "NMNIST": "events.datasets",
+    "DVSGesture": "events.datasets",
+    "DatasetNotFoundError": "events.datasets",
+    # frames and cache
+    "FrameSpec": "events.frames",
+    "to_frames": "events.frames",
+    "FrameCache": "events.cache",
+    # simulator
+    "simulate_digits": "events.simulate",
+    "simulate_gestures": "events.simulate",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'events' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

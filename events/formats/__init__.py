@@ -1,0 +1,170 @@
+"""Event file formats: one module per format, each with a streaming reader (and, where the
+simulator or the tests need one, a writer).
+
+| module         | format name     | files                                                      |
+| -------------- | --------------- | ---------------------------------------------------------- |
+| ``nmnist``     | ``"nmnist"``    | N-MNIST ``.bin`` (ATIS, 34 x 34), 5 bytes an event          |
+| ``aedat3``     | ``"aedat3"``    | AEDAT 3.1 (IBM DVS Gesture), packets of polarity events     |
+| ``aedat4``     | ``"aedat4"``    | AEDAT 4 (iniVation DV), decoded by the ``aedat`` package    |
+| ``gesture_npy``| ``"gesture_npy"``| tonic's preprocessed DVS Gesture ``.npy`` (x, y, p, t ms)  |
+| ``hdf5``       | ``"hdf5"``      | the project's own HDF5 event files                          |
+
+Every reader derives from :class:`EventFileReader`: it parses the file's header when it is
+made, then :meth:`EventFileReader.iter_chunks` decodes the body in bounded batches, in file
+order. Corruption met mid-file is reported only after every good event before it has been
+yielded, so a streaming consumer can act on the good prefix first. ``events.io`` picks the
+reader from the file's content and name; this package imports no format module by itself.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from events.types import EVENT_DTYPE, Recording, SensorSize, empty_events
+
+DEFAULT_CHUNK_EVENTS = 1_000_000
+
+_UMASK = os.umask(0o022)  # read the process umask once (setting it is the only way) ...
+os.umask(_UMASK)  # ... and put it straight back
+
+
+class EventFileReader:
+    """Streaming reader of one event file.
+
+    Attributes: ``path`` (Path), ``format`` (str, a format name of :mod:`events.io`),
+    ``sensor_size`` (:class:`~events.types.SensorSize`). Subclasses parse the header in
+    ``__init__`` and implement :meth:`_chunks`. Usable as a context manager; :meth:`close`
+    releases whatever the reader holds open.
+    """
+
+    format: str = ""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.sensor_size: SensorSize = SensorSize(0, 0, 2)
+
+    def iter_chunks(self, max_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[np.ndarray]:
+        """Yield ``EVENT_DTYPE`` batches of at most ``max_events`` events, in file order.
+
+        Memory is bounded by ``max_events`` (plus one packet of the file where the format has
+        packets). On damage the good batches before it are yielded first, then
+        :class:`~events.types.EventFormatError` is raised.
+        """
+        if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) or max_events < 1:
+            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
+        batcher = Batcher(int(max_events))
+        try:
+            for events in self._chunks(int(max_events)):
+                yield from batcher.add(events)
+        except Exception:
+            # Hand over the good events decoded before the damage, then re-raise.
+            if batcher.pending:
+                yield from batcher.flush()
+            raise
+        yield from batcher.flush()
+
+    def _chunks(self, max_events: int) -> Iterator[np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self) -> Recording:
+        """The whole file as a :class:`~events.types.Recording` (holds every event in memory)."""
+        parts = list(self.iter_chunks())
+        events = np.concatenate(parts) if parts else empty_events()
+        return Recording(events=events, sensor_size=self.sensor_size, path=str(self.path),
+                         meta={"format": self.format})
+
+    def close(self) -> None:
+        """Release open handles (readers that hold none need not override this)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, sensor_size={tuple(self.sensor_size)})"
+
+
+class Batcher:
+    """Regroups event arrays of any length into batches of exactly ``size`` (the last shorter)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._parts: list[np.ndarray] = []
+        self.pending = 0
+
+    def add(self, events: np.ndarray) -> Iterator[np.ndarray]:
+        if len(events) == 0:
+            return
+        self._parts.append(events)
+        self.pending += len(events)
+        if self.pending < self.size:
+            return
+        joined = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        n_full = len(joined) // self.size * self.size
+        for start in range(0, n_full, self.size):
+            yield joined[start:start + self.size]
+        rest = joined[n_full:]
+        self._parts = [rest] if len(rest) else []
+        self.pending = len(rest)
+
+    def flush(self) -> Iterator[np.ndarray]:
+        if self.pending:
+            joined = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+            self._parts, self.pending = [], 0
+            yield joined
+
+
+def as_event_array(events, name: str = "events") -> np.ndarray:
+    """Validate a writer's input: a structured array with integer fields x, y, t, p.
+
+    Returns it as ``EVENT_DTYPE`` (values must fit: x, y in int16, p in int8).
+    """
+    arr = np.asarray(events)
+    if arr.dtype.names is None or not {"x", "y", "t", "p"} <= set(arr.dtype.names):
+        raise ValueError(f"{name} must be a structured array with fields x, y, t, p; got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    out = np.empty(len(arr), dtype=EVENT_DTYPE)
+    for f in ("x", "y", "t", "p"):
+        col = arr[f]
+        if col.dtype.kind not in "iub":
+            raise ValueError(f"{name}[{f!r}] must hold integers, got {col.dtype}")
+        info = np.iinfo(EVENT_DTYPE[f])
+        if len(col) and (col.min() < info.min or col.max() > info.max):
+            raise ValueError(f"{name}[{f!r}] holds values outside {EVENT_DTYPE[f]}")
+        out[f] = col
+    return out
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    Yields ``(file_object, temp_path)``; with ``mode=None`` no file object is opened (for
+    libraries such as h5py that open the path themselves) and ``None`` is yielded in its place.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        if mode is None:
+            os.close(fd)
+            yield None, tmp
+        else:
+            with os.fdopen(fd, mode) as fh:
+                yield fh, tmp
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,168 @@
+"""The project's own HDF5 event files.
+
+Layout (HDF5, written with h5py):
+
+    /                  attrs: format = "nsm-events" (the marker), format_version = 1,
+                              width, height, polarities (the sensor)
+    /events/x          int16[n]   column
+    /events/y          int16[n]   row
+    /events/t          int64[n]   timestamp, µs
+    /events/p          int8[n]    polarity 0/1
+
+The four datasets are contiguous and of equal length; event i is ``(x[i], y[i], t[i], p[i])``,
+in recording order. Reading slices them ``max_events`` at a time, so memory stays bounded.
+An HDF5 file without the marker (e.g. a frame cache) is not an event file. Anything h5py cannot
+read, a missing or mis-shaped column, a bad sensor attribute, or an event off the sensor or with
+a polarity other than 0/1 raises ``EventFormatError`` (with the byte offset of the offending
+value where HDF5 stores it contiguously).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from events.formats import EventFileReader, as_event_array, atomic_write
+from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds
+
+FORMAT_MARKER = "nsm-events"
+FORMAT_VERSION = 1
+GROUP = "events"
+COLUMNS = ("x", "y", "t", "p")
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class HDF5EventReader(EventFileReader):
+    """Streaming reader of one project HDF5 event file; keeps the file open until :meth:`close`."""
+
+    format = "hdf5"
+
+    def __init__(self, path):
+        super().__init__(path)
+        import h5py
+
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such HDF5 event file: {self.path}")
+        self._file = None
+        try:
+            self._file = h5py.File(self.path, "r")
+            self.sensor_size, self._columns = self._check_layout()
+        except EventFormatError:
+            self.close()
+            raise
+        except Exception as err:  # h5py raises OSError, KeyError, ValueError, ... on damage
+            self.close()
+            raise EventFormatError(f"unreadable HDF5 file ({type(err).__name__}: {err})", self.path) from err
+        self.n_events = len(self._columns[0])
+
+    def _check_layout(self):
+        f, path = self._file, self.path
+        marker = f.attrs.get("format")
+        if isinstance(marker, bytes):
+            marker = marker.decode("utf-8", "replace")
+        if marker != FORMAT_MARKER:
+            raise EventFormatError(f"HDF5 file is not a project event file (attribute format={marker!r}, "
+                                   f"expected {FORMAT_MARKER!r})", path)
+        version = f.attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise EventFormatError(f"unsupported event file version {version!r} (this reader knows "
+                                   f"{FORMAT_VERSION})", path)
+        dims = []
+        for name, top in (("width", 1 << 15), ("height", 1 << 15), ("polarities", 2)):
+            v = f.attrs.get(name)
+            if not (isinstance(v, (int, np.integer)) and 1 <= int(v) <= top):
+                raise EventFormatError(f"attribute {name}={v!r} must be an integer in 1..{top}", path)
+            dims.append(int(v))
+        group = f.get(GROUP)
+        if group is None or not hasattr(group, "keys"):
+            raise EventFormatError(f"no '/{GROUP}' group", path)
+        cols = []
+        for name in COLUMNS:
+            ds = group.get(name)
+            if ds is None or not hasattr(ds, "shape"):
+                raise EventFormatError(f"no dataset '/{GROUP}/{name}'", path)
+            if ds.ndim != 1 or ds.dtype.kind not in "iu":
+                raise EventFormatError(f"'/{GROUP}/{name}' must be a 1-D integer dataset, got shape "
+                                       f"{ds.shape} dtype {ds.dtype}", path)
+            cols.append(ds)
+        if len({len(c) for c in cols}) != 1:
+            raise EventFormatError("event columns differ in length: "
+                                   + ", ".join(f"{n}={len(c)}" for n, c in zip(COLUMNS, cols)), path)
+        return SensorSize(*dims), cols
+
+    def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
+        if self._file is None:
+            raise ValueError(f"{self.path}: reader is closed")
+        w, h, _ = self.sensor_size
+        limits = {"x": w, "y": h, "p": 2}
+        for start in range(0, self.n_events, max_events):
+            stop = min(start + max_events, self.n_events)
+            out = np.empty(stop - start, dtype=EVENT_DTYPE)
+            bad_at = None
+            for name, ds in zip(COLUMNS, self._columns):
+                try:
+                    col = ds[start:stop]
+                except Exception as err:
+                    raise EventFormatError(f"cannot read '/{GROUP}/{name}' events {start}..{stop} "
+                                           f"({type(err).__name__}: {err})", self.path) from err
+                if name in limits:
+                    bad = (col < 0) | (col >= limits[name])
+                elif col.dtype == np.uint64:  # t: every other integer type fits int64
+                    bad = col > np.iinfo(np.int64).max
+                else:
+                    bad = np.zeros(len(col), bool)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    if bad_at is None or i < bad_at[0]:
+                        bad_at = (i, name, col[i], ds)
+                out[name] = col if not bad.any() else np.where(bad, 0, col)
+            if bad_at is None:
+                yield out
+                continue
+            i, name, value, ds = bad_at
+            if i:
+                yield out[:i]
+            raise EventFormatError(
+                f"event {start + i}: {name}={value} out of range ({w}x{h} sensor, polarities 0/1, "
+                f"t within int64)",
+                self.path, _byte_offset(ds, start + i))
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+
+
+def _byte_offset(ds, i: int) -> int | None:
+    """File offset of element ``i`` of a contiguous dataset (None when HDF5 does not store it so)."""
+    try:
+        base = ds.id.get_offset()
+    except Exception:
+        return None
+    return None if base is None else int(base) + i * ds.dtype.itemsize
+
+
+def write_hdf5(path, events, sensor_size) -> None:
+    """Write ``events`` to a project HDF5 event file (atomically: temp file, then rename).
+
+    ``sensor_size`` is ``(width, height[, polarities])``; events must lie on it with polarity
+    0/1. Reading the file back returns exactly ``events`` (as ``EVENT_DTYPE``).
+    """
+    import h5py
+
+    ev = as_event_array(events)
+    sensor_size = SensorSize(*sensor_size)
+    w, h, n_pol = (int(v) for v in sensor_size)
+    if not (1 <= w <= 1 << 15 and 1 <= h <= 1 << 15 and n_pol in (1, 2)):
+        raise ValueError(f"bad sensor size {tuple(sensor_size)}")
+    check_in_bounds(ev, sensor_size, path)
+    with atomic_write(path, mode=None) as (_, tmp):
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_MARKER
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
+            g = f.create_group(GROUP)
+            for name in COLUMNS:
+                g.create_dataset(name, data=np.ascontiguousarray(ev[name]))

@@ -1,0 +1,91 @@
+"""Core event types shared by every reader, writer, transform and data set.
+
+An event stream is a NumPy structured array of ``EVENT_DTYPE``:
+
+    x, y : int16   pixel column and row, 0 <= x < width, 0 <= y < height
+    t    : int64   timestamp in microseconds, non-decreasing within a recording
+    p    : int8    polarity, 0 (OFF, darker) or 1 (ON, brighter)
+
+The field names are the ones ``tonic.transforms`` indexes by, so arrays of this dtype can be
+handed to tonic directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import NamedTuple
+
+import numpy as np
+
+EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+
+
+class SensorSize(NamedTuple):
+    """Sensor geometry in tonic's order: ``(width, height, polarities)``."""
+
+    width: int
+    height: int
+    polarities: int = 2
+
+
+class EventFormatError(ValueError):
+    """Malformed event data: names the file and, where it applies, the byte offset.
+
+    ``str(err)`` reads ``"<path>: at byte <offset>: <problem>"`` (the offset part only when known).
+    """
+
+    def __init__(self, problem: str, path: str | PathLike | None = None, offset: int | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.offset = offset
+        where = "" if self.path is None else f"{self.path}: "
+        at = "" if offset is None else f"at byte {offset}: "
+        super().__init__(f"{where}{at}{problem}")
+
+
+def empty_events(n: int = 0) -> np.ndarray:
+    """A zero-filled event array of length ``n``."""
+    return np.zeros(n, dtype=EVENT_DTYPE)
+
+
+def make_events(x, y, t, p) -> np.ndarray:
+    """Pack four equal-length columns into an ``EVENT_DTYPE`` array."""
+    x, y, t, p = (np.asarray(c) for c in (x, y, t, p))
+    if not (len(x) == len(y) == len(t) == len(p)):
+        raise ValueError(f"columns differ in length: x={len(x)} y={len(y)} t={len(t)} p={len(p)}")
+    out = np.empty(len(x), dtype=EVENT_DTYPE)
+    out["x"], out["y"], out["t"], out["p"] = x, y, t, p
+    return out
+
+
+def check_in_bounds(events: np.ndarray, sensor_size: SensorSize, path=None) -> None:
+    """Raise ``EventFormatError`` if any event lies outside the sensor or has a bad polarity."""
+    if len(events) == 0:
+        return
+    w, h, n_pol = sensor_size
+    bad = (events["x"] < 0) | (events["x"] >= w) | (events["y"] < 0) | (events["y"] >= h)
+    bad |= (events["p"] < 0) | (events["p"] >= max(n_pol, 2))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        e = events[i]
+        raise EventFormatError(
+            f"event {i} (x={e['x']}, y={e['y']}, p={e['p']}) lies outside the "
+            f"{w}x{h} sensor with {n_pol} polarities", path)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A whole recording: its events and the sensor that produced them."""
+
+    events: np.ndarray
+    sensor_size: SensorSize
+    path: str | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @property
+    def duration_us(self) -> int:
+        """Time from the first to the last event, in microseconds (0 when empty)."""
+        return int(self.events["t"][-1] - self.events["t"][0]) if len(self.events) else 0

@@ -1,0 +1,71 @@
+"""Model registry: ``create_model(name, ...)`` builds any registered architecture with any neuron kind."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from nsm.neurons import neuron_kind
+
+from .allconvnet import allconvnet12, allconvnet18
+from .cnn import nmnist_cnn
+from .network import Network
+
+NEURON_OPTIONS = ("noise_p", "noise_sigma", "sn_sigma")
+_SIZE_ARGS = ("in_channels", "input_size", "num_classes", "kind")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable
+    in_channels: int
+    input_size: tuple[int, int]
+    num_classes: int
+    summary: str
+
+
+_MODELS = {
+    "allconvnet18": ModelEntry(allconvnet18, 6, (64, 64), 11,
+                               "18-layer all-convolutional net for DVS Gesture (six 16 ms frames, 64x64)"),
+    "allconvnet12": ModelEntry(allconvnet12, 3, (32, 32), 10, "12-layer all-convolutional net (CIFAR-style, seed)"),
+    "nmnist_cnn": ModelEntry(nmnist_cnn, 10, (34, 34), 10, "32c5-p2-64c5-p2-1024-10 for N-MNIST (seed)"),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``."""
+    return sorted(_MODELS)
+
+
+def model_summary(name: str) -> str:
+    return _entry(name).summary
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def create_model(name: str, *, in_channels: int | None = None, input_size=None, num_classes: int | None = None,
+                 neuron: str = "bnsm", **kw) -> Network:
+    """Build model ``name`` with ``neuron`` units (``nsm.NEURON_KINDS``).
+
+    Sizes default to the architecture's own (see ``list_models``). Neuron options ``noise_p``,
+    ``noise_sigma``, ``sn_sigma`` go to ``nsm.neuron_kind``; other keywords (e.g. ``width``) go to
+    the architecture. The returned network's ``spec`` rebuilds it: ``create_model(**net.spec)``.
+    """
+    entry = _entry(name)
+    in_channels = entry.in_channels if in_channels is None else int(in_channels)
+    input_size = tuple(int(s) for s in (entry.input_size if input_size is None else input_size))
+    num_classes = entry.num_classes if num_classes is None else int(num_classes)
+    kind = neuron_kind(neuron, **{k: kw[k] for k in NEURON_OPTIONS if k in kw})
+    arch_kw = {k: v for k, v in kw.items() if k not in NEURON_OPTIONS}
+    allowed = [p for p in inspect.signature(entry.build).parameters if p not in _SIZE_ARGS]
+    unknown = sorted(set(arch_kw) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {allowed + list(NEURON_OPTIONS)}")
+    layers = entry.build(in_channels, input_size, num_classes, kind, **arch_kw)
+    spec = dict(name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes,
+                neuron=neuron, **kw)
+    return Network(layers, spec)

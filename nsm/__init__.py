@@ -1,0 +1,17 @@
+"""Neural Sampling Machines: binary stochastic sign units with multiplicative noise.
+
+    P(z_i = +1 | z) = 1/2 (1 + erf(beta_i (w_i / ||w_i||).z + b_i / (sqrt(2) s ||w_i||)))
+
+See ``nsm.functional`` for the equations, ``nsm.layers`` for the layers, ``nsm.neurons`` for the
+seed's comparison methods and ``nsm.sampling`` for modes and Monte Carlo prediction.
+"""
+from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit
+from .neurons import NEURON_KINDS, neuron_kind, pool_unit
+from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
+from .sampling import MCResult, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
+
+__all__ = [
+    "MODES", "NEURON_KINDS", "BernoulliNoise", "Binarize", "BinaryMaxPool2d", "GaussianNoise", "MCResult",
+    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "mc_predict", "neuron_kind", "noise_from_dict",
+    "pool_unit", "sample_probabilities", "set_mode", "using_generator", "using_mode",
+]

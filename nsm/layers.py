@@ -1,0 +1,222 @@
+"""Layers of Neural Sampling Machine networks.
+
+- ``NSMConv2d`` / ``NSMLinear``: binary stochastic sign units (DESIGN.md section 3). Input and
+  output are states in {-1, +1}. Convolutions pad with -1, the "off" state, so that every input a
+  unit reads is +-1 (z_j^2 = 1 holds at the borders too) and the {0, 1} spike form with zero padding
+  is exact (section 6).
+- ``Binarize``: event counts -> +1 where a pixel saw at least one event in its bin, else -1.
+- ``BinaryMaxPool2d``: max-pooling, which over +-1 states is a logical OR.
+- ``Readout``: global average pooling and a real-valued linear layer giving class logits.
+
+Every stochastic unit has a ``mode`` (``MODES``) switched for a whole network by ``nsm.set_mode``,
+and an optional ``generator`` (a ``torch.Generator``) from which it draws its noise.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from . import functional as nsmf
+from .noise import BernoulliNoise, Noise
+
+MODES = ("probability", "synapse", "deterministic")
+ESTIMATORS = ("nsm", "ste")
+
+
+class StochasticUnit:
+    """Mixin for modules whose forward pass depends on ``mode`` and draws from ``generator``."""
+
+    _mode = "probability"
+    generator: torch.Generator | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"unknown mode {value!r}; expected one of {MODES}")
+        self._mode = value
+
+
+class AffineConv2d(nn.Module):
+    """Weights and the 2-d convolution shared by the unit kinds; ``pad_value`` fills the border."""
+
+    pad_value = 0.0
+    unit_dim = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of ``nn.Conv2d``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def out_features(self) -> int:
+        return self.out_channels
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = self.padding
+        return F.pad(x, (pw, pw, ph, ph), value=self.pad_value) if (ph or pw) else x
+
+    def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        """W * x + b for an input already padded by ``pad_input``."""
+        return F.conv2d(x, weight, bias, self.stride)
+
+    def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        if self.pad_value == 0.0:
+            return F.conv2d(x, weight, bias, self.stride, self.padding)
+        return self.affine_padded(self.pad_input(x), weight, bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding} (value {self.pad_value:g}), bias={self.bias is not None}")
+
+
+class AffineLinear(nn.Module):
+    """Weights and the matrix product shared by the unit kinds (no padding)."""
+
+    unit_dim = 1
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of ``nn.Linear``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        return F.linear(x, weight, bias)
+
+    affine = affine_padded
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _NSMUnit(StochasticUnit):
+    """The binary stochastic sign unit: z_i = sgn(u_i), u_i = sum_j (xi_ij + a_i) w_ij z_j + b_i.
+
+    Parameters: ``weight`` (w), ``bias`` (b) and ``beta`` (one per output unit, initialised to 1);
+    a_i is derived from beta_i (``functional.a_from_beta``), never stored. The bias starts at 0, so
+    an untrained unit fires with P = 1/2 (1 + erf(w_i.z / ||w_i||)).
+
+    Modes: ``probability`` draws z_i = +1 with P(z_i = +1 | z) = 1/2 (1 + erf(v_i)); ``synapse``
+    draws xi explicitly (eq. 4); ``deterministic`` gives sgn(v_i) = sgn(E(u_i | z)).
+    Estimators (the backward pass, in every mode): ``nsm`` uses the gradient of E(z_i) = erf(v_i);
+    ``ste`` passes the gradient straight through to v_i where |v_i| <= 1.
+    """
+
+    pad_value = -1.0
+
+    def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+        self.noise = noise
+        self.estimator = estimator
+        self.mode = mode
+        self.beta = nn.Parameter(torch.ones(self.out_features))
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def surrogate(self) -> str:
+        return "hardtanh" if self.estimator == "ste" else "erf"
+
+    def effective_weight(self):
+        """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``)."""
+        return nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise)
+
+    def logit(self, z: torch.Tensor) -> torch.Tensor:
+        """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position."""
+        w_eff, b_eff = self.effective_weight()
+        return self.affine(z, w_eff, b_eff)
+
+    def firing_probability(self, z: torch.Tensor) -> torch.Tensor:
+        """P(z_i = +1 | z) = 1/2 (1 + erf(v_i)) for every output unit and position."""
+        return nsmf.firing_probability(self.logit(z))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        v = self.logit(z)
+        if self.mode == "probability":
+            return nsmf.sample_sign(v, self.surrogate, self.generator)
+        if self.mode == "deterministic":
+            return nsmf.deterministic_sign(v, self.surrogate)
+        u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
+                                       self.affine_padded, self.unit_dim, self.generator)
+        return nsmf.with_surrogate(v, lambda _: nsmf.sign_states(u), self.surrogate)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, noise={self.noise}, mode={self.mode}, estimator={self.estimator}"
+
+
+class NSMConv2d(_NSMUnit, AffineConv2d):
+    """Convolution of NSM units over {-1, +1} feature maps, padded with -1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
+                 noise: Noise = BernoulliNoise(0.5), estimator: str = "nsm", mode: str = "probability"):
+        AffineConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias)
+        self._init_unit(noise, estimator, mode)
+
+
+class NSMLinear(_NSMUnit, AffineLinear):
+    """Fully connected NSM units over a {-1, +1} vector."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 noise: Noise = BernoulliNoise(0.5), estimator: str = "nsm", mode: str = "probability"):
+        AffineLinear.__init__(self, in_features, out_features, bias)
+        self._init_unit(noise, estimator, mode)
+
+
+class Binarize(nn.Module):
+    """Event counts -> states: +1 where a bin holds at least one event, else -1.
+
+    Accepts (B, C, H, W) or (B, T, P, H, W); the latter is flattened to C = T * P channels.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:
+            x = x.flatten(1, 2)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        return torch.where(x > 0, 1.0, -1.0).to(dtype)
+
+
+class BinaryMaxPool2d(nn.MaxPool2d):
+    """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR)."""
+
+
+class Readout(nn.Module):
+    """Global average pooling (over H, W when the input is 4-d) followed by a real-valued linear layer."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            x = x.mean(dim=(2, 3))
+        return self.linear(x)

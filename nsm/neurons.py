@@ -1,0 +1,181 @@
+"""Neuron kinds: the NSM and the seed's comparison methods behind one ``neuron=`` switch.
+
+Every model is built from ``conv_unit``, ``linear_unit`` and ``pool_unit`` of a kind, so the same
+layout can be trained with each method (DESIGN.md section 4). Notation: x the layer input,
+u = w.x + b the pre-activation, v the NSM firing logit (``nsm.functional``), erf' its derivative
+2/sqrt(pi) exp(-v^2), and 1[.] an indicator.
+
+======  =========================================  ============================  ==========================
+kind    forward                                    gradient used                 source
+======  =========================================  ============================  ==========================
+bnsm    z = +1 w.p. 1/2(1+erf v), Bernoulli(p)     dz/dv = erf'(v)               Detorakis et al., NSM (seed)
+gnsm    same, Gaussian N(1, sigma^2) noise         dz/dv = erf'(v)               Detorakis et al., NSM (seed)
+ste     bnsm's stochastic forward                  dz/dv = 1[|v| <= 1]           Bengio et al. 2013, STE
+bn      z = sgn(v), deterministic                  dz/dv = erf'(v)               seed: "binary network trained
+                                                                                 with gradients on erf"
+bd      z = sgn(u), deterministic                  dz/du = 1[|u| <= 1]           Hubara et al. 2016 (BNN)
+wbd     z = sgn(g w/||w||.x + b)                   dz/du = 1[|u| <= 1]           bd + Salimans & Kingma 2016
+sn      h = max(0, u + n), n ~ N(0, sigma^2)       dh/du = 1[u + n > 0]          Bengio et al. 2013, noisy
+                                                                                 rectifier
+dcnn    h = max(0, BN(u)), real-valued             exact (backprop)              deterministic CNN baseline
+======  =========================================  ============================  ==========================
+
+Binary kinds (all but ``sn`` and ``dcnn``) exchange {-1, +1} states and pad convolutions with -1;
+the real-valued kinds pad with 0. ``plain`` (conv or linear + hardtanh, zero padding) is not one
+of the seed's methods: it is the cost reference that ``nsm bench`` compares the NSM against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional as nsmf
+from .layers import (AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSMLinear, StochasticUnit)
+from .noise import BernoulliNoise, GaussianNoise
+
+
+class _SignUnit:
+    """bd / wbd: z = sgn(u) with sgn(0) = +1, trained with the straight-through hardtanh gradient.
+
+    With ``weight_norm`` the weights are g w / ||w|| (Salimans & Kingma 2016), g one per unit and
+    initialised to ||w||, so an untrained wbd unit computes what the bd unit would.
+    """
+
+    pad_value = -1.0
+
+    def _init_unit(self, weight_norm: bool) -> None:
+        self.weight_norm = weight_norm
+        self.g = nn.Parameter(nsmf.weight_norm(self.weight).detach().clone()) if weight_norm else None
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.g is None:
+            return self.weight
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        return self.weight * (self.g / nsmf.weight_norm(self.weight)).reshape(shape)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = self.affine(z, self.effective_weight(), self.bias)
+        return nsmf.with_surrogate(u, nsmf.sign_states, "hardtanh")
+
+
+class SignConv2d(_SignUnit, AffineConv2d):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, weight_norm=False):
+        AffineConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias)
+        self._init_unit(weight_norm)
+
+
+class SignLinear(_SignUnit, AffineLinear):
+    def __init__(self, in_features, out_features, bias=True, weight_norm=False):
+        AffineLinear.__init__(self, in_features, out_features, bias)
+        self._init_unit(weight_norm)
+
+
+class _NoisyRectifierUnit(StochasticUnit):
+    """sn: h = max(0, u + n) with n ~ N(0, sigma^2) while sampling; max(0, u) in ``deterministic`` mode."""
+
+    def _init_unit(self, sigma: float) -> None:
+        if not sigma > 0:
+            raise ValueError(f"noisy rectifier needs sigma > 0 (got {sigma})")
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.affine(x, self.weight, self.bias)
+        if self.mode != "deterministic":
+            u = u + self.sigma * torch.randn(u.shape, device=u.device, dtype=u.dtype, generator=self.generator)
+        return F.relu(u)
+
+
+class NoisyRectifierConv2d(_NoisyRectifierUnit, AffineConv2d):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, sigma=1.0):
+        AffineConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias)
+        self._init_unit(sigma)
+
+
+class NoisyRectifierLinear(_NoisyRectifierUnit, AffineLinear):
+    def __init__(self, in_features, out_features, bias=True, sigma=1.0):
+        AffineLinear.__init__(self, in_features, out_features, bias)
+        self._init_unit(sigma)
+
+
+class _RealUnit:
+    """dcnn: h = max(0, BN(u)), a deterministic real-valued unit with batch normalization."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.affine(x, self.weight, self.bias)))
+
+
+class RealConv2d(_RealUnit, AffineConv2d):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        AffineConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+
+class RealLinear(_RealUnit, AffineLinear):
+    def __init__(self, in_features, out_features, bias=True):
+        AffineLinear.__init__(self, in_features, out_features, bias)
+        self.norm = nn.BatchNorm1d(out_features)
+
+
+class _PlainUnit:
+    """plain: h = hardtanh(u), zero padding; the cost reference for benchmarks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(self.affine(x, self.weight, self.bias))
+
+
+class PlainConv2d(_PlainUnit, AffineConv2d):
+    pass
+
+
+class PlainLinear(_PlainUnit, AffineLinear):
+    pass
+
+
+@dataclass(frozen=True)
+class NeuronKind:
+    """How to build the units of one kind; ``binary`` kinds exchange {-1, +1} states."""
+
+    name: str
+    binary: bool
+    conv: Callable[..., nn.Module]
+    linear: Callable[..., nn.Module]
+
+
+NEURON_KINDS = ("bnsm", "gnsm", "dcnn", "ste", "bd", "wbd", "sn", "bn")
+"""The seed's methods, in the order of its comparison table."""
+
+BENCH_REFERENCE = "plain"
+
+
+def neuron_kind(name: str, *, noise_p: float = 0.5, noise_sigma: float = 1.0, sn_sigma: float = 1.0) -> NeuronKind:
+    """The unit builders of kind ``name`` (one of ``NEURON_KINDS`` or ``"plain"``).
+
+    ``noise_p``: Bernoulli transmission probability (bnsm, ste, bn); ``noise_sigma``: Gaussian noise
+    standard deviation (gnsm); ``sn_sigma``: the noisy rectifier's noise (sn).
+    """
+    bern, gauss = BernoulliNoise(noise_p), GaussianNoise(noise_sigma)
+    table = {
+        "bnsm": (True, NSMConv2d, NSMLinear, {"noise": bern}),
+        "gnsm": (True, NSMConv2d, NSMLinear, {"noise": gauss}),
+        "ste": (True, NSMConv2d, NSMLinear, {"noise": bern, "estimator": "ste"}),
+        "bn": (True, NSMConv2d, NSMLinear, {"noise": bern, "mode": "deterministic"}),
+        "bd": (True, SignConv2d, SignLinear, {"weight_norm": False}),
+        "wbd": (True, SignConv2d, SignLinear, {"weight_norm": True}),
+        "sn": (False, NoisyRectifierConv2d, NoisyRectifierLinear, {"sigma": sn_sigma}),
+        "dcnn": (False, RealConv2d, RealLinear, {}),
+        BENCH_REFERENCE: (False, PlainConv2d, PlainLinear, {}),
+    }
+    if name not in table:
+        raise ValueError(f"unknown neuron kind {name!r}; expected one of {', '.join(NEURON_KINDS)} (or 'plain')")
+    binary, conv, linear, options = table[name]
+    return NeuronKind(name, binary, partial(conv, **options), partial(linear, **options))
+
+
+def pool_unit(kind: NeuronKind, kernel_size: int = 2) -> nn.Module:
+    """Max-pooling; for binary kinds the OR-pool ``BinaryMaxPool2d`` (the same arithmetic)."""
+    return BinaryMaxPool2d(kernel_size) if kind.binary else nn.MaxPool2d(kernel_size)

@@ -1,0 +1,151 @@
+"""Network-wide modes and Monte Carlo prediction.
+
+A stochastic network's prediction for an input x is the average of the softmax of K forward
+passes, each with fresh noise:
+
+    p(y | x) ~= (1/K) sum_k softmax(f(x; noise_k))
+
+The K passes of one input run as one batch (the input is repeated along the batch dimension), so
+sampling costs one large forward pass rather than K small ones. Adaptive sampling stops, for each
+input separately, at the first n >= min_samples where the running mean's top class probability is
+at least ``threshold`` (never beyond ``max_samples``).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layers import MODES, StochasticUnit
+
+
+def stochastic_units(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` whose forward pass depends on a mode (NSM layers, noisy rectifiers)."""
+    return [m for m in model.modules() if isinstance(m, StochasticUnit)]
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every stochastic unit of ``model`` to ``mode`` (``probability``, ``synapse`` or ``deterministic``)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    for unit in stochastic_units(model):
+        unit.mode = mode
+    return model
+
+
+@contextmanager
+def using_mode(model: nn.Module, mode: str):
+    """Run a block with every stochastic unit in ``mode``; each unit's own mode is restored afterwards."""
+    units = stochastic_units(model)
+    saved = [u.mode for u in units]
+    try:
+        set_mode(model, mode)
+        yield model
+    finally:
+        for unit, m in zip(units, saved):
+            unit.mode = m
+
+
+@contextmanager
+def using_generator(model: nn.Module, generator: torch.Generator | None):
+    """Draw every stochastic unit's noise from ``generator`` within the block (None: torch's global RNG)."""
+    units = stochastic_units(model)
+    saved = [u.generator for u in units]
+    try:
+        for unit in units:
+            unit.generator = generator
+        yield model
+    finally:
+        for unit, g in zip(units, saved):
+            unit.generator = g
+
+
+@dataclass
+class MCResult:
+    """Monte Carlo prediction: ``probs`` (B, classes) averaged softmax, ``samples_used`` (B,) per input."""
+
+    probs: torch.Tensor
+    samples_used: torch.Tensor
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        return self.probs.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probs.max(dim=1).values
+
+
+def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_batch: int = 256) -> torch.Tensor:
+    """softmax(f(x; noise_k)) for k = 1..samples as a (samples, B, classes) tensor.
+
+    The samples of all inputs are stacked along the batch dimension and run ``max_batch`` rows at
+    a time. Gradients are not tracked; call inside ``torch.inference_mode`` for speed.
+    """
+    b = x.shape[0]
+    rows = x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * b, *x.shape[1:])
+    outs = [torch.softmax(model(rows[i:i + max_batch]).float(), dim=1) for i in range(0, rows.shape[0], max_batch)]
+    return torch.cat(outs).reshape(samples, b, -1)
+
+
+def mc_predict(model: nn.Module, x: torch.Tensor, samples: int | None = None, *, adaptive: bool = False,
+               threshold: float = 0.9, min_samples: int = 4, max_samples: int = 64, step: int | None = None,
+               max_batch: int = 256, generator: torch.Generator | None = None) -> MCResult:
+    """Monte Carlo prediction of ``model`` on the batch ``x``.
+
+    Fixed: ``samples=K`` passes per input. Adaptive (``adaptive=True``): passes are drawn in rounds
+    of ``step`` (default ``min_samples``) for the inputs still undecided; an input stops at the first
+    n >= ``min_samples`` whose running mean (1/n) sum_{k<=n} softmax_k has top probability >= ``threshold``,
+    or at ``max_samples``. Its result is that running mean, exactly as if it had been sampled one pass
+    at a time (passes drawn beyond n within a round are discarded).
+
+    The model is put in eval mode for the call and restored afterwards; the stochastic units keep
+    their own mode (use ``using_mode`` for deterministic predictions). ``generator`` fixes the noise.
+    """
+    if adaptive == (samples is not None):
+        raise ValueError("give either samples=K or adaptive=True")
+    if adaptive and not (1 <= min_samples <= max_samples):
+        raise ValueError(f"need 1 <= min_samples <= max_samples (got {min_samples}, {max_samples})")
+    if not adaptive and samples < 1:
+        raise ValueError(f"samples must be >= 1 (got {samples})")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), using_generator(model, generator):
+            if not adaptive:
+                probs = sample_probabilities(model, x, samples, max_batch).mean(dim=0)
+                return MCResult(probs, torch.full((x.shape[0],), samples, dtype=torch.long, device=x.device))
+            return _adaptive(model, x, threshold, min_samples, max_samples, step or min_samples, max_batch)
+    finally:
+        model.train(was_training)
+
+
+def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch) -> MCResult:
+    b, dev = x.shape[0], x.device
+    probs = None
+    used = torch.zeros(b, dtype=torch.long, device=dev)
+    running = None                      # (active, classes) sum of softmax so far
+    active = torch.arange(b, device=dev)  # inputs still sampling; all have drawn `done` passes
+    done = 0
+    while active.numel():
+        k = min(min_samples if done == 0 else step, max_samples - done)
+        p = sample_probabilities(model, x[active], k, max_batch)            # (k, A, C)
+        if running is None:
+            running = torch.zeros_like(p[0])
+            probs = torch.empty(b, p.shape[-1], device=dev)
+        cum = running.unsqueeze(0) + p.cumsum(dim=0)                        # (k, A, C)
+        counts = torch.arange(done + 1, done + k + 1, device=dev)           # (k,)
+        means = cum / counts.reshape(-1, 1, 1)
+        stop = (means.amax(dim=2) >= threshold) & (counts >= min_samples).reshape(-1, 1)
+        stop[-1] |= counts[-1] >= max_samples
+        finished = stop.any(dim=0)
+        first = stop.float().argmax(dim=0)                                  # first True along k
+        idx = active[finished]
+        probs[idx] = means[first[finished], finished.nonzero().squeeze(1)]
+        used[idx] = counts[first[finished]]
+        running = cum[-1][~finished]
+        active = active[~finished]
+        done += k
+    return MCResult(probs, used)

@@ -1,0 +1,85 @@
+"""The fused CPU sampling kernel against an independent numpy re-derivation of its contract.
+
+The kernel promises z_i = +1 iff u_i < 1/2 (1 + erf(v_i)), with u_i the 53-bit uniform of the
+counter-based SplitMix64 stream of element i's block. Rebuilding u_i here and comparing with erf
+directly must give the same states bit for bit: the erf table only decides when it is certain.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from nsm import kernels
+
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(z):
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def reference_uniforms(n, seed):
+    idx = np.arange(n, dtype=np.uint64)
+    block = idx // np.uint64(kernels.BLOCK)
+    with np.errstate(over="ignore"):
+        origin = mix64(np.uint64(seed) ^ mix64(block * GAMMA + GAMMA))
+        state = origin + (idx - block * np.uint64(kernels.BLOCK) + np.uint64(1)) * GAMMA
+    return (mix64(state) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def tricky_logits(n, rng):
+    """Random logits, logits on and next to the erf table's grid points, tails, zeros and non-finite values."""
+    grid = rng.integers(-6 * 256, 6 * 256, n // 4) / 256.0
+    near = grid + rng.normal(scale=1e-4, size=grid.size)
+    special = np.array([0.0, -0.0, 6.0, -6.0, 6.001, -6.001, 9.0, -9.0, np.inf, -np.inf, np.nan])
+    rest = rng.normal(scale=1.5, size=n - 2 * grid.size - special.size)
+    return np.concatenate([grid, near, special, rest]).astype(np.float32)
+
+
+def test_kernel_states_equal_direct_comparison_with_erf():
+    rng = np.random.default_rng(0)
+    v = tricky_logits(3 * kernels.BLOCK + 123, rng)
+    seed = 0x1234_5678_9ABC
+    z = kernels.sample_sign_cpu(v, seed)
+    u = reference_uniforms(v.size, seed)
+    p = np.array([0.5 * (1.0 + math.erf(x)) if not math.isnan(x) else np.nan for x in v.astype(np.float64)])
+    expected = np.where(u < p, 1.0, -1.0)         # u < NaN is False: NaN never fires
+    assert np.array_equal(z, expected.astype(np.float32))
+
+
+def test_kernel_frequencies_follow_P():
+    v = np.repeat(np.array([-2.0, -0.5, 0.0, 0.3, 1.2], dtype=np.float32), 200_000)
+    z = kernels.sample_sign_cpu(v, 7).reshape(5, -1)
+    p = np.array([0.5 * (1 + math.erf(x)) for x in (-2.0, -0.5, 0.0, 0.3, 1.2)])
+    freq = (z > 0).mean(axis=1)
+    sd = np.sqrt(p * (1 - p) / z.shape[1])
+    assert np.all(np.abs(freq - p) <= 5 * sd)
+
+
+def test_kernel_is_deterministic_and_independent_of_thread_count():
+    v = np.random.default_rng(1).normal(size=5 * kernels.BLOCK).astype(np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = kernels.sample_sign_cpu(v, 99)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one, kernels.sample_sign_cpu(v, 99))
+    assert not np.array_equal(one, kernels.sample_sign_cpu(v, 100))
+
+
+def test_sign_kernel():
+    v = np.array([-1.5, -0.0, 0.0, 2.0, np.nan], dtype=np.float32)
+    assert kernels.sign_cpu(v).tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0]
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 4, 5)])
+def test_kernel_keeps_shape(shape):
+    v = np.zeros(shape, dtype=np.float32)
+    assert kernels.sample_sign_cpu(v, 1).shape == shape

@@ -1,0 +1,87 @@
+"""Every registered model with every neuron kind, at two input sizes, forward and backward."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+import nsm
+
+SIZES = {"allconvnet18": [(64, 64), (24, 40)], "allconvnet12": [(32, 32), (12, 20)], "nmnist_cnn": [(34, 34), (28, 40)]}
+
+
+@pytest.mark.parametrize("neuron", nsm.NEURON_KINDS)
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_forward_backward_at_two_sizes(name, neuron):
+    for size in SIZES[name]:
+        torch.manual_seed(0)
+        width = {"allconvnet18": 0.25, "allconvnet12": 0.25}.get(name)
+        kw = {"width": width} if width else {"hidden": 64}
+        net = models.create_model(name, input_size=size, in_channels=4, num_classes=7, neuron=neuron, **kw)
+        x = torch.randint(0, 3, (3, 4, *size)).float()
+        out = net(x)
+        assert out.shape == (3, 7)
+        assert torch.isfinite(out).all()
+        out.square().sum().backward()
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads[:-2]), "no gradient reaches the hidden layers"
+
+
+def test_allconvnet18_layout():
+    net = models.create_model("allconvnet18")
+    convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
+    assert len(convs) == 12
+    assert [c.out_channels for c in convs] == [64] * 3 + [96] * 3 + [128] * 3 + [256] * 3
+    assert [c.kernel_size[0] for c in convs] == [3] * 10 + [1, 1]
+    assert sum(isinstance(m, nsm.BinaryMaxPool2d) for m in net) == 3
+    assert isinstance(net[0], nsm.Binarize) and isinstance(net[-1], nsm.Readout)
+    assert len(net) + 1 == 18          # the 17 modules plus the global average pooling inside Readout
+    assert net.spec["in_channels"] == 6 and net.spec["input_size"] == [64, 64] and net.spec["num_classes"] == 11
+    assert all(bool((c.beta == 1.0).all()) for c in convs)
+
+
+def test_nmnist_cnn_layout():
+    net = models.create_model("nmnist_cnn", neuron="gnsm")
+    convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
+    assert [c.out_channels for c in convs] == [32, 64]
+    linear = [m for m in net if isinstance(m, nsm.NSMLinear)]
+    assert linear[0].in_features == 64 * 5 * 5 and linear[0].out_features == 1024
+    assert net[-1].linear.out_features == 10
+
+
+def test_spec_rebuilds_the_same_architecture():
+    net = models.create_model("allconvnet12", neuron="gnsm", noise_sigma=0.5, width=0.5)
+    again = models.create_model(**net.spec)
+    again.load_state_dict(net.state_dict())
+    assert again.spec == net.spec
+    assert [type(m) for m in again] == [type(m) for m in net]
+    assert again[1].noise == nsm.GaussianNoise(0.5)
+
+
+def test_bad_arguments_are_clear():
+    assert models.list_models() == ["allconvnet12", "allconvnet18", "nmnist_cnn"]
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        models.create_model("resnet")
+    with pytest.raises(ValueError, match="unknown neuron kind"):
+        models.create_model("nmnist_cnn", neuron="lif")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['depth'\]"):
+        models.create_model("nmnist_cnn", depth=3)
+    with pytest.raises(ValueError, match="too small"):
+        models.create_model("allconvnet18", input_size=(4, 4))
+
+
+def test_neuron_kinds_differ_as_documented():
+    x = torch.randint(0, 2, (2, 3, 8, 8)).float()
+    states = {}
+    for kind in nsm.NEURON_KINDS:
+        torch.manual_seed(0)
+        unit = nsm.neuron_kind(kind).conv(3, 4, 3, padding=1)
+        states[kind] = (unit(nsm.Binarize()(x)), unit(nsm.Binarize()(x)))
+    for kind in ("bnsm", "gnsm", "ste", "bn", "bd", "wbd"):
+        assert set(states[kind][0].unique().tolist()) <= {-1.0, 1.0}, kind
+    for kind in ("bnsm", "gnsm", "ste", "sn"):
+        assert not torch.equal(*states[kind]), f"{kind} should be stochastic"
+    for kind in ("bn", "bd", "wbd"):
+        assert torch.equal(*states[kind]), f"{kind} should be deterministic"
+    assert (states["sn"][0] >= 0).all() and (states["dcnn"][0] >= 0).all()
