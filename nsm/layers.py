@@ -78,9 +78,26 @@ class AffineConv2d(nn.Module):
         return F.conv2d(x, weight, bias, self.stride)
 
     def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        """W * x + b with the border filled by ``pad_value``."""
         if self.pad_value == 0.0:
             return F.conv2d(x, weight, bias, self.stride, self.padding)
-        return self.affine_padded(self.pad_input(x), weight, bias)
+        (ph, pw), (kh, kw) = self.padding, self.kernel_size
+        same = self.stride == (1, 1) and (kh, kw) == (2 * ph + 1, 2 * pw + 1)
+        if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw):
+            return self.affine_padded(self.pad_input(x), weight, bias)
+        # Zero padding, then add what the pad_value border contributes. That contribution depends only on
+        # how many taps fall outside, which is the same along each edge: a (kh x kw) map holds every case.
+        out = F.conv2d(x, weight, bias, 1, self.padding)
+        edge = F.conv2d(F.pad(x.new_zeros(1, x.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight)
+        h, w = out.shape[-2:]
+        cols = torch.cat([torch.arange(pw), torch.full((w - 2 * pw,), pw), torch.arange(pw + 1, kw)]).to(x.device)
+        if ph:
+            out[..., :ph, :] += edge[..., :ph, :][..., cols]
+            out[..., h - ph:, :] += edge[..., ph + 1:, :][..., cols]
+        if pw:
+            out[..., ph:h - ph, :pw] += edge[..., ph:ph + 1, :pw]
+            out[..., ph:h - ph, w - pw:] += edge[..., ph:ph + 1, pw + 1:]
+        return out
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
