@@ -26,7 +26,10 @@ _PUBLIC = {
     # frames and cache
     "FrameSpec": "events.frames",
     "to_frames": "events.frames",
+    "frames_from_spec": "events.frames",
+    "split_clips": "events.frames",
     "FrameCache": "events.cache",
+    "CachedFrames": "events.cache",
     # simulator
     "simulate_digits": "events.simulate",
     "simulate_gestures": "events.simulate",
