@@ -33,6 +33,7 @@ _PUBLIC = {
     # simulator
     "simulate_digits": "events.simulate",
     "simulate_gestures": "events.simulate",
+    "EventCameraModel": "events.simulate",
 }
 
 __all__ = sorted(_PUBLIC)

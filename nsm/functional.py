@@ -69,25 +69,40 @@ def _uses_kernel(v: torch.Tensor) -> bool:
     return v.device.type == "cpu" and v.dtype == torch.float32
 
 
-def draw_states(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = +1 with probability P = 1/2 (1 + erf(v)), else -1 (no gradient).
+def _into(out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The tensor to write states into: ``out`` when given and contiguous, else a new one like ``like``."""
+    return out if out is not None and out.is_contiguous() else torch.empty_like(like, memory_format=torch.contiguous_format)
+
+
+def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None):
+    """z = +1 with probability P = 1/2 (1 + erf(v)), else -1 (no gradient); written into ``out`` if given.
 
     CPU float32: one fused pass of ``nsm.kernels.sample_sign_cpu``, seeded by one draw from
     ``generator`` (torch's global RNG when None). Elsewhere: r ~ U(-1, 1) and z = +1 iff
-    r < erf(v), since P(r < erf(v)) = (erf(v) + 1) / 2 = P.
+    r < erf(v), since P(r < erf(v)) = (erf(v) + 1) / 2 = P. ``out`` may be ``v`` itself.
     """
     if _uses_kernel(v):
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-        return torch.from_numpy(kernels.sample_sign_cpu(v.detach().numpy(), seed))
-    r = torch.empty_like(v).uniform_(-1.0, 1.0, generator=generator)
-    return torch.where(r < torch.erf(v), 1.0, -1.0).to(v.dtype)
+        res = _into(out, v)
+        kernels.sample_sign_cpu(v.detach().numpy(), seed, out=res.detach().numpy(), threads=torch.get_num_threads())
+    else:
+        r = torch.empty_like(v).uniform_(-1.0, 1.0, generator=generator)
+        res = torch.where(r < torch.erf(v), 1.0, -1.0).to(v.dtype)
+    if out is not None and res is not out:
+        return out.copy_(res)
+    return res
 
 
-def sign_states(u: torch.Tensor) -> torch.Tensor:
-    """z = sgn(u) with sgn(0) = +1 (no gradient)."""
+def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """z = sgn(u) with sgn(0) = +1 (no gradient); written into ``out`` if given (which may be ``u``)."""
     if _uses_kernel(u):
-        return torch.from_numpy(kernels.sign_cpu(u.detach().numpy()))
-    return torch.where(u >= 0, 1.0, -1.0).to(u.dtype)
+        res = _into(out, u)
+        kernels.sign_cpu(u.detach().numpy(), out=res.detach().numpy(), threads=torch.get_num_threads())
+    else:
+        res = torch.where(u >= 0, 1.0, -1.0).to(u.dtype)
+    if out is not None and res is not out:
+        return out.copy_(res)
+    return res
 
 
 class _SignWithSurrogate(torch.autograd.Function):
@@ -116,11 +131,16 @@ class _SignWithSurrogate(torch.autograd.Function):
 SURROGATES = ("erf", "hardtanh")
 
 
-def with_surrogate(v: torch.Tensor, states_of: Callable[[torch.Tensor], torch.Tensor],
-                   surrogate: str = "erf") -> torch.Tensor:
-    """Binary states ``states_of(v)`` in the forward pass; gradients flow to v through ``surrogate``."""
+def with_surrogate(v: torch.Tensor, states_of: Callable[..., torch.Tensor], surrogate: str = "erf") -> torch.Tensor:
+    """Binary states ``states_of(v, out=None)`` in the forward pass; gradients flow to v through ``surrogate``.
+
+    When no gradient can flow to v (inference, or v not requiring grad), the states overwrite v in
+    place, which saves allocating a tensor per layer.
+    """
     if surrogate not in SURROGATES:
         raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+    if not (torch.is_grad_enabled() and v.requires_grad):
+        return states_of(v, out=v)          # nothing will differentiate v: write the states over it
     return _SignWithSurrogate.apply(v, states_of, surrogate)
 
 
@@ -131,7 +151,7 @@ def sample_sign(v: torch.Tensor, surrogate: str = "erf", generator: torch.Genera
     E(z) = 2P - 1 = erf(v): the seed's rule ``y = sample + (2P - 1) - (2P - 1).detach()``, computed
     without building those extra tensors.
     """
-    return with_surrogate(v, lambda x: draw_states(x, generator), surrogate)
+    return with_surrogate(v, lambda x, out=None: draw_states(x, generator, out), surrogate)
 
 
 def deterministic_sign(v: torch.Tensor, surrogate: str = "erf") -> torch.Tensor:

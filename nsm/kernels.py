@@ -1,7 +1,7 @@
 """Fused CPU kernels for drawing binary states (numba).
 
 ``sample_sign_cpu(v, seed)`` draws z = +1 with probability P = 1/2 (1 + erf(v)), else -1, for every
-element of a float32 array in one parallel pass, instead of four tensor passes (uniform noise, erf,
+element of a float32 array in one pass (split over a few threads), instead of four tensor passes (uniform noise, erf,
 compare, select) with PyTorch's serial CPU generator.
 
 Randomness: counter-based SplitMix64 (Steele, Lea & Flood 2014). Element i of block b (``BLOCK``
@@ -18,6 +18,8 @@ precision for every element.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -67,31 +69,67 @@ def _sample_block(v, out, origin, table, v_max, steps):
             out[i] = 1.0 if u < 0.5 * (1.0 + math.erf(np.float64(v[i]))) else -1.0
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _sample_sign(v, out, seed, table, v_max, steps):
-    n_blocks = (v.size + BLOCK - 1) // BLOCK
-    for b in numba.prange(n_blocks):
+@numba.njit(nogil=True, cache=True)
+def _sample_blocks(v, out, seed, table, v_max, steps, first, last):
+    """Blocks ``first .. last - 1`` of the flat arrays, each from its own stream."""
+    for b in range(first, last):
         origin = _mix64(np.uint64(seed) ^ _mix64(np.uint64(b) * _GAMMA + _GAMMA))
         _sample_block(v[b * BLOCK:(b + 1) * BLOCK], out[b * BLOCK:(b + 1) * BLOCK], origin, table, v_max, steps)
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
-def _sign(v, out):
-    for i in numba.prange(v.size):
+@numba.njit(nogil=True, cache=True)
+def _sign_blocks(v, out, first, last):
+    for i in range(first * BLOCK, min(v.size, last * BLOCK)):
         out[i] = 1.0 if v[i] >= 0.0 else -1.0
 
 
-def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None) -> np.ndarray:
-    """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise; float32 in and out, any shape."""
+# Work is split over a few plain threads running the nogil kernels: unlike numba's OpenMP pool, idle
+# threads sleep (they do not spin against torch's own OpenMP threads) and the pool is safe across
+# fork (DataLoader workers get a fresh one).
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _reset_pool() -> None:
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _run_split(fn, n_units: int, threads: int, *args) -> None:
+    """Call fn(*args, first, last) over ``n_units`` units cut into up to ``threads`` contiguous ranges."""
+    global _pool, _pool_size
+    parts = max(1, min(threads, n_units // 2))
+    if parts == 1:
+        fn(*args, 0, n_units)
+        return
+    if _pool is None or _pool_size < parts:
+        _pool, _pool_size = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nsm-kernel"), parts
+    edges = [n_units * k // parts for k in range(parts + 1)]
+    futures = [_pool.submit(fn, *args, edges[k], edges[k + 1]) for k in range(1, parts)]
+    fn(*args, edges[0], edges[1])
+    for f in futures:
+        f.result()
+
+
+def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise; float32 in and out, any shape.
+
+    The states depend on ``seed`` and the element positions only, not on ``threads``.
+    """
     flat = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
     res = np.empty_like(flat) if out is None else out.reshape(-1)
-    _sample_sign(flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), _P_TABLE, _V_MAX, float(_STEPS_PER_UNIT))
+    n_blocks = (flat.size + BLOCK - 1) // BLOCK
+    _run_split(_sample_blocks, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), _P_TABLE,
+               _V_MAX, float(_STEPS_PER_UNIT))
     return res.reshape(np.shape(v))
 
 
-def sign_cpu(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """z = sgn(v) with sgn(0) = +1, elementwise; float32 in and out."""
     flat = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
     res = np.empty_like(flat) if out is None else out.reshape(-1)
-    _sign(flat, res)
+    _run_split(_sign_blocks, (flat.size + BLOCK - 1) // BLOCK, threads, flat, res)
     return res.reshape(np.shape(v))

@@ -185,7 +185,7 @@ class _NSMUnit(StochasticUnit):
             return nsmf.deterministic_sign(v, self.surrogate)
         u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
                                        self.affine_padded, self.unit_dim, self.generator)
-        return nsmf.with_surrogate(v, lambda _: nsmf.sign_states(u), self.surrogate)
+        return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise={self.noise}, mode={self.mode}, estimator={self.estimator}"

@@ -8,15 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, demo, simulate
+from . import bench, demo, export, simulate
 
-JOBS = [simulate, bench, demo]
+JOBS = [simulate, bench, demo, export]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsm",
-        description="Neural Sampling Machines on event cameras: simulate event data, benchmark, and run the demo.",
+        description="Neural Sampling Machines on event cameras: simulate event data, export trained networks to NIR, "
+                    "benchmark, and run the demo.",
         epilog="Run 'nsm <command> --help' for the options of a command.")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for job in JOBS:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import pytest
 
@@ -63,20 +62,21 @@ def test_kernel_frequencies_follow_P():
 
 
 def test_kernel_is_deterministic_and_independent_of_thread_count():
-    v = np.random.default_rng(1).normal(size=5 * kernels.BLOCK).astype(np.float32)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = kernels.sample_sign_cpu(v, 99)
-    finally:
-        numba.set_num_threads(threads)
-    assert np.array_equal(one, kernels.sample_sign_cpu(v, 99))
+    v = np.random.default_rng(1).normal(size=7 * kernels.BLOCK + 5).astype(np.float32)
+    one = kernels.sample_sign_cpu(v, 99, threads=1)
+    for threads in (2, 3):
+        assert np.array_equal(one, kernels.sample_sign_cpu(v, 99, threads=threads))
     assert not np.array_equal(one, kernels.sample_sign_cpu(v, 100))
 
 
-def test_sign_kernel():
-    v = np.array([-1.5, -0.0, 0.0, 2.0, np.nan], dtype=np.float32)
-    assert kernels.sign_cpu(v).tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0]
+@pytest.mark.parametrize("n", [0, 5, 3 * kernels.BLOCK, 4 * kernels.BLOCK + 17])
+def test_sign_kernel(n):
+    special = np.array([-1.5, -0.0, 0.0, 2.0, np.nan], dtype=np.float32)
+    v = np.concatenate([special, np.random.default_rng(2).normal(size=n)]).astype(np.float32)
+    for threads in (1, 2):
+        z = kernels.sign_cpu(v, threads=threads)
+        assert z[:5].tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0]
+        assert np.array_equal(z[5:], np.where(v[5:] >= 0, 1.0, -1.0))
 
 
 @pytest.mark.parametrize("shape", [(0,), (3, 4, 5)])

@@ -1,0 +1,192 @@
+"""Run an exported NIR spike graph without the checkpoint, deterministically or stochastically.
+
+Executes the node types ``pipelines.export`` writes (Input, Conv2d, LIF, SumPool2d, Flatten, Affine,
+Output) on batches, in float32, as one time step with dt = tau from rest:
+
+- ``Conv2d``/``Affine``/``Flatten``: as in PyTorch (Flatten's dims shifted past the batch dimension);
+- ``SumPool2d``: the sum over each window (zero padding);
+- ``LIF``: from v = v_leak, one Euler step with dt = tau gives v = v_leak + r I for input current I;
+  the neuron spikes (1) when v > v_threshold (strict, NIR's and norse's rule), else 0.
+
+Stochastic mode (``mode="probability"``) rebuilds the Neural Sampling Machine from node metadata: a
+LIF whose metadata has ``mode == "probability"`` is a sampling unit; its ±1-domain firing logit is
+
+    v = (I + logit_offset) / logit_scale          (I = W_s s + c, the spike-domain pre-activation)
+
+which equals v = W_eff z + b_eff of the PyTorch layer (DESIGN.md section 6: 2W' s + b' - sum W' =
+W' z + b' for z = 2s - 1), and the unit spikes with P = 1/2 (1 + erf(v)), the law of the layer's
+``probability`` mode (exact for Gaussian noise, the central-limit form for Bernoulli noise). Units
+of deterministic kinds (bn, bd, wbd) and the OR neurons of pools always use their threshold.
+
+``NIRRuntime.mc_predict`` averages the softmax of K such passes, as ``nsm.mc_predict`` does, so an
+exported file gives the same calibrated predictions as the checkpoint, up to sampling error.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nsm.sampling import MCResult
+
+from .export import decode_metadata, read_nir
+
+RUNTIME_MODES = ("deterministic", "probability")
+
+
+def _tuple(v, n=2):
+    if isinstance(v, str):
+        return v
+    a = np.atleast_1d(np.asarray(v)).astype(int).tolist()
+    return tuple(a * n if len(a) == 1 else a)
+
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+
+class NIRRuntime:
+    """Executes a chain-shaped NIR graph written by ``pipelines.export.to_nir`` (or ``quantize``).
+
+    ``graph``: a ``nir.NIRGraph`` or the path of a NIR file. Raises ``ValueError`` naming the node for
+    node types, shapes or topologies it does not run (branches, multiple inputs).
+    """
+
+    def __init__(self, graph):
+        if isinstance(graph, (str, Path)):
+            graph = read_nir(graph)
+        self.graph = graph
+        self.metadata = decode_metadata(graph.metadata or {})
+        self.order = self._chain(graph)
+        first = graph.nodes[self.order[0]]
+        self.input_shape = tuple(int(s) for s in first.input_type["input"])
+        self.classes = self.metadata.get("classes") or []
+        self.output_scale = 1.0
+        self.steps = [self._compile(name, graph.nodes[name]) for name in self.order]
+
+    @staticmethod
+    def _chain(graph) -> list[str]:
+        inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
+        if len(inputs) != 1:
+            raise ValueError(f"the runtime needs exactly one Input node (found {len(inputs)})")
+        succ: dict[str, str] = {}
+        preds: dict[str, int] = {}
+        for a, b in graph.edges:
+            if a in succ:
+                raise ValueError(f"node {a!r} feeds several nodes; the runtime executes chains only")
+            succ[a] = b
+            preds[b] = preds.get(b, 0) + 1
+            if preds[b] > 1:
+                raise ValueError(f"node {b!r} has several inputs; the runtime executes chains only")
+        order = [inputs[0]]
+        while order[-1] in succ:
+            if len(order) > len(graph.nodes):
+                raise ValueError("the graph has a cycle")
+            order.append(succ[order[-1]])
+        if len(order) != len(graph.nodes):
+            missing = sorted(set(graph.nodes) - set(order))
+            raise ValueError(f"nodes {missing} are not on the chain from the Input node")
+        return order
+
+    def _compile(self, name: str, node):
+        meta = decode_metadata(node.metadata or {})
+        if isinstance(node, (nir.Input, nir.Output)):
+            return None
+        if isinstance(node, nir.Conv2d):
+            w, b = _tensor(node.weight), _tensor(node.bias)
+            stride, padding, dilation = _tuple(node.stride), _tuple(node.padding), _tuple(node.dilation)
+            groups = int(node.groups)
+            return lambda x, mode, g: F.conv2d(x, w, b, stride, padding, dilation, groups)
+        if isinstance(node, nir.Affine):
+            w = _tensor(node.weight)
+            b = None if node.bias is None else _tensor(node.bias)
+            if meta.get("role") == "readout":
+                self.output_scale = float(meta.get("output_scale", 1.0))
+            return lambda x, mode, g: F.linear(x, w, b)
+        if isinstance(node, nir.SumPool2d):
+            k, s, p = _tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding)
+            return lambda x, mode, g: F.avg_pool2d(x, k, s, p, divisor_override=1)
+        if isinstance(node, nir.Flatten):
+            start = int(node.start_dim)
+            end = int(node.end_dim)
+            start, end = (start + 1 if start >= 0 else start), (end + 1 if end >= 0 else end)
+            return lambda x, mode, g: x.flatten(start, end)
+        if isinstance(node, nir.LIF):
+            return self._lif(name, node, meta)
+        raise ValueError(f"node {name!r}: the runtime does not execute {type(node).__name__} nodes")
+
+    @staticmethod
+    def _lif(name, node, meta):
+        r, v_leak, theta = _tensor(node.r), _tensor(node.v_leak), _tensor(node.v_threshold)
+        sampling = meta.get("mode") == "probability"
+        if sampling:
+            shape = (-1,) + (1,) * (theta.dim() - 1)
+            offset = _tensor(meta["logit_offset"]).reshape(shape)
+            scale = _tensor(meta["logit_scale"]).reshape(shape)
+
+        def step(x, mode, g):
+            if sampling and mode == "probability":
+                p = 0.5 * (1.0 + torch.erf((x + offset) / scale))
+                return (torch.rand(x.shape, generator=g) < p).to(x.dtype)
+            return ((v_leak + r * x) > theta).to(x.dtype)
+        return step
+
+    def spikes(self, x: torch.Tensor) -> torch.Tensor:
+        """Input spikes: 1 where ``x`` (event counts or spikes, (B, C, H, W) or (B, T, P, H, W)) is > 0."""
+        if x.dim() == len(self.input_shape) + 2:
+            x = x.flatten(1, 2)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"input of shape {tuple(x.shape)} does not match the graph's input "
+                             f"(batch, {', '.join(map(str, self.input_shape))})")
+        return (x > 0).float()
+
+    def forward(self, x: torch.Tensor, mode: str = "deterministic",
+                generator: torch.Generator | None = None, until: str | None = None) -> torch.Tensor:
+        """The graph's raw output for a batch ``x`` (what an importer such as norse computes).
+
+        ``until``: stop after the node of that name and return its output (e.g. a layer's spikes).
+        """
+        if mode not in RUNTIME_MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {RUNTIME_MODES}")
+        if until is not None and until not in self.order:
+            raise ValueError(f"no node {until!r} in the graph (nodes: {', '.join(self.order)})")
+        h = self.spikes(x)
+        with torch.no_grad():
+            for name, step in zip(self.order, self.steps):
+                if step is not None:
+                    h = step(h, mode, generator)
+                if name == until:
+                    break
+        return h
+
+    __call__ = forward
+
+    def logits(self, x: torch.Tensor, mode: str = "deterministic",
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Class logits: the raw output divided by the readout's ``output_scale`` (1 unless quantized)."""
+        return self.forward(x, mode, generator) / self.output_scale
+
+    def sample_probabilities(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None,
+                             max_batch: int = 256) -> torch.Tensor:
+        """softmax of ``samples`` stochastic passes per input, as a (samples, B, classes) tensor."""
+        b = x.shape[0]
+        rows = x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * b, *x.shape[1:])
+        outs = [torch.softmax(self.logits(rows[i:i + max_batch], "probability", generator), dim=1)
+                for i in range(0, rows.shape[0], max_batch)]
+        return torch.cat(outs).reshape(samples, b, -1)
+
+    def mc_predict(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None,
+                   max_batch: int = 256) -> MCResult:
+        """Monte Carlo prediction: the mean softmax of ``samples`` stochastic passes (``nsm.mc_predict``)."""
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1 (got {samples})")
+        probs = self.sample_probabilities(x, samples, generator, max_batch).mean(dim=0)
+        return MCResult(probs, torch.full((x.shape[0],), samples, dtype=torch.long))
+
+
+def load(path) -> NIRRuntime:
+    """A runtime for the NIR file at ``path``."""
+    return NIRRuntime(path)

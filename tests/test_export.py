@@ -1,0 +1,341 @@
+"""NIR export of binary spike networks, the NIR runtime, quantization and the ``nsm export`` job."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+import models
+import nsm
+from pipelines.checkpoint import project_version, save_checkpoint
+from pipelines.export import (MARGIN, TAU, ExportError, add_parser, check_inputs, compare_logits, decode_metadata,
+                              deterministic_logits, norse_logits, norse_module, read_nir, run, target_report, to_nir,
+                              write_nir)
+from pipelines.nir_runtime import NIRRuntime
+from pipelines.quantize import INTEGER_THRESHOLD, quantization_report, quantize
+
+SMALL = (2, 32, 32)           # untrained allconvnet18, width 0.25
+TASK = (2, 18, 18)            # trained nmnist_cnn: 18 -> 14 -> 7 -> 3 -> 1
+CLASSES = ["up", "down", "left", "right"]
+
+
+def quadrant_task(n: int, seed: int, shape=TASK):
+    """Class k = events concentrated in quadrant k over sparse background noise (linearly separable)."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.poisson(torch.full((n, c, h, w), 0.05), generator=g)
+    hh, ww = h // 2, w // 2
+    for i in range(n):
+        r, q = divmod(int(y[i]), 2)
+        x[i, :, r * hh:(r + 1) * hh, q * ww:(q + 1) * ww] += torch.poisson(torch.full((c, hh, ww), 0.5), generator=g)
+    return x, y
+
+
+def small_nmnist(neuron="bnsm", seed=0):
+    torch.manual_seed(seed)
+    return models.create_model("nmnist_cnn", in_channels=TASK[0], input_size=TASK[1:], num_classes=4,
+                               neuron=neuron, channels=(4, 8), hidden=32)
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    torch.manual_seed(0)
+    return models.create_model("allconvnet18", in_channels=SMALL[0], input_size=SMALL[1:], num_classes=4, width=0.25)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """nmnist_cnn (4c5-p2-8c5-p2-32-4, bNSM) after 40 Adam steps on the quadrant task."""
+    model = small_nmnist()
+    x, y = quadrant_task(256, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(40):
+        idx = torch.randint(0, 256, (32,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def task_inputs():
+    return quadrant_task(200, seed=2)
+
+
+def test_trained_fixture_learned_the_task(trained, task_inputs):
+    x, y = task_inputs
+    acc = (deterministic_logits(trained, x).argmax(1) == y).float().mean()
+    assert acc > 0.7, f"fixture model did not learn (deterministic accuracy {acc:.2f})"
+
+
+# ------------------------------------------------------------------------------------ norse agreement
+
+
+def _norse_agrees(model, input_shape, x, tmp_path, name):
+    path = write_nir(to_nir(model, input_shape), tmp_path / f"{name}.nir")
+    got = norse_logits(nir.read(path), x)
+    ref = deterministic_logits(model, x)
+    result = compare_logits(got, ref)
+    assert result.n >= 200
+    assert result.top_class_agree == result.n, str(result)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), str(result)
+
+
+def test_norse_matches_untrained_allconvnet18_on_200_inputs(untrained, tmp_path):
+    _norse_agrees(untrained, SMALL, check_inputs(SMALL, 200, seed=0), tmp_path, "untrained")
+
+
+def test_norse_matches_trained_model_on_200_inputs(trained, task_inputs, tmp_path):
+    x, _ = task_inputs
+    _norse_agrees(trained, TASK, torch.cat([x, check_inputs(TASK, 50, seed=5)]), tmp_path, "trained")
+
+
+def test_negative_beta_flips_units_and_export_still_matches(trained, task_inputs, tmp_path):
+    model = copy.deepcopy(trained)
+    flipped = {}
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            if isinstance(layer, (nsm.NSMConv2d, nsm.NSMLinear)):
+                layer.beta[::2] *= -1.0
+                flipped[name] = layer.beta.clone()
+    assert all((b < 0).any() for b in flipped.values())
+    g_pos, g_neg = to_nir(trained, TASK), to_nir(model, TASK)
+    for name, beta in flipped.items():
+        w_pos, w_neg = g_pos.nodes[f"syn{name}"].weight, g_neg.nodes[f"syn{name}"].weight
+        neg = (beta < 0).numpy()
+        np.testing.assert_array_equal(w_neg[neg], -w_pos[neg])       # the unit's sign is flipped
+        np.testing.assert_array_equal(w_neg[~neg], w_pos[~neg])
+        np.testing.assert_array_equal(decode_metadata(g_neg.nodes[f"lif{name}"].metadata)["beta"], beta.numpy())
+    x, _ = task_inputs
+    _norse_agrees(model, TASK, x, tmp_path, "negbeta")
+    assert compare_logits(NIRRuntime(g_neg).forward(x), deterministic_logits(model, x)).ok
+
+
+@pytest.mark.parametrize("neuron", ["bd", "wbd", "gnsm", "ste", "bn"])
+def test_other_binary_kinds_export_and_match(neuron, tmp_path):
+    model = small_nmnist(neuron)
+    graph = to_nir(model, TASK)
+    meta = decode_metadata(graph.nodes["lif1"].metadata)
+    assert meta["neuron"] == neuron
+    assert meta["mode"] == ("probability" if neuron in ("gnsm", "ste") else "deterministic")
+    _norse_agrees(model, TASK, check_inputs(TASK, 200, seed=1), tmp_path, neuron)
+
+
+# ------------------------------------------------------------------------------------ threshold semantics
+
+
+def test_exact_tie_fires_like_the_nsm_unit_despite_strict_threshold():
+    """A unit with zero weights and bias has v = 0 exactly: sgn(0) = +1 in PyTorch; the graph must fire too."""
+    model = small_nmnist()
+    with torch.no_grad():
+        model[1].weight[0].zero_()
+        model[1].bias[0] = 0.0
+    x = check_inputs(TASK, 8, seed=0)
+    with nsm.using_mode(model, "deterministic"), torch.no_grad():
+        z = model[1](model[0](x))
+    assert (z[:, 0] == 1).all()
+    graph = to_nir(model, TASK)
+    assert float(graph.nodes["lif1"].v_threshold.max()) == -MARGIN
+    spikes = NIRRuntime(graph).forward(x, until="lif1")
+    torch.testing.assert_close(spikes, (z + 1) / 2)
+    # norse's LIF is strict (fires when v > threshold): at threshold 0 the tie would be lost.
+    lif = nir.LIF(tau=np.full(3, TAU, np.float32), r=np.ones(3, np.float32), v_leak=np.zeros(3, np.float32),
+                  v_threshold=np.array([0.0, -MARGIN, -MARGIN], np.float32))
+    g = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([3])}), "lif": lif,
+                            "output": nir.Output(output_type={"output": np.array([3])})},
+                     edges=[("input", "lif"), ("lif", "output")])
+    out, _ = norse_module(g)(torch.tensor([0.0, 0.0, -1e-30]))
+    assert out.tolist() == [0.0, 1.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------ runtime
+
+
+def test_runtime_deterministic_equals_model_exactly(untrained, trained, task_inputs):
+    x, _ = task_inputs
+    for model, shape, inputs in [(untrained, SMALL, check_inputs(SMALL, 200, seed=0)), (trained, TASK, x)]:
+        rt = NIRRuntime(to_nir(model, shape))
+        result = compare_logits(rt.logits(inputs), deterministic_logits(model, inputs))
+        assert result.ok, str(result)
+
+
+def test_runtime_mc_matches_mc_predict_within_sampling_error(trained, task_inputs, tmp_path):
+    """Both average K = 400 softmax draws; per (input, class) the two means differ by N(0, (var_m + var_r)/K).
+
+    Tolerance 5 standard errors (variances estimated from the draws) over 24 x 4 comparisons: a false
+    failure has probability below 1e-4.
+    """
+    x = task_inputs[0][:24]
+    k = 400
+    path = write_nir(to_nir(trained, TASK), tmp_path / "mc.nir")
+    rt = NIRRuntime(path)
+    draws_r = rt.sample_probabilities(x, k, generator=torch.Generator().manual_seed(11))
+    res_r = rt.mc_predict(x, k, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(res_r.probs, draws_r.mean(0))
+    res_m = nsm.mc_predict(trained, x, samples=k, generator=torch.Generator().manual_seed(12))
+    with torch.inference_mode(), nsm.using_generator(trained, torch.Generator().manual_seed(13)):
+        draws_m = nsm.sample_probabilities(trained, x, k)
+    se = ((draws_m.var(0) + draws_r.var(0)) / k).sqrt()
+    diff = (res_r.probs - res_m.probs).abs()
+    assert (diff <= 5 * se + 1e-6).all(), f"max diff/se {float((diff / (se + 1e-12)).max()):.2f}"
+    det = torch.softmax(rt.logits(x), dim=1)
+    assert ((res_r.probs - det).abs() > 5 * se + 1e-3).any(), "runtime sampling had no effect: the test has no teeth"
+    # a runtime with the sampling switched off is detectably different from the model's MC
+    assert ((det - res_m.probs).abs() > 5 * se + 1e-3).any()
+
+
+def test_runtime_mc_of_deterministic_kind_is_deterministic():
+    model = small_nmnist("bn")
+    x = check_inputs(TASK, 16, seed=2)
+    rt = NIRRuntime(to_nir(model, TASK))
+    res = rt.mc_predict(x, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.probs, torch.softmax(deterministic_logits(model, x), 1), rtol=1e-4, atol=1e-5)
+
+
+def test_runtime_rejects_wrong_input_shape(trained):
+    rt = NIRRuntime(to_nir(trained, TASK))
+    with pytest.raises(ValueError, match="does not match"):
+        rt.forward(torch.zeros(1, 3, 18, 18))
+
+
+# ------------------------------------------------------------------------------------ structure, refusal, metadata
+
+
+def test_default_allconvnet18_graph_structure():
+    torch.manual_seed(0)
+    model = models.create_model("allconvnet18")
+    graph = to_nir(model, (6, 64, 64))
+    kinds = {}
+    for node in graph.nodes.values():
+        kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
+    assert kinds == {"Input": 1, "Conv2d": 12, "LIF": 15, "SumPool2d": 4, "Flatten": 1, "Affine": 1, "Output": 1}
+    assert list(graph.nodes["input"].input_type["input"]) == [6, 64, 64]
+    assert list(graph.nodes["lif15"].v_threshold.shape) == [256, 8, 8]
+    assert list(graph.nodes["or4"].v_threshold.shape) == [64, 32, 32]
+    assert float(graph.nodes["or4"].v_threshold.max()) == 0.5
+    assert list(graph.nodes["readout_pool16"].kernel_size) == [8, 8]
+    assert graph.nodes["readout"].weight.shape == (11, 256)
+    lif = graph.nodes["lif1"]
+    assert np.all(lif.tau == TAU) and np.all(lif.r == 1) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
+    w = model[1].effective_weight()[0].detach().numpy()
+    np.testing.assert_array_equal(graph.nodes["syn1"].weight, 2 * w)
+    np.testing.assert_allclose(graph.nodes["syn1"].bias, -w.reshape(w.shape[0], -1).sum(1), rtol=1e-5, atol=1e-6)
+    report = target_report(graph)
+    assert "Conv2d 12" in report
+    assert re.search(r"sinabs / Speck\s+does not accept \(13 weight layers > 9\)", report)
+    assert re.search(r"Xylo\s+does not accept .*12 convolution", report)
+    assert re.search(r"snnTorch\s+does not accept .*SumPool2d", report)
+    assert re.search(r"norse\s+accepts", report)
+
+
+@pytest.mark.parametrize("neuron", ["dcnn", "sn", "plain"])
+def test_refuses_non_binary_networks_naming_the_layer(neuron):
+    model = models.create_model("allconvnet18", in_channels=2, input_size=(16, 16), num_classes=4, width=0.25,
+                                neuron=neuron)
+    with pytest.raises(ExportError, match=r"layer 1 \((Real|NoisyRectifier|Plain)Conv2d") as err:
+        to_nir(model, (2, 16, 16))
+    assert "not a binary spike layer" in str(err.value)
+
+
+def test_metadata_round_trip(trained, tmp_path):
+    frame_spec = {"n_time_bins": 2, "sensor": [34, 34, 2]}
+    graph = to_nir(trained, TASK, classes=CLASSES, frame_spec=frame_spec)
+    back = read_nir(write_nir(graph, tmp_path / "meta.nir"))
+    meta = decode_metadata(back.metadata)
+    assert meta["classes"] == CLASSES and meta["frame_spec"] == frame_spec
+    assert meta["model"] == "nmnist_cnn" and meta["project_version"] == project_version()
+    assert meta["model_spec"] == json.loads(json.dumps(trained.spec)) and meta["format"] == "nsm-events-spike-graph"
+    unit = decode_metadata(back.nodes["lif1"].metadata)
+    assert unit["neuron"] == "bnsm" and unit["mode"] == "probability" and unit["layer"] == "1"
+    assert unit["noise"] == {"kind": "bernoulli", "p": 0.5}
+    np.testing.assert_array_equal(unit["beta"], trained[1].beta.detach().numpy())
+    assert decode_metadata(back.nodes["or2"].metadata)["role"] == "or"
+    assert set(back.nodes) == set(graph.nodes) and sorted(back.edges) == sorted(graph.edges)
+
+
+def test_write_is_atomic_and_bad_files_are_named(trained, tmp_path):
+    path = tmp_path / "m.nir"
+    path.write_bytes(b"previous")
+    write_nir(to_nir(trained, TASK), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.nir"]          # no temporary file left behind
+    bad = tmp_path / "bad.nir"
+    bad.write_bytes(b"\x89HDF\r\n" + b"\0" * 10)
+    with pytest.raises(ValueError, match="bad.nir"):
+        read_nir(bad)
+
+
+# ------------------------------------------------------------------------------------ quantization
+
+
+def test_quantization_is_integer_exact_and_reports_accuracy(trained, task_inputs, tmp_path):
+    x, y = task_inputs
+    graph = to_nir(trained, TASK)
+    q8 = quantize(graph, 8)
+    for name in ("syn1", "syn3", "syn6"):
+        w = q8.nodes[name].weight
+        assert np.all(w == np.rint(w)) and np.abs(w).max() <= 127 and np.abs(w).max() == 127
+        assert np.all(q8.nodes[name].bias == np.rint(q8.nodes[name].bias))
+    assert np.all(q8.nodes["lif1"].v_threshold == INTEGER_THRESHOLD)
+    # the written quantized graph runs the same in norse as in the runtime, exactly
+    back = read_nir(write_nir(q8, tmp_path / "q8.nir"))
+    got, ref = norse_logits(back, x), NIRRuntime(q8).forward(x)
+    assert torch.equal(got.argmax(1), ref.argmax(1)) and torch.allclose(got, ref, rtol=1e-5, atol=1e-3)
+    report = quantization_report(graph, q8, x, y)
+    acc = float((deterministic_logits(trained, x).argmax(1) == y).float().mean())
+    assert report.accuracy_before == pytest.approx(acc) and report.n == 200 and report.bits == 8
+    assert report.agreement >= 0.95                       # 8 bits barely perturbs this model
+    assert abs(report.accuracy_after - report.accuracy_before) <= 1 - report.agreement + 1e-9
+    q2 = quantize(graph, 2)
+    assert set(np.unique(q2.nodes["syn1"].weight)) <= {-1.0, 0.0, 1.0}
+    assert "8-bit weights" in str(report) and "->" in str(report)
+    with pytest.raises(ValueError, match="bits"):
+        quantize(graph, 1)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="nsm")
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_cli_export_check_from_checkpoint(trained, tmp_path, capsys):
+    ck = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(ck, trained, classes=CLASSES, frame_spec={"n_time_bins": 2})
+    out = tmp_path / "out" / "model.nir"
+    args = _parse(["export", "--checkpoint", str(ck), "--out", str(out), "--check", "--seed", "4"])
+    assert args.func is run and args.check_samples == 200
+    assert run(args) == 0
+    text = capsys.readouterr().out
+    assert "norse check on 200 inputs: top class equal on 200/200" in text and "OK" in text
+    assert "importers:" in text and "neurons" in text and "synapses" in text
+    meta = decode_metadata(read_nir(out).metadata)
+    assert meta["classes"] == CLASSES and meta["frame_spec"] == {"n_time_bins": 2}
+
+    args = _parse(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "q.nir"), "--check",
+                   "--check-samples", "50", "--quantize-bits", "6"])
+    assert run(args) == 0
+    text = capsys.readouterr().out
+    assert "quantization to 6-bit weights" in text and "top class equal on 50/50" in text
+
+
+def test_cli_refuses_dcnn_checkpoint(tmp_path):
+    model = models.create_model("nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron="dcnn",
+                                channels=(4, 8), hidden=32)
+    ck = tmp_path / "dcnn.pt"
+    save_checkpoint(ck, model, classes=CLASSES)
+    with pytest.raises(ExportError, match="layer 1"):
+        run(_parse(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "x.nir")]))
+    assert not (tmp_path / "x.nir").exists()
