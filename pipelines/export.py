@@ -46,12 +46,18 @@ cancelling weights with the untrained zero bias) fire as in PyTorch.
 
 Why no larger margin: for +-1/{0,1} inputs the achievable pre-activations of a unit are the 2^fan-in
 sums 2W'.s + c; the smallest gap between them and 0 is a subset-sum question, and for float weights
-it is typically of the order of float32 rounding itself (on an untrained allconvnet18, width 0.25,
-a margin of 4e-6 already flips units that the model leaves silent, and the deterministic network
-amplifies one flipped unit into a different class). Nothing larger than the rounding error is
-provably safe, so the graph and the model agree exactly except where a unit's exact v lies within
-float32 rounding of 0 (|v| below about n u sum|W'|, n the fan-in, u = 2^-24), where the PyTorch
-model's own sign is itself a rounding artefact. ``--check`` measures the agreement on inputs.
+it is typically of the order of rounding itself (on an untrained allconvnet18, width 0.25, a margin
+of 4e-6 already flips units that the model leaves silent, and the deterministic network amplifies
+one flipped unit into a different class). Nothing larger than the rounding error is provably safe.
+
+Precision: export computes on a float64 copy of the model and writes float64 weights and biases,
+so the file holds 2W' and b' - sum W' without rounding; ``pipelines.nir_runtime`` runs in float64
+and reproduces the model's deterministic logits exactly. norse 1.1.0's importer casts every tensor
+to float32, so through norse a unit can still flip where its exact pre-activation lies within
+float32 rounding of 0 (|v| below about n u sum|W'|, n the fan-in, u = 2^-24). Measured on the
+full-size untrained allconvnet18 (6x64x64, 200 check inputs): top class equal on 200/200, logits
+different on 2 inputs; trained networks keep their units farther from threshold. ``--check``
+measures the agreement.
 
 With integer weights (``--quantize-bits``, ``pipelines.quantize``) the gap is provable: the
 pre-activations are integers and the threshold sits at -1/2, halfway between two of them, so the
@@ -71,6 +77,7 @@ sampling unit fires with P = 1/2 (1 + erf(v)) (``pipelines.nir_runtime``). Pool 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -96,7 +103,8 @@ FORMAT = "nsm-events-spike-graph"
 BINARY_KINDS = ("bnsm", "gnsm", "ste", "bn", "bd", "wbd")
 SAMPLING_KINDS = ("bnsm", "gnsm", "ste")
 MARGIN = float(np.finfo(np.float32).tiny)
-"""Unit thresholds are -MARGIN: p > -MARGIN <=> p >= 0 for float32 p (module docstring)."""
+"""Unit thresholds are -MARGIN: p > -MARGIN <=> p >= 0 for float32 p, and for float64 p
+up to negatives within 1.2e-38 of 0 (module docstring)."""
 OR_THRESHOLD = 0.5
 
 
@@ -136,17 +144,17 @@ def _unit_kind(model: nn.Module, layer: nn.Module) -> str:
 
 def _unit_nodes(model, name: str, layer: nn.Module, shape: tuple) -> tuple[list, tuple]:
     """(Conv2d or Affine, LIF) of one binary unit layer, and its output shape."""
-    with torch.no_grad():
+    with torch.no_grad():                                  # ``layer`` is float64 here (see ``to_nir``)
         if isinstance(layer, (NSMConv2d, NSMLinear)):
             w_eff, b_eff = layer.effective_weight()
-            beta = layer.beta.detach().double().numpy()
+            beta = layer.beta.detach().numpy()
         else:
             w_eff, b_eff = layer.effective_weight(), layer.bias
             beta = None
-        w = w_eff.detach().float().numpy()
-        b = np.zeros(w.shape[0]) if b_eff is None else b_eff.detach().double().numpy()
-    weight2 = (2.0 * w).astype(np.float32)                                   # exact: a power-of-two scale
-    bias = (b - w.astype(np.float64).reshape(w.shape[0], -1).sum(axis=1)).astype(np.float32)
+        w = w_eff.detach().numpy()
+        b = np.zeros(w.shape[0]) if b_eff is None else b_eff.detach().numpy()
+    weight2 = 2.0 * w                                                        # exact: a power-of-two scale
+    bias = b - w.reshape(w.shape[0], -1).sum(axis=1)
     kind = _unit_kind(model, layer)
     if isinstance(layer, (NSMConv2d, SignConv2d)):
         if len(shape) != 3 or shape[0] != layer.in_channels:
@@ -189,7 +197,7 @@ def _readout_nodes(name: str, layer: Readout, shape: tuple) -> list:
     with torch.no_grad():
         a = layer.linear.weight.detach().double().numpy()
         a0 = layer.linear.bias.detach().double().numpy() if layer.linear.bias is not None else np.zeros(a.shape[0])
-    bias = (a0 - a.sum(axis=1)).astype(np.float32)
+    bias = a0 - a.sum(axis=1)
     meta = {"role": "readout", "layer": name, "output_scale": 1.0}
     if len(shape) == 3:
         area = shape[1] * shape[2]
@@ -198,8 +206,8 @@ def _readout_nodes(name: str, layer: Readout, shape: tuple) -> list:
                               metadata={"role": "readout_pool", "layer": name}),
                 nir.Flatten(input_type={"input": np.array([shape[0], 1, 1])}, start_dim=0, end_dim=-1,
                             metadata={"role": "readout_flatten", "layer": name}),
-                nir.Affine(weight=(2.0 * a / area).astype(np.float32), bias=bias, metadata=meta)]
-    return [nir.Affine(weight=(2.0 * a).astype(np.float32), bias=bias, metadata=meta)]
+                nir.Affine(weight=2.0 * a / area, bias=bias, metadata=meta)]
+    return [nir.Affine(weight=2.0 * a, bias=bias, metadata=meta)]
 
 
 def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | None = None) -> nir.NIRGraph:
@@ -213,6 +221,7 @@ def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | No
     if not isinstance(model, nn.Sequential):
         raise ExportError(f"{type(model).__name__} is not a sequence of layers; export reads models.Network "
                           "(Binarize -> binary units and pools -> Readout)")
+    model = as_float64(model)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ExportError(f"input_shape must be (C, H, W) with positive sizes (got {tuple(input_shape)})")
@@ -328,6 +337,16 @@ def read_nir(path) -> nir.NIRGraph:
 # --------------------------------------------------------------------------------------------- check
 
 
+def as_float64(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` (the original is left as it is).
+
+    Export and its checks compute in float64: the file then holds 2W' and b' - sum W' without rounding,
+    and a unit flips between graph and model only if its exact pre-activation lies within about 1e-16
+    (relative) of its threshold, instead of float32's 1e-7.
+    """
+    return copy.deepcopy(model).double()
+
+
 def check_inputs(input_shape, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` random event-count frames (n, C, H, W), seeded, with varied event densities.
 
@@ -342,14 +361,10 @@ def check_inputs(input_shape, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def deterministic_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Logits of the deterministic (mean-field) network, ``nsm.using_mode(model, "deterministic")``."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), using_mode(model, "deterministic"):
-            return torch.cat([model(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
-    finally:
-        model.train(was_training)
+    """Float64 logits of the deterministic (mean-field) network, ``nsm.using_mode(model, "deterministic")``."""
+    model = as_float64(model).eval()
+    with torch.inference_mode(), using_mode(model, "deterministic"):
+        return torch.cat([model(x[i:i + batch].double()) for i in range(0, x.shape[0], batch)])
 
 
 def norse_module(graph: nir.NIRGraph) -> nn.Module:
@@ -359,13 +374,13 @@ def norse_module(graph: nir.NIRGraph) -> nn.Module:
     from norse.torch import from_nir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)   # nirtorch.load's deprecation notice
-        return from_nir(graph, dt=TAU)
+        return from_nir(graph, dt=TAU).double()
 
 
 def norse_logits(graph: nir.NIRGraph, x: torch.Tensor) -> torch.Tensor:
     """Run ``x`` (counts or spikes, (B, C, H, W)) through norse's import, one unbatched sample at a time."""
     module = norse_module(graph)
-    spikes = (x > 0).float()
+    spikes = (x > 0).double()
     outs = []
     with torch.no_grad():
         for s in spikes:

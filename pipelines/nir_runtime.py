@@ -1,7 +1,7 @@
 """Run an exported NIR spike graph without the checkpoint, deterministically or stochastically.
 
 Executes the node types ``pipelines.export`` writes (Input, Conv2d, LIF, SumPool2d, Flatten, Affine,
-Output) on batches, in float32, as one time step with dt = tau from rest:
+Output) on batches, in float64, as one time step with dt = tau from rest:
 
 - ``Conv2d``/``Affine``/``Flatten``: as in PyTorch (Flatten's dims shifted past the batch dimension);
 - ``SumPool2d``: the sum over each window (zero padding);
@@ -45,7 +45,7 @@ def _tuple(v, n=2):
 
 
 def _tensor(a) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a, dtype=np.float32))
+    return torch.as_tensor(np.asarray(a, dtype=np.float64))
 
 
 class NIRRuntime:
@@ -141,7 +141,7 @@ class NIRRuntime:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"input of shape {tuple(x.shape)} does not match the graph's input "
                              f"(batch, {', '.join(map(str, self.input_shape))})")
-        return (x > 0).float()
+        return (x > 0).double()
 
     def forward(self, x: torch.Tensor, mode: str = "deterministic",
                 generator: torch.Generator | None = None, until: str | None = None) -> torch.Tensor:

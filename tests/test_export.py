@@ -14,7 +14,7 @@ import torch
 import models
 import nsm
 from pipelines.checkpoint import project_version, save_checkpoint
-from pipelines.export import (MARGIN, TAU, ExportError, add_parser, check_inputs, compare_logits, decode_metadata,
+from pipelines.export import (MARGIN, TAU, ExportError, add_parser, as_float64, check_inputs, compare_logits, decode_metadata,
                               deterministic_logits, norse_logits, norse_module, read_nir, run, target_report, to_nir,
                               write_nir)
 from pipelines.nir_runtime import NIRRuntime
@@ -147,7 +147,7 @@ def test_exact_tie_fires_like_the_nsm_unit_despite_strict_threshold():
     graph = to_nir(model, TASK)
     assert float(graph.nodes["lif1"].v_threshold.max()) == -MARGIN
     spikes = NIRRuntime(graph).forward(x, until="lif1")
-    torch.testing.assert_close(spikes, (z + 1) / 2)
+    torch.testing.assert_close(spikes, ((z + 1) / 2).double())
     # norse's LIF is strict (fires when v > threshold): at threshold 0 the tie would be lost.
     lif = nir.LIF(tau=np.full(3, TAU, np.float32), r=np.ones(3, np.float32), v_leak=np.zeros(3, np.float32),
                   v_threshold=np.array([0.0, -MARGIN, -MARGIN], np.float32))
@@ -227,7 +227,7 @@ def test_default_allconvnet18_graph_structure():
     assert graph.nodes["readout"].weight.shape == (11, 256)
     lif = graph.nodes["lif1"]
     assert np.all(lif.tau == TAU) and np.all(lif.r == 1) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
-    w = model[1].effective_weight()[0].detach().numpy()
+    w = as_float64(model)[1].effective_weight()[0].detach().numpy()      # export computes in float64
     np.testing.assert_array_equal(graph.nodes["syn1"].weight, 2 * w)
     np.testing.assert_allclose(graph.nodes["syn1"].bias, -w.reshape(w.shape[0], -1).sum(1), rtol=1e-5, atol=1e-6)
     report = target_report(graph)
