@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -53,20 +54,31 @@ def _uniform(state):
 
 @numba.njit(nogil=True, cache=True)
 def _sample_block(v, out, origin, table, v_max, steps):
-    """Fill ``out`` with states for ``v``, drawing u_i from the stream ``origin + (i + 1) * GAMMA``."""
+    """Fill ``out`` with states for ``v``, drawing u_i from the stream ``origin + (i + 1) * GAMMA``.
+
+    ``out`` may be ``v`` itself: each v_i is read before out_i is written, and the logits of the
+    draws left undecided by the table are kept aside for the second loop.
+    """
     top = table.size - 2
-    # Hot loop, branch-free: +1 if u < P(v_k), -1 if u >= P(v_k+1), 0 when u lies in the bracket.
+    pending_i = np.empty(v.size, np.int32)          # 64 KiB each: heap memory, reused, no page faults
+    pending_v = np.empty(v.size, np.float32)
+    n_pending = 0
+    # Hot loop, branch-free: +1 if u < P(v_k), -1 if u >= P(v_k+1), else keep (i, v_i) for later.
     # (It holds no erf, so the compiler cannot evaluate erf for every element.)
     for i in range(v.size):
         u = _uniform(origin + np.uint64(i + 1) * _GAMMA)
-        pos = (np.float64(v[i]) + v_max) * steps + 1.0
+        x = np.float64(v[i])
+        pos = (x + v_max) * steps + 1.0
         k = np.int64(min(pos, top)) if pos > 0.0 else 0   # NaN -> 0: bracket [0, P(-V)], never fires
-        out[i] = np.float32(u < table[k]) - np.float32(u >= table[k + 1])
+        fire, quiet = u < table[k], u >= table[k + 1]
+        out[i] = np.float32(fire) - np.float32(quiet)
+        pending_i[n_pending], pending_v[n_pending] = i, x    # x: read before out[i] was written
+        n_pending += 1 - (fire | quiet)
     # Rare loop: redraw the same u from the counter and compare with P(v) itself.
-    for i in range(v.size):
-        if out[i] == 0.0:
-            u = _uniform(origin + np.uint64(i + 1) * _GAMMA)
-            out[i] = 1.0 if u < 0.5 * (1.0 + math.erf(np.float64(v[i]))) else -1.0
+    for j in range(n_pending):
+        i = pending_i[j]
+        u = _uniform(origin + np.uint64(i + 1) * _GAMMA)
+        out[i] = 1.0 if u < 0.5 * (1.0 + math.erf(np.float64(pending_v[j]))) else -1.0
 
 
 @numba.njit(nogil=True, cache=True)
@@ -88,11 +100,12 @@ def _sign_blocks(v, out, first, last):
 # fork (DataLoader workers get a fresh one).
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _reset_pool() -> None:
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_pool)
@@ -105,10 +118,14 @@ def _run_split(fn, n_units: int, threads: int, *args) -> None:
     if parts == 1:
         fn(*args, 0, n_units)
         return
-    if _pool is None or _pool_size < parts:
-        _pool, _pool_size = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nsm-kernel"), parts
+    with _pool_lock:
+        if _pool is None or _pool_size < parts:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="nsm-kernel"), parts
+        pool = _pool
     edges = [n_units * k // parts for k in range(parts + 1)]
-    futures = [_pool.submit(fn, *args, edges[k], edges[k + 1]) for k in range(1, parts)]
+    futures = [pool.submit(fn, *args, edges[k], edges[k + 1]) for k in range(1, parts)]
     fn(*args, edges[0], edges[1])
     for f in futures:
         f.result()

@@ -52,6 +52,18 @@ def test_kernel_states_equal_direct_comparison_with_erf():
     assert np.array_equal(z, expected.astype(np.float32))
 
 
+def test_kernel_in_place_equals_out_of_place():
+    """Writing the states over the logits (as inference does) must not change a single state."""
+    v = tricky_logits(3 * kernels.BLOCK + 7, np.random.default_rng(3))
+    expected = kernels.sample_sign_cpu(v, 11)
+    buf = v.copy()
+    kernels.sample_sign_cpu(buf, 11, out=buf, threads=2)
+    assert np.array_equal(buf, expected)
+    buf = v.copy()
+    kernels.sign_cpu(buf, out=buf, threads=2)
+    assert np.array_equal(buf, kernels.sign_cpu(v))
+
+
 def test_kernel_frequencies_follow_P():
     v = np.repeat(np.array([-2.0, -0.5, 0.0, 0.3, 1.2], dtype=np.float32), 200_000)
     z = kernels.sample_sign_cpu(v, 7).reshape(5, -1)
