@@ -69,9 +69,17 @@ def _uses_kernel(v: torch.Tensor) -> bool:
     return v.device.type == "cpu" and v.dtype == torch.float32
 
 
-def _into(out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """The tensor to write states into: ``out`` when given and contiguous, else a new one like ``like``."""
-    return out if out is not None and out.is_contiguous() else torch.empty_like(like, memory_format=torch.contiguous_format)
+def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback) -> torch.Tensor:
+    """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32) or ``fallback()``; into ``out`` if given."""
+    if _uses_kernel(like):
+        res = out if out is not None and out.is_contiguous() else torch.empty_like(
+            like, memory_format=torch.contiguous_format)
+        kernel(like.detach().numpy(), res.detach().numpy())
+    else:
+        res = fallback()
+    if out is not None and res is not out:
+        return out.copy_(res)
+    return res
 
 
 def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None):
@@ -81,28 +89,21 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
     ``generator`` (torch's global RNG when None). Elsewhere: r ~ U(-1, 1) and z = +1 iff
     r < erf(v), since P(r < erf(v)) = (erf(v) + 1) / 2 = P. ``out`` may be ``v`` itself.
     """
-    if _uses_kernel(v):
+    def kernel(a, o):
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-        res = _into(out, v)
-        kernels.sample_sign_cpu(v.detach().numpy(), seed, out=res.detach().numpy(), threads=torch.get_num_threads())
-    else:
+        kernels.sample_sign_cpu(a, seed, out=o, threads=torch.get_num_threads())
+
+    def fallback():
         r = torch.empty_like(v).uniform_(-1.0, 1.0, generator=generator)
-        res = torch.where(r < torch.erf(v), 1.0, -1.0).to(v.dtype)
-    if out is not None and res is not out:
-        return out.copy_(res)
-    return res
+        return torch.where(r < torch.erf(v), 1.0, -1.0).to(v.dtype)
+
+    return _write_states(v, out, kernel, fallback)
 
 
 def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """z = sgn(u) with sgn(0) = +1 (no gradient); written into ``out`` if given (which may be ``u``)."""
-    if _uses_kernel(u):
-        res = _into(out, u)
-        kernels.sign_cpu(u.detach().numpy(), out=res.detach().numpy(), threads=torch.get_num_threads())
-    else:
-        res = torch.where(u >= 0, 1.0, -1.0).to(u.dtype)
-    if out is not None and res is not out:
-        return out.copy_(res)
-    return res
+    return _write_states(u, out, lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads()),
+                         lambda: torch.where(u >= 0, 1.0, -1.0).to(u.dtype))
 
 
 class _SignWithSurrogate(torch.autograd.Function):
@@ -131,32 +132,34 @@ class _SignWithSurrogate(torch.autograd.Function):
 SURROGATES = ("erf", "hardtanh")
 
 
-def with_surrogate(v: torch.Tensor, states_of: Callable[..., torch.Tensor], surrogate: str = "erf") -> torch.Tensor:
+def with_surrogate(v: torch.Tensor, states_of: Callable[..., torch.Tensor], surrogate: str = "erf",
+                   overwrite: bool = False) -> torch.Tensor:
     """Binary states ``states_of(v, out=None)`` in the forward pass; gradients flow to v through ``surrogate``.
 
-    When no gradient can flow to v (inference, or v not requiring grad), the states overwrite v in
-    place, which saves allocating a tensor per layer.
+    ``overwrite``: the caller owns v and does not need it afterwards, so when no gradient can flow to v
+    (inference) the states are written over it instead of into a new tensor (one allocation less per layer).
     """
     if surrogate not in SURROGATES:
         raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
-    if not (torch.is_grad_enabled() and v.requires_grad):
-        return states_of(v, out=v)          # nothing will differentiate v: write the states over it
+    if overwrite and not (torch.is_grad_enabled() and v.requires_grad):
+        return states_of(v, out=v)
     return _SignWithSurrogate.apply(v, states_of, surrogate)
 
 
-def sample_sign(v: torch.Tensor, surrogate: str = "erf", generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_sign(v: torch.Tensor, surrogate: str = "erf", generator: torch.Generator | None = None,
+                overwrite: bool = False) -> torch.Tensor:
     """Draw z = +1 with probability P = 1/2 (1 + erf(v)), else -1 (the ``probability`` mode).
 
     The forward pass emits the sample; the backward pass uses only the gradient of
     E(z) = 2P - 1 = erf(v): the seed's rule ``y = sample + (2P - 1) - (2P - 1).detach()``, computed
     without building those extra tensors.
     """
-    return with_surrogate(v, lambda x, out=None: draw_states(x, generator, out), surrogate)
+    return with_surrogate(v, lambda x, out=None: draw_states(x, generator, out), surrogate, overwrite)
 
 
-def deterministic_sign(v: torch.Tensor, surrogate: str = "erf") -> torch.Tensor:
+def deterministic_sign(v: torch.Tensor, surrogate: str = "erf", overwrite: bool = False) -> torch.Tensor:
     """z = sgn(v) with sgn(0) = +1: the mean-field unit, sgn(E(u | z)) (``deterministic`` mode)."""
-    return with_surrogate(v, sign_states, surrogate)
+    return with_surrogate(v, sign_states, surrogate, overwrite)
 
 
 def synapse_preactivation(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor,

@@ -180,12 +180,12 @@ class _NSMUnit(StochasticUnit):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         v = self.logit(z)
         if self.mode == "probability":
-            return nsmf.sample_sign(v, self.surrogate, self.generator)
+            return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
-            return nsmf.deterministic_sign(v, self.surrogate)
+            return nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
         u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
                                        self.affine_padded, self.unit_dim, self.generator)
-        return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate)
+        return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate, overwrite=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, noise={self.noise}, mode={self.mode}, estimator={self.estimator}"

@@ -60,7 +60,7 @@ class _SignUnit:
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         u = self.affine(z, self.effective_weight(), self.bias)
-        return nsmf.with_surrogate(u, nsmf.sign_states, "hardtanh")
+        return nsmf.with_surrogate(u, nsmf.sign_states, "hardtanh", overwrite=True)
 
 
 class SignConv2d(_SignUnit, AffineConv2d):

@@ -277,3 +277,17 @@ def test_convolution_equals_explicit_minus_one_padding(k, p, h, w):
     assert ours.shape == ref.shape and torch.allclose(ours, ref)
     g = torch.randn_like(ref)
     assert torch.allclose(torch.autograd.grad((g * ours).sum(), weight)[0], torch.autograd.grad((g * ref).sum(), weight)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "torch"])
+def test_public_sign_functions_leave_their_input_alone(dtype):
+    """Only ``overwrite=True`` (used by the layers, which own their logits) may write states over v."""
+    v = torch.randn(3, 40_000, dtype=dtype)
+    keep = v.clone()
+    with torch.no_grad():
+        z = nsmf.sample_sign(v, generator=torch.Generator().manual_seed(0))
+        nsmf.deterministic_sign(v)
+    assert torch.equal(v, keep)
+    with torch.no_grad():
+        same = nsmf.sample_sign(v, generator=torch.Generator().manual_seed(0), overwrite=True)
+    assert same.data_ptr() == v.data_ptr() and torch.equal(same, z)
