@@ -214,6 +214,16 @@ def _sample_window(info: dict) -> tuple[int | None, int | None]:
     return int(start), int(end)
 
 
+def _position(i, n: int, what: str) -> int:
+    """Sequence index ``i`` (negative counts from the end) as a position in ``range(n)``."""
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{what} index must be an integer, got {type(i).__name__}")
+    j = int(i) + n if i < 0 else int(i)
+    if not 0 <= j < n:
+        raise IndexError(f"{what} index {i} out of range for {n} {what}s")
+    return j
+
+
 class _Writer:
     """Appends samples to an open cache file, buffering up to ``_FLUSH_BYTES`` of frames."""
 
@@ -418,13 +428,7 @@ class CachedFrames(Sequence):
         return len(self.labels)
 
     def _index(self, i) -> int:
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"sample index must be an integer, got {type(i).__name__}")
-        n = len(self)
-        j = int(i) + n if i < 0 else int(i)
-        if not 0 <= j < n:
-            raise IndexError(f"sample index {i} out of range for {n} samples")
-        return j
+        return _position(i, len(self), "sample")
 
     def _read_frames(self, a: int, b: int) -> np.ndarray:
         try:
@@ -493,12 +497,7 @@ class CachedClips(Sequence):
         return len(self.sample_index)
 
     def __getitem__(self, j) -> tuple[np.ndarray, int]:
-        if isinstance(j, (bool, np.bool_)) or not isinstance(j, (int, np.integer)):
-            raise TypeError(f"clip index must be an integer, got {type(j).__name__}")
-        n = len(self)
-        k = int(j) + n if j < 0 else int(j)
-        if not 0 <= k < n:
-            raise IndexError(f"clip index {j} out of range for {n} clips")
+        k = _position(j, len(self), "clip")
         i = int(self.sample_index[k])
         a = int(self.source._offsets[i]) + int(self.start_frame[k])
         return self.source._read_frames(a, a + self.frames_per_clip), int(self.labels[k])
