@@ -173,6 +173,10 @@ class _NSMUnit(StochasticUnit):
         w_eff, b_eff = self.effective_weight()
         return self.affine(z, w_eff, b_eff)
 
+    def preactivation(self, z: torch.Tensor) -> torch.Tensor:
+        """What the unit thresholds: the firing logit v (see ``logit``); recorded by ``nsm analyze``."""
+        return self.logit(z)
+
     def firing_probability(self, z: torch.Tensor) -> torch.Tensor:
         """P(z_i = +1 | z) = 1/2 (1 + erf(v_i)) for every output unit and position."""
         return nsmf.firing_probability(self.logit(z))

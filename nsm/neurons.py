@@ -58,9 +58,12 @@ class _SignUnit:
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         return self.weight * (self.g / nsmf.weight_norm(self.weight)).reshape(shape)
 
+    def preactivation(self, z: torch.Tensor) -> torch.Tensor:
+        """u = w.z + b (w the weight-normalized weight for wbd)."""
+        return self.affine(z, self.effective_weight(), self.bias)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        u = self.affine(z, self.effective_weight(), self.bias)
-        return nsmf.with_surrogate(u, nsmf.sign_states, "hardtanh", overwrite=True)
+        return nsmf.with_surrogate(self.preactivation(z), nsmf.sign_states, "hardtanh", overwrite=True)
 
 
 class SignConv2d(_SignUnit, AffineConv2d):
@@ -83,8 +86,12 @@ class _NoisyRectifierUnit(StochasticUnit):
             raise ValueError(f"noisy rectifier needs sigma > 0 (got {sigma})")
         self.sigma = sigma
 
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """u = w.x + b, before the noise."""
+        return self.affine(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.affine(x, self.weight, self.bias)
+        u = self.preactivation(x)
         if self.mode != "deterministic":
             u = u + self.sigma * torch.randn(u.shape, device=u.device, dtype=u.dtype, generator=self.generator)
         return F.relu(u)
@@ -105,6 +112,11 @@ class NoisyRectifierLinear(_NoisyRectifierUnit, AffineLinear):
 class _RealUnit:
     """dcnn: h = max(0, BN(u)), a deterministic real-valued unit with batch normalization."""
 
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        """BN(u) with this batch's statistics, leaving the running statistics untouched."""
+        n = self.norm
+        return F.batch_norm(self.affine(x, self.weight, self.bias), None, None, n.weight, n.bias, True, 0.0, n.eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.affine(x, self.weight, self.bias)))
 
@@ -124,8 +136,11 @@ class RealLinear(_RealUnit, AffineLinear):
 class _PlainUnit:
     """plain: h = hardtanh(u), zero padding; the cost reference for benchmarks."""
 
+    def preactivation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.affine(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.hardtanh(self.affine(x, self.weight, self.bias))
+        return F.hardtanh(self.preactivation(x))
 
 
 class PlainConv2d(_PlainUnit, AffineConv2d):

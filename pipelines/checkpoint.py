@@ -15,7 +15,6 @@ half-written checkpoint in place of a good one.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 from torch import nn
 
 import models
+
+from .files import atomic_file
 
 FORMAT = "nsm-events-checkpoint"
 VERSION = 1
@@ -48,18 +49,8 @@ class Checkpoint:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path, model: nn.Module, *, classes, frame_spec: dict | None = None, config: dict | None = None,

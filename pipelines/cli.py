@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, demo, export, simulate
+from . import analyze, bench, demo, evaluate, export, simulate, train
 
-JOBS = [simulate, bench, demo, export]
+JOBS = [simulate, train, evaluate, analyze, export, bench, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

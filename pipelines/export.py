@@ -80,8 +80,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +93,8 @@ from torch.nn.modules.utils import _pair
 from nsm.layers import Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout
 from nsm.neurons import SignConv2d, SignLinear
 from nsm.sampling import using_mode
+
+from .files import atomic_path
 
 TAU = 2.0 ** -10
 """Time constant and time step (s, about 1 ms) of the memoryless neurons; import with ``dt = TAU``."""
@@ -310,17 +310,9 @@ def decode_metadata(metadata: dict) -> dict:
 
 def write_nir(graph: nir.NIRGraph, path) -> Path:
     """``nir.write`` to a temporary file beside ``path``, then rename over ``path`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         nir.write(tmp, graph)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_nir(path) -> nir.NIRGraph:

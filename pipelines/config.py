@@ -1,0 +1,263 @@
+"""Run configuration: TOML presets in ``configs/`` loaded into frozen dataclasses.
+
+A configuration has four tables, each a frozen dataclass below: ``[data]`` (which data set and how
+its events become frames), ``[model]`` (``models.create_model`` arguments), ``[train]`` and
+``[eval]``. A preset is a TOML file holding any subset of them (missing keys take the defaults
+here); ``--set table.key=value`` overrides one key, the value parsed as TOML (``1e-3``,
+``true``, ``[16, 32]``, ``"gnsm"``; a bare word is taken as a string). Unknown tables or keys are
+an error that lists the valid ones; ``[model.options]`` is the one open table: it is handed to the
+model builder, which validates it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+import events
+import models
+from nsm.neurons import NEURON_KINDS
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DATASETS = ("dvsgesture", "nmnist")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set and its frames (``events.FrameSpec`` fields: a preset sets exactly one slicing mode,
+    ``n_time_bins`` or ``time_window_us``; with ``frames_per_clip`` each sample is cut into
+    non-overlapping clips of that many frames). ``val_fraction``: share of the training *recordings' samples*
+    (whole gestures or digits, never single clips, so no clip of a validation gesture is trained on)
+    held out for validation and ``best.pt``; 0 validates on nothing and keeps the last epoch as best.
+    """
+
+    dataset: str = "dvsgesture"
+    n_time_bins: int | None = None
+    time_window_us: int | None = None
+    polarity: str = "merge"
+    downsample: int = 1
+    crop: list[int] | None = None
+    frames_per_clip: int | None = None
+    span: str = "events"
+    val_fraction: float = 0.1
+
+    def frame_spec(self) -> events.FrameSpec:
+        return events.FrameSpec(n_time_bins=self.n_time_bins, time_window_us=self.time_window_us,
+                                polarity=self.polarity, downsample=self.downsample,
+                                crop=tuple(self.crop) if self.crop else None,
+                                frames_per_clip=self.frames_per_clip, span=self.span)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        self.frame_spec()                      # FrameSpec checks its own fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``models.create_model(name, neuron=..., noise_p=..., **options)``; sizes follow from the data."""
+
+    name: str = "allconvnet18"
+    neuron: str = "bnsm"
+    noise_p: float = 0.5
+    noise_sigma: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.name not in models.list_models():
+            raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
+        if self.neuron not in NEURON_KINDS:
+            raise ValueError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of event frames (each applied per clip with its probability).
+
+    ``jitter_px``: random translation by up to this many pixels in x and y (vacated pixels are
+    empty). ``time_flip``: play the clip backwards (with ON and OFF swapped, as a reversed scene
+    would give); classes whose label changes under reversal are mapped (DVS Gesture: clockwise <->
+    counter-clockwise). ``polarity_flip``: swap ON and OFF (contrast reversal; label-preserving).
+    """
+
+    jitter_px: int = 0
+    time_flip: float = 0.0
+    polarity_flip: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: Adam (``lr``, ``adam_eps``, ``weight_decay``), the learning rate multiplied by
+    ``lr_gamma`` every ``lr_step_epochs`` epochs. ``workers``: DataLoader worker processes.
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``amp``: bfloat16/float16
+    autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads."""
+
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 3e-4
+    lr_step_epochs: int = 100
+    lr_gamma: float = 0.5
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    record_every: int = 50
+    augment: AugmentConfig = AugmentConfig()
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "lr_step_epochs", "record_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.lr_gamma <= 0:
+            raise ValueError("train.lr and train.lr_gamma must be > 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.workers < 0:
+            raise ValueError("train.workers must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Monte Carlo prediction (DESIGN.md section 3): ``samples`` fixed K, or ``adaptive`` with
+    ``threshold``, ``min_samples``, ``max_samples``."""
+
+    samples: int = 16
+    adaptive: bool = False
+    threshold: float = 0.9
+    min_samples: int = 4
+    max_samples: int = 64
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.min_samples < 1 or self.max_samples < self.min_samples:
+            raise ValueError("eval: need samples >= 1 and 1 <= min_samples <= max_samples")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"eval.threshold must be in (0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def validate(self) -> "Config":
+        for part in (self.data, self.model, self.train, self.eval):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (``None`` values omitted, as TOML has no null)."""
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def _build(cls, table: dict, where: str):
+    """Instantiate dataclass ``cls`` from ``table``; unknown keys list the valid ones."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table, got {type(table).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
+                         f"valid keys in [{where}]: {', '.join(sorted(known))}")
+    kw = {}
+    for key, value in table.items():
+        sub = known[key].default
+        if dataclasses.is_dataclass(sub):
+            value = _build(type(sub), value, f"{where}.{key}")
+        kw[key] = value
+    return cls(**kw)
+
+
+def from_dict(d: dict, source: str = "config") -> Config:
+    """A validated ``Config`` from a nested dict (a parsed TOML file)."""
+    try:
+        tables = {k: v for k, v in d.items()}
+        top = {f.name: f for f in fields(Config)}
+        unknown = sorted(set(tables) - set(top))
+        if unknown:
+            raise ValueError(f"unknown table(s) or key(s) {unknown}; valid: {sorted(top)}")
+        kw = {}
+        for key, value in tables.items():
+            default = top[key].default
+            kw[key] = _build(type(default), value, key) if dataclasses.is_dataclass(default) else value
+        return Config(**kw).validate()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001); the value is TOML, a bare word a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects key=value (e.g. train.lr=1e-3), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """A copy of nested dict ``d`` with each ``key=value`` override set (tables created as needed)."""
+    import copy
+
+    d = copy.deepcopy(d)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = d
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item}: {part!r} is not a table")
+        node[path[-1]] = value
+    return d
+
+
+def resolve_source(name_or_path: str) -> Path:
+    """A preset name (``tiny``) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such configuration file")
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.toml"
+    if not preset.is_file():
+        raise FileNotFoundError(f"no preset named {name_or_path!r}; presets: {', '.join(list_presets())} "
+                                f"(or pass a path to a .toml file)")
+    return preset
+
+
+def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
+    """Load a preset or TOML file, apply ``--set`` overrides, validate."""
+    path = resolve_source(name_or_path)
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    d.setdefault("name", path.stem)
+    return from_dict(apply_overrides(d, list(overrides)), str(path))

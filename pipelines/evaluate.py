@@ -1,0 +1,153 @@
+"""``nsm evaluate``: accuracy and calibration of a trained network on the test split.
+
+Three predictors of the same network are compared on every test item:
+
+  Monte Carlo     the mean softmax of K stochastic forward passes (``--samples K``), or adaptive
+                  sampling (``--adaptive``: per input, stop once the running mean's top probability
+                  reaches ``--threshold`` after ``--min-samples``, never beyond ``--max-samples``)
+  1 sample        a single stochastic forward pass
+  deterministic   the mean-field network (every unit z = sgn(E u)), the one export writes out
+
+``metrics.json`` holds the Monte Carlo predictor's accuracy, NLL, Brier score, expected
+calibration error (15 equal-width confidence bins) and mean samples used, the same for the other
+two predictors, the reliability bins and, for DVS Gesture, the per-gesture accuracy (every clip of
+a gesture combined by averaging its probabilities). ``reliability.png`` draws all three. Noise is
+drawn from a generator seeded by ``--seed``, so an evaluation repeats exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import nsm
+from nsm.sampling import stochastic_units
+
+from . import config as configs
+from .calibration import classification_metrics, group_accuracy, reliability_bins
+from .checkpoint import load_checkpoint
+from .data import test_set
+from .figures import plot_reliability
+from .files import write_text_atomic
+from .train import DEFAULT_CACHE, select_device
+
+
+def predict(model, loader, *, samples: int = 16, adaptive: bool = False, threshold: float = 0.9,
+            min_samples: int = 4, max_samples: int = 64, seed: int = 0, device=torch.device("cpu"),
+            progress: bool = True) -> dict[str, np.ndarray]:
+    """Probabilities of the three predictors for every item of ``loader``, with labels and samples used."""
+    stochastic = bool(stochastic_units(model))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    mc = dict(adaptive=True, threshold=threshold, min_samples=min_samples, max_samples=max_samples) \
+        if adaptive else dict(samples=samples)
+    if not stochastic:                       # a deterministic network: one pass is the prediction
+        mc = dict(samples=1)
+    out = {k: [] for k in ("mc", "single", "deterministic", "labels", "samples_used")}
+    model.eval()
+    with torch.inference_mode(), nsm.using_generator(model, generator):
+        for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
+            x = x.to(device)
+            res = nsm.mc_predict(model, x, **mc)
+            out["mc"].append(res.probs.float().cpu())
+            out["samples_used"].append(res.samples_used.cpu())
+            out["single"].append(nsm.mc_predict(model, x, samples=1).probs.float().cpu()
+                                 if stochastic else res.probs.float().cpu())
+            with nsm.using_mode(model, "deterministic"):
+                out["deterministic"].append(torch.softmax(model(x).float(), dim=1).cpu())
+            out["labels"].append(y)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, adaptive: bool | None = None,
+             threshold: float | None = None, max_samples: int | None = None, seed: int = 0,
+             cache_dir=DEFAULT_CACHE, device: str = "auto", progress: bool = True) -> dict:
+    """Evaluate ``checkpoint`` on the test split under ``data_root``; write metrics.json and reliability.png."""
+    ck = load_checkpoint(checkpoint)
+    cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
+    if cfg is None:
+        raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
+    ev = cfg.eval
+    adaptive = ev.adaptive if adaptive is None else adaptive
+    samples = ev.samples if samples is None else samples
+    threshold = ev.threshold if threshold is None else threshold
+    max_samples = ev.max_samples if max_samples is None else max_samples
+    out = Path(checkpoint).parent if out is None else Path(out)
+    dev = select_device(device)
+    model = ck.model.to(dev)
+
+    test = test_set(cfg.data, data_root, cache_dir, progress=progress)
+    if len(test) == 0:
+        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
+    loader = DataLoader(test, batch_size=ev.batch_size)
+    p = predict(model, loader, samples=samples, adaptive=adaptive, threshold=threshold,
+                min_samples=min(ev.min_samples, max_samples), max_samples=max_samples, seed=seed, device=dev,
+                progress=progress)
+    labels = p["labels"]
+    mc_name = f"MC adaptive ({threshold:g})" if adaptive else f"MC {samples}"
+    metrics = {
+        "checkpoint": str(checkpoint), "epoch": ck.epoch, "model": ck.model.spec["name"],
+        "neuron": ck.model.spec["neuron"], "split": "test", "classes": len(ck.classes), "predictor": mc_name,
+        **classification_metrics(p["mc"], labels),
+        "mean_samples": float(p["samples_used"].mean()),
+    }
+    if cfg.data.dataset == "dvsgesture" and cfg.data.frames_per_clip:
+        metrics["gesture_accuracy"] = group_accuracy(p["mc"], labels, test.groups)
+        metrics["gestures"] = int(len(np.unique(test.groups)))
+    metrics["single_sample"] = classification_metrics(p["single"], labels)
+    metrics["deterministic"] = classification_metrics(p["deterministic"], labels)
+    conf = p["mc"].max(1)
+    metrics["reliability"] = reliability_bins(conf, p["mc"].argmax(1) == labels).to_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    plot_reliability({"1 sample": (p["single"], labels), mc_name: (p["mc"], labels),
+                      "deterministic": (p["deterministic"], labels)}, out / "reliability.png",
+                     title=f"{metrics['model']} ({metrics['neuron']}), {len(labels)} test items")
+    return metrics
+
+
+def summary(metrics: dict) -> str:
+    """A Markdown table of the three predictors."""
+    rows = [(metrics["predictor"], metrics, f"{metrics['mean_samples']:.1f}"),
+            ("1 sample", metrics["single_sample"], "1"), ("deterministic", metrics["deterministic"], "1")]
+    lines = ["| prediction | accuracy | NLL | Brier | ECE | mean samples |", "|---|---|---|---|---|---|"]
+    for name, m, k in rows:
+        lines.append(f"| {name} | {m['accuracy']:.1%} | {m['nll']:.3f} | {m['brier']:.3f} | {m['ece']:.3f} | {k} |")
+    text = "\n".join(lines)
+    if "gesture_accuracy" in metrics:
+        text += f"\n\nper-gesture accuracy ({metrics['gestures']} gestures, clips combined): " \
+                f"{metrics['gesture_accuracy']:.1%}"
+    return text
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy and calibration (ECE, NLL, Brier) with Monte Carlo sampling",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt or RUN/best.pt")
+    p.add_argument("--data", required=True, help="the data set folder the run was trained on")
+    p.add_argument("--out", help="folder for metrics.json and reliability.png (default: the checkpoint's folder)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--samples", type=int, help="fixed number of Monte Carlo samples K (default: the run's eval.samples)")
+    how.add_argument("--adaptive", action="store_true", default=None, help="adaptive sampling per input")
+    p.add_argument("--threshold", type=float, help="adaptive: stop once the top probability reaches this (default 0.9)")
+    p.add_argument("--max-samples", type=int, help="adaptive: at most this many samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    adaptive = True if args.adaptive else (False if args.samples is not None else None)
+    metrics = evaluate(args.checkpoint, args.data, args.out, samples=args.samples, adaptive=adaptive,
+                       threshold=args.threshold, max_samples=args.max_samples, seed=args.seed, cache_dir=args.cache,
+                       device=args.device, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    print(summary(metrics))
+    print(f"\nchance is {1 / metrics['classes']:.1%}; wrote {out / 'metrics.json'} and {out / 'reliability.png'}")
+    return 0

@@ -1,0 +1,162 @@
+"""Figures of a run: reliability diagrams and training curves, written as PNG files.
+
+Drawing goes through matplotlib's object-oriented API on the Agg canvas (no pyplot, no global
+backend switch, no display needed). Every PNG is written atomically: rendered to a temporary file in
+the destination folder, then renamed over the destination, so a reader never sees a half-written
+image and a failure leaves any previous file in place. Parent folders are created.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .calibration import DEFAULT_BINS, check_probs, reliability_bins
+from .files import atomic_file
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure bound to an Agg canvas."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (temporary file in the same folder, then rename)."""
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    return Path(path)
+
+
+def plot_reliability(results: dict, path, n_bins: int = DEFAULT_BINS, title: str | None = None) -> Path:
+    """Reliability diagram of one or more predictors, with a confidence histogram below.
+
+    ``results`` maps a predictor's name (e.g. ``"1 sample"``, ``"MC 16"``, ``"deterministic"``) to
+    ``(probs (N, C), labels (N,))``. Top panel: accuracy vs mean confidence of each non-empty bin of
+    ``n_bins`` equal-width confidence bins, against the diagonal of perfect calibration; each legend
+    entry carries the predictor's ECE. Bottom panel: fraction of samples per confidence bin.
+    Returns the path written.
+    """
+    if not isinstance(results, dict) or not results:
+        raise ValueError("plot_reliability needs a non-empty dict {name: (probs, labels)}")
+    binned = {}
+    for name, pair in results.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"results[{name!r}] must be a (probs, labels) pair")
+        try:
+            probs, labels = check_probs(*pair)
+        except ValueError as err:
+            raise ValueError(f"results[{name!r}]: {err}") from None
+        correct = probs.argmax(axis=1) == labels
+        binned[name] = reliability_bins(probs.max(axis=1).clip(0.0, 1.0), correct, n_bins)
+
+    fig = new_figure(6.0, 6.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    edges = next(iter(binned.values())).edges
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = (edges[1] - edges[0]) / (len(binned) + 1)
+    for k, (name, rb) in enumerate(binned.items()):
+        full = rb.counts > 0
+        line, = top.plot(rb.confidence[full], rb.accuracy[full], marker="o", markersize=4,
+                         label=f"{name} (ECE {rb.ece():.3f}, n={rb.n})")
+        offset = (k - (len(binned) - 1) / 2) * width
+        bottom.bar(centers + offset, rb.counts / rb.n, width=width, color=line.get_color(), alpha=0.8)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(title or "Reliability diagram")
+    top.legend(loc="upper left", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.set_xlabel(f"confidence (max probability), {len(edges) - 1} bins")
+    bottom.set_ylabel("fraction")
+    bottom.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
+def read_metrics(path) -> list[dict]:
+    """Records of a ``metrics.jsonl`` file (one JSON object per line; blank lines are skipped).
+
+    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` naming the file and line for a
+    line that is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: metrics file not found (written by 'nsm train', one line per epoch)")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def _series(records: list[dict], key: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of the records where ``key`` is a finite number; null or missing is skipped."""
+    xs, ys = [], []
+    for i, r in enumerate(records):
+        value = r.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{source}: record {i + 1}: {key!r} must be a number or null, got {value!r}")
+        if math.isfinite(value):
+            xs.append(r["epoch"])
+            ys.append(float(value))
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def plot_curves(records, path) -> Path:
+    """Training curves from ``metrics.jsonl`` records (a list of dicts, or the file's path).
+
+    Record format (one per epoch, written by the trainer): ``{"epoch": int, "train_loss": float,
+    "train_accuracy": float, "val_loss": float|null, "val_accuracy": float|null, "lr": float,
+    "seconds": float, "samples_per_s": float}``. Panels: loss (train, val), accuracy (train, val) and
+    learning rate (log scale, positive values only). Missing, null and non-finite values are skipped;
+    every record needs a numeric ``epoch``. Returns the path written.
+    """
+    source = str(records) if isinstance(records, (str, os.PathLike)) else "records"
+    if isinstance(records, (str, os.PathLike)):
+        records = read_metrics(records)
+    if not isinstance(records, (list, tuple)) or not records:
+        raise ValueError(f"{source}: no training records to plot")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValueError(f"{source}: record {i + 1} is not a dict")
+        epoch = r.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
+            raise ValueError(f"{source}: record {i + 1}: 'epoch' must be a finite number, got {epoch!r}")
+
+    fig = new_figure(12.0, 3.6)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    for ax, key, label in ((ax_loss, "train_loss", "train"), (ax_loss, "val_loss", "validation"),
+                           (ax_acc, "train_accuracy", "train"), (ax_acc, "val_accuracy", "validation")):
+        x, y = _series(records, key, source)
+        if len(x):
+            ax.plot(x, y, marker="o", markersize=3, label=label)
+    x, y = _series(records, "lr", source)
+    keep = y > 0
+    if keep.any():
+        ax_lr.plot(x[keep], y[keep], marker="o", markersize=3)
+        ax_lr.set_yscale("log")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy"), (ax_lr, "learning rate")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0] and ax is not ax_lr:
+            ax.legend(fontsize="small")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no values recorded", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    return save_png(fig, path)

@@ -1,0 +1,344 @@
+"""``nsm train``: train a network on event data, resumably, on a CPU, a GPU or many through torchrun.
+
+A run folder holds:
+
+  config.toml     the resolved configuration (preset + --set overrides)
+  checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config
+  best.pt         the epoch with the best validation accuracy (the latest one when there is no validation)
+  metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput)
+  curves.png      loss, accuracy and learning rate against epoch
+  activity.jsonl  the records ``nsm analyze`` draws from
+
+Every file is replaced atomically after each epoch, so a run killed at any moment (even with
+SIGKILL) loses at most the epoch in flight; ``--resume`` continues from ``checkpoint.pt`` and ends
+with exactly the parameters an uninterrupted run would have on a CPU: data order (a seeded
+permutation per epoch), augmentation (a function of seed, epoch and item) and the noise (the
+restored RNG states) all repeat.
+
+Multi-process: launched by ``torchrun`` (WORLD_SIZE > 1), each process trains on its share of every
+batch (``train.batch_size`` is the global batch, split evenly) under DistributedDataParallel
+(NCCL on GPUs, gloo on CPUs); gradients are averaged, so parameters after a step equal those of a
+single process on the whole batch (for units without sampling noise and batch statistics; noisy
+units draw different noise per process). Only rank 0 writes files and shows progress.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import models
+import nsm
+
+from . import config as configs
+from .activity import ActivityRecorder
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Splits, load_data
+from .figures import plot_curves
+from .files import write_text_atomic
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsm-events"
+VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+@dataclass
+class Process:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def start_process(device_name: str) -> Process:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    device = select_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return Process(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Process(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+def build_model(cfg: configs.Config, splits: Splits):
+    m = cfg.model
+    return models.create_model(m.name, in_channels=splits.in_channels, input_size=splits.input_size,
+                               num_classes=len(splits.classes), neuron=m.neuron, noise_p=m.noise_p,
+                               noise_sigma=m.noise_sigma, **m.options)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bfloat16 autocast on GPUs that support it, float16 otherwise; nothing on CPUs."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext(), None
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)
+
+
+@torch.no_grad()
+def validate(model, loader, device, samples: int = VAL_SAMPLES) -> dict:
+    """Monte Carlo (``samples``) accuracy and NLL of ``model`` on ``loader``."""
+    model.eval()
+    correct, nll, n = 0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        probs = nsm.mc_predict(model, x, samples=samples).probs
+        correct += int((probs.argmax(1) == y).sum())
+        nll += float(-torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).sum())
+        n += len(y)
+    return {"val_accuracy": correct / n, "val_loss": nll / n}
+
+
+class Run:
+    """The files of one run folder (written by rank 0 only)."""
+
+    def __init__(self, out: Path, main: bool):
+        self.out, self.main = Path(out), main
+        self.checkpoint, self.best = self.out / "checkpoint.pt", self.out / "best.pt"
+        self.metrics, self.activity = self.out / "metrics.jsonl", self.out / "activity.jsonl"
+        self.config, self.curves = self.out / "config.toml", self.out / "curves.png"
+
+    def records(self, path: Path, epochs_done: int) -> list[dict]:
+        """The JSON lines of ``path`` from the first ``epochs_done`` epochs, and rewrite the file without the
+        lines a killed run wrote after its last checkpoint (including a line cut short by the kill).
+        metrics.jsonl counts epochs from 1 (``epoch`` <= done); activity.jsonl from 0 (``epoch`` < done)."""
+        if not path.is_file():
+            return []
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["epoch"] <= epochs_done if path == self.metrics else record["epoch"] < epochs_done:
+                kept.append(record)
+        if self.main:
+            self.write_records(path, kept)
+        return kept
+
+    @staticmethod
+    def write_records(path: Path, records: list[dict]) -> None:
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def prepare_run(cfg: configs.Config, run: Run, resume: bool, saved_epochs: int | None) -> tuple[configs.Config, dict | None]:
+    """Check the run folder against ``resume``; return the configuration to use and the checkpoint state."""
+    if not resume:
+        if run.checkpoint.exists():
+            raise ValueError(f"{run.out} already holds a run (checkpoint.pt): pass --resume to continue it, "
+                             f"or choose another --out")
+        return cfg, None
+    if not run.checkpoint.is_file():
+        raise FileNotFoundError(f"{run.out}: nothing to resume (no checkpoint.pt); start the run without --resume")
+    ck = load_checkpoint(run.checkpoint)
+    saved = configs.from_dict(ck.config, str(run.checkpoint))
+    epochs = saved_epochs if saved_epochs is not None else saved.train.epochs
+    saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=epochs))
+    return saved, ck.state
+
+
+def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resume: bool = False,
+          epochs: int | None = None, progress: bool = True) -> dict:
+    """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics."""
+
+    proc = start_process(cfg.train.device)
+    run = Run(out, proc.main)
+    if not resume and epochs is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    cfg, state = prepare_run(cfg, run, resume, epochs)
+    tc = cfg.train
+    if tc.batch_size % proc.world:
+        raise ValueError(f"train.batch_size {tc.batch_size} is the global batch; it must divide evenly over "
+                         f"{proc.world} processes")
+
+    splits = load_data(cfg.data, data_root, cache_dir, augmentation=tc.augment, seed=tc.seed, with_test=False,
+                       progress=progress and proc.main)
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, splits).to(proc.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+    autocast, scaler = autocast_for(proc.device, tc.amp)
+    start_epoch, best = 0, -math.inf
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        scheduler.load_state_dict(state["scheduler_state"])
+        if scaler is not None and state.get("scaler_state"):
+            scaler.load_state_dict(state["scaler_state"])
+        set_rng_state(state["rng_state"])
+        start_epoch, best = state["epoch"], state.get("best_accuracy", -math.inf)
+        run.records(run.activity, start_epoch)
+    history = run.records(run.metrics, start_epoch) if state is not None else []
+    if proc.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.config, cfg.to_toml())
+    net = DistributedDataParallel(model) if proc.world > 1 else model
+
+    sampler = DistributedSampler(splits.train, num_replicas=proc.world, rank=proc.rank, shuffle=True, seed=tc.seed,
+                                 drop_last=True)
+    loader = DataLoader(splits.train, batch_size=tc.batch_size // proc.world, sampler=sampler,
+                        num_workers=tc.workers, persistent_workers=False, drop_last=False,
+                        pin_memory=proc.device.type == "cuda")
+    val_loader = (DataLoader(splits.val, batch_size=cfg.eval.batch_size, num_workers=tc.workers)
+                  if splits.val is not None else None)
+    recorder = ActivityRecorder(model, cfg.model.neuron, run.activity if proc.main else None)
+    meta = dict(classes=splits.classes, frame_spec=splits.frame_spec.to_dict(), config=cfg.to_dict())
+    if proc.main:
+        print(f"training {cfg.model.name} ({cfg.model.neuron}) on {len(splits.train)} items "
+              f"({len(splits.val) if splits.val else 0} held out for validation), {tc.epochs} epochs, "
+              f"{proc.world} process(es) on {proc.device}; run folder {run.out}", flush=True)
+    metrics: dict = {}
+    steps_per_epoch = len(loader)
+    for epoch in range(start_epoch, tc.epochs):
+        sampler.set_epoch(epoch)
+        splits.train.set_epoch(epoch)
+        net.train()
+        started = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", disable=not (progress and proc.main),
+                   leave=False)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(proc.device, non_blocking=True), y.to(proc.device, non_blocking=True)
+            global_step = epoch * steps_per_epoch + step
+            if global_step % tc.record_every == 0:
+                recorder.arm()
+            with autocast:
+                logits = net(x)
+            loss = compute_loss(logits, y)
+            check_finite(loss, proc, epoch, step, run)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            recorder.record(epoch + step / steps_per_epoch, global_step)
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}")
+        bar.close()
+        seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                   "val_loss": None, "val_accuracy": None, "lr": lr, "seconds": round(seconds, 3),
+                   "samples_per_s": seen * proc.world / seconds}
+        if val_loader is not None:
+            metrics.update(validate(model, val_loader, proc.device))
+        score = metrics["val_accuracy"] if metrics["val_accuracy"] is not None else -metrics["train_loss"]
+        improved = score > best
+        best = max(best, score)
+        if proc.main:
+            history.append(metrics)
+            run.write_records(run.metrics, history)
+            save_checkpoint(run.checkpoint, model, epoch=epoch + 1, optimizer_state=optimizer.state_dict(),
+                            scheduler_state=scheduler.state_dict(), rng_state=rng_state(), best_accuracy=best,
+                            scaler_state=scaler.state_dict() if scaler is not None else None, **meta)
+            if improved:
+                save_checkpoint(run.best, model, epoch=epoch + 1, **meta)
+            plot_curves(history, run.curves)
+            val = (f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"
+                   if metrics["val_accuracy"] is not None else "")
+            print(f"epoch {epoch + 1}/{tc.epochs}: loss {metrics['train_loss']:.3f}, accuracy "
+                  f"{metrics['train_accuracy']:.1%}{val}, {metrics['samples_per_s']:.0f} samples/s"
+                  f"{' (best)' if improved else ''}", flush=True)
+    recorder.close()
+    if proc.world > 1:
+        dist.barrier()
+    return metrics
+
+
+def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: Run) -> None:
+    """Stop every process when any one's loss is NaN or infinite."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if proc.world > 1:
+        dist.all_reduce(bad)
+    if bad.item():
+        kept = (f"{run.checkpoint} still holds epoch {epoch}, the last good one"
+                if run.checkpoint.exists() else "no epoch had completed, so there is no checkpoint")
+        raise TrainingDiverged(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training "
+                               f"stopped and {kept}. Try a lower train.lr (now in {run.config}).")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a network on event data (resumable; torchrun for many GPUs)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help=f"preset name ({', '.join(configs.list_presets())}) or a TOML file; "
+                        "with --resume the run's own config.toml is used")
+    p.add_argument("--data", required=True, help="data set folder (DVS Gesture or N-MNIST layout; see README)")
+    p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs; extends a resumed run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one configuration key, e.g. --set train.lr=1e-3 --set model.neuron=gnsm")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.resume:
+        if args.set:
+            raise ValueError("--set cannot change a resumed run; its configuration is in its config.toml")
+        cfg = configs.Config()                          # replaced by the run's own configuration
+    else:
+        if args.config is None:
+            raise ValueError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
+        cfg = configs.load_config(args.config, args.set)
+    train(cfg, args.data, args.out, cache_dir=args.cache, resume=args.resume, epochs=args.epochs,
+          progress=not args.quiet)
+    return 0
