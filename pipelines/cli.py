@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, bench, demo, evaluate, export, simulate, train
+from . import analyze, bench, compare, demo, evaluate, export, simulate, train
 
-JOBS = [simulate, train, evaluate, analyze, export, bench, demo]
+JOBS = [simulate, train, evaluate, compare, analyze, export, bench, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ def predict(model, loader, *, samples: int = 16, adaptive: bool = False, thresho
             min_samples: int = 4, max_samples: int = 64, seed: int = 0, device=torch.device("cpu"),
             progress: bool = True) -> dict[str, np.ndarray]:
     """Probabilities of the three predictors for every item of ``loader``, with labels and samples used."""
-    stochastic = bool(stochastic_units(model))
+    stochastic = any(u.mode != "deterministic" for u in stochastic_units(model))
     generator = torch.Generator(device=device).manual_seed(seed)
     mc = dict(adaptive=True, threshold=threshold, min_samples=min_samples, max_samples=max_samples) \
         if adaptive else dict(samples=samples)
