@@ -165,8 +165,19 @@ class _NSMUnit(StochasticUnit):
         return "hardtanh" if self.estimator == "ste" else "erf"
 
     def effective_weight(self):
-        """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``)."""
-        return nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise)
+        """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``).
+
+        Without autograd (inference, Monte Carlo rounds) the result is cached until a parameter changes
+        (tracked by the parameters' version counters, which every in-place update bumps)."""
+        if torch.is_grad_enabled():
+            return nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise)
+        params = [p for p in (self.weight, self.bias, self.beta) if p is not None]
+        key = (self.noise,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_effective_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise))
+            self.__dict__["_effective_cache"] = cached
+        return cached[1]
 
     def logit(self, z: torch.Tensor) -> torch.Tensor:
         """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position."""

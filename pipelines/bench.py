@@ -6,7 +6,6 @@ the per-round ratios. Nothing here is asserted by tests: the numbers are for peo
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -25,7 +24,8 @@ import nsm
 
 @dataclass
 class Row:
-    """One benchmark: ``ours`` and ``reference`` in ``unit`` (higher is better), the ratio and the goal."""
+    """One benchmark: ``ours`` and ``reference`` in ``unit`` (higher is better unless the goal says otherwise),
+    the ratio, the goal and free-text ``detail``."""
 
     name: str
     unit: str
@@ -34,6 +34,7 @@ class Row:
     reference: float
     ratio: float
     goal: str
+    detail: str = ""
 
 
 def interleaved(ours: Callable[[], None], reference: Callable[[], None], rounds: int):
@@ -63,6 +64,32 @@ def mc_inference(quick: bool) -> Row:
                "plain conv + hardtanh", n / t_plain, ratio, ">= 0.8x (NSM costs at most 1.25x plain)")
 
 
+def training(quick: bool) -> Row:
+    """Training samples per second of allconvnet18 (bnsm) vs the plain conv + hardtanh layout, 64x64, batch 16.
+
+    One step: forward, cross-entropy, backward and an Adam update, on the same random binary input."""
+    batch = 16
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
+    y = torch.randint(0, 11, (batch,))
+
+    def stepper(neuron):
+        net = models.create_model("allconvnet18", neuron=neuron)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+
+        def step():
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return step
+
+    t_nsm, t_plain, ratio = interleaved(stepper("bnsm"), stepper(nsm.neurons.BENCH_REFERENCE), 2 if quick else 6)
+    return Row("allconvnet18 training step, 64x64, batch 16", "samples/s", batch / t_nsm,
+               "plain conv + hardtanh", batch / t_plain, ratio,
+               ">= 0.8x plain (original NSM code: 8 samples/s here)")
+
+
 def binning(quick: bool) -> Row:
     """Events per second binned into frames: events.to_frames vs tonic.transforms.ToFrame on 2 M events, 128x128."""
     import tonic.transforms
@@ -79,7 +106,180 @@ def binning(quick: bool) -> Row:
                "tonic ToFrame", n / t_ref / 1e6, ratio, ">= 25x tonic")
 
 
-SECTIONS = [mc_inference, binning]
+def tiny_model():
+    """The ``tiny`` preset's network (``configs/tiny.toml``) on six 32x32 frames, 11 classes."""
+    from .config import load_config
+
+    m = load_config("tiny").model
+    return models.create_model(m.name, in_channels=6, input_size=(32, 32), num_classes=11, neuron=m.neuron,
+                               noise_p=m.noise_p, **m.options)
+
+
+STREAM_FRAMES = {"time_window_us": 16_000, "polarity": "merge", "frames_per_clip": 6}  # 96 ms windows
+CAMERA_PACKET_US = 5_000  # the stream benchmarks push events as a camera delivers them: 5 ms packets
+_GESTURES = {}
+
+
+def _gesture_recording() -> events.Recording:
+    """One simulated DVS Gesture recording (11 gestures, about 13 s, 128x128), simulated once per process."""
+    if "rec" not in _GESTURES:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = events.simulate_gestures(tmp, seed=0, users=1, per_class=1, gesture_s=(0.55, 0.6),
+                                            progress=False)
+            _GESTURES["rec"] = events.read(next(Path(root).glob("*.aedat")))
+    return _GESTURES["rec"]
+
+
+def _stream_row(name: str, model, downsample: int, seconds: float, goal: float, threads: int | None = None,
+                **mc) -> Row:
+    """Push ``seconds`` of the simulated recording through a StreamingClassifier in camera packets; the
+    real-time factor is recording time / wall time, latency is per window from packet to prediction."""
+    from pipelines.stream import StreamingClassifier
+
+    rec = _gesture_recording()
+    ev = rec.events[rec.events["t"] < rec.events["t"][0] + int(seconds * 1e6)]
+    spec = events.FrameSpec(downsample=downsample, **STREAM_FRAMES)
+    clf = StreamingClassifier(model, spec, rec.sensor_size, seed=0, **mc)
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        clf.push(ev[:len(ev) // 20])         # warm-up: kernels compiled, allocator and caches primed
+        clf.flush()
+        cuts = np.searchsorted(ev["t"], np.arange(ev["t"][0], ev["t"][-1] + 1, CAMERA_PACKET_US)[1:])
+        start = time.perf_counter()
+        preds = [p for packet in np.split(ev, cuts) for p in clf.push(packet)] + clf.flush()
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(saved)
+    span = (preds[-1].end_us - preds[0].start_us) * 1e-6
+    lat = np.array([p.latency_ms for p in preds])
+    rtf = span / wall
+    return Row(name, "x real time", rtf, "real time", 1.0, rtf, f">= {goal:g}x real time",
+               f"{len(preds)} windows of {span:.1f} s, latency p50 {np.percentile(lat, 50):.1f} ms / "
+               f"p99 {np.percentile(lat, 99):.1f} ms, mean {np.mean([p.samples for p in preds]):.1f} samples")
+
+
+_ADAPTIVE = {"adaptive": True, "threshold": 0.9, "min_samples": 4, "max_samples": 16}
+
+
+def stream_machinery(quick: bool) -> Row:
+    """Real-time factor of the streaming machinery alone: camera packets through ``SlidingWindows`` and
+    every window binned into its six 16 ms frames at 64x64, without a network."""
+    from events.stream import SlidingWindows, window_frames
+
+    rec = _gesture_recording()
+    ev = rec.events
+    spec = events.FrameSpec(downsample=2, **STREAM_FRAMES)
+    cuts = np.searchsorted(ev["t"], np.arange(ev["t"][0], ev["t"][-1] + 1, CAMERA_PACKET_US)[1:])
+    packets = np.split(ev, cuts)
+
+    def run() -> int:
+        windows = SlidingWindows(96_000, 48_000, sensor_size=rec.sensor_size)
+        n = 0
+        for packet in packets + [None]:
+            for w in windows.push(packet) if packet is not None else windows.flush():
+                window_frames(w.events, rec.sensor_size, spec, w.start_us, w.end_us, 6)
+                n += 1
+        return n
+
+    run()                                    # warm-up (numba kernels)
+    times = []
+    for _ in range(2 if quick else 5):
+        start = time.perf_counter()
+        n = run()
+        times.append(time.perf_counter() - start)
+    wall = statistics.median(times)
+    span = (ev["t"][-1] - ev["t"][0]) * 1e-6
+    return Row("stream windowing + binning only (no network), 64x64", "x real time", span / wall, "real time", 1.0,
+               span / wall, ">= 100x real time",
+               f"{n} windows of {span:.1f} s, {len(packets)} packets of 5 ms, {wall / n * 1e3:.3f} ms a window")
+
+
+def _stream_rows(label: str, net, downsample: int, seconds: float, goal: float, quick: bool) -> list[Row]:
+    """Adaptive sampling and K=4 on one thread, and at torch's default thread count (adaptive there only
+    without --quick). The networks are untrained, so adaptive sampling never reaches its threshold and
+    always draws max_samples: its worst case; K=4 is its best case (min_samples)."""
+    default = torch.get_num_threads()
+    runs = [(1, "adaptive 4-16 (untrained: 16)", _ADAPTIVE), (1, "K=4", {"samples": 4})]
+    if default != 1:
+        runs += [(default, "adaptive 4-16 (untrained: 16)", _ADAPTIVE)] if not quick else []
+        runs += [(default, "K=4", {"samples": 4})]
+    return [_stream_row(f"stream {label}, {what}, {threads} thread{'s' if threads > 1 else ''}", net, downsample,
+                        seconds, goal, threads=threads, **mc) for threads, what, mc in runs]
+
+
+def stream_allconvnet18(quick: bool) -> list[Row]:
+    """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop)."""
+    torch.manual_seed(0)
+    return _stream_rows("allconvnet18 64x64", models.create_model("allconvnet18"), 2, 0.75 if quick else 6.0, 1,
+                        quick)
+
+
+def stream_tiny(quick: bool) -> list[Row]:
+    """Real-time factor and latency of streaming the tiny preset (6x32x32, width 0.25)."""
+    torch.manual_seed(0)
+    return _stream_rows("tiny 32x32", tiny_model(), 4, 3.0 if quick else 13.0, 10, quick)
+
+
+_LAUNCHER = ("import resource, subprocess, sys\n"
+             "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+             "sys.exit(code)\n")
+
+
+def _child_peak_mb(argv: list[str]) -> float:
+    """Peak resident memory (ru_maxrss, MB) of ``python -m pipelines.stream ARGV`` run as a child.
+
+    Linux carries a process's memory high-water mark across exec, so a child forked straight from this
+    (large) process would report at least this process's size. A small launcher process therefore
+    starts the child and reports the ru_maxrss of its own (only) child.
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "pipelines.stream", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode:
+        raise RuntimeError(f"nsm stream failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return int(proc.stdout.split()[-1]) / 1024  # kB on Linux
+
+
+def stream_memory(quick: bool) -> Row:
+    """Peak memory of ``nsm stream`` (tiny preset, K=1, one thread) on a recording and on one ten times longer:
+    random events at 20 k events/s on a 128x128 sensor, written as AEDAT 3.1, read in chunks of 8192 events."""
+    import tempfile
+
+    from events.formats.aedat3 import write_aedat3
+    from pipelines.checkpoint import save_checkpoint
+
+    seconds = 3 if quick else 10
+    rate = 20_000
+    rng = np.random.default_rng(0)
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = Path(tmp) / "tiny.pt"
+        torch.manual_seed(0)
+        save_checkpoint(ck, tiny_model(), classes=[str(k) for k in range(11)],
+                        frame_spec=events.FrameSpec(downsample=4, **STREAM_FRAMES).to_dict())
+        for factor in (1, 10):
+            n = seconds * factor * rate
+            ev = events.make_events(rng.integers(0, 128, n), rng.integers(0, 128, n),
+                                    np.sort(rng.integers(0, seconds * factor * 1_000_000, n)), rng.integers(0, 2, n))
+            path = Path(tmp) / f"rec{factor}x.aedat"
+            write_aedat3(path, ev, events.SensorSize(128, 128, 2))
+            del ev
+            peaks[factor] = _child_peak_mb(["--checkpoint", str(ck), "--events", str(path), "--samples", "1",
+                                            "--chunk-events", "8192", "--threads", "1", "--quiet",
+                                            "--out", str(Path(tmp) / "p.jsonl")])
+    return Row(f"nsm stream peak memory, {10 * seconds} s vs {seconds} s recording", "MB", peaks[10],
+               f"{seconds} s recording", peaks[1], peaks[10] / peaks[1], "about 1.0x (lower is better)",
+               f"ru_maxrss of the child process; {rate // 1000} k events/s")
+
+
+SECTIONS = [mc_inference, training, binning, stream_machinery, stream_allconvnet18, stream_tiny, stream_memory]
 
 
 def machine() -> str:
@@ -96,10 +296,10 @@ def machine() -> str:
 
 
 def to_markdown(rows: list[Row]) -> str:
-    lines = ["| benchmark | ours | reference | ratio (ours/ref) | goal |", "|---|---|---|---|---|"]
+    lines = ["| benchmark | ours | reference | ratio (ours/ref) | goal | details |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.ours:.1f} {r.unit} | {r.reference_name}: {r.reference:.1f} {r.unit} "
-                     f"| {r.ratio:.2f}x | {r.goal} |")
+                     f"| {r.ratio:.2f}x | {r.goal} | {r.detail} |")
     return "\n".join(lines)
 
 
@@ -117,7 +317,8 @@ def run(args) -> int:
     rows = []
     for section in SECTIONS:
         print(f"running {section.__name__} ...", flush=True)
-        rows.append(section(args.quick))
+        result = section(args.quick)
+        rows.extend(result if isinstance(result, list) else [result])
     table = to_markdown(rows)
     print()
     print(table)

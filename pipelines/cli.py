@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import analyze, bench, compare, demo, evaluate, export, simulate, train
+from . import analyze, bench, compare, demo, evaluate, export, simulate, stream, train
 
-JOBS = [simulate, train, evaluate, compare, analyze, export, bench, demo]
+JOBS = [simulate, train, evaluate, compare, analyze, stream, export, bench, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsm",
-        description="Neural Sampling Machines on event cameras: simulate event data, export trained networks to NIR, "
-                    "benchmark, and run the demo.",
+        description="Neural Sampling Machines on event cameras: simulate event data, train and evaluate networks of "
+                    "binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, and run "
+                    "the demo.",
         epilog="Run 'nsm <command> --help' for the options of a command.")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for job in JOBS:

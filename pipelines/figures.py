@@ -160,3 +160,34 @@ def plot_curves(records, path) -> Path:
         if not ax.lines:
             ax.text(0.5, 0.5, "no values recorded", ha="center", va="center", transform=ax.transAxes, color="0.5")
     return save_png(fig, path)
+
+
+def plot_timeline(path, ends_us: np.ndarray, probs: np.ndarray, *, origin_us: int, classes=None,
+                  labels=None, accumulated_confidence: np.ndarray | None = None, title: str = "") -> Path:
+    """Class probabilities of each window (at its end time) over the recording, labelled gestures shaded,
+    and the accumulated evidence's confidence (dashed) when given. Written atomically."""
+    from matplotlib import colormaps
+
+    n_classes = probs.shape[1] if probs.ndim == 2 else 0
+    names = list(classes) if classes is not None else [str(k) for k in range(n_classes)]
+    colors = colormaps["tab20" if n_classes > 10 else "tab10"]
+    fig = new_figure(12, 4.5)
+    ax = fig.add_subplot()
+    t = (np.asarray(ends_us, dtype=np.int64) - origin_us) * 1e-6
+    for c, s, e in labels or []:
+        k = int(c) - 1
+        ax.axvspan((s - origin_us) * 1e-6, (e - origin_us) * 1e-6, color=colors(k % colors.N), alpha=0.18, lw=0)
+        ax.text(((s + e) / 2 - origin_us) * 1e-6, 1.02, names[k] if k < len(names) else str(k), ha="center",
+                va="bottom", fontsize=7, rotation=30, color=colors(k % colors.N))
+    for k in range(n_classes):
+        ax.plot(t, probs[:, k], lw=1.0, color=colors(k % colors.N), label=names[k] if k < len(names) else str(k))
+    if accumulated_confidence is not None:
+        ax.plot(t, accumulated_confidence, "k--", lw=1.0, label="accumulated confidence")
+    ax.set_xlabel("time since the first window's start (s)")
+    ax.set_ylabel("class probability (MC mean)")
+    ax.set_ylim(0, 1.15)
+    if len(t):
+        ax.set_xlim(min(t[0], 0), t[-1])
+    ax.set_title(title, fontsize=9, pad=30)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    return save_png(fig, path)
