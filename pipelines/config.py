@@ -5,13 +5,16 @@ its events become frames), ``[model]`` (``models.create_model`` arguments), ``[t
 ``[eval]``. A preset is a TOML file holding any subset of them (missing keys take the defaults
 here); ``--set table.key=value`` overrides one key, the value parsed as TOML (``1e-3``,
 ``true``, ``[16, 32]``, ``"gnsm"``; a bare word is taken as a string). Unknown tables or keys are
-an error that lists the valid ones; ``[model.options]`` is the one open table: it is handed to the
-model builder, which validates it.
+an error that lists the valid ones, and a value of another type than the field's annotation an
+error naming the key and the type (an integer is taken for a float); ``[model.options]`` is the one
+open table: it is handed to the model builder, which validates it.
 """
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -175,8 +178,35 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
+def _fits(value, hint) -> bool:
+    """Whether ``value`` (parsed TOML) has the annotated type; an integer counts as a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    if origin in (list, dict):
+        return isinstance(value, origin) and (origin is dict or all(_fits(v, args[0]) for v in value))
+    return isinstance(value, hint)
+
+
+def _typed(cls, key: str, value, where: str):
+    """``value`` checked against the annotation of field ``key`` of ``cls`` (integers for floats made floats)."""
+    hint = typing.get_type_hints(cls)[key]
+    if not _fits(value, hint):
+        name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        raise ValueError(f"{where} must be of type {name}, got {value!r}")
+    return float(value) if hint is float else value
+
+
 def _build(cls, table: dict, where: str):
-    """Instantiate dataclass ``cls`` from ``table``; unknown keys list the valid ones."""
+    """Instantiate dataclass ``cls`` from ``table``; unknown keys list the valid ones, wrong types are named."""
     if not isinstance(table, dict):
         raise ValueError(f"{where} must be a table, got {type(table).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -189,6 +219,8 @@ def _build(cls, table: dict, where: str):
         sub = known[key].default
         if dataclasses.is_dataclass(sub):
             value = _build(type(sub), value, f"{where}.{key}")
+        else:
+            value = _typed(cls, key, value, f"{where}.{key}")
         kw[key] = value
     return cls(**kw)
 
@@ -204,7 +236,8 @@ def from_dict(d: dict, source: str = "config") -> Config:
         kw = {}
         for key, value in tables.items():
             default = top[key].default
-            kw[key] = _build(type(default), value, key) if dataclasses.is_dataclass(default) else value
+            kw[key] = (_build(type(default), value, key) if dataclasses.is_dataclass(default)
+                       else _typed(Config, key, value, key))
         return Config(**kw).validate()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from None

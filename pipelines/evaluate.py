@@ -52,10 +52,10 @@ def predict(model, loader, *, samples: int = 16, adaptive: bool = False, thresho
     with torch.inference_mode(), nsm.using_generator(model, generator):
         for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             x = x.to(device)
-            res = nsm.mc_predict(model, x, **mc)
+            res = nsm.mc_predict(model, x, generator=generator, **mc)   # mc_predict sets the units' generator
             out["mc"].append(res.probs.float().cpu())
             out["samples_used"].append(res.samples_used.cpu())
-            out["single"].append(nsm.mc_predict(model, x, samples=1).probs.float().cpu()
+            out["single"].append(nsm.mc_predict(model, x, samples=1, generator=generator).probs.float().cpu()
                                  if stochastic else res.probs.float().cpu())
             with nsm.using_mode(model, "deterministic"):
                 out["deterministic"].append(torch.softmax(model(x).float(), dim=1).cpu())

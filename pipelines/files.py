@@ -4,6 +4,7 @@ the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,31 @@ def atomic_path(path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_TEMP = re.compile(r"^\.(.+)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` left in ``folder`` when its process was killed mid-write
+    (those whose process id no longer runs); return what was removed."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        m = _TEMP.match(path.name)
+        if m and not _alive(int(m.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

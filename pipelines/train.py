@@ -48,7 +48,7 @@ from .activity import ActivityRecorder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Splits, load_data
 from .figures import plot_curves
-from .files import write_text_atomic
+from .files import remove_stale_temps, write_text_atomic
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsm-events"
 VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
@@ -217,10 +217,12 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             scaler.load_state_dict(state["scaler_state"])
         set_rng_state(state["rng_state"])
         start_epoch, best = state["epoch"], state.get("best_accuracy", -math.inf)
-        run.records(run.activity, start_epoch)
-    history = run.records(run.metrics, start_epoch) if state is not None else []
+    # drop what a killed run wrote after its last checkpoint (everything, when it died in its first epoch)
+    run.records(run.activity, start_epoch)
+    history = run.records(run.metrics, start_epoch)
     if proc.main:
         run.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run.out)          # left by a run killed in the middle of writing a file
         write_text_atomic(run.config, cfg.to_toml())
     net = DistributedDataParallel(model) if proc.world > 1 else model
 
@@ -271,11 +273,15 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}")
         bar.close()
         seconds = time.perf_counter() - started
+        if proc.world > 1:                      # the epoch's loss and accuracy over every process's share
+            totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=proc.device)
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = totals[0].item(), int(totals[1].item()), int(totals[2].item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "val_loss": None, "val_accuracy": None, "lr": lr, "seconds": round(seconds, 3),
-                   "samples_per_s": seen * proc.world / seconds}
+                   "samples_per_s": seen / seconds}
         if val_loader is not None:
             metrics.update(validate(model, val_loader, proc.device))
         score = metrics["val_accuracy"] if metrics["val_accuracy"] is not None else -metrics["train_loss"]
@@ -309,8 +315,8 @@ def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: 
     if bad.item():
         kept = (f"{run.checkpoint} still holds epoch {epoch}, the last good one"
                 if run.checkpoint.exists() else "no epoch had completed, so there is no checkpoint")
-        raise TrainingDiverged(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training "
-                               f"stopped and {kept}. Try a lower train.lr (now in {run.config}).")
+        raise TrainingDiverged(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                               f"training stopped and {kept}. Try a lower train.lr (now in {run.config}).")
 
 
 def add_parser(sub) -> None:

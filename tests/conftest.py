@@ -1,9 +1,21 @@
-"""Shared fixtures. The genuine recordings live in ../shared/data/real and are read in place."""
+"""Shared fixtures. The genuine recordings live in ../shared/data/real and are read in place.
+
+A small simulated DVS-Gesture-style set and a ``tiny`` network trained on it are built once per test
+session (under pytest-xdist, once for all workers: a file lock lets the first build while the others wait).
+"""
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
+
+import events
+from pipelines import cli
+from pipelines import config as configs
+
+TINY_EPOCHS = 4
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -14,3 +26,58 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"genuine recordings not found at {REAL_DATA} (expected ../shared/data/real beside the project)")
     return REAL_DATA
+
+
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """Folder ``name``, made by ``build(folder)`` once per test session and shared by every test worker.
+
+    Under pytest-xdist the folder lives beside the workers' own temporary folders; a file lock lets the
+    first worker to arrive build it while the others wait, then reuse it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder
+
+
+def simulated_gestures(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, frame cache folder) of the session's simulated gesture set, binned for ``tiny``."""
+    def build(folder):
+        data = events.simulate_gestures(folder / "data", seed=0, users=4, per_class=1, progress=False)
+        spec = configs.load_config("tiny").data.frame_spec()
+        for split in (True, False):
+            events.FrameCache(folder / "cache").get(events.DVSGesture(data, train=split), spec, progress=False)
+
+    folder = shared_once(tmp_path_factory, "gestures-u4", build)
+    return folder / "data", folder / "cache"
+
+
+@pytest.fixture(scope="session")
+def gestures(tmp_path_factory):
+    return simulated_gestures(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory):
+    """``build_once(name, build)``: ``shared_once`` for tests that share a folder across workers."""
+    return lambda name, build: shared_once(tmp_path_factory, name, build)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(gestures, tmp_path_factory) -> Path:
+    """Run folder of ``nsm train --config tiny`` for TINY_EPOCHS epochs on ``gestures`` (CPU, once per session)."""
+    data, cache = gestures
+
+    def build(out):
+        args = ["train", "--config", "tiny", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]
+        for s in (f"train.epochs={TINY_EPOCHS}", "train.workers=0", "train.device=cpu"):
+            args += ["--set", s]
+        assert cli.main(args) == 0
+
+    return shared_once(tmp_path_factory, "tiny-run", build)

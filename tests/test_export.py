@@ -100,6 +100,39 @@ def test_norse_matches_trained_model_on_200_inputs(trained, task_inputs, tmp_pat
     _norse_agrees(trained, TASK, torch.cat([x, check_inputs(TASK, 50, seed=5)]), tmp_path, "trained")
 
 
+def tiny_test_clips(tiny_run, gestures, n=200):
+    """The trained ``tiny`` preset (conftest ``tiny_run``) and ``n`` of its test clips as (n, C, H, W) counts."""
+    from pipelines.checkpoint import load_checkpoint
+    from pipelines.config import from_dict
+    from pipelines.data import test_set
+
+    ck = load_checkpoint(tiny_run / "best.pt")
+    data, cache = gestures
+    clips = test_set(from_dict(ck.config).data, data, cache, progress=False)
+    assert len(clips) >= n
+    x = torch.stack([clips[i][0] for i in range(n)])
+    return ck.model.eval(), x.flatten(1, 2)
+
+
+def test_norse_matches_the_trained_tiny_preset_on_200_test_clips(tiny_run, gestures, tmp_path):
+    model, x = tiny_test_clips(tiny_run, gestures)
+    _norse_agrees(model, tuple(x.shape[1:]), x, tmp_path, "tiny")
+
+
+def test_runtime_mc_of_the_trained_tiny_preset_matches_mc_predict(tiny_run, gestures):
+    """Per clip, the runtime's MC mean of each class probability differs from nsm.mc_predict's by less than
+    5 standard errors of the difference of two independent K-sample means (K = 64)."""
+    model, x = tiny_test_clips(tiny_run, gestures, n=40)
+    runtime = NIRRuntime(to_nir(model, tuple(x.shape[1:])))
+    k = 64
+    ours = runtime.mc_predict(x, samples=k, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    singles = torch.stack([torch.softmax(model(x), 1) for _ in range(k)])       # (K, N, classes)
+    ref = singles.mean(0)
+    se = (2 * singles.var(0) / k).sqrt().clamp_min(1e-3)
+    assert torch.all((ours.probs - ref).abs() < 5 * se + 1e-6), (ours.probs - ref).abs().max()
+
+
 def test_negative_beta_flips_units_and_export_still_matches(trained, task_inputs, tmp_path):
     model = copy.deepcopy(trained)
     flipped = {}

@@ -1,0 +1,167 @@
+"""Run configuration (``pipelines.config``): presets, the paper's set-up, ``--set`` overrides, errors and
+the config.toml round trip. Pure Python: no data, no training."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+
+import pytest
+
+from events import SensorSize
+from pipelines import cli
+from pipelines import config as configs
+
+PRESETS = ("tiny", "tiny-digits", "dvsgesture-allconv18", "nmnist-cnn")
+
+
+def parts(cfg: configs.Config):
+    """Every dataclass of a configuration: the root, its four tables and train.augment."""
+    return [cfg, cfg.data, cfg.model, cfg.train, cfg.train.augment, cfg.eval]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_into_frozen_dataclasses(preset):
+    assert set(PRESETS) <= set(configs.list_presets())
+    cfg = configs.load_config(preset)
+    assert cfg.name == preset and cfg.description
+    expected = [configs.Config, configs.DataConfig, configs.ModelConfig, configs.TrainConfig,
+                configs.AugmentConfig, configs.EvalConfig]
+    for part, cls in zip(parts(cfg), expected):
+        assert type(part) is cls
+        assert cls.__dataclass_params__.frozen
+        first = dataclasses.fields(part)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, first, getattr(part, first))
+
+
+def test_dvsgesture_preset_holds_the_papers_setup():
+    cfg = configs.load_config("dvsgesture-allconv18")
+    d, t = cfg.data, cfg.train
+    # six 16 ms frames make one 96 ms clip, one merged polarity channel
+    assert d.dataset == "dvsgesture"
+    assert (d.time_window_us, d.frames_per_clip, d.polarity) == (16000, 6, "merge")
+    assert d.frames_per_clip * d.time_window_us == 96_000
+    # 128 x 128 sensor pooled 2 x 2 -> a 64 x 64 input
+    assert d.downsample == 2 and d.crop is None
+    assert d.frame_spec().output_shape(SensorSize(128, 128, 2)) == (1, 64, 64)
+    assert (cfg.model.name, cfg.model.neuron) == ("allconvnet18", "bnsm")
+    # Adam at 3e-4 for 200 epochs, the learning rate halved every 100 epochs
+    assert t.lr == 3e-4 and t.epochs == 200
+    assert t.lr_step_epochs == 100 and t.lr_gamma == 0.5
+
+
+def test_set_overrides_parse_values_as_toml():
+    cfg = configs.load_config("tiny", [
+        "train.lr=1e-3",                       # float
+        "train.epochs=5",                      # int
+        "train.amp=false",                     # bool
+        "model.neuron=gnsm",                   # a bare word is a string
+        'model.name="nmnist_cnn"',             # a quoted TOML string
+        "data.crop=[96, 96]",                  # array
+        "train.augment.jitter_px=3",           # nested table
+        "train.augment.time_flip=0.5",
+        "model.options.channels=[8, 16]",      # the open table handed to the model builder
+        "model.options.hidden=64",
+        "description=changed",                 # a top-level key
+    ])
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.amp is False
+    assert cfg.model.neuron == "gnsm" and cfg.model.name == "nmnist_cnn"
+    assert cfg.data.crop == [96, 96]
+    assert cfg.train.augment == configs.AugmentConfig(jitter_px=3, time_flip=0.5, polarity_flip=0.0)
+    assert cfg.model.options == {"channels": [8, 16], "hidden": 64}
+    assert cfg.description == "changed"
+    # untouched keys keep the preset's values, and the preset itself is not changed
+    fresh = configs.load_config("tiny")
+    assert cfg.train.batch_size == fresh.train.batch_size == 32
+    assert fresh.train.lr == 1e-3 and fresh.train.epochs == 8 and fresh.model.options == {"channels": [16, 32],
+                                                                                            "hidden": 256}
+    assert fresh.train.augment.jitter_px == 1
+
+
+def test_cli_collects_repeated_set_options():
+    args = cli.build_parser().parse_args(["train", "--config", "tiny", "--data", "d", "--out", "o",
+                                          "--set", "train.lr=2e-3", "--set", "model.options.hidden=32"])
+    cfg = configs.load_config(args.config, args.set)
+    assert cfg.train.lr == 2e-3 and cfg.model.options["hidden"] == 32
+
+
+@pytest.mark.parametrize("override, names, valid", [
+    ("train.lrr=1", ["train.lrr"], ["adam_eps", "amp", "augment", "batch_size", "epochs", "lr", "lr_gamma",
+                                    "lr_step_epochs", "record_every", "seed", "weight_decay", "workers"]),
+    ("train.augment.flip=0.5", ["train.augment.flip"], ["jitter_px", "polarity_flip", "time_flip"]),
+    ("data.frames=6", ["data.frames"], ["dataset", "downsample", "frames_per_clip", "n_time_bins",
+                                        "time_window_us", "val_fraction"]),
+    ("eval.k=3", ["eval.k"], ["adaptive", "max_samples", "min_samples", "samples", "threshold"]),
+    ("optim.lr=1", ["optim"], ["data", "eval", "model", "train"]),
+])
+def test_unknown_keys_and_tables_are_errors_listing_the_valid_ones(override, names, valid):
+    with pytest.raises(ValueError) as err:
+        configs.load_config("tiny", [override])
+    message = str(err.value)
+    assert "tiny.toml" in message                          # names the configuration it came from
+    for name in names + valid:
+        assert name in message
+
+
+def test_unknown_key_in_a_toml_file_is_an_error(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[train]\nepochs = 3\nlearning_rate = 0.1\n')
+    with pytest.raises(ValueError, match=r"train\.learning_rate.*valid keys in \[train\]:.*\blr\b") as err:
+        configs.load_config(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_malformed_overrides_and_values_are_clear_errors():
+    with pytest.raises(ValueError, match="key=value"):
+        configs.load_config("tiny", ["train.lr"])
+    with pytest.raises(ValueError, match="'lr' is not a table"):
+        configs.load_config("tiny", ["train.lr.x=1"])
+    with pytest.raises(ValueError, match="train.augment must be a table"):
+        configs.load_config("tiny", ["train.augment=3"])
+    with pytest.raises(ValueError, match="model.neuron must be one of"):
+        configs.load_config("tiny", ["model.neuron=relu"])
+    with pytest.raises(ValueError, match="data.val_fraction"):
+        configs.load_config("tiny", ["data.val_fraction=1.5"])
+    with pytest.raises(FileNotFoundError, match="presets: .*tiny"):
+        configs.load_config("no-such-preset")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=2.5", "train.epochs must be of type int, got 2.5"),
+    ("train.lr=fast", "train.lr must be of type float, got 'fast'"),
+    ("train.amp=1", "train.amp must be of type bool, got 1"),
+    ("train.augment.jitter_px=true", "train.augment.jitter_px must be of type int, got True"),
+    ("data.crop=[1.5, 2]", "data.crop must be of type list[int] | None, got [1.5, 2]"),
+    ("model.options=3", "model.options must be of type dict"),
+    ("description=[1]", "description must be of type str"),
+])
+def test_values_of_the_wrong_type_are_errors_naming_key_and_type(override, message):
+    with pytest.raises(ValueError) as err:
+        configs.load_config("tiny", [override])
+    assert message in str(err.value) and "tiny.toml" in str(err.value)
+
+
+def test_an_integer_is_accepted_for_a_float():
+    cfg = configs.load_config("tiny", ["train.lr=1", "data.val_fraction=0"])
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.data.val_fraction == 0.0 and isinstance(cfg.data.val_fraction, float)
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("tiny", []),
+    ("tiny-digits", []),
+    ("dvsgesture-allconv18", []),
+    ("nmnist-cnn", []),
+    ("tiny", ["data.crop=[96, 96]", "train.augment.time_flip=0.5", "model.options.channels=[4, 8]",
+              "model.neuron=gnsm", "train.lr=2.5e-4", "eval.adaptive=true"]),
+])
+def test_resolved_config_round_trips_through_toml(preset, overrides, tmp_path):
+    cfg = configs.load_config(preset, overrides)
+    text = cfg.to_toml()
+    assert configs.from_dict(tomllib.loads(text)) == cfg
+    # the same through a config.toml file, as a run folder holds it
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert configs.load_config(str(path)) == cfg

@@ -1,0 +1,453 @@
+"""``nsm train`` and the data bridge on one small simulated DVS Gesture set.
+
+The set (``simulate_gestures(seed=0, users=4, per_class=1)``: 3 training users, 1 test user, 11 classes)
+is simulated once per test session and shared by this module and test_evaluate.py (see
+``simulated_gestures``). Every run here uses the ``tiny`` preset on the CPU with augmentation on; the
+torch thread count is fixed at 1, in this process and in the subprocesses, so that runs in different
+processes compute bit for bit the same thing and two test workers do not oversubscribe two cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import events
+from events.datasets import GESTURE_CLASSES
+from pipelines import cli, train as training
+from pipelines import config as configs
+from pipelines.analyze import read_activity
+from pipelines.checkpoint import load_checkpoint
+from pipelines.data import TIME_FLIP_LABELS, augment, load_data, shift, validation_samples
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EPOCHS = 3
+# augmentation on (tiny's 1-pixel jitter plus time flips), CPU, no loader workers
+SETS = [f"train.epochs={EPOCHS}", "train.workers=0", "train.device=cpu", "train.augment.time_flip=0.5"]
+TIMING = ("seconds", "samples_per_s")          # metrics that depend on the machine, not on the run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def train_args(data, cache, out, *extra):
+    return ["train", "--config", "tiny", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet",
+            *[a for s in SETS for a in ("--set", s)], *extra]
+
+
+def subprocess_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def state(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_tensors(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
+
+
+def assert_same_training_state(got: dict, want: dict) -> None:
+    """Model parameters and buffers bit for bit, and the optimizer's moments too."""
+    assert got["epoch"] == want["epoch"]
+    assert_same_tensors(got["model_state"], want["model_state"], "model state")
+    for i, s in want["optimizer_state"]["state"].items():
+        assert_same_tensors(got["optimizer_state"]["state"][i], s, f"optimizer state of parameter {i}")
+    assert got["scheduler_state"] == want["scheduler_state"]
+
+
+def metric_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def activity_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "activity.jsonl").read_text().splitlines()]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference_run(gestures, build_once):
+    """An uninterrupted ``nsm train --config tiny`` run of EPOCHS epochs (the CLI, in-process, once per session)."""
+    data, cache = gestures
+
+    def build(folder):
+        assert cli.main(train_args(data, cache, folder)) == 0
+
+    return build_once("reference-run", build)
+
+
+# ----------------------------------------------------------------------------------------------
+# the data bridge
+# ----------------------------------------------------------------------------------------------
+
+def test_validation_holds_out_whole_gestures(gestures):
+    data, cache = gestures
+    cfg = configs.load_config("tiny", ["data.val_fraction=0.2"])
+    splits = load_data(cfg.data, data, cache, with_test=False, progress=False)
+    train, val = splits.train, splits.val
+    n_gestures = len(events.DVSGesture(data, train=True))
+    held = validation_samples(n_gestures, 0.2, cfg.train.seed)
+    assert len(held) == round(0.2 * n_gestures) >= 2
+    assert set(val.groups) == set(held)
+    assert not set(train.groups) & set(val.groups), "a clip of a validation gesture is in the training set"
+    # every clip is in exactly one of the two sets, and each held-out gesture goes whole
+    assert sorted(np.concatenate([train.index, val.index])) == list(range(len(train.items)))
+    all_groups = np.asarray(train.items.sample_index)
+    for g in held:
+        assert np.count_nonzero(val.groups == g) == np.count_nonzero(all_groups == g) > 0
+    # labels follow their gestures
+    for i in range(0, len(val), 7):
+        assert val[i][1] == val.labels[i]
+
+
+def test_augmentation_is_a_pure_function_of_seed_epoch_and_index(gestures):
+    data, cache = gestures
+    cfg = configs.load_config("tiny")
+    aug = configs.AugmentConfig(jitter_px=2, time_flip=0.5, polarity_flip=0.5)
+    a = load_data(cfg.data, data, cache, augmentation=aug, seed=3, with_test=False, progress=False).train
+    b = load_data(cfg.data, data, cache, augmentation=aug, seed=3, with_test=False, progress=False).train
+    order = [5, 0, 17, 5, 40]
+    first = {i: a[i] for i in order}
+    for i in reversed(order):                    # other object, other order: same tensors
+        x, y = b[i]
+        assert torch.equal(x, first[i][0]) and y == first[i][1]
+    assert all(torch.equal(a[i][0], first[i][0]) for i in order)      # same item twice
+    a.set_epoch(1)
+    changed = [i for i in range(20) if not torch.equal(a[i][0], b[i][0]) or a[i][1] != b[i][1]]
+    assert changed, "epoch 1 gave every item the augmentation of epoch 0"
+    a.set_epoch(0)
+    assert all(torch.equal(a[i][0], b[i][0]) for i in range(20))
+
+
+def test_time_flip_maps_rotation_direction_and_reverses_time_and_polarity(gestures):
+    flips = TIME_FLIP_LABELS["dvsgesture"]
+    assert flips == {3: 4, 4: 3, 5: 6, 6: 5}
+    for a, b in flips.items():
+        cw, ccw = sorted((GESTURE_CLASSES[a], GESTURE_CLASSES[b]), key=len)
+        assert cw.endswith("_clockwise") and ccw == cw.replace("_clockwise", "_counter_clockwise")
+    frames = np.random.default_rng(0).poisson(1.0, size=(4, 2, 5, 6)).astype(np.float32)
+    always = configs.AugmentConfig(time_flip=1.0)
+    for label in range(len(GESTURE_CLASSES)):
+        out, new = augment(frames, label, always, np.random.default_rng(label), flips)
+        assert new == flips.get(label, label)
+        np.testing.assert_array_equal(out, frames[::-1, ::-1])          # time reversed, ON <-> OFF
+    # through the data set: every training clip reversed in time, rotations relabelled
+    data, cache = gestures
+    cfg = configs.load_config("tiny")
+    plain = load_data(cfg.data, data, cache, with_test=False, progress=False).train
+    flipped = load_data(cfg.data, data, cache, augmentation=always, with_test=False, progress=False).train
+    seen = set()
+    for i in range(0, len(plain), 5):
+        x, y = plain[i]
+        fx, fy = flipped[i]
+        assert torch.equal(fx, x.flip(0, 1)) and fy == flips.get(y, y)
+        seen.add(y)
+    assert seen & set(flips) and seen - set(flips)
+
+
+def test_jitter_shifts_with_empty_fill():
+    frames = np.arange(2 * 1 * 6 * 7, dtype=np.float32).reshape(2, 1, 6, 7) + 1
+    out = shift(frames, 2, -3)
+    np.testing.assert_array_equal(out[..., 2:, :4], frames[..., :4, 3:])
+    assert not out[..., :2, :].any() and not out[..., :, 4:].any()
+    np.testing.assert_array_equal(shift(frames, 0, 0), frames)
+    assert not shift(frames, 6, 0).any() and not shift(frames, 0, -7).any()
+    # augment draws shifts within +-jitter_px and fills what it uncovers with zeros
+    aug = configs.AugmentConfig(jitter_px=2)
+    shifts = set()
+    for seed in range(40):
+        out, label = augment(frames, 7, aug, np.random.default_rng(seed), {})
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if np.array_equal(out, shift(frames, dy, dx))]
+        assert match and label == 7
+        shifts.add(match[0])
+    assert len(shifts) > 10
+
+
+# ----------------------------------------------------------------------------------------------
+# nsm train: the run folder
+# ----------------------------------------------------------------------------------------------
+
+def test_train_writes_the_run_folder(reference_run, gestures):
+    run = reference_run
+    for name in ("checkpoint.pt", "best.pt", "config.toml", "metrics.jsonl", "curves.png", "activity.jsonl"):
+        assert (run / name).is_file(), name
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert (run / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    cfg = configs.load_config("tiny", SETS)
+    assert configs.from_dict(tomllib.loads((run / "config.toml").read_text())) == cfg
+    metrics = metric_lines(run)
+    assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1))
+    for m in metrics:
+        assert np.isfinite(m["train_loss"]) and 0 <= m["train_accuracy"] <= 1 and 0 <= m["val_accuracy"] <= 1
+        assert m["lr"] == cfg.train.lr
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert ck.epoch == EPOCHS and ck.config == cfg.to_dict() and ck.classes == list(GESTURE_CLASSES)
+    best_epoch = 1 + int(np.argmax([m["val_accuracy"] for m in metrics]))      # first epoch of the best
+    assert load_checkpoint(run / "best.pt").epoch == best_epoch
+    # activity: one record every record_every steps, readable by nsm analyze
+    data, cache = gestures
+    n_train = len(load_data(cfg.data, data, cache, with_test=False, progress=False).train)
+    steps = EPOCHS * -(-n_train // cfg.train.batch_size)
+    activity = read_activity(run)
+    assert activity.neuron == "bnsm"
+    assert activity.steps == list(range(0, steps, cfg.train.record_every))
+    assert [r["step"] for r in activity_lines(run)] == activity.steps          # no duplicate lines
+
+
+def test_train_refuses_to_overwrite_a_run(reference_run, gestures, capsys):
+    data, cache = gestures
+    before = {p.name: digest(p) for p in reference_run.iterdir()}
+    assert cli.main(train_args(data, cache, reference_run)) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "Traceback" not in err
+    assert {p.name: digest(p) for p in reference_run.iterdir()} == before
+
+
+def test_resume_without_a_run_is_an_error(gestures, tmp_path, capsys):
+    data, cache = gestures
+    for out in (tmp_path / "missing", tmp_path):                  # no folder; a folder without a checkpoint
+        assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert "nothing to resume" in err and "without --resume" in err
+    assert not (tmp_path / "missing").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# resuming
+# ----------------------------------------------------------------------------------------------
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(reference_run, gestures, tmp_path, monkeypatch):
+    """Interrupted (Ctrl-C) after epoch 1 of 3, then ``--resume``: bnsm noise and augmentation repeat."""
+    data, cache = gestures
+    out = tmp_path / "run"
+    plot = training.plot_curves
+
+    def interrupt_after_first_epoch(history, path):
+        plot(history, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "plot_curves", interrupt_after_first_epoch)
+    assert cli.main(train_args(data, cache, out)) == 130
+    assert state(out / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(training, "plot_curves", plot)
+    assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache),
+                     "--quiet"]) == 0
+    assert_same_training_state(state(out / "checkpoint.pt"), state(reference_run / "checkpoint.pt"))
+    assert without_timing(metric_lines(out)) == without_timing(metric_lines(reference_run))
+    assert activity_lines(out) == activity_lines(reference_run)
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(reference_run, gestures, tmp_path):
+    data, cache = gestures
+    out = tmp_path / "run"
+    log = tmp_path / "train.log"
+    checkpoint = out / "checkpoint.pt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *train_args(data, cache, out)], cwd=REPO,
+                                env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert proc.poll() is None, f"training ended before its first checkpoint:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.02)
+        epoch = state(checkpoint)["epoch"]
+        assert epoch >= 1
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(checkpoint).epoch          # still a whole, loadable checkpoint
+    assert epoch <= killed_at < EPOCHS
+    assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache),
+                     "--quiet"]) == 0
+    assert_same_training_state(state(checkpoint), state(reference_run / "checkpoint.pt"))
+    metrics = metric_lines(out)
+    assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1)), "metrics lines duplicated or lost"
+    assert without_timing(metrics) == without_timing(metric_lines(reference_run))
+    assert [r["step"] for r in activity_lines(out)] == [r["step"] for r in activity_lines(reference_run)]
+
+
+# ----------------------------------------------------------------------------------------------
+# several processes
+# ----------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def even_split(data, cache) -> str:
+    """A ``data.val_fraction`` override that leaves an even number of training clips."""
+    cfg = configs.load_config("tiny")
+    for fraction in (0.1, 0.13, 0.16, 0.19, 0.22, 0.25):
+        d = dataclasses.replace(cfg.data, val_fraction=fraction)
+        if len(load_data(d, data, cache, with_test=False, progress=False).train) % 2 == 0:
+            return f"data.val_fraction={fraction}"
+    raise AssertionError("no validation fraction leaves an even number of training clips")
+
+
+def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
+    """torchrun, 2 CPU processes (gloo), global batch 64 = 2 x 32, against one process on the same data.
+
+    The noise-free binary kind ``bn`` is used: noisy kinds (bnsm, gnsm, ste, sn) draw different noise in each
+    process, and dcnn's batch normalization sees per-process batch statistics, so neither can match a single
+    process. The training set has an even number of clips, so the sampler's even split drops nothing, and
+    each global batch (the last partial one too) is the same set of clips in both runs.
+
+    Tolerance: the runs differ only in float32 rounding (the gradient of a batch summed in one pass, or as
+    two halves averaged by all-reduce: ~1e-7 relative). Adam with eps 1e-4 (the paper presets' value) turns
+    a gradient difference dg into a step difference of at most about lr * dg / eps, so after one epoch
+    (about 10 steps) the parameters agree to ~1e-6 (1e-7..4e-7 measured). A wrong split (other clips,
+    per-process instead of global batches, gradients not averaged) changes steps by up to lr = 1e-3 each;
+    atol = 1e-5 lies between the two. Longer runs are not compared: a binary unit whose input lies within
+    rounding of its threshold flips, after which the runs part by O(lr) per step, a property of sign
+    networks rather than of the data-parallel code.
+    """
+    data, cache = gestures
+    sets = ["model.neuron=bn", "train.epochs=1", "train.batch_size=64", "train.adam_eps=1e-4", even_split(data, cache)]
+    extra = [a for s in sets for a in ("--set", s)]
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "pipelines.cli",
+           *train_args(data, cache, ddp, *extra)]
+    env = subprocess_env()
+    if sys.platform == "linux":                 # gloo on the loopback device, whatever the host name resolves to
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 process(es)" in res.stdout
+    assert res.stdout.count("epoch 1/1:") == 1                      # only rank 0 reports
+    assert cli.main(train_args(data, cache, single, *extra)) == 0
+
+    got, want = state(ddp / "checkpoint.pt"), state(single / "checkpoint.pt")
+    assert got["epoch"] == want["epoch"] == 1
+    assert got["model_state"].keys() == want["model_state"].keys()
+    for key, w in want["model_state"].items():
+        torch.testing.assert_close(got["model_state"][key], w, rtol=0, atol=1e-5, msg=key)
+    # and training moved the parameters far beyond that tolerance (the initial ones are seeded)
+    cfg = configs.load_config("tiny", SETS + sets)
+    torch.manual_seed(cfg.train.seed)
+    init = training.build_model(cfg, load_data(cfg.data, data, cache, with_test=False, progress=False)).state_dict()
+    assert max(float((w - init[k]).abs().max()) for k, w in want["model_state"].items()) > 1e-3
+    # only rank 0 wrote: one metrics line per epoch, one activity line per record
+    ddp_metrics, single_metrics = metric_lines(ddp), metric_lines(single)
+    assert [m["epoch"] for m in ddp_metrics] == [m["epoch"] for m in single_metrics] == [1]
+    for a, b in zip(ddp_metrics, single_metrics):          # over the whole epoch, not rank 0's half
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_accuracy"] == b["train_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
+    assert [r["step"] for r in activity_lines(ddp)] == [r["step"] for r in activity_lines(single)]
+    assert not [p.name for p in ddp.iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------------------------
+# divergence
+# ----------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tmp_path, monkeypatch):
+    data, cache = gestures
+    out = tmp_path / "run"
+    compute_loss = training.compute_loss
+    kept = {}
+
+    def nan_from_second_epoch(logits, labels):
+        loss = compute_loss(logits, labels)
+        if (out / "checkpoint.pt").exists():                 # epoch 1 is done: we are in epoch 2
+            kept.setdefault("checkpoint", digest(out / "checkpoint.pt"))
+            kept.setdefault("best", digest(out / "best.pt"))
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "compute_loss", nan_from_second_epoch)
+    cfg = configs.load_config("tiny", SETS)
+    with pytest.raises(training.TrainingDiverged, match="the loss became nan at epoch 2, step 1") as err:
+        training.train(cfg, data, out, cache_dir=cache, progress=False)
+    assert isinstance(err.value, ValueError)
+    assert "still holds epoch 1" in str(err.value)
+    assert load_checkpoint(out / "checkpoint.pt").epoch == 1
+    assert digest(out / "checkpoint.pt") == kept["checkpoint"] and digest(out / "best.pt") == kept["best"]
+    assert [m["epoch"] for m in metric_lines(out)] == [1]
+
+
+def test_cli_exits_with_status_2_when_the_loss_diverges(gestures, tmp_path, monkeypatch, capsys):
+    data, cache = gestures
+    compute_loss = training.compute_loss
+    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: compute_loss(logits, labels) + float("inf"))
+    assert cli.main(train_args(data, cache, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "nsm train: error: the loss became inf at epoch 1, step 1" in err
+    assert "no epoch had completed" in err and "train.lr" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_fresh_run_drops_records_left_by_a_run_killed_in_its_first_epoch(gestures, tmp_path, monkeypatch):
+    """A run killed before its first checkpoint leaves metrics/activity lines but no checkpoint; starting
+    again (without --resume) must not append to them. The new run is stopped by a NaN at its second step,
+    after exactly one activity record (step 0) and no metrics line."""
+    data, cache = gestures
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 9.0}) + "\n")
+    stale = {"epoch": 0.0, "step": 0, "neuron": "bnsm", "stale": True}
+    (out / "activity.jsonl").write_text(json.dumps(stale) + "\n" + '{"epoch": 0.5, "st')
+    compute_loss = training.compute_loss
+    calls = []
+
+    def nan_at_second_step(logits, labels):
+        calls.append(1)
+        return compute_loss(logits, labels) * (float("nan") if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(training, "compute_loss", nan_at_second_step)
+    with pytest.raises(training.TrainingDiverged, match="epoch 1, step 2"):
+        training.train(configs.load_config("tiny", SETS), data, out, cache_dir=cache, progress=False)
+    assert (out / "metrics.jsonl").read_text() == ""
+    records = activity_lines(out)
+    assert [r["step"] for r in records] == [0] and "stale" not in records[0]
+
+
+def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
+    """A writer killed between creating its temporary file and the rename leaves ``.name.pid.hex.tmp``; the
+    next run removes those of dead processes and keeps a live writer's."""
+    from pipelines.files import remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".checkpoint.pt.{dead.pid}.0123abcd.tmp"
+    live = tmp_path / f".metrics.jsonl.{os.getpid()}.89abcdef.tmp"
+    other = tmp_path / "notes.tmp"
+    for p in (stale, live, other):
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
