@@ -83,7 +83,8 @@ class AffineConv2d(nn.Module):
             return F.conv2d(x, weight, bias, self.stride, self.padding)
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
         same = self.stride == (1, 1) and (kh, kw) == (2 * ph + 1, 2 * pw + 1)
-        if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw):
+        # Under autograd the in-place border writes below cost more (slice copies) than padding the input.
+        if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw) or torch.is_grad_enabled():
             return self.affine_padded(self.pad_input(x), weight, bias)
         # Zero padding, then add what the pad_value border contributes. That contribution depends only on
         # how many taps fall outside, which is the same along each edge: a (kh x kw) map holds every case.
@@ -192,12 +193,19 @@ class _NSMUnit(StochasticUnit):
         """P(z_i = +1 | z) = 1/2 (1 + erf(v_i)) for every output unit and position."""
         return nsmf.firing_probability(self.logit(z))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        v = self.logit(z)
+    def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
+        """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
+        mode; lets Monte Carlo prediction compute one input's logits once and sample them K times."""
         if self.mode == "probability":
             return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
             return nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
+        raise ValueError("states_from_logit needs probability or deterministic mode (synapse mode needs the input)")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        v = self.logit(z)
+        if self.mode != "synapse":
+            return self.states_from_logit(v)
         u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
                                        self.affine_padded, self.unit_dim, self.generator)
         return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate, overwrite=True)

@@ -267,14 +267,18 @@ def test_noise_laws_validate_and_round_trip():
 
 @pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 8), (3, 1, 3, 5), (5, 2, 7, 9), (5, 2, 4, 9), (3, 1, 2, 2), (3, 0, 6, 6)])
 def test_convolution_equals_explicit_minus_one_padding(k, p, h, w):
-    """The layer's zero-padded convolution plus border correction == convolution of the -1 padded input."""
+    """The layer's convolution == convolution of the -1 padded input: without autograd (zero-padded
+    convolution plus border correction) and with it (padded input), values and weight gradients."""
     torch.manual_seed(17)
     conv = nsm.NSMConv2d(3, 4, k, padding=p).double()
     z = random_states(2, 3, h, w).double()
     weight = torch.randn_like(conv.weight, requires_grad=True)
-    ours = conv.affine(z, weight)
     ref = F.conv2d(F.pad(z, (p, p, p, p), value=-1.0), weight)
-    assert ours.shape == ref.shape and torch.allclose(ours, ref)
+    with torch.no_grad():
+        corrected = conv.affine(z, weight)
+    assert corrected.shape == ref.shape and torch.allclose(corrected, ref)
+    ours = conv.affine(z, weight)
+    assert torch.allclose(ours, ref)
     g = torch.randn_like(ref)
     assert torch.allclose(torch.autograd.grad((g * ours).sum(), weight)[0], torch.autograd.grad((g * ref).sum(), weight)[0])
 

@@ -44,12 +44,28 @@ def test_mc_probabilities_are_distributions_and_reproducible():
 def test_mc_samples_are_batched_not_looped():
     net = small_net()
     calls = []
-    net.register_forward_hook(lambda module, inp, out: calls.append(inp[0].shape[0]))
+    net[-1].register_forward_hook(lambda module, inp, out: calls.append(inp[0].shape[0]))
     nsm.mc_predict(net, torch.zeros(3, 2, 16, 16), samples=16)
     assert calls == [48]
     calls.clear()
     nsm.mc_predict(net, torch.zeros(3, 2, 16, 16), samples=16, max_batch=20)
     assert calls == [20, 20, 8]
+
+
+def test_first_logits_computed_once_per_input_give_exactly_the_repeated_input_samples():
+    """MC computes the first NSM layer's logits once per input and repeats them; the samples are bit for bit
+    those of running the whole network on the input repeated K times with the same noise stream."""
+    net = small_net()
+    x = torch.randint(0, 2, (3, 2, 16, 16)).float()
+    first = next(m for m in net if isinstance(m, nsm.NSMConv2d))
+    seen = []
+    first.register_forward_hook(lambda module, inp, out: seen.append(inp[0].shape[0]))
+    with torch.inference_mode(), nsm.using_generator(net, torch.Generator().manual_seed(9)):
+        shared = nsm.sample_probabilities(net, x, 5)
+    assert seen == []                              # the unit's full forward (on K copies) never ran
+    with torch.inference_mode(), nsm.using_generator(net, torch.Generator().manual_seed(9)):
+        repeated = torch.softmax(net(x.repeat(5, 1, 1, 1)), 1).reshape(5, 3, -1)
+    assert torch.equal(shared, repeated)
 
 
 def test_mc_mean_is_the_average_of_single_sample_softmaxes():
