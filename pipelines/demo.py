@@ -88,7 +88,7 @@ def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: floa
               "calibrated, above it under-confident, below it over-confident.", "",
               "## Streaming a held-out recording (`nsm stream`)", "",
               f"`{s.get('source', 'the recording')}` replayed in chunks as a camera would deliver it: "
-              f"{s.get('predictions', '?')} windows, "
+              f"{s['windows']} windows ({s['empty_windows']} empty), mean {s['mean_samples']:.1f} MC samples a window, "
               + (f"per-window accuracy {s['window_accuracy']:.1%} on windows inside a labelled gesture, per-gesture "
                  f"accuracy {s['gesture_accuracy']:.1%}, " if s.get("window_accuracy") is not None else "")
               + (f"real-time factor {s['real_time_factor']:.1f} (recording time / processing time), "
