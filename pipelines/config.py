@@ -11,6 +11,7 @@ open table: it is handed to the model builder, which validates it.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -228,7 +229,7 @@ def _build(cls, table: dict, where: str):
 def from_dict(d: dict, source: str = "config") -> Config:
     """A validated ``Config`` from a nested dict (a parsed TOML file)."""
     try:
-        tables = {k: v for k, v in d.items()}
+        tables = dict(d)
         top = {f.name: f for f in fields(Config)}
         unknown = sorted(set(tables) - set(top))
         if unknown:
@@ -257,8 +258,6 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     """A copy of nested dict ``d`` with each ``key=value`` override set (tables created as needed)."""
-    import copy
-
     d = copy.deepcopy(d)
     for item in overrides:
         path, value = parse_override(item)

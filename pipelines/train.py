@@ -190,7 +190,6 @@ def prepare_run(cfg: configs.Config, run: Run, resume: bool, saved_epochs: int |
 def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resume: bool = False,
           epochs: int | None = None, progress: bool = True) -> dict:
     """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics."""
-
     proc = start_process(cfg.train.device)
     run = Run(out, proc.main)
     if not resume and epochs is not None:
@@ -290,11 +289,11 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         if proc.main:
             history.append(metrics)
             run.write_records(run.metrics, history)
+            if improved:                        # before checkpoint.pt: a kill in between redoes this epoch
+                save_checkpoint(run.best, model, epoch=epoch + 1, **meta)
             save_checkpoint(run.checkpoint, model, epoch=epoch + 1, optimizer_state=optimizer.state_dict(),
                             scheduler_state=scheduler.state_dict(), rng_state=rng_state(), best_accuracy=best,
                             scaler_state=scaler.state_dict() if scaler is not None else None, **meta)
-            if improved:
-                save_checkpoint(run.best, model, epoch=epoch + 1, **meta)
             plot_curves(history, run.curves)
             val = (f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"
                    if metrics["val_accuracy"] is not None else "")
