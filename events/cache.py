@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from events.formats import remove_dead_temps
 from events.frames import FrameSpec, frames_from_spec
 from events.types import SensorSize
 
@@ -175,25 +176,6 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "_"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_dead_temps(path: Path) -> None:
-    """Remove temporary files of earlier builds of ``path`` whose process no longer runs."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]+\.tmp$")
-    for tmp in path.parent.iterdir():
-        m = pattern.match(tmp.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            tmp.unlink(missing_ok=True)
-
-
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -309,7 +291,7 @@ class FrameCache:
         return CachedFrames(path)
 
     def _build(self, dataset, spec: FrameSpec, path: Path, fingerprint: dict, key: str, progress: bool) -> None:
-        _remove_dead_temps(path)
+        remove_dead_temps(path.parent, path.name)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         n = len(dataset)
         sensor = SensorSize(*(int(v) for v in dataset.sensor_size))

@@ -42,13 +42,14 @@ from tqdm import tqdm
 
 import models
 import nsm
+from events.formats import remove_dead_temps
 
 from . import config as configs
 from .activity import ActivityRecorder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Splits, load_data
 from .figures import plot_curves
-from .files import remove_stale_temps, write_text_atomic
+from .files import write_text_atomic
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsm-events"
 VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
@@ -221,7 +222,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
     history = run.records(run.metrics, start_epoch)
     if proc.main:
         run.out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run.out)          # left by a run killed in the middle of writing a file
+        remove_dead_temps(run.out)           # left by a run killed in the middle of writing a file
         write_text_atomic(run.config, cfg.to_toml())
     net = DistributedDataParallel(model) if proc.world > 1 else model
 

@@ -63,6 +63,18 @@ def gestures(tmp_path_factory):
     return simulated_gestures(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: two test workers share two cores, and runs in different processes
+    compute bit for bit the same thing (the sampling kernel's noise does not depend on the thread count)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def build_once(tmp_path_factory):
     """``build_once(name, build)``: ``shared_once`` for tests that share a folder across workers."""

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pipelines import cli
 from pipelines import config as configs
@@ -17,13 +16,7 @@ N_CLASSES = 11
 CHANCE = 1 / N_CLASSES
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: two test workers share two cores (and the kernel's noise does not depend on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def evaluate(gestures, run, out, *extra) -> dict:

@@ -54,13 +54,7 @@ def random_chunks(ev, rng, n_cuts):
     return np.split(ev, cuts)  # includes empty chunks and repeated cut points
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The networks here are tiny: one thread is faster, and immune to other processes on the cores."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,12 +40,7 @@ SETS = [f"train.epochs={EPOCHS}", "train.workers=0", "train.device=cpu", "train.
 TIMING = ("seconds", "samples_per_s")          # metrics that depend on the machine, not on the run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_args(data, cache, out, *extra):
@@ -439,7 +434,7 @@ def test_fresh_run_drops_records_left_by_a_run_killed_in_its_first_epoch(gesture
 def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     """A writer killed between creating its temporary file and the rename leaves ``.name.pid.hex.tmp``; the
     next run removes those of dead processes and keeps a live writer's."""
-    from pipelines.files import remove_stale_temps
+    from events.formats import remove_dead_temps
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -448,6 +443,6 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     other = tmp_path / "notes.tmp"
     for p in (stale, live, other):
         p.write_text("x")
-    assert remove_stale_temps(tmp_path) == [stale]
+    assert remove_dead_temps(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
 

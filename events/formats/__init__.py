@@ -18,6 +18,7 @@ reader from the file's content and name; this package imports no format module b
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,12 +148,14 @@ def as_event_array(events, name: str = "events") -> np.ndarray:
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. The temporary file is
+    ``.<name>.<pid>.<random>.tmp``, so ``remove_dead_temps`` can tell a killed writer's leftovers.
     Yields ``(file_object, temp_path)``; with ``mode=None`` no file object is opened (for
     libraries such as h5py that open the path themselves) and ``None`` is yielded in its place.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
@@ -168,3 +171,30 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_dead_temps(folder, name: str | None = None) -> list[Path]:
+    """Delete the temporary files (``.<name>.<pid>.<random>.tmp``) that writers killed mid-write left in
+    ``folder`` (only those for ``name`` when given; never a running process's); return what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        m = _TEMP_NAME.match(tmp.name)
+        if m and (name is None or m.group(1) == name) and int(m.group(2)) != os.getpid() \
+                and not pid_alive(int(m.group(2))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
