@@ -85,34 +85,38 @@ def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_ba
     a time. Gradients are not tracked; call inside ``torch.inference_mode`` for speed.
     """
     b = x.shape[0]
-    split = _shared_logits(model)
+    split = _first_unit(model)
     if split is None:
         rows = x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * b, *x.shape[1:])
         run = model
     else:
         # Everything up to the first unit's logits is the same for every sample: compute it once per input,
         # then repeat the logits (the copy the unit samples in place) instead of the input.
-        prefix, unit, rest = split
-        v = unit.logit(prefix(x))
+        modules, i = split
+        h = x
+        for module in modules[:i]:
+            h = module(h)
+        v = modules[i].logit(h)
         rows = v.repeat(samples, *([1] * (v.dim() - 1)))        # a copy, sample-major like the input rows
 
         def run(v_rows):
-            return rest(unit.states_from_logit(v_rows))
-    outs = [torch.softmax(run(rows[i:i + max_batch]).float(), dim=1) for i in range(0, rows.shape[0], max_batch)]
+            z = modules[i].states_from_logit(v_rows)
+            for module in modules[i + 1:]:
+                z = module(z)
+            return z
+    outs = [torch.softmax(run(rows[j:j + max_batch]).float(), dim=1) for j in range(0, rows.shape[0], max_batch)]
     return torch.cat(outs).reshape(samples, b, -1)
 
 
-def _shared_logits(model: nn.Module):
-    """(prefix, unit, rest) of a sequential ``model`` whose modules before its first stochastic unit draw no
-    noise, when that unit can sample from precomputed logits (an NSM unit not in synapse mode); else None."""
+def _first_unit(model: nn.Module):
+    """(modules, i) of a sequential ``model`` whose modules before its first stochastic unit ``modules[i]``
+    draw no noise, when that unit can sample from precomputed logits (an NSM unit not in synapse mode)."""
     if not isinstance(model, nn.Sequential):
         return None
     modules = list(model)
     for i, module in enumerate(modules):
         if isinstance(module, StochasticUnit):
-            if hasattr(module, "states_from_logit") and module.mode != "synapse":
-                return nn.Sequential(*modules[:i]), module, nn.Sequential(*modules[i + 1:])
-            return None
+            return (modules, i) if hasattr(module, "states_from_logit") and module.mode != "synapse" else None
     return None
 
 
