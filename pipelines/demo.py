@@ -23,6 +23,7 @@ from pathlib import Path
 
 import events
 
+from .figures import read_metrics
 from .files import write_text_atomic
 
 
@@ -50,7 +51,7 @@ def held_out_recording(data: Path) -> tuple[Path, Path]:
 
 def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
     """The Markdown report of a demo run (numbers read back from the files the steps wrote)."""
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = read_metrics(run / "metrics.jsonl")
     m = json.loads((run / "metrics.json").read_text())
     s = json.loads((stream_dir / "summary.json").read_text())
     chance = 1 / m["classes"]
