@@ -23,6 +23,7 @@ from pathlib import Path
 
 import events
 
+from .evaluate import predictor_table
 from .figures import read_metrics
 from .files import write_text_atomic
 
@@ -75,12 +76,8 @@ def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: floa
         "vector; *ECE* the expected calibration error: the gap between confidence and accuracy, averaged over "
         "15 confidence bins (0 = perfectly calibrated). Monte Carlo averages the softmax of several stochastic "
         "passes; the deterministic network is the mean-field one that export writes out.", "",
-        "| prediction | accuracy | NLL | Brier | ECE | mean samples |", "|---|---|---|---|---|---|",
+        predictor_table(m),
     ]
-    for name, block, k in ((m["predictor"], m, f"{m['mean_samples']:.1f}"), ("1 sample", m["single_sample"], "1"),
-                           ("deterministic", m["deterministic"], "1")):
-        lines.append(f"| {name} | {block['accuracy']:.1%} | {block['nll']:.3f} | {block['brier']:.3f} "
-                     f"| {block['ece']:.3f} | {k} |")
     if "gesture_accuracy" in m:
         lines += ["", f"Combining all clips of a gesture (averaging their probabilities), {m['gesture_accuracy']:.1%} "
                       f"of the {m['gestures']} test gestures are recognised."]

@@ -110,14 +110,19 @@ def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, ada
     return metrics
 
 
-def summary(metrics: dict) -> str:
-    """A Markdown table of the three predictors."""
+def predictor_table(metrics: dict) -> str:
+    """A Markdown table of the three predictors of ``metrics.json``."""
     rows = [(metrics["predictor"], metrics, f"{metrics['mean_samples']:.1f}"),
             ("1 sample", metrics["single_sample"], "1"), ("deterministic", metrics["deterministic"], "1")]
     lines = ["| prediction | accuracy | NLL | Brier | ECE | mean samples |", "|---|---|---|---|---|---|"]
     for name, m, k in rows:
         lines.append(f"| {name} | {m['accuracy']:.1%} | {m['nll']:.3f} | {m['brier']:.3f} | {m['ece']:.3f} | {k} |")
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def summary(metrics: dict) -> str:
+    """The predictor table, and the per-gesture accuracy when there is one."""
+    text = predictor_table(metrics)
     if "gesture_accuracy" in metrics:
         text += f"\n\nper-gesture accuracy ({metrics['gestures']} gestures, clips combined): " \
                 f"{metrics['gesture_accuracy']:.1%}"
