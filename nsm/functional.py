@@ -69,12 +69,26 @@ def _uses_kernel(v: torch.Tensor) -> bool:
     return v.device.type == "cpu" and v.dtype == torch.float32
 
 
+def _dense_flat(t: torch.Tensor) -> torch.Tensor:
+    """The 1-d view of a dense tensor's memory in storage order (any dimension order: NCHW, channels-last)."""
+    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]), reverse=True)
+    return t.permute(order).reshape(-1)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
 def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback) -> torch.Tensor:
-    """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32) or ``fallback()``; into ``out`` if given."""
+    """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32) or ``fallback()``; into ``out`` if given.
+
+    The kernel walks memory in storage order, so a channels-last tensor is processed in place, without a
+    copy to NCHW order; the states keep ``like``'s memory format.
+    """
     if _uses_kernel(like):
-        res = out if out is not None and out.is_contiguous() else torch.empty_like(
-            like, memory_format=torch.contiguous_format)
-        kernel(like.detach().numpy(), res.detach().numpy())
+        like = like if _is_dense(like) else like.contiguous()
+        res = out if out is not None and out.stride() == like.stride() else torch.empty_like(like)
+        kernel(_dense_flat(like.detach()).numpy(), _dense_flat(res.detach()).numpy())
     else:
         res = fallback()
     if out is not None and res is not out:

@@ -9,11 +9,16 @@ elements a block) uses the stream seeded by mixing (seed, b), so the draws depen
 and the element's position, never on the number of threads. Each draw is a 53-bit uniform
 u in [0, 1), and z = +1 iff u < P.
 
-Exactness without an erf per element: P is monotone in v, so with a table of P at grid points
-v_k = -V + k h, P(v_k) <= P(v) <= P(v_{k+1}) for v in [v_k, v_{k+1}]. When u lies outside that
-bracket the table decides the comparison exactly; only inside it (probability <= h max P' ~ 0.2 %)
-is P(v) computed with ``math.erf``. The result equals the comparison u < 1/2 (1 + erf(v)) in double
-precision for every element.
+Exactness without an erf per element: with a = |v| and the tail mass Q = 1/2 erfc(a) (so P = 1 - Q
+for v >= 0 and P = Q for v < 0), Abramowitz & Stegun 7.1.28 gives
+
+    Q ~ Q~ = 1/2 t^-16,    t = 1 + a1 a + a2 a^2 + ... + a6 a^6,    |erf error| <= 3e-7, so |Q~ - Q| <= 1.5e-7.
+
+Let w = 1 - u for v >= 0 and w = u for v < 0 (the mass on Q's side): u < P iff w > Q. Where w lies
+more than ``MARGIN`` (1e-6, beyond the bound and float64 rounding) from Q~, comparing with Q~ decides
+exactly; only inside that band (probability <= 2 MARGIN) is P computed with ``math.erf``. The hot loop
+is polynomial arithmetic and compiles to SIMD code (no table gathers, no division, no branches); the
+result equals the comparison u < 1/2 (1 + erf(v)) in double precision for every element.
 """
 from __future__ import annotations
 
@@ -26,17 +31,18 @@ import numba
 import numpy as np
 
 BLOCK = 1 << 14
-_V_MAX = 6.0                   # P(+-6) differs from 0 / 1 by < 1e-17: the table covers all that matters
-_STEPS_PER_UNIT = 256
-_GRID = np.arange(-_V_MAX * _STEPS_PER_UNIT, _V_MAX * _STEPS_PER_UNIT + 1) / _STEPS_PER_UNIT
-# P at the grid points, between the sentinels P(-inf) = 0 and P(+inf) = 1: the bracket of any v,
-# including v outside the grid, is [table[k], table[k + 1]] with k = clamp(floor(pos) + 1, 0, size - 2)
-# and pos = (v + V) * steps.
-_P_TABLE = np.array([0.0] + [0.5 * (1.0 + math.erf(v)) for v in _GRID] + [1.0])
+MARGIN = 1e-6
+# Abramowitz & Stegun (1964), 7.1.28: erf(a) ~ 1 - (1 + a1 a + ... + a6 a^6)^-16 for a >= 0.
+_A1, _A2, _A3, _A4, _A5, _A6 = 0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638
+_A_MAX = 6.0                    # Q(6) < 1e-17: clamping |v| there changes no comparison with a 53-bit u
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+
+# error_model="numpy": float division and the like compile without Python's error checks (branches
+# that would keep the loops from being vectorized).
+_JIT = dict(nogil=True, cache=True, error_model="numpy")
 
 
 @numba.njit(inline="always")
@@ -47,49 +53,63 @@ def _mix64(z):
 
 
 @numba.njit(inline="always")
-def _uniform(state):
-    """53-bit uniform in [0, 1) from the SplitMix64 state."""
-    return np.int64(_mix64(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+def _uniform(origin, i):
+    """53-bit uniform in [0, 1) of element i: SplitMix64 at state origin + (i + 1) GAMMA."""
+    return np.int64(_mix64(origin + np.uint64(i + 1) * _GAMMA) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(nogil=True, cache=True)
-def _sample_block(v, out, origin, table, v_max, steps):
-    """Fill ``out`` with states for ``v``, drawing u_i from the stream ``origin + (i + 1) * GAMMA``.
+@numba.njit(inline="always", error_model="numpy")
+def tail_factor(a):
+    """t^16 of A&S 7.1.28 for a = |v| (clamped to 6): the tail mass 1/2 erfc(a) is about 0.5 / t^16."""
+    a = min(a, _A_MAX)
+    t = 1.0 + a * (_A1 + a * (_A2 + a * (_A3 + a * (_A4 + a * (_A5 + a * _A6)))))
+    t2 = t * t
+    t4 = t2 * t2
+    t8 = t4 * t4
+    return t8 * t8
 
-    ``out`` may be ``v`` itself: each v_i is read before out_i is written, and the logits of the
-    draws left undecided by the table are kept aside for the second loop.
+
+@numba.njit(**_JIT)
+def _sample_block(v, out, origin, decided):
+    """Fill ``out`` with states for ``v``, element i drawing ``_uniform(origin, i)``; ``out`` may be ``v``.
+
+    First loop (SIMD): +1 / -1 where the approximation decides, 0 where it does not, into ``decided``.
+    Then ``out`` takes those states, and the undecided ones (rare) are compared with erf itself: each
+    v_i is read before out_i is written, so ``out`` may be ``v``.
     """
-    top = table.size - 2
-    pending_i = np.empty(v.size, np.int32)          # 64 KiB each: heap memory, reused, no page faults
-    pending_v = np.empty(v.size, np.float32)
-    n_pending = 0
-    # Hot loop, branch-free: +1 if u < P(v_k), -1 if u >= P(v_k+1), else keep (i, v_i) for later.
-    # (It holds no erf, so the compiler cannot evaluate erf for every element.)
-    for i in range(v.size):
-        u = _uniform(origin + np.uint64(i + 1) * _GAMMA)
+    n = v.size
+    n_undecided = 0
+    for i in range(n):
         x = np.float64(v[i])
-        pos = (x + v_max) * steps + 1.0
-        k = np.int64(min(pos, top)) if pos > 0.0 else 0   # NaN -> 0: bracket [0, P(-V)], never fires
-        fire, quiet = u < table[k], u >= table[k + 1]
-        out[i] = np.float32(fire) - np.float32(quiet)
-        pending_i[n_pending], pending_v[n_pending] = i, x    # x: read before out[i] was written
-        n_pending += 1 - (fire | quiet)
-    # Rare loop: redraw the same u from the counter and compare with P(v) itself.
-    for j in range(n_pending):
-        i = pending_i[j]
-        u = _uniform(origin + np.uint64(i + 1) * _GAMMA)
-        out[i] = 1.0 if u < 0.5 * (1.0 + math.erf(np.float64(pending_v[j]))) else -1.0
+        u = _uniform(origin, i)
+        t16 = tail_factor(abs(x))
+        w = 1.0 - u if x >= 0.0 else u          # exact: u is a multiple of 2^-53
+        below = (w + MARGIN) * t16 < 0.5        # w < Q - MARGIN  (Q ~ 0.5 / t16)
+        above = (w - MARGIN) * t16 > 0.5        # w > Q + MARGIN
+        fire = above if x >= 0.0 else below     # u < P  iff  w > Q (v >= 0)  or  w < Q (v < 0)
+        quiet = below if x >= 0.0 else above
+        decided[i] = np.float32(fire) - np.float32(quiet)
+        n_undecided += 1 - (fire | quiet)
+    if n_undecided == 0:
+        out[:] = decided[:n]
+        return
+    for i in range(n):
+        if decided[i] != 0.0:
+            out[i] = decided[i]
+        else:                                   # also NaN: u < NaN is False, so -1
+            out[i] = 1.0 if _uniform(origin, i) < 0.5 * (1.0 + math.erf(np.float64(v[i]))) else -1.0
 
 
-@numba.njit(nogil=True, cache=True)
-def _sample_blocks(v, out, seed, table, v_max, steps, first, last):
+@numba.njit(**_JIT)
+def _sample_blocks(v, out, seed, first, last):
     """Blocks ``first .. last - 1`` of the flat arrays, each from its own stream."""
+    decided = np.empty(BLOCK, np.float32)
     for b in range(first, last):
         origin = _mix64(np.uint64(seed) ^ _mix64(np.uint64(b) * _GAMMA + _GAMMA))
-        _sample_block(v[b * BLOCK:(b + 1) * BLOCK], out[b * BLOCK:(b + 1) * BLOCK], origin, table, v_max, steps)
+        _sample_block(v[b * BLOCK:(b + 1) * BLOCK], out[b * BLOCK:(b + 1) * BLOCK], origin, decided)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(**_JIT)
 def _sign_blocks(v, out, first, last):
     for i in range(first * BLOCK, min(v.size, last * BLOCK)):
         out[i] = 1.0 if v[i] >= 0.0 else -1.0
@@ -139,8 +159,7 @@ def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None, thr
     flat = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
     res = np.empty_like(flat) if out is None else out.reshape(-1)
     n_blocks = (flat.size + BLOCK - 1) // BLOCK
-    _run_split(_sample_blocks, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), _P_TABLE,
-               _V_MAX, float(_STEPS_PER_UNIT))
+    _run_split(_sample_blocks, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
     return res.reshape(np.shape(v))
 
 

@@ -97,7 +97,7 @@ def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_ba
         for module in modules[:i]:
             h = module(h)
         v = modules[i].logit(h)
-        rows = v.repeat(samples, *([1] * (v.dim() - 1)))        # a copy, sample-major like the input rows
+        rows = torch.cat([v] * samples)       # a copy (sampled in place), sample-major like the input rows, v's format
 
         def run(v_rows):
             z = modules[i].states_from_logit(v_rows)

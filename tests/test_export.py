@@ -52,12 +52,14 @@ def untrained():
 
 @pytest.fixture(scope="module")
 def trained():
-    """nmnist_cnn (4c5-p2-8c5-p2-32-4, bNSM) after 40 Adam steps on the quadrant task."""
+    """nmnist_cnn (4c5-p2-8c5-p2-32-4, bNSM) after 60 Adam steps on the quadrant task.
+
+    Adam at 3e-3: at 1e-2 about one noise draw in six left the network stuck at chance."""
     model = small_nmnist()
     x, y = quadrant_task(256, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(3)
-    for _ in range(40):
+    for _ in range(60):
         idx = torch.randint(0, 256, (32,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

@@ -303,35 +303,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def even_split(data, cache) -> str:
-    """A ``data.val_fraction`` override that leaves an even number of training clips."""
+def even_split(data, cache) -> tuple[str, int]:
+    """A ``data.val_fraction`` override that leaves a multiple of 4 training clips (so that half of them split
+    evenly over two processes), and that number."""
     cfg = configs.load_config("tiny")
-    for fraction in (0.1, 0.13, 0.16, 0.19, 0.22, 0.25):
+    for fraction in (0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2):
         d = dataclasses.replace(cfg.data, val_fraction=fraction)
-        if len(load_data(d, data, cache, with_test=False, progress=False).train) % 2 == 0:
-            return f"data.val_fraction={fraction}"
-    raise AssertionError("no validation fraction leaves an even number of training clips")
+        n = len(load_data(d, data, cache, with_test=False, progress=False).train)
+        if n % 4 == 0:
+            return f"data.val_fraction={fraction}", n
+    raise AssertionError("no validation fraction leaves a multiple of 4 training clips")
 
 
 def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
-    """torchrun, 2 CPU processes (gloo), global batch 64 = 2 x 32, against one process on the same data.
+    """torchrun, 2 CPU processes (gloo), against one process on the same data: one epoch of two steps, each
+    global batch (half the training set) split 2 x half of it.
 
     The noise-free binary kind ``bn`` is used: noisy kinds (bnsm, gnsm, ste, sn) draw different noise in each
     process, and dcnn's batch normalization sees per-process batch statistics, so neither can match a single
     process. The training set has an even number of clips, so the sampler's even split drops nothing, and
-    each global batch (the last partial one too) is the same set of clips in both runs.
+    each global batch is the same set of clips in both runs.
 
     Tolerance: the runs differ only in float32 rounding (the gradient of a batch summed in one pass, or as
-    two halves averaged by all-reduce: ~1e-7 relative). Adam with eps 1e-4 (the paper presets' value) turns
-    a gradient difference dg into a step difference of at most about lr * dg / eps, so after one epoch
-    (about 10 steps) the parameters agree to ~1e-6 (1e-7..4e-7 measured). A wrong split (other clips,
-    per-process instead of global batches, gradients not averaged) changes steps by up to lr = 1e-3 each;
-    atol = 1e-5 lies between the two. Longer runs are not compared: a binary unit whose input lies within
-    rounding of its threshold flips, after which the runs part by O(lr) per step, a property of sign
-    networks rather than of the data-parallel code.
+    two halves averaged by all-reduce: ~1e-6 relative). Adam with eps 1e-4 (the paper presets' value) turns
+    a gradient difference dg into a step difference of at most about lr * dg / eps, so after two steps the
+    parameters agree to ~1e-7 (measured). A wrong split (other clips, per-process instead of global batches,
+    gradients not averaged) changes steps by up to lr = 1e-3 each; atol = 1e-5 lies between the two. Longer
+    runs are not compared: a binary unit whose input lies within rounding of its threshold flips, after which
+    the runs part by O(lr) per step (seen after ten steps of batch 64), a property of sign networks rather
+    than of the data-parallel code.
     """
     data, cache = gestures
-    sets = ["model.neuron=bn", "train.epochs=1", "train.batch_size=64", "train.adam_eps=1e-4", even_split(data, cache)]
+    split, n_train = even_split(data, cache)
+    sets = ["model.neuron=bn", "train.epochs=1", f"train.batch_size={n_train // 2}", "train.adam_eps=1e-4", split]
     extra = [a for s in sets for a in ("--set", s)]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
