@@ -5,13 +5,13 @@
 See ``nsm.functional`` for the equations, ``nsm.layers`` for the layers, ``nsm.neurons`` for the
 seed's comparison methods and ``nsm.sampling`` for modes and Monte Carlo prediction.
 """
-from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit
+from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit, WeightCache
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
 from .sampling import MCResult, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
 
 __all__ = [
     "MODES", "NEURON_KINDS", "BernoulliNoise", "Binarize", "BinaryMaxPool2d", "GaussianNoise", "MCResult",
-    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "mc_predict", "neuron_kind", "noise_from_dict",
+    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "WeightCache", "mc_predict", "neuron_kind", "noise_from_dict",
     "pool_unit", "sample_probabilities", "set_mode", "using_generator", "using_mode",
 ]

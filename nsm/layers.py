@@ -27,6 +27,56 @@ MODES = ("probability", "synapse", "deterministic")
 ESTIMATORS = ("nsm", "ste")
 
 
+class WeightCache:
+    """Reuse the NSM layers' effective weights and -1 border maps across forward passes of ``model``.
+
+    Inside ``with cache:`` and with autograd off, each NSM layer computes them once and reuses them until a
+    parameter changes through a tracked operation (in-place update such as an optimizer step,
+    ``load_state_dict``, ``.to()``: the parameters' version counter, storage, dtype or device). Outside
+    every cache they are recomputed on each forward pass, so nothing can go stale. Writes through ``.data``
+    and in-place writes to inference-mode tensors are not tracked: leave the cache before such an edit and
+    use a new one after it.
+
+    One cache may be entered many times and keeps its entries in between (``StreamingClassifier`` holds one
+    for its lifetime; ``mc_predict`` uses a fresh one per call). While a unit is inside one cache, entering
+    another leaves it on the outer one.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._stores = {unit: {} for unit in model.modules() if isinstance(unit, _NSMUnit)}
+        self._outer = []
+
+    def __enter__(self) -> "WeightCache":
+        self._outer.append({unit: unit.__dict__.get("_weight_cache") for unit in self._stores})
+        for unit, store in self._stores.items():
+            if unit.__dict__.get("_weight_cache") is None:
+                unit.__dict__["_weight_cache"] = store
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for unit, outer in self._outer.pop().items():
+            unit.__dict__["_weight_cache"] = outer
+
+
+def _memo(owner: nn.Module, slot: str, tensors: list[torch.Tensor], extra, compute):
+    """``compute()``, kept in ``owner``'s active :class:`WeightCache` under ``slot`` while autograd is off.
+
+    The entry is reused while ``tensors`` are the same objects with the same version counters (inference-mode
+    tensors keep none), storage, dtype and device, and ``extra`` is equal. Without an active cache or under
+    autograd it is always recomputed.
+    """
+    store = owner.__dict__.get("_weight_cache")
+    if store is None or torch.is_grad_enabled():
+        return compute()
+    state = tuple((None if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+    entry = store.get(slot)
+    if (entry is None or entry[1] != state or entry[2] != extra
+            or any(a is not b for a, b in zip(entry[0], tensors))):
+        entry = (tuple(tensors), state, extra, compute())
+        store[slot] = entry
+    return entry[3]
+
+
 class StochasticUnit:
     """Mixin for modules whose forward pass depends on ``mode`` and draws from ``generator``."""
 
@@ -86,19 +136,32 @@ class AffineConv2d(nn.Module):
         # Under autograd the in-place border writes below cost more (slice copies) than padding the input.
         if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw) or torch.is_grad_enabled():
             return self.affine_padded(self.pad_input(x), weight, bias)
-        # Zero padding, then add what the pad_value border contributes. That contribution depends only on
-        # how many taps fall outside, which is the same along each edge: a (kh x kw) map holds every case.
+        # Zero padding, then add what the pad_value border contributes (``border_rows``; kept in a WeightCache).
         out = F.conv2d(x, weight, bias, 1, self.padding)
-        edge = F.conv2d(F.pad(x.new_zeros(1, x.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight)
         h, w = out.shape[-2:]
-        cols = torch.cat([torch.arange(pw), torch.full((w - 2 * pw,), pw), torch.arange(pw + 1, kw)]).to(x.device)
+        top, bottom, sides = _memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
         if ph:
-            out[..., :ph, :] += edge[..., :ph, :][..., cols]
-            out[..., h - ph:, :] += edge[..., ph + 1:, :][..., cols]
+            out[..., :ph, :] += top
+            out[..., h - ph:, :] += bottom
         if pw:
-            out[..., ph:h - ph, :pw] += edge[..., ph:ph + 1, :pw]
-            out[..., ph:h - ph, w - pw:] += edge[..., ph:ph + 1, pw + 1:]
+            out[..., ph:h - ph, :pw] += sides[..., :pw]
+            out[..., ph:h - ph, w - pw:] += sides[..., pw:]
         return out
+
+    def border_rows(self, weight: torch.Tensor, width: int):
+        """What the ``pad_value`` border adds to a 'same' convolution's output, beyond zero padding.
+
+        It depends only on how many taps of a position fall outside, which is the same all along each edge,
+        so a (kh x kw) map of the border's contribution holds every case. Returns the top rows and bottom rows
+        (C_out, ph, width) and the side columns (C_out, 1, 2 pw): left pw, then right pw.
+        """
+        (ph, pw), (kh, kw) = self.padding, self.kernel_size
+        edge = F.conv2d(F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value),
+                        weight)[0]
+        cols = torch.cat([torch.arange(pw), torch.full((width - 2 * pw,), pw), torch.arange(pw + 1, kw)])
+        cols = cols.to(weight.device)
+        sides = torch.cat([edge[:, ph:ph + 1, :pw], edge[:, ph:ph + 1, pw + 1:]], dim=-1)
+        return edge[:, :ph][..., cols], edge[:, ph + 1:][..., cols], sides
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -168,17 +231,11 @@ class _NSMUnit(StochasticUnit):
     def effective_weight(self):
         """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``).
 
-        Without autograd (inference, Monte Carlo rounds) the result is cached until a parameter changes
-        (tracked by the parameters' version counters, which every in-place update bumps)."""
-        if torch.is_grad_enabled():
-            return nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise)
+        Inside a :class:`WeightCache` (Monte Carlo rounds, streaming) and without autograd it is computed once
+        and reused until a parameter changes."""
         params = [p for p in (self.weight, self.bias, self.beta) if p is not None]
-        key = (self.noise,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cached = self.__dict__.get("_effective_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise))
-            self.__dict__["_effective_cache"] = cached
-        return cached[1]
+        return _memo(self, "_effective_cache", params, self.noise,
+                     lambda: nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise))
 
     def logit(self, z: torch.Tensor) -> torch.Tensor:
         """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position."""

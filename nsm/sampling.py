@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import MODES, StochasticUnit
+from .layers import MODES, StochasticUnit, WeightCache
 
 
 def stochastic_units(model: nn.Module) -> list[nn.Module]:
@@ -82,8 +82,14 @@ def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_ba
     """softmax(f(x; noise_k)) for k = 1..samples as a (samples, B, classes) tensor.
 
     The samples of all inputs are stacked along the batch dimension and run ``max_batch`` rows at
-    a time. Gradients are not tracked; call inside ``torch.inference_mode`` for speed.
+    a time. Gradients are not tracked; call inside ``torch.inference_mode`` for speed. The layers'
+    effective weights are computed once for all the passes (a :class:`nsm.layers.WeightCache`).
     """
+    with WeightCache(model):
+        return _sample_probabilities(model, x, samples, max_batch)
+
+
+def _sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_batch: int) -> torch.Tensor:
     b = x.shape[0]
     split = _first_unit(model)
     if split is None:
@@ -143,7 +149,7 @@ def mc_predict(model: nn.Module, x: torch.Tensor, samples: int | None = None, *,
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), using_generator(model, generator):
+        with torch.inference_mode(), using_generator(model, generator), WeightCache(model):
             if not adaptive:
                 probs = sample_probabilities(model, x, samples, max_batch).mean(dim=0)
                 return MCResult(probs, torch.full((x.shape[0],), samples, dtype=torch.long, device=x.device))

@@ -11,6 +11,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,8 @@ import torch
 import events
 import models
 import nsm
+
+from .files import write_text_atomic
 
 
 @dataclass
@@ -132,16 +135,13 @@ def _gesture_recording() -> events.Recording:
     return _GESTURES["rec"]
 
 
-def _stream_row(name: str, model, downsample: int, seconds: float, goal: float, threads: int | None = None,
-                **mc) -> Row:
-    """Push ``seconds`` of the simulated recording through a StreamingClassifier in camera packets; the
-    real-time factor is recording time / wall time, latency is per window from packet to prediction."""
-    from pipelines.stream import StreamingClassifier
-
+def _stream_row(name: str, make_classifier, seconds: float, goal: float, threads: int | None = None) -> Row:
+    """Push ``seconds`` of the simulated recording through ``make_classifier(sensor_size)`` (a
+    ``StreamingClassifier``) in camera packets; the real-time factor is recording time / wall time, latency
+    is per window from packet to prediction."""
     rec = _gesture_recording()
     ev = rec.events[rec.events["t"] < rec.events["t"][0] + int(seconds * 1e6)]
-    spec = events.FrameSpec(downsample=downsample, **STREAM_FRAMES)
-    clf = StreamingClassifier(model, spec, rec.sensor_size, seed=0, **mc)
+    clf = make_classifier(rec.sensor_size)
     saved = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -160,6 +160,13 @@ def _stream_row(name: str, model, downsample: int, seconds: float, goal: float, 
     return Row(name, "x real time", rtf, "real time", 1.0, rtf, f">= {goal:g}x real time",
                f"{len(preds)} windows of {span:.1f} s, latency p50 {np.percentile(lat, 50):.1f} ms / "
                f"p99 {np.percentile(lat, 99):.1f} ms, mean {np.mean([p.samples for p in preds]):.1f} samples")
+
+
+def _classifier(model, downsample: int, **mc):
+    from pipelines.stream import StreamingClassifier
+
+    spec = events.FrameSpec(downsample=downsample, **STREAM_FRAMES)
+    return lambda sensor_size: StreamingClassifier(model, spec, sensor_size, seed=0, **mc)
 
 
 _ADAPTIVE = {"adaptive": True, "threshold": 0.9, "min_samples": 4, "max_samples": 16}
@@ -207,8 +214,34 @@ def _stream_rows(label: str, net, downsample: int, seconds: float, goal: float, 
     if default != 1:
         runs += [(default, "adaptive 4-16 (untrained: 16)", _ADAPTIVE)] if not quick else []
         runs += [(default, "K=4", {"samples": 4})]
-    return [_stream_row(f"stream {label}, {what}, {threads} thread{'s' if threads > 1 else ''}", net, downsample,
-                        seconds, goal, threads=threads, **mc) for threads, what, mc in runs]
+    return [_stream_row(f"stream {label}, {what}, {_threads(threads)}", _classifier(net, downsample, **mc), seconds,
+                        goal, threads=threads) for threads, what, mc in runs]
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
+def stream_checkpoint(path, quick: bool) -> list[Row]:
+    """Real-time factor and latency of streaming a trained checkpoint over the simulated recording with
+    adaptive sampling (``nsm stream --adaptive``'s defaults), at torch's default thread count and on one
+    thread: what adaptive sampling costs once the network is confident on most windows."""
+    from pipelines.checkpoint import load_checkpoint
+    from pipelines.stream import StreamingClassifier
+
+    model = load_checkpoint(path).model
+    goal = 1 if model.spec["name"] == "allconvnet18" else 10
+
+    def make(sensor_size):
+        return StreamingClassifier.from_checkpoint(path, sensor_size=sensor_size, seed=0, adaptive=True,
+                                                   threshold=_ADAPTIVE["threshold"],
+                                                   min_samples=_ADAPTIVE["min_samples"],
+                                                   max_samples=_ADAPTIVE["max_samples"])
+
+    default = torch.get_num_threads()
+    return [_stream_row(f"stream {Path(path).name} ({model.spec['name']}), adaptive 4-16, "
+                        f"{_threads(threads)}", make, 3.0 if quick else 13.0, goal, threads=threads)
+            for threads in dict.fromkeys([default, 1])]
 
 
 def stream_allconvnet18(quick: bool) -> list[Row]:
@@ -309,19 +342,27 @@ def add_parser(sub) -> None:
                                    "a Markdown table of throughputs and ratios (higher is better).")
     p.add_argument("--quick", action="store_true", help="fewer rounds and smaller inputs (about a minute)")
     p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="CK",
+                   help="also stream this trained checkpoint (from nsm train) over the simulated recording with "
+                        "adaptive sampling; repeat for several")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     print(f"machine: {machine()}", flush=True)
     rows = []
-    for section in SECTIONS:
-        print(f"running {section.__name__} ...", flush=True)
+    for path in args.checkpoint:           # fail before the long run, not after it
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    sections = [(section.__name__, section) for section in SECTIONS]
+    sections += [(f"stream_checkpoint {path}", partial(stream_checkpoint, path)) for path in args.checkpoint]
+    for name, section in sections:
+        print(f"running {name} ...", flush=True)
         result = section(args.quick)
         rows.extend(result if isinstance(result, list) else [result])
     table = to_markdown(rows)
     print()
     print(table)
     if args.out:
-        Path(args.out).write_text(f"Machine: {machine()}\n\n{table}\n")
+        write_text_atomic(args.out, f"Machine: {machine()}\n\n{table}\n")
     return 0

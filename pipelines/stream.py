@@ -137,6 +137,9 @@ class StreamingClassifier:
     ``downsample``/``crop``: override the spec's (crop as ``(width, height)``). ``origin_us``: start of
     window 0 (default: first event). ``sort_chunks``: sort chunks by time instead of rejecting disorder.
     ``source``: the file name errors report.
+
+    The NSM layers' effective weights are computed once per stream (an ``nsm.WeightCache``): in-place updates
+    of the parameters are noticed at once, edits through ``.data`` after :meth:`reset` (or :meth:`flush`).
     """
 
     def __init__(self, model: nn.Module, frame_spec, sensor_size=None, *, window_us: int | None = None,
@@ -203,6 +206,7 @@ class StreamingClassifier:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.decay, self.seed = float(decay), int(seed)
         self.model = model
+        self._weights = nsm.WeightCache(model)
         self.classes = None if classes is None else [str(c) for c in classes]
         self._generator = torch.Generator()
         self.reset_evidence()
@@ -233,9 +237,10 @@ class StreamingClassifier:
         self._acc_weight = 0.0
 
     def reset(self) -> None:
-        """Start a new stream: forget buffered events, window numbering and evidence."""
+        """Start a new stream: forget buffered events, window numbering and evidence; re-read the parameters."""
         self.windows.reset()
         self.reset_evidence()
+        self._weights = nsm.WeightCache(self.model)
 
     def push(self, chunk: np.ndarray, now_us: int | None = None) -> list[Prediction]:
         """Add events (``EVENT_DTYPE``, time order); return the predictions of the windows they complete.
@@ -267,7 +272,8 @@ class StreamingClassifier:
         called = started if called is None else called
         x = self.model_input(window)
         self._generator.manual_seed(window_seed(self.seed, window.index))
-        res = nsm.mc_predict(self.model, x, generator=self._generator, **self.mc)
+        with self._weights:
+            res = nsm.mc_predict(self.model, x, generator=self._generator, **self.mc)
         probs = res.probs[0].double().numpy()
         if not window.empty:
             base = np.zeros_like(probs) if self._acc_sum is None else self._acc_sum * self.decay

@@ -6,6 +6,8 @@ those (a false alarm has probability < 1e-6 per unit; seeds are fixed, so result
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import numpy as np
@@ -295,3 +297,75 @@ def test_public_sign_functions_leave_their_input_alone(dtype):
     with torch.no_grad():
         same = nsmf.sample_sign(v, generator=torch.Generator().manual_seed(0), overwrite=True)
     assert same.data_ptr() == v.data_ptr() and torch.equal(same, z)
+
+
+def test_weight_cache_follows_every_tracked_parameter_change():
+    """Inside a WeightCache the effective weights and border maps are computed once, then recomputed after
+    in-place updates, ``load_state_dict``, a replaced parameter, a dtype change and a new input width."""
+    torch.manual_seed(5)
+    conv = nsm.NSMConv2d(3, 4, 3, padding=1, mode="deterministic")
+    model = torch.nn.Sequential(conv)
+
+    def fresh(z):
+        return logits_from_scratch(conv, z)
+
+    z = random_states(2, 3, 6, 6)
+    calls = []
+    with torch.no_grad(), nsm.WeightCache(model), counting(nsmf, "effective_weight", calls):
+        assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)
+        conv.logit(z)
+        assert len(calls) == 1 + 1                      # one for the layer (twice), one for fresh()
+        conv.weight.mul_(-1.0).add_(0.3)
+        conv.bias.add_(0.5)
+        assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)
+        conv.load_state_dict({k: torch.randn_like(v) for k, v in conv.state_dict().items()})
+        assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)
+        conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))
+        assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)
+        wide = random_states(2, 3, 6, 9)
+        assert torch.allclose(conv.logit(wide), fresh(wide), atol=1e-6)
+        conv.double()
+        assert torch.allclose(conv.logit(z.double()), fresh(z.double()), atol=1e-12)
+
+
+def test_without_a_weight_cache_nothing_is_kept():
+    """Outside a WeightCache even edits through ``.data`` (invisible to version counters) take effect, and a
+    cache is released when its block ends; a layer built in inference mode works inside one."""
+    torch.manual_seed(6)
+    conv = nsm.NSMConv2d(3, 4, 3, padding=1, mode="deterministic")
+    z = random_states(2, 3, 6, 6)
+    with torch.no_grad():
+        with nsm.WeightCache(conv):
+            before = conv.logit(z)
+        conv.weight.data.mul_(-1.0)
+        after = conv.logit(z)
+        assert torch.allclose(after, logits_from_scratch(conv, z), atol=1e-6)
+        assert not torch.allclose(after, before, atol=1e-3)
+        with nsm.WeightCache(conv):
+            assert torch.equal(conv.logit(z), after)
+    with torch.inference_mode():
+        built_here = nsm.NSMConv2d(3, 4, 3, padding=1, mode="deterministic")
+        with nsm.WeightCache(built_here):
+            assert torch.equal(built_here.logit(z), built_here.logit(z))
+
+
+def logits_from_scratch(conv, z):
+    """The layer's logits from its parameters, with explicit -1 padding."""
+    w_eff, b_eff = nsmf.effective_weight(conv.weight, conv.bias, conv.beta, conv.noise)
+    return F.conv2d(F.pad(z, (1, 1, 1, 1), value=-1.0), w_eff, b_eff)
+
+
+@contextlib.contextmanager
+def counting(module, name, calls):
+    """Record each call of ``module.name`` in ``calls``."""
+    original = getattr(module, name)
+
+    def wrapper(*args, **kw):
+        calls.append(name)
+        return original(*args, **kw)
+
+    setattr(module, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)

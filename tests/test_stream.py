@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -432,3 +433,18 @@ def test_cli_bad_sensor_fit_is_a_clear_error(real_data, checkpoint, tmp_path):
     with pytest.raises(ValueError, match="cannot fill the model's input height"):
         main(["--checkpoint", str(checkpoint), "--events", str(real_data / "davis346_sample.aedat4"),
               "--downsample", "16", "--quiet"])
+
+
+def test_bench_streams_a_checkpoint_with_adaptive_sampling(checkpoint):
+    """``nsm bench --checkpoint``: rows for the checkpoint at torch's thread count (and one thread), over 3 s
+    of the simulated recording with adaptive 4-16 sampling."""
+    from pipelines import bench
+
+    rows = bench.stream_checkpoint(checkpoint, quick=True)
+    assert len(rows) == len({torch.get_num_threads(), 1})
+    for row in rows:
+        assert row.name.startswith("stream tiny.pt (allconvnet18), adaptive 4-16, ")
+        assert row.goal == ">= 1x real time" and row.ratio > 0
+        windows, span = re.match(r"(\d+) windows of ([\d.]+) s", row.detail).groups()
+        assert int(windows) >= 55 and 2.9 <= float(span) <= 3.1
+        assert 4 <= float(re.search(r"mean ([\d.]+) samples", row.detail)[1]) <= 16
