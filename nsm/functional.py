@@ -70,9 +70,10 @@ def _uses_kernel(v: torch.Tensor) -> bool:
 
 
 def _dense_flat(t: torch.Tensor) -> torch.Tensor:
-    """The 1-d view of a dense tensor's memory in storage order (any dimension order: NCHW, channels-last)."""
+    """The 1-d view of a dense tensor's memory in storage order (any dimension order: NCHW, channels-last);
+    a view, never a copy, so that writing to it writes to ``t``."""
     order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]), reverse=True)
-    return t.permute(order).reshape(-1)
+    return t.permute(order).view(-1)
 
 
 def _is_dense(t: torch.Tensor) -> bool:
