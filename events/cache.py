@@ -24,7 +24,9 @@ One file per (data set name, split, frame spec): ``<cache_dir>/<name>-<split>-<s
 
 With ``spec.span == "sample"`` each sample is binned over ``[info["start_us"], info["end_us"])`` from
 ``ds.sample_info(i)`` (a labelled gesture), falling back to its events' span where the data set gives
-none (``None`` or absent).
+none (``None`` or absent). With ``spec.max_frames`` only the first frames of each sample are binned and
+stored (``frames_from_spec`` never bins the rest); like every field it is part of the key and the file name,
+so caches built with different caps, or none, are separate files.
 
 Building writes a temporary file beside the target (``.<name>.<pid>.<token>.tmp``), bins the samples one
 at a time (frames are flushed to disk every ~16 MiB), flushes and fsyncs, then ``os.replace()``s it

@@ -35,15 +35,19 @@ Where this module extends or departs from tonic (tonic has no such parameters, o
   from the formula above; otherwise ``T = 0``. (tonic returns one float frame with width and height
   swapped.)
 * ``polarity``: ``"both"`` gives ``P = 2`` (channel = polarity, OFF then ON), ``"on"`` keeps ON events only
-  (``P = 1``), ``"merge"`` sums both polarities into one channel (``P = 1``). ``P`` depends only on this
-  setting, never on ``sensor_size``'s polarity count; use ``"merge"`` for single-polarity sensors.
+  (``P = 1``), ``"off"`` OFF events only (``P = 1``), ``"merge"`` sums both polarities into one channel
+  (``P = 1``). ``P`` depends only on this setting, never on ``sensor_size``'s polarity count; use
+  ``"merge"`` for single-polarity sensors.
 * ``crop=(cw, ch)``: a centre crop of the sensor, columns ``[(W - cw)//2, (W - cw)//2 + cw)`` and rows
   ``[(H - ch)//2, (H - ch)//2 + ch)``; events outside are dropped. Applied before downsampling.
 * ``downsample=f``: event ``(x, y)`` (crop-relative) goes to pixel ``(x // f, y // f)`` (f x f sum pooling
   of events); the frame is ``ceil(ch / f)`` x ``ceil(cw / f)``, so a partial cell at the border is kept.
 * Slicing is always decided on the whole stream; the polarity and crop filters apply afterwards to the
   events of each slice. ``T`` and the slice boundaries therefore do not depend on ``polarity``, ``crop`` or
-  ``downsample`` (``"merge"`` equals ``"both"`` summed over channels, ``"on"`` equals its channel 1).
+  ``downsample`` (``"merge"`` equals ``"both"`` summed over channels, ``"on"`` equals its channel 1 and
+  ``"off"`` its channel 0).
+* ``max_frames=N``: only the first ``N`` slices are made, so the result is exactly the first ``N`` frames of
+  the uncapped one (all of it when it has fewer); the later slices are never binned.
 * Counts saturate at the output dtype's maximum (65535 for the default ``uint16``) instead of wrapping;
   ``binary=True`` writes 1 where the count would be positive.
 * Input is checked: coordinates must lie on the sensor, polarities be 0 or 1 and timestamps be
@@ -51,7 +55,8 @@ Where this module extends or departs from tonic (tonic has no such parameters, o
   first offending event.
 
 Fixed-duration clips (the paper's DVS Gesture input is six 16 ms frames of one polarity, 128 -> 64 by
-2 x 2 pooling): bin a window ``[start_us, end_us)`` with ``time_window_us`` so that quiet periods still
+2 x 2 pooling, and the original NSM code kept the first 108 frames of each gesture, 18 clips:
+``max_frames=108``): bin a window ``[start_us, end_us)`` with ``time_window_us`` so that quiet periods still
 give zero frames. ``T`` is the floor count, complete windows only (``[0, 96 ms)`` in 16 ms windows gives
 exactly 6 frames; ``[0, 100 ms)`` also 6, the last 4 ms dropped); ``include_incomplete=True`` takes the
 ceiling instead (7 frames, the last one reaching to 112 ms). Then cut the stack into clips with
@@ -84,7 +89,7 @@ from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
 __all__ = ["FrameSpec", "to_frames", "frames_from_spec", "split_clips", "bench_binning"]
 
-_POLARITY_MODES = ("both", "on", "merge")
+_POLARITY_MODES = ("both", "on", "off", "merge")
 _SPANS = ("events", "sample")
 _SPEC_VERSION = 1
 _MAX_SIDE = 32767  # EVENT_DTYPE coordinates are int16
@@ -224,7 +229,8 @@ class FrameSpec:
       ``0 <= overlap < time_window_us``), events for ``event_count`` (int, ``0 <= overlap < event_count``),
       a fraction of a bin for ``n_time_bins`` (``0 <= overlap < 1``).
     * ``include_incomplete``: keep the trailing partial slice (``time_window_us`` and ``event_count`` only).
-    * ``polarity``: ``"both"`` (P=2), ``"on"`` (ON events only, P=1) or ``"merge"`` (summed, P=1).
+    * ``polarity``: ``"both"`` (P=2), ``"on"`` (ON events only, P=1), ``"off"`` (OFF events only, P=1) or
+      ``"merge"`` (summed, P=1).
     * ``downsample``: integer spatial factor ``f``: pixel ``(x // f, y // f)``, sizes ceil-divided.
     * ``crop``: ``(width, height)`` centre crop applied before downsampling, or ``None``.
     * ``binary``: 1 where an event fell, instead of counts.
@@ -232,6 +238,9 @@ class FrameSpec:
     * ``span``: which interval ``time_window_us`` bins: ``"events"`` (first to last event, tonic's default) or
       ``"sample"`` (the sample's own ``[start_us, end_us)``, e.g. a labelled gesture; the frame cache takes
       them from the data set's ``sample_info``), so that quiet periods still give zero frames.
+    * ``max_frames``: keep only the first ``max_frames`` frames of each sample (``None``: all), the later
+      slices never being binned; with ``frames_per_clip`` a sample then gives at most
+      ``max_frames // frames_per_clip`` clips (``max_frames`` must hold one clip at least).
 
     ``to_dict()`` gives a JSON- and TOML-safe dict (``None`` fields omitted, tuples as lists) and
     ``from_dict(d)`` inverts it exactly. ``key()`` is a stable hash of every field, for cache keys.
@@ -248,6 +257,7 @@ class FrameSpec:
     overlap: int | float = 0
     include_incomplete: bool = False
     span: str = "events"
+    max_frames: int | None = None
 
     def __post_init__(self):
         modes = {"n_time_bins": self.n_time_bins, "time_window_us": self.time_window_us,
@@ -298,6 +308,13 @@ class FrameSpec:
             raise ValueError(f"span must be one of {_SPANS}, got {self.span!r}")
         if self.span == "sample" and mode != "time_window_us":
             raise ValueError("span='sample' needs time_window_us (fixed windows over the sample's interval)")
+        if self.max_frames is not None:
+            if not _is_int(self.max_frames) or self.max_frames < 1:
+                raise ValueError(f"max_frames must be None or an integer >= 1, got {self.max_frames!r}")
+            object.__setattr__(self, "max_frames", int(self.max_frames))
+            if self.frames_per_clip is not None and self.max_frames < self.frames_per_clip:
+                raise ValueError(f"max_frames={self.max_frames} holds no clip of frames_per_clip="
+                                 f"{self.frames_per_clip} frames")
 
     @property
     def mode(self) -> str:
@@ -305,6 +322,14 @@ class FrameSpec:
         if self.n_time_bins is not None:
             return "n_time_bins"
         return "time_window_us" if self.time_window_us is not None else "event_count"
+
+    @property
+    def frames_per_sample(self) -> int | None:
+        """``T`` of every sample when the spec alone fixes it (``n_time_bins``, at most ``max_frames``), else
+        ``None`` (it depends on the sample's events or interval)."""
+        if self.n_time_bins is None:
+            return None
+        return _capped(self, self.n_time_bins)
 
     @property
     def channels(self) -> int:
@@ -400,6 +425,11 @@ def _raise_bad_event(events: np.ndarray, i: int, width: int, height: int):
                            "events must be sorted by time")
 
 
+def _capped(spec: FrameSpec, count: int) -> int:
+    """``count`` slices limited to ``spec.max_frames``."""
+    return count if spec.max_frames is None else min(count, spec.max_frames)
+
+
 def _n_slices(span: int, size: int, stride: int, include_incomplete: bool) -> int:
     """tonic's count: ``floor((span - size) / stride) + 1`` (``ceil`` when incomplete slices are kept)."""
     num = span - size
@@ -415,19 +445,21 @@ def _slice_bounds(spec: FrameSpec, ev: np.ndarray, start_us, end_us) -> tuple[np
             return 0
         count = min(spec.event_count, n)
         stride = spec.event_count - spec.overlap
-        starts = np.arange(_n_slices(n, count, stride, spec.include_incomplete), dtype=np.int64) * stride
+        n_slices = _capped(spec, _n_slices(n, count, stride, spec.include_incomplete))
+        starts = np.arange(n_slices, dtype=np.int64) * stride
         return starts, np.minimum(starts + count, n)
     if mode == "n_time_bins":
+        bins = spec.frames_per_sample
         if n == 0:
-            return spec.n_time_bins
+            return bins
         t0, t1 = int(ev["t"][0]), int(ev["t"][-1])
         if spec.overlap == 0:
             width = (t1 - t0) // spec.n_time_bins
-            lo = np.arange(spec.n_time_bins, dtype=np.int64) * width + t0
+            lo = np.arange(bins, dtype=np.int64) * width + t0
             hi = lo + width
         else:  # tonic's float64 arithmetic, in its order of operations
             width_f = float((t1 - t0) // spec.n_time_bins) * (1 + spec.overlap)
-            lo = np.arange(spec.n_time_bins) * (width_f * (1 - spec.overlap)) + t0
+            lo = np.arange(bins) * (width_f * (1 - spec.overlap)) + t0
             hi = lo + width_f
     else:
         if n == 0 and (start_us is None or end_us is None):
@@ -436,7 +468,7 @@ def _slice_bounds(spec: FrameSpec, ev: np.ndarray, start_us, end_us) -> tuple[np
         stride = w - spec.overlap
         t0 = int(ev["t"][0]) if start_us is None else int(start_us)
         t1 = int(ev["t"][-1]) if end_us is None else int(end_us)
-        count = max(_n_slices(t1 - t0, w, stride, spec.include_incomplete), 1)
+        count = _capped(spec, max(_n_slices(t1 - t0, w, stride, spec.include_incomplete), 1))
         if n == 0:
             return count
         lo = np.arange(count, dtype=np.int64) * stride + t0
@@ -459,7 +491,7 @@ def _lookup_tables(spec: FrameSpec, width: int, height: int, out_shape):
     xmap = np.where((xs >= 0) & (xs < cw), xs // f, _EXCLUDED)
     ymap = np.where((ys >= 0) & (ys < ch), (ys // f) * wo, _EXCLUDED)
     plane = ho * wo
-    pmap = {"both": [0, plane], "on": [_EXCLUDED, 0], "merge": [0, 0]}[spec.polarity]
+    pmap = {"both": [0, plane], "on": [_EXCLUDED, 0], "off": [0, _EXCLUDED], "merge": [0, 0]}[spec.polarity]
     return xmap, ymap, np.array(pmap, dtype=np.int64)
 
 
@@ -475,10 +507,11 @@ def frames_from_spec(events: np.ndarray, sensor_size, spec: FrameSpec, *, start_
     """Bin ``events`` into ``(T, P, H, W)`` frames as ``spec`` says (see the module docstring).
 
     ``start_us``/``end_us`` (``time_window_us`` only) fix the binned interval instead of the events' span.
-    ``spec.frames_per_clip`` and ``spec.span`` are not applied here (see :func:`split_clips` and the frame
-    cache). ``dtype`` defaults to ``uint8`` when ``spec.binary`` else ``uint16``. ``threads``: how many
-    threads bin (groups of frames each); ``None`` uses one below 500 000 events and otherwise up to
-    four (no more than the CPUs this process may use). The result does not depend on it.
+    ``spec.max_frames`` is applied (only the first slices are binned); ``spec.frames_per_clip`` and
+    ``spec.span`` are not (see :func:`split_clips` and the frame cache). ``dtype`` defaults to ``uint8``
+    when ``spec.binary`` else ``uint16``. ``threads``: how many threads bin (groups of frames each);
+    ``None`` uses one below 500 000 events and otherwise up to four (no more than the CPUs this process
+    may use). The result does not depend on it.
     """
     if not isinstance(spec, FrameSpec):
         raise TypeError(f"spec must be a FrameSpec, got {type(spec).__name__}")
@@ -555,7 +588,8 @@ def to_frames(events: np.ndarray, sensor_size, *, n_time_bins: int | None = None
               time_window_us: int | None = None, event_count: int | None = None, polarity: str = "both",
               downsample: int = 1, crop: tuple[int, int] | None = None, binary: bool = False,
               start_us: int | None = None, end_us: int | None = None, overlap: int | float = 0,
-              include_incomplete: bool = False, dtype=np.uint16, threads: int | None = None) -> np.ndarray:
+              include_incomplete: bool = False, max_frames: int | None = None, dtype=np.uint16,
+              threads: int | None = None) -> np.ndarray:
     """Bin an ``EVENT_DTYPE`` array into frames ``(T, P, H, W)``.
 
     Equal to ``tonic.transforms.ToFrame(sensor_size, time_window=..., event_count=..., n_time_bins=...,
@@ -568,7 +602,7 @@ def to_frames(events: np.ndarray, sensor_size, *, n_time_bins: int | None = None
     """
     spec = FrameSpec(n_time_bins=n_time_bins, time_window_us=time_window_us, event_count=event_count,
                      polarity=polarity, downsample=downsample, crop=crop, binary=binary, overlap=overlap,
-                     include_incomplete=include_incomplete)
+                     include_incomplete=include_incomplete, max_frames=max_frames)
     return frames_from_spec(events, sensor_size, spec, start_us=start_us, end_us=end_us, dtype=dtype,
                             threads=threads)
 

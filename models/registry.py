@@ -11,7 +11,7 @@ from .allconvnet import allconvnet12, allconvnet18
 from .cnn import nmnist_cnn
 from .network import Network
 
-NEURON_OPTIONS = ("noise_p", "noise_sigma", "sn_sigma")
+NEURON_OPTIONS = ("noise_p", "conv_noise_p", "noise_sigma", "sn_sigma")
 _SIZE_ARGS = ("in_channels", "input_size", "num_classes", "kind")
 
 
@@ -52,8 +52,9 @@ def create_model(name: str, *, in_channels: int | None = None, input_size=None, 
     """Build model ``name`` with ``neuron`` units (``nsm.NEURON_KINDS``).
 
     Sizes default to the architecture's own (see ``list_models``). Neuron options ``noise_p``,
-    ``noise_sigma``, ``sn_sigma`` go to ``nsm.neuron_kind``; other keywords (e.g. ``width``) go to
-    the architecture. The returned network's ``spec`` rebuilds it: ``create_model(**net.spec)``.
+    ``conv_noise_p`` (the convolutions' own Bernoulli p), ``noise_sigma``, ``sn_sigma`` go to
+    ``nsm.neuron_kind``; other keywords (e.g. ``width``) go to the architecture. The returned network's
+    ``spec`` rebuilds it (``create_model(**net.spec)``), the neuron options included.
     """
     entry = _entry(name)
     in_channels = entry.in_channels if in_channels is None else int(in_channels)

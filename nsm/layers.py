@@ -250,6 +250,26 @@ class _NSMUnit(StochasticUnit):
         """P(z_i = +1 | z) = 1/2 (1 + erf(v_i)) for every output unit and position."""
         return nsmf.firing_probability(self.logit(z))
 
+    def state_probability(self, v: torch.Tensor) -> torch.Tensor:
+        """P(state = +1) for firing logits ``v`` in the current mode: 1/2 (1 + erf v) when sampling,
+        1[v >= 0] in ``deterministic`` mode."""
+        if self.mode == "deterministic":
+            return (v >= 0).to(v.dtype)
+        return nsmf.firing_probability(v)
+
+    @torch.no_grad()
+    def scale_preactivation(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the firing logit scale_i v_i + shift_i (scale_i > 0, one per unit) through beta and the bias:
+        beta_i <- scale_i beta_i and b_eff_i <- scale_i b_eff_i + shift_i, b_eff_i = b_i / (sqrt(2) s ||w_i||)."""
+        if self.bias is None:
+            if bool((shift != 0).any()):
+                raise ValueError("a unit without bias cannot shift its firing logit")
+            self.beta.mul_(scale)
+            return
+        to_bias = math.sqrt(2.0) * self.noise.std * nsmf.weight_norm(self.weight)
+        self.bias.copy_((self.bias / to_bias * scale + shift) * to_bias)
+        self.beta.mul_(scale)
+
     def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
         """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
         mode; lets Monte Carlo prediction compute one input's logits once and sample them K times."""

@@ -39,6 +39,16 @@ from .layers import (AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSM
 from .noise import BernoulliNoise, GaussianNoise
 
 
+def _scale_affine(gain: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """u = gain_i (...) + b_i becomes scale_i u + shift_i: ``gain`` (first dimension: units) times scale, and
+    b <- scale b + shift."""
+    if bias is None and bool((shift != 0).any()):
+        raise ValueError("a unit without bias cannot shift its pre-activation")
+    gain.mul_(scale.reshape((-1,) + (1,) * (gain.dim() - 1)))
+    if bias is not None:
+        bias.mul_(scale).add_(shift)
+
+
 class _SignUnit:
     """bd / wbd: z = sgn(u) with sgn(0) = +1, trained with the straight-through hardtanh gradient.
 
@@ -65,6 +75,17 @@ class _SignUnit:
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return nsmf.with_surrogate(self.preactivation(z), nsmf.sign_states, "hardtanh", overwrite=True)
 
+    @staticmethod
+    def state_probability(u: torch.Tensor) -> torch.Tensor:
+        """P(state = +1) = 1[u >= 0] for pre-activations ``u``."""
+        return (u >= 0).to(u.dtype)
+
+    @torch.no_grad()
+    def scale_preactivation(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the pre-activation scale_i u_i + shift_i (scale_i > 0): g (wbd) or w (bd) times scale_i,
+        b_i <- scale_i b_i + shift_i."""
+        _scale_affine(self.g if self.g is not None else self.weight, self.bias, scale, shift)
+
 
 class SignConv2d(_SignUnit, AffineConv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, weight_norm=False):
@@ -89,6 +110,11 @@ class _NoisyRectifierUnit(StochasticUnit):
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
         """u = w.x + b, before the noise."""
         return self.affine(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def scale_preactivation(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the pre-activation scale_i u_i + shift_i (scale_i > 0): w_i and b_i times scale_i, plus shift_i."""
+        _scale_affine(self.weight, self.bias, scale, shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.preactivation(x)
@@ -167,13 +193,20 @@ NEURON_KINDS = ("bnsm", "gnsm", "dcnn", "ste", "bd", "wbd", "sn", "bn")
 BENCH_REFERENCE = "plain"
 
 
-def neuron_kind(name: str, *, noise_p: float = 0.5, noise_sigma: float = 1.0, sn_sigma: float = 1.0) -> NeuronKind:
+def neuron_kind(name: str, *, noise_p: float = 0.5, conv_noise_p: float | None = None, noise_sigma: float = 1.0,
+                sn_sigma: float = 1.0) -> NeuronKind:
     """The unit builders of kind ``name`` (one of ``NEURON_KINDS`` or ``"plain"``).
 
-    ``noise_p``: Bernoulli transmission probability (bnsm, ste, bn); ``noise_sigma``: Gaussian noise
-    standard deviation (gnsm); ``sn_sigma``: the noisy rectifier's noise (sn).
+    ``noise_p``: Bernoulli transmission probability (bnsm, ste, bn); ``conv_noise_p``: the convolutions'
+    own Bernoulli probability, ``noise_p`` then holding for the fully connected units only (``None``: the
+    same ``noise_p`` everywhere); ``noise_sigma``: Gaussian noise standard deviation (gnsm); ``sn_sigma``:
+    the noisy rectifier's noise (sn).
     """
     bern, gauss = BernoulliNoise(noise_p), GaussianNoise(noise_sigma)
+    try:
+        conv_bern = bern if conv_noise_p is None else BernoulliNoise(conv_noise_p)
+    except ValueError as err:
+        raise ValueError(f"conv_noise_p: {err}") from None
     table = {
         "bnsm": (True, NSMConv2d, NSMLinear, {"noise": bern}),
         "gnsm": (True, NSMConv2d, NSMLinear, {"noise": gauss}),
@@ -188,7 +221,8 @@ def neuron_kind(name: str, *, noise_p: float = 0.5, noise_sigma: float = 1.0, sn
     if name not in table:
         raise ValueError(f"unknown neuron kind {name!r}; expected one of {', '.join(NEURON_KINDS)} (or 'plain')")
     binary, conv, linear, options = table[name]
-    return NeuronKind(name, binary, partial(conv, **options), partial(linear, **options))
+    conv_options = dict(options, noise=conv_bern) if options.get("noise") is bern else options
+    return NeuronKind(name, binary, partial(conv, **conv_options), partial(linear, **options))
 
 
 def pool_unit(kind: NeuronKind, kernel_size: int = 2) -> nn.Module:

@@ -8,6 +8,7 @@ A checkpoint is a ``torch.save`` dict:
     config          the resolved run configuration (dict), or {}
     epoch           epochs completed               project_version
     optimizer_state, scheduler_state, rng_state    training state for --resume (optional)
+    init_from       the checkpoint a warm-started run began from (``nsm train --init-from``), or None (optional)
 
 Writes are atomic (temporary file in the same folder, then rename), so a crash never leaves a
 half-written checkpoint in place of a good one.

@@ -24,19 +24,24 @@ import tomli_w
 
 import events
 import models
-from nsm.neurons import NEURON_KINDS
+from models.registry import NEURON_OPTIONS
+from nsm.neurons import NEURON_KINDS, neuron_kind
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATASETS = ("dvsgesture", "nmnist")
+INITS = ("data", "none")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """The data set and its frames (``events.FrameSpec`` fields: a preset sets exactly one slicing mode,
-    ``n_time_bins`` or ``time_window_us``; with ``frames_per_clip`` each sample is cut into
-    non-overlapping clips of that many frames). ``val_fraction``: share of the training *recordings' samples*
-    (whole gestures or digits, never single clips, so no clip of a validation gesture is trained on)
-    held out for validation and ``best.pt``; 0 validates on nothing and keeps the last epoch as best.
+    ``n_time_bins`` or ``time_window_us``; ``polarity`` is ``"both"``, ``"on"``, ``"off"`` or ``"merge"``;
+    with ``frames_per_clip`` each sample is cut into non-overlapping clips of that many frames;
+    ``max_frames`` keeps only the first that many frames of each sample, before clips are cut, so a
+    sample gives at most ``max_frames // frames_per_clip`` clips). ``val_fraction``: share of the
+    training *recordings' samples* (whole gestures or digits, never single clips, so no clip of a
+    validation gesture is trained on) held out for validation and ``best.pt``; 0 validates on nothing
+    and keeps the last epoch as best.
     """
 
     dataset: str = "dvsgesture"
@@ -46,6 +51,7 @@ class DataConfig:
     downsample: int = 1
     crop: list[int] | None = None
     frames_per_clip: int | None = None
+    max_frames: int | None = None
     span: str = "events"
     val_fraction: float = 0.1
 
@@ -53,7 +59,8 @@ class DataConfig:
         return events.FrameSpec(n_time_bins=self.n_time_bins, time_window_us=self.time_window_us,
                                 polarity=self.polarity, downsample=self.downsample,
                                 crop=tuple(self.crop) if self.crop else None,
-                                frames_per_clip=self.frames_per_clip, span=self.span)
+                                frames_per_clip=self.frames_per_clip, max_frames=self.max_frames,
+                                span=self.span)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -65,7 +72,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``models.create_model(name, neuron=..., noise_p=..., **options)``; sizes follow from the data."""
+    """``models.create_model(name, neuron=..., noise_p=..., noise_sigma=..., **options)``; sizes follow from
+    the data. ``options`` holds the architecture's keywords and the neuron options without a key here:
+    ``conv_noise_p`` (the convolutions' own Bernoulli p, ``noise_p`` then being the fully connected
+    units') and ``sn_sigma``. ``validate`` builds the neuron kind, so a bad noise parameter is an error
+    when the configuration loads, not after the data are binned."""
 
     name: str = "allconvnet18"
     neuron: str = "bnsm"
@@ -78,6 +89,8 @@ class ModelConfig:
             raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
         if self.neuron not in NEURON_KINDS:
             raise ValueError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
+        neuron_kind(self.neuron, noise_p=self.noise_p, noise_sigma=self.noise_sigma,
+                    **{k: v for k, v in self.options.items() if k in NEURON_OPTIONS})
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,13 @@ class TrainConfig:
     """Optimisation: Adam (``lr``, ``adam_eps``, ``weight_decay``), the learning rate multiplied by
     ``lr_gamma`` every ``lr_step_epochs`` epochs. ``workers``: DataLoader worker processes.
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``amp``: bfloat16/float16
-    autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads."""
+    autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads.
+    ``init``: how a fresh run's units start: ``"data"`` (``nsm.initialization.data_init`` on a batch of training
+    items: standardized pre-activations, OR-pools emitting +1 in half their windows; without it deep binary
+    networks stay at chance, see docs/training-study.md) or ``"none"`` (as the layers build themselves).
+    ``warmup_epochs``: epochs trained with deterministic forward passes before the stochastic units sample
+    (a random network of sampling units passes almost nothing of its input through many layers; once
+    trained deterministically its weights carry the signal through the noise: docs/training-study.md)."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -114,18 +133,24 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     record_every: int = 50
+    init: str = "data"
+    warmup_epochs: int = 1
     augment: AugmentConfig = AugmentConfig()
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lr_step_epochs", "record_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.lr <= 0 or self.lr_gamma <= 0:
             raise ValueError("train.lr and train.lr_gamma must be > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0:
             raise ValueError("train.workers must be >= 0")
+        if self.init not in INITS:
+            raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
 
 
 @dataclass(frozen=True)

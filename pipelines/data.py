@@ -147,7 +147,7 @@ def load_data(data: DataConfig, root, cache_dir, *, augmentation: AugmentConfig 
     val = FrameSet(items, groups, labels, index=np.flatnonzero(is_val)) if is_val.any() else None
     test = test_set(data, root, cache_dir, progress=progress) if with_test else None
     p, h, w = spec.output_shape(train_ds.sensor_size)
-    t = spec.frames_per_clip or spec.n_time_bins
+    t = spec.frames_per_clip or spec.frames_per_sample
     if t is None:
         raise ValueError("the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
     return Splits(train, val, test, list(train_ds.classes), spec, in_channels=t * p, input_size=(h, w))

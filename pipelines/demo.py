@@ -1,9 +1,11 @@
 """``nsm demo``: the whole product in a few minutes on a CPU, from an event camera to neuromorphic hardware.
 
 1. simulate a small DVS-Gesture-style data set in the original IBM layout (AEDAT 3.1 + label CSVs);
-2. train the ``tiny`` preset (a small Bernoulli NSM network) on it, through the HDF5 frame cache;
-3. evaluate it on the held-out users with Monte Carlo sampling: accuracy, calibration (ECE, NLL,
-   Brier) and a reliability diagram;
+2. train the ``gestures-allconv18`` preset (the 18-layer all-convolutional network of Bernoulli NSM
+   units at CPU size) on it, through the HDF5 frame cache, and its deterministic twin (the same network
+   of real-valued ReLU units with batch normalization, ``dcnn``) the same way;
+3. evaluate both on the held-out users, the NSM with Monte Carlo sampling: accuracy per clip and per
+   gesture, calibration (ECE, NLL, Brier) and a reliability diagram;
 4. stream one held-out recording window by window, as a live camera would feed it, and draw the
    class probabilities over time;
 5. export the network to NIR and check the file in norse against the PyTorch model;
@@ -26,6 +28,9 @@ import events
 from .evaluate import predictor_table
 from .figures import read_metrics
 from .files import write_text_atomic
+
+PRESET = "gestures-allconv18"     # the network the demo trains
+TWIN = "dcnn"                     # the neuron kind of its deterministic twin
 
 
 def _nsm(argv: list[str]) -> int:
@@ -50,10 +55,22 @@ def held_out_recording(data: Path) -> tuple[Path, Path]:
     return rec, rec.with_name(rec.stem + "_labels.csv")
 
 
-def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
+def twin_table(m: dict, twin: dict) -> str:
+    """Markdown: per-clip and per-gesture accuracy of the NSM's predictors beside its deterministic twin's."""
+    rows = [(f"NSM, {m['predictor']}", m), ("NSM, 1 sample", m["single_sample"]),
+            ("NSM, deterministic network", m["deterministic"]), (f"twin ({twin['neuron']})", twin)]
+    lines = ["| network | per clip | per gesture |", "|---|---|---|"]
+    for name, r in rows:
+        gesture = f"{r['gesture_accuracy']:.1%}" if r.get("gesture_accuracy") is not None else "-"
+        lines.append(f"| {name} | {r['accuracy']:.1%} | {gesture} |")
+    return "\n".join(lines)
+
+
+def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
     """The Markdown report of a demo run (numbers read back from the files the steps wrote)."""
     history = read_metrics(run / "metrics.jsonl")
     m = json.loads((run / "metrics.json").read_text())
+    t = json.loads((twin / "metrics.json").read_text())
     s = json.loads((stream_dir / "summary.json").read_text())
     chance = 1 / m["classes"]
     last = history[-1]
@@ -62,8 +79,8 @@ def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: floa
         "# nsm demo report", "",
         f"Finished in {seconds:.0f} s. Everything below was produced by the `nsm` commands printed during the run, "
         f"on simulated DVS-Gesture-style recordings (11 gestures, chance = {chance:.1%}).", "",
-        "## Training (`nsm train --config tiny`)", "",
-        f"{last['epoch']} epochs of the `tiny` preset ({m['model']}, {m['neuron']} units). Last epoch: training "
+        f"## Training (`nsm train --config {PRESET}`)", "",
+        f"{last['epoch']} epochs of the `{PRESET}` preset ({m['model']}, {m['neuron']} units). Last epoch: training "
         f"loss {last['train_loss']:.3f}, training accuracy {last['train_accuracy']:.1%}"
         + (f", validation accuracy {last['val_accuracy']:.1%} (held-out training gestures)"
            if last.get("val_accuracy") is not None else "")
@@ -81,6 +98,9 @@ def report(out: Path, run: Path, stream_dir: Path, nir_path: Path, seconds: floa
     if "gesture_accuracy" in m:
         lines += ["", f"Combining all clips of a gesture (averaging their probabilities), {m['gesture_accuracy']:.1%} "
                       f"of the {m['gestures']} test gestures are recognised."]
+    lines += ["", "## Beside its deterministic twin", "",
+              f"The same network with real-valued ReLU units and batch normalization (`--set model.neuron="
+              f"{t['neuron']}`), trained the same way, on the same clips:", "", twin_table(m, t)]
     lines += ["", f"![reliability diagram]({rel(run / 'reliability.png')})", "",
               "The reliability diagram plots accuracy against confidence per bin: points on the diagonal are "
               "calibrated, above it under-confident, below it over-confident.", "",
@@ -106,7 +126,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="simulate, train, evaluate, stream and export end to end in a few minutes",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the tiny preset's)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: the {PRESET} preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
     p.set_defaults(func=run)
 
@@ -114,23 +134,25 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     out = Path(args.out)
     started = time.perf_counter()
-    data, cache, run_dir = out / "data", out / "cache", out / "run"
+    data, cache, run_dir, twin_dir = out / "data", out / "cache", out / "run", out / "twin"
     stream_dir, nir_path = out / "stream", out / "model.nir"
     print(f"[1/6] simulated DVS-Gesture-style recordings in {data}", flush=True)
     if not (data / "trials_to_test.txt").is_file():
         events.simulate_gestures(data, seed=args.seed, users=6, per_class=2)
 
-    print(f"[2/6] training the tiny preset into {run_dir}", flush=True)
-    train = ["train", "--data", data, "--out", run_dir, "--cache", cache]
-    if (run_dir / "checkpoint.pt").is_file():
-        train.append("--resume")
-    else:
-        train += ["--config", "tiny"]
-    _nsm(train + (["--epochs", args.epochs] if args.epochs else []))
+    print(f"[2/6] training the {PRESET} preset into {run_dir} and its {TWIN} twin into {twin_dir}", flush=True)
+    for folder, extra in ((run_dir, []), (twin_dir, ["--set", f"model.neuron={TWIN}"])):
+        train = ["train", "--data", data, "--out", folder, "--cache", cache]
+        if (folder / "checkpoint.pt").is_file():
+            train.append("--resume")
+        else:
+            train += ["--config", PRESET, *extra]
+        _nsm(train + (["--epochs", args.epochs] if args.epochs else []))
 
-    print("[3/6] evaluating on the held-out users with Monte Carlo sampling", flush=True)
+    print("[3/6] evaluating both on the held-out users, the NSM with Monte Carlo sampling", flush=True)
     best = run_dir / "best.pt"
-    _nsm(["evaluate", "--checkpoint", best, "--data", data, "--cache", cache])
+    for folder in (run_dir, twin_dir):
+        _nsm(["evaluate", "--checkpoint", folder / "best.pt", "--data", data, "--cache", cache])
 
     recording, labels = held_out_recording(data)
     print(f"[4/6] streaming the held-out recording {recording.name}", flush=True)
@@ -142,9 +164,10 @@ def run(args) -> int:
     _nsm(["export", "--checkpoint", best, "--out", nir_path, "--check"])
 
     seconds = time.perf_counter() - started
-    write_text_atomic(out / "report.md", report(out, run_dir, stream_dir, nir_path, seconds))
+    write_text_atomic(out / "report.md", report(out, run_dir, twin_dir, stream_dir, nir_path, seconds))
     print(f"\n[6/6] report: {out / 'report.md'}\n"
-          f"  run folder (checkpoints, metrics, curves.png, reliability.png): {run_dir}\n"
+          f"  run folder (checkpoints, metrics, curves.png, health.png, reliability.png): {run_dir}\n"
+          f"  the deterministic twin's run folder: {twin_dir}\n"
           f"  streaming predictions and timeline.png: {stream_dir}\n"
           f"  NIR graph: {nir_path}\n  simulated data: {data}   frame cache: {cache}\n"
           f"finished in {seconds:.0f} s", flush=True)

@@ -95,11 +95,13 @@ def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, ada
         **classification_metrics(p["mc"], labels),
         "mean_samples": float(p["samples_used"].mean()),
     }
-    if cfg.data.dataset == "dvsgesture" and cfg.data.frames_per_clip:
-        metrics["gesture_accuracy"] = group_accuracy(p["mc"], labels, test.groups)
-        metrics["gestures"] = int(len(np.unique(test.groups)))
     metrics["single_sample"] = classification_metrics(p["single"], labels)
     metrics["deterministic"] = classification_metrics(p["deterministic"], labels)
+    if cfg.data.dataset == "dvsgesture" and cfg.data.frames_per_clip:
+        for part, key in ((metrics, "mc"), (metrics["single_sample"], "single"),
+                          (metrics["deterministic"], "deterministic")):
+            part["gesture_accuracy"] = group_accuracy(p[key], labels, test.groups)
+        metrics["gestures"] = int(len(np.unique(test.groups)))
     conf = p["mc"].max(1)
     metrics["reliability"] = reliability_bins(conf, p["mc"].argmax(1) == labels).to_dict()
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,11 @@ A run folder holds:
   config.toml     the resolved configuration (preset + --set overrides)
   checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config
   best.pt         the epoch with the best validation accuracy (the latest one when there is no validation)
-  metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput)
+  metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput, and ``health``: per hidden
+                  layer its firing rate, saturated share and weight-gradient norm, per max-pool layer
+                  its rate, each the mean over the epoch's recorded steps; see ``pipelines.health``)
   curves.png      loss, accuracy and learning rate against epoch
+  health.png      the ``health`` records per layer against epoch
   activity.jsonl  the records ``nsm analyze`` draws from
 
 Every file is replaced atomically after each epoch, so a run killed at any moment (even with
@@ -14,6 +17,11 @@ SIGKILL) loses at most the epoch in flight; ``--resume`` continues from ``checkp
 with exactly the parameters an uninterrupted run would have on a CPU: data order (a seeded
 permutation per epoch), augmentation (a function of seed, epoch and item) and the noise (the
 restored RNG states) all repeat.
+
+After each epoch's line the trainer prints one ``warning:`` line per hidden layer that is dead (its
+output all but constant) or saturated (nearly all its firing probabilities near 0 or 1), and one when
+the training loss sat at the class prior on every step of the epoch (the thresholds and their reasons
+are in ``pipelines.health``).
 
 Multi-process: launched by ``torchrun`` (WORLD_SIZE > 1), each process trains on its share of every
 batch (``train.batch_size`` is the global batch, split evenly) under DistributedDataParallel
@@ -43,16 +51,20 @@ from tqdm import tqdm
 import models
 import nsm
 from events.formats import remove_dead_temps
+from nsm.initialization import data_init
 
 from . import config as configs
 from .activity import ActivityRecorder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Splits, load_data
-from .figures import plot_curves
+from .figures import plot_curves, plot_health
 from .files import write_text_atomic
+from .health import HealthMonitor
+from .warmstart import warm_start
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsm-events"
 VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
+INIT_ITEMS = 256         # training items whose statistics initialise a fresh run (train.init = "data")
 
 
 class TrainingDiverged(ValueError):
@@ -98,6 +110,19 @@ def build_model(cfg: configs.Config, splits: Splits):
     return models.create_model(m.name, in_channels=splits.in_channels, input_size=splits.input_size,
                                num_classes=len(splits.classes), neuron=m.neuron, noise_p=m.noise_p,
                                noise_sigma=m.noise_sigma, **m.options)
+
+
+def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
+    """The inputs of ``INIT_ITEMS`` training items (a seeded choice) that ``data_init`` takes its statistics from."""
+    n = min(INIT_ITEMS, len(train_set))
+    chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([train_set[int(i)][0] for i in chosen]).to(device)
+
+
+def warmup_mode(model, epoch: int, warmup_epochs: int):
+    """Deterministic forward passes (every stochastic unit z = sgn(E u)) during the first ``warmup_epochs``
+    epochs, the units' own modes after; the backward pass is the same in both (the gradient of E z)."""
+    return nsm.using_mode(model, "deterministic") if epoch < warmup_epochs else nullcontext()
 
 
 def rng_state() -> dict:
@@ -148,6 +173,7 @@ class Run:
         self.checkpoint, self.best = self.out / "checkpoint.pt", self.out / "best.pt"
         self.metrics, self.activity = self.out / "metrics.jsonl", self.out / "activity.jsonl"
         self.config, self.curves = self.out / "config.toml", self.out / "curves.png"
+        self.health = self.out / "health.png"
 
     def records(self, path: Path, epochs_done: int) -> list[dict]:
         """The JSON lines of ``path`` from the first ``epochs_done`` epochs, and rewrite the file without the
@@ -189,8 +215,14 @@ def prepare_run(cfg: configs.Config, run: Run, resume: bool, saved_epochs: int |
 
 
 def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resume: bool = False,
-          epochs: int | None = None, progress: bool = True) -> dict:
-    """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics."""
+          epochs: int | None = None, progress: bool = True, init_from=None) -> dict:
+    """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics.
+
+    ``init_from``: a checkpoint whose network (same architecture, any neuron kind) a fresh run starts from
+    (``pipelines.warmstart``); every checkpoint of the run records it as ``init_from``."""
+    if resume and init_from is not None:
+        raise ValueError("--init-from starts a fresh run from another run's weights; a resumed run continues from "
+                         "its own checkpoint.pt (drop --init-from or --resume)")
     proc = start_process(cfg.train.device)
     run = Run(out, proc.main)
     if not resume and epochs is not None:
@@ -205,6 +237,14 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
                        progress=progress and proc.main)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, splits).to(proc.device)
+    if init_from is not None:                       # warm start (--init-from): fresh runs only, before the optimizer
+        report = warm_start(model, init_from, classes=splits.classes)
+        init_from = report.source
+        if proc.main:
+            print(report, flush=True)
+    elif state is None and tc.init == "data":       # a fresh run; DDP then copies rank 0's parameters to all
+        with warmup_mode(model, 0, tc.warmup_epochs):   # initialised in the mode its first epoch trains in
+            data_init(model, init_batch(splits.train, proc.device, tc.seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
     autocast, scaler = autocast_for(proc.device, tc.amp)
@@ -217,6 +257,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             scaler.load_state_dict(state["scaler_state"])
         set_rng_state(state["rng_state"])
         start_epoch, best = state["epoch"], state.get("best_accuracy", -math.inf)
+        init_from = state.get("init_from")
     # drop what a killed run wrote after its last checkpoint (everything, when it died in its first epoch)
     run.records(run.activity, start_epoch)
     history = run.records(run.metrics, start_epoch)
@@ -234,7 +275,9 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
     val_loader = (DataLoader(splits.val, batch_size=cfg.eval.batch_size, num_workers=tc.workers)
                   if splits.val is not None else None)
     recorder = ActivityRecorder(model, cfg.model.neuron, run.activity if proc.main else None)
-    meta = dict(classes=splits.classes, frame_spec=splits.frame_spec.to_dict(), config=cfg.to_dict())
+    health = HealthMonitor(model, splits.train.labels, len(splits.classes), enabled=proc.main)
+    meta = dict(classes=splits.classes, frame_spec=splits.frame_spec.to_dict(), config=cfg.to_dict(),
+                init_from=init_from)
     if proc.main:
         print(f"training {cfg.model.name} ({cfg.model.neuron}) on {len(splits.train)} items "
               f"({len(splits.val) if splits.val else 0} held out for validation), {tc.epochs} epochs, "
@@ -254,25 +297,28 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             global_step = epoch * steps_per_epoch + step
             if global_step % tc.record_every == 0:
                 recorder.arm()
-            with autocast:
+                health.arm()
+            with autocast, warmup_mode(model, epoch, tc.warmup_epochs):
                 logits = net(x)
             loss = compute_loss(logits, y)
             check_finite(loss, proc, epoch, step, run)
             optimizer.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            health.record_gradients(scaler)             # before the step: the gradients that made it
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 optimizer.step()
             recorder.record(epoch + step / steps_per_epoch, global_step)
+            health.observe_loss(loss, y)
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}")
         bar.close()
         seconds = time.perf_counter() - started
+        epoch_health = health.end_epoch()
         if proc.world > 1:                      # the epoch's loss and accuracy over every process's share
             totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=proc.device)
             dist.all_reduce(totals)
@@ -281,7 +327,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         scheduler.step()
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "val_loss": None, "val_accuracy": None, "lr": lr, "seconds": round(seconds, 3),
-                   "samples_per_s": seen / seconds}
+                   "samples_per_s": seen / seconds, "health": epoch_health.summary}
         if val_loader is not None:
             metrics.update(validate(model, val_loader, proc.device))
         score = metrics["val_accuracy"] if metrics["val_accuracy"] is not None else -metrics["train_loss"]
@@ -296,12 +342,16 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
                             scheduler_state=scheduler.state_dict(), rng_state=rng_state(), best_accuracy=best,
                             scaler_state=scaler.state_dict() if scaler is not None else None, **meta)
             plot_curves(history, run.curves)
+            plot_health(history, run.health)
             val = (f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"
                    if metrics["val_accuracy"] is not None else "")
             print(f"epoch {epoch + 1}/{tc.epochs}: loss {metrics['train_loss']:.3f}, accuracy "
                   f"{metrics['train_accuracy']:.1%}{val}, {metrics['samples_per_s']:.0f} samples/s"
                   f"{' (best)' if improved else ''}", flush=True)
+            for warning in epoch_health.warnings:
+                print(warning, flush=True)
     recorder.close()
+    health.close()
     if proc.world > 1:
         dist.barrier()
     return metrics
@@ -331,6 +381,11 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one configuration key, e.g. --set train.lr=1e-3 --set model.neuron=gnsm")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--init-from", metavar="CK",
+                   help="start a fresh run from the weights of a trained run of the same architecture with another "
+                        "neuron kind, e.g. RUN/best.pt of a dcnn run (the NSM paper's recipe: train a ReLU network, "
+                        "copy its weight directions into the NSM, fine-tune); prints what was mapped; not with "
+                        "--resume")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -346,5 +401,5 @@ def run(args) -> int:
             raise ValueError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
         cfg = configs.load_config(args.config, args.set)
     train(cfg, args.data, args.out, cache_dir=args.cache, resume=args.resume, epochs=args.epochs,
-          progress=not args.quiet)
+          progress=not args.quiet, init_from=args.init_from)
     return 0

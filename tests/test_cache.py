@@ -227,6 +227,33 @@ def test_split_is_part_of_the_file_name(tmp_path, cache):
     assert cache.get(train, SPEC, progress=False).path != cache.get(test, SPEC, progress=False).path
 
 
+def test_frame_cap_keeps_the_first_frames_and_is_part_of_the_key(ds, cache):
+    """DVS Gesture's protocol in small: gestures binned from their start, the first ``max_frames`` frames
+    kept, so at most max_frames // frames_per_clip clips a gesture; each cap (or none) has its own file."""
+    uncapped = FrameSpec(time_window_us=5_000, frames_per_clip=2, span="sample")
+    capped = FrameSpec(time_window_us=5_000, frames_per_clip=2, span="sample", max_frames=6)
+    full = cache.get(ds, uncapped, progress=False)
+    ds.reads = 0
+    cf = cache.get(ds, capped, progress=False)
+    assert ds.reads == len(ds) and cf.path != full.path        # not the uncapped file
+    assert cf.spec == capped
+    assert_matches(cf, ds, capped)
+    assert (full.lengths > 6).any()                             # the cap cuts real samples short
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(cf[i][0], full[i][0][:6])
+    clips = cf.clips()
+    assert np.bincount(clips.sample_index, minlength=len(ds)).max() == 6 // 2
+    assert len(clips) < len(full.clips())
+    ds.reads = 0
+    other = cache.get(ds, FrameSpec(time_window_us=5_000, frames_per_clip=2, span="sample", max_frames=4),
+                      progress=False)
+    assert ds.reads == len(ds) and other.path not in (cf.path, full.path)   # another cap, another file
+    assert other.lengths.max() == 4
+    ds.reads = 0
+    assert cache.get(ds, capped, progress=False).path == cf.path and ds.reads == 0   # each still a hit
+    assert cache.get(ds, uncapped, progress=False).path == full.path and ds.reads == 0
+
+
 # ---------------------------------------------------------------- corrupt files
 
 def _garbage(path):

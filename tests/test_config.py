@@ -7,11 +7,13 @@ import tomllib
 
 import pytest
 
+import models
+import nsm
 from events import SensorSize
 from pipelines import cli
 from pipelines import config as configs
 
-PRESETS = ("tiny", "tiny-digits", "dvsgesture-allconv18", "nmnist-cnn")
+PRESETS = ("tiny", "tiny-digits", "gestures-allconv18", "dvsgesture-allconv18", "nmnist-cnn")
 
 
 def parts(cfg: configs.Config):
@@ -48,6 +50,45 @@ def test_dvsgesture_preset_holds_the_papers_setup():
     # Adam at 3e-4 for 200 epochs, the learning rate halved every 100 epochs
     assert t.lr == 3e-4 and t.epochs == 200
     assert t.lr_step_epochs == 100 and t.lr_gamma == 0.5
+    # the original code's protocol: the first 108 bins of 16 ms from each gesture's start, 18 clips
+    spec = d.frame_spec()
+    assert (d.span, spec.span, spec.max_frames) == ("sample", "sample", 108)
+    assert spec.max_frames // spec.frames_per_clip == 18
+
+
+def test_nmnist_preset_holds_the_original_codes_protocol():
+    cfg = configs.load_config("nmnist-cnn")
+    spec = cfg.data.frame_spec()
+    # ON events only, in 10 time bins over each digit: one 34 x 34 channel per bin
+    assert (cfg.data.dataset, spec.polarity, spec.n_time_bins, spec.max_frames) == ("nmnist", "on", 10, None)
+    assert spec.output_shape(SensorSize(34, 34, 2)) == (1, 34, 34) and spec.frames_per_sample == 10
+    # Bernoulli p = 0.25 in the convolutions, 0.5 in the fully connected layer, as the network is built
+    m = cfg.model
+    assert (m.name, m.neuron, m.noise_p, m.options) == ("nmnist_cnn", "bnsm", 0.5, {"conv_noise_p": 0.25})
+    net = models.create_model(m.name, neuron=m.neuron, noise_p=m.noise_p, noise_sigma=m.noise_sigma, **m.options)
+    assert [(type(u).__name__, u.noise.p) for u in net if isinstance(u, (nsm.NSMConv2d, nsm.NSMLinear))] == [
+        ("NSMConv2d", 0.25), ("NSMConv2d", 0.25), ("NSMLinear", 0.5)]
+
+
+def test_tiny_presets_keep_their_frames_and_one_noise():
+    for preset in ("tiny", "tiny-digits"):
+        cfg = configs.load_config(preset)
+        spec = cfg.data.frame_spec()
+        assert (spec.polarity, spec.max_frames) == ("merge", None), preset
+        assert "conv_noise_p" not in cfg.model.options and cfg.model.noise_p == 0.5, preset
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.options.conv_noise_p=1.5", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=1.5)"),
+    ("model.options.conv_noise_p=0", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=0)"),
+    ("data.max_frames=4", "max_frames=4 holds no clip of frames_per_clip=6 frames"),
+    ("data.max_frames=0", "max_frames must be None or an integer >= 1"),
+    ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
+])
+def test_protocol_options_are_checked_when_the_config_loads(override, message):
+    with pytest.raises(ValueError) as err:
+        configs.load_config("dvsgesture-allconv18", [override])
+    assert message in str(err.value) and "dvsgesture-allconv18.toml" in str(err.value)
 
 
 def test_set_overrides_parse_values_as_toml():

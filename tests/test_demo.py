@@ -25,7 +25,8 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
     printed = capsys.readouterr().out
     for step in ("nsm train", "nsm evaluate", "nsm stream", "nsm export", "report.md"):
         assert step in printed
-    for png in ("run/curves.png", "run/reliability.png", "stream/timeline.png"):
+    for png in ("run/curves.png", "run/health.png", "run/reliability.png", "twin/reliability.png",
+                "stream/timeline.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert (out / "model.nir").stat().st_size > 0
     assert "-> OK" in printed                                        # the norse check passed
@@ -37,4 +38,11 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
     assert f"| {metrics['predictor']} | {metrics['accuracy']:.1%} | {metrics['nll']:.3f}" in report
     assert f"{summary['windows']} windows" in report
     assert "expected calibration error" in report
-    assert [json.loads(line)["epoch"] for line in (out / "run/metrics.jsonl").read_text().splitlines()] == [1, 2]
+    twin = json.loads((out / "twin/metrics.json").read_text())
+    assert metrics["model"] == twin["model"] == "allconvnet18"
+    assert (metrics["neuron"], twin["neuron"]) == ("bnsm", "dcnn")
+    assert (f"| NSM, deterministic network | {metrics['deterministic']['accuracy']:.1%} "
+            f"| {metrics['deterministic']['gesture_accuracy']:.1%} |") in report
+    assert f"| twin (dcnn) | {twin['accuracy']:.1%} | {twin['gesture_accuracy']:.1%} |" in report
+    for run in ("run", "twin"):
+        assert [json.loads(line)["epoch"] for line in (out / run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -298,6 +298,20 @@ def test_metadata_round_trip(trained, tmp_path):
     assert set(back.nodes) == set(graph.nodes) and sorted(back.edges) == sorted(graph.edges)
 
 
+def test_metadata_holds_each_layers_own_noise(tmp_path):
+    """``conv_noise_p`` (the original N-MNIST code's p = 0.25 in the convolutions, 0.5 in the fully
+    connected layer) reaches the file: each unit node carries its layer's noise, and the spec the option."""
+    torch.manual_seed(0)
+    model = models.create_model("nmnist_cnn", in_channels=TASK[0], input_size=TASK[1:], num_classes=4,
+                                channels=(4, 8), hidden=32, noise_p=0.5, conv_noise_p=0.25)
+    back = read_nir(write_nir(to_nir(model, TASK), tmp_path / "noise.nir"))
+    units = sorted((decode_metadata(n.metadata) for n in back.nodes.values()
+                    if (n.metadata or {}).get("role") == "unit"), key=lambda u: int(u["layer"]))
+    assert [(type(model[int(u["layer"])]).__name__, u["noise"]["p"]) for u in units] == [
+        ("NSMConv2d", 0.25), ("NSMConv2d", 0.25), ("NSMLinear", 0.5)]
+    assert decode_metadata(back.metadata)["model_spec"]["conv_noise_p"] == 0.25
+
+
 def test_write_is_atomic_and_bad_files_are_named(trained, tmp_path):
     path = tmp_path / "m.nir"
     path.write_bytes(b"previous")

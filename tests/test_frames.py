@@ -1,5 +1,5 @@
 """events.frames: identity with tonic.transforms.ToFrame, the extensions (polarity, crop, downsample,
-binary, fixed windows, clips), FrameSpec and input checking."""
+binary, fixed windows, the frame cap, clips), FrameSpec and input checking."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tomli_w
 
+import events.frames as frames_mod
 from events.frames import FrameSpec, bench_binning, frames_from_spec, split_clips, to_frames
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
@@ -128,12 +129,14 @@ def test_polarity_modes(mode):
     ev = random_events(4, 2000, 30, 20)
     both = to_frames(ev, (30, 20), **mode)
     on = to_frames(ev, (30, 20), polarity="on", **mode)
+    off = to_frames(ev, (30, 20), polarity="off", **mode)
     merge = to_frames(ev, (30, 20), polarity="merge", **mode)
-    assert both.shape[1] == 2 and on.shape[1] == 1 and merge.shape[1] == 1
+    assert both.shape[1] == 2 and on.shape[1] == 1 and off.shape[1] == 1 and merge.shape[1] == 1
     np.testing.assert_array_equal(on[:, 0], both[:, 1])
+    np.testing.assert_array_equal(off[:, 0], both[:, 0])
     np.testing.assert_array_equal(merge[:, 0], both.sum(axis=1))
     # the slicing is the same whatever the polarity: T does not change
-    assert both.shape[0] == on.shape[0] == merge.shape[0]
+    assert both.shape[0] == on.shape[0] == off.shape[0] == merge.shape[0]
 
 
 def test_on_polarity_counts_only_on_events():
@@ -142,6 +145,24 @@ def test_on_polarity_counts_only_on_events():
     # n_time_bins drops the events at or past the last bin's end (tonic's convention)
     kept = ev[ev["t"] < ev["t"][0] + (ev["t"][-1] - ev["t"][0])]
     assert f.sum() == int((kept["p"] == 1).sum())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_on_polarity_equals_tonic_and_a_manual_count_on_the_on_events_alone(seed):
+    """The N-MNIST protocol's ON-only frames: tonic's ToFrame on the ON events only (same fixed window, so
+    the same slices) and a count by hand give the very frames of ``polarity="on"``."""
+    ev = random_events(seed, 3000, 34, 34, duration_us=300_000)
+    start, end, window = 0, 300_000, 30_000
+    ours = to_frames(ev, (34, 34), time_window_us=window, start_us=start, end_us=end, polarity="on")
+    on_events = ev[ev["p"] == 1]
+    theirs = tonic_frames(on_events, (34, 34), time_window=window, start_time=start, end_time=end)
+    assert ours.shape == (10, 1, 34, 34) and theirs.shape == (10, 2, 34, 34)
+    assert not theirs[:, 0].any()
+    assert_same(ours[:, 0], theirs[:, 1])
+    manual = np.zeros((10, 34, 34), dtype=np.int64)
+    np.add.at(manual, ((on_events["t"] - start) // window, on_events["y"], on_events["x"]), 1)
+    assert_same(ours[:, 0], manual)
+    assert ours.sum() == len(on_events) < len(ev)
 
 
 @pytest.mark.parametrize("factor", [2, 3, 4])
@@ -272,7 +293,7 @@ def test_bad_events_raise_event_format_error():
     ({"time_window_us": 0}, "positive integer"),
     ({"time_window_us": 1.5}, "positive integer"),
     ({"n_time_bins": True}, "positive integer"),
-    ({"event_count": 5, "polarity": "off"}, "polarity"),
+    ({"event_count": 5, "polarity": "split"}, r"polarity must be one of \('both', 'on', 'off', 'merge'\)"),
     ({"event_count": 5, "downsample": 0}, "downsample"),
     ({"event_count": 5, "crop": (3,)}, "crop"),
     ({"event_count": 5, "overlap": 5}, "overlap"),
@@ -282,6 +303,9 @@ def test_bad_events_raise_event_format_error():
     ({"event_count": 5, "frames_per_clip": 0}, "frames_per_clip"),
     ({"event_count": 5, "span": "sample"}, "span"),
     ({"event_count": 5, "binary": 1}, "binary"),
+    ({"event_count": 5, "max_frames": 0}, "max_frames must be None or an integer >= 1"),
+    ({"event_count": 5, "max_frames": 2.0}, "max_frames must be None or an integer >= 1"),
+    ({"time_window_us": 5, "frames_per_clip": 6, "max_frames": 5}, "max_frames=5 holds no clip"),
 ])
 def test_frame_spec_validation(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -302,7 +326,7 @@ def test_window_arguments_are_checked():
 
 def test_frame_spec_round_trips_through_json_and_toml():
     specs = [FrameSpec(time_window_us=16_000, polarity="on", downsample=2, crop=(120, 100), binary=True,
-                       frames_per_clip=6, overlap=1_000, include_incomplete=True, span="sample"),
+                       frames_per_clip=6, overlap=1_000, include_incomplete=True, span="sample", max_frames=108),
              FrameSpec(n_time_bins=10, overlap=0.25),
              FrameSpec(event_count=3000)]
     for spec in specs:
@@ -328,7 +352,10 @@ def test_frame_spec_key_is_stable_and_covers_every_field():
                 FrameSpec(time_window_us=16_000, frames_per_clip=6, binary=True),
                 FrameSpec(time_window_us=16_000, frames_per_clip=6, overlap=1),
                 FrameSpec(time_window_us=16_000, frames_per_clip=6, include_incomplete=True),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, span="sample")]
+                FrameSpec(time_window_us=16_000, frames_per_clip=6, span="sample"),
+                FrameSpec(time_window_us=16_000, frames_per_clip=6, polarity="off"),
+                FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=108),
+                FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=12)]
     keys = {v.key() for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys
 
@@ -338,6 +365,59 @@ def test_output_shape():
     assert FrameSpec(n_time_bins=3, polarity="merge", downsample=2).output_shape((128, 128)) == (1, 64, 64)
     assert FrameSpec(n_time_bins=3, crop=(240, 180), downsample=4).output_shape((346, 260)) == (2, 45, 60)
     assert FrameSpec(n_time_bins=3, downsample=3).output_shape((35, 34)) == (2, 12, 12)
+
+
+# ---------------------------------------------------------------- the frame cap
+
+CAPPED_MODES = [
+    ({"time_window_us": 7_000}, {}),
+    ({"time_window_us": 7_000, "include_incomplete": True, "overlap": 2_000}, {}),
+    ({"time_window_us": 16_000}, {"start_us": -20_000, "end_us": 150_000}),
+    ({"event_count": 300, "overlap": 50}, {}),
+    ({"n_time_bins": 10}, {}),
+    ({"n_time_bins": 10, "overlap": 0.25}, {}),
+]
+
+
+@pytest.mark.parametrize("mode,window", CAPPED_MODES)
+@pytest.mark.parametrize("cap", [1, 4, 9, 1000])
+def test_max_frames_gives_exactly_the_first_frames_of_the_uncapped_stack(mode, window, cap):
+    ev = random_events(13, 3000, 40, 23)
+    full = frames_from_spec(ev, (40, 23), FrameSpec(polarity="merge", **mode), **window)
+    capped = frames_from_spec(ev, (40, 23), FrameSpec(polarity="merge", max_frames=cap, **mode), **window)
+    assert full.shape[0] > 4                      # the caps 1 and 4 cut something off
+    assert capped.shape == (min(cap, full.shape[0]), *full.shape[1:])
+    np.testing.assert_array_equal(capped, full[:cap])
+    np.testing.assert_array_equal(to_frames(ev, (40, 23), polarity="merge", max_frames=cap, **mode, **window),
+                                  capped)
+
+
+def test_max_frames_caps_empty_input_too():
+    ev = np.zeros(0, dtype=EVENT_DTYPE)
+    assert to_frames(ev, (34, 34), n_time_bins=10, max_frames=3).shape == (3, 2, 34, 34)
+    assert to_frames(ev, (34, 34), time_window_us=16_000, start_us=0, end_us=960_000,
+                     max_frames=4).shape == (4, 2, 34, 34)
+    assert FrameSpec(n_time_bins=10, max_frames=3).frames_per_sample == 3
+    assert FrameSpec(n_time_bins=10, max_frames=30).frames_per_sample == 10
+    assert FrameSpec(n_time_bins=10).frames_per_sample == 10
+    assert FrameSpec(time_window_us=16_000, max_frames=3).frames_per_sample is None
+
+
+def test_max_frames_bins_only_the_frames_it_keeps(monkeypatch):
+    """Bounded work: a gesture of 100 windows capped at 12 bins 12 frames, not 100 then discards 88."""
+    binned = []
+    kernel = frames_mod._bin_events
+
+    def counting(ev, width, height, starts, ends, *rest):
+        binned.append(len(starts))
+        return kernel(ev, width, height, starts, ends, *rest)
+
+    monkeypatch.setattr(frames_mod, "_bin_events", counting)
+    ev = random_events(14, 5000, 32, 32, duration_us=1_600_000)
+    spec = FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=12, span="sample")
+    frames = frames_from_spec(ev, (32, 32), spec, start_us=0, end_us=1_600_000, threads=1)
+    assert frames.shape[0] == 12 and binned == [12]
+    assert split_clips(frames, spec.frames_per_clip).shape[0] == 2
 
 
 # ---------------------------------------------------------------- clips

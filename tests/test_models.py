@@ -85,3 +85,36 @@ def test_neuron_kinds_differ_as_documented():
     for kind in ("bn", "bd", "wbd"):
         assert torch.equal(*states[kind]), f"{kind} should be deterministic"
     assert (states["sn"][0] >= 0).all() and (states["dcnn"][0] >= 0).all()
+
+
+def test_conv_noise_p_sets_the_convolutions_apart_and_survives_a_checkpoint(tmp_path):
+    """The original N-MNIST code: Bernoulli p = 0.25 in the convolutions, 0.5 in the fully connected layer."""
+    from pipelines.checkpoint import load_checkpoint, save_checkpoint
+
+    net = models.create_model("nmnist_cnn", neuron="bnsm", noise_p=0.5, conv_noise_p=0.25, hidden=16)
+    convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
+    linear = [m for m in net if isinstance(m, nsm.NSMLinear)]
+    assert len(convs) == 2 and len(linear) == 1
+    assert all(c.noise == nsm.BernoulliNoise(0.25) for c in convs)
+    assert linear[0].noise == nsm.BernoulliNoise(0.5)
+    assert net.spec["conv_noise_p"] == 0.25
+    again = models.create_model(**net.spec)
+    assert [m.noise for m in again if hasattr(m, "noise")] == [m.noise for m in net if hasattr(m, "noise")]
+    save_checkpoint(tmp_path / "ck.pt", net, classes=[str(d) for d in range(10)])
+    loaded = load_checkpoint(tmp_path / "ck.pt").model
+    assert loaded.spec == net.spec
+    assert [m.noise for m in loaded if hasattr(m, "noise")] == [nsm.BernoulliNoise(p) for p in (0.25, 0.25, 0.5)]
+    # every Bernoulli kind takes it; None (the default) leaves one p everywhere; Gaussian noise ignores it
+    for kind in ("ste", "bn"):
+        k = nsm.neuron_kind(kind, noise_p=0.6, conv_noise_p=0.3)
+        assert k.conv(3, 4, 3).noise.p == 0.3 and k.linear(3, 4).noise.p == 0.6
+    same = nsm.neuron_kind("bnsm", noise_p=0.6)
+    assert same.conv(3, 4, 3).noise.p == same.linear(3, 4).noise.p == 0.6
+    gauss = nsm.neuron_kind("gnsm", noise_sigma=0.5, conv_noise_p=0.3)
+    assert gauss.conv(3, 4, 3).noise == gauss.linear(3, 4).noise == nsm.GaussianNoise(0.5)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 1.5, -0.25])
+def test_conv_noise_p_outside_the_open_unit_interval_is_rejected_by_name(p):
+    with pytest.raises(ValueError, match=r"conv_noise_p: Bernoulli noise needs 0 < p < 1"):
+        models.create_model("nmnist_cnn", conv_noise_p=p)

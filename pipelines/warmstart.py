@@ -1,0 +1,255 @@
+"""Warm start: begin a run from a trained run of the same architecture with another neuron kind.
+
+The original NSM paper's recipe for DVS Gesture is to train a weight-normalised ReLU network, copy its
+weight directions into the NSM and fine-tune. ``warm_start(model, checkpoint)`` (``nsm train --init-from``)
+does the copy for any pair of neuron kinds, layer by layer. Both networks must be the same architecture
+(model name, input channels, input size, classes, and every layer's kind of map and shape); only the
+neuron kind may differ.
+
+Every unit of the source thresholds (or rectifies) an affine map of its input, its pre-activation
+u_i = w'_i.x + b'_i:
+
+    bd           w' = w,                            b' = b                      z = sgn(u)
+    wbd          w' = g w / ||w||,                  b' = b                      z = sgn(u)
+    sn, plain    w' = w,                            b' = b                      max(0, u + n), hardtanh(u)
+    dcnn         w' = gamma w / sqrt(var + eps),    b' = gamma (b - mean) / sqrt(var + eps) + beta_bn
+                 (batch norm's running statistics and affine folded in: in evaluation max(0, BN(w.x + b)) = max(0, u))
+    bnsm, gnsm,  w' = beta w / ||w||,               b' = b / (sqrt(2) s ||w||)  (``nsm.functional.effective_weight``:
+    ste, bn      u is the firing logit v, whose sign is that of the mean pre-activation E(u | z))
+
+Each target unit is given that map, so that its deterministic pre-activation is u times a positive factor
+(the same zero crossings):
+
+    NSM kinds    weight = w', bias = b', beta = 1 / (sqrt(2) s), s the target's noise standard deviation. Then
+                 v = beta (w'/||w'||).z + b' / (sqrt(2) s ||w'||) = (w'.z + b') / (sqrt(2) s ||w'||),
+                 i.e. u / (sqrt(2) s ||w'||); and m + a = sqrt(2) s beta = 1: the mean synaptic weight is w',
+                 so E(u_target | z) = u.
+    bd, sn,      weight = w', bias = b'
+    plain
+    wbd          weight = w', g = ||w'||, bias = b'
+    dcnn         weight = w', bias = b', batch norm reset to identity (running mean 0, variance 1, gamma 1,
+                 beta 0): exact in evaluation; in training the batch statistics re-centre every unit
+
+Two cases keep more than the zero crossings:
+
+    NSM -> NSM            weight and beta copied, bias b s_t / s_s (s_s, s_t the source's and the target's noise
+                          standard deviations): the firing logit v, hence P(z_i = +1 | z), is the source's
+                          (equal noise laws: every parameter copied as is)
+    same kind (not NSM)   the unit's parameters and buffers copied as is (dcnn's batch norm included)
+
+The readout (``Readout.linear``) is copied as is; max-pools, ``Binarize`` and ``Flatten`` hold nothing.
+Between a real-valued (sn, dcnn) and a binary kind only the first layer reads the same input (the
++-1 of ``Binarize``, with the border padded by 0 in one and -1 in the other); deeper layers read ReLU
+outputs in one and +-1 states in the other, which the fine-tuning reconciles.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import Network
+from models.registry import NEURON_OPTIONS
+from nsm import NSMConv2d, NSMLinear, Readout
+from nsm import functional as nsmf
+from nsm.layers import AffineConv2d, AffineLinear
+from nsm.neurons import NoisyRectifierConv2d, NoisyRectifierLinear, RealConv2d, RealLinear, SignConv2d, SignLinear
+
+from .checkpoint import load_checkpoint
+
+NSM_UNITS = (NSMConv2d, NSMLinear)
+SIGN_UNITS = (SignConv2d, SignLinear)
+REAL_UNITS = (RealConv2d, RealLinear)
+RECTIFIER_UNITS = (NoisyRectifierConv2d, NoisyRectifierLinear)
+SIZE_KEYS = ("name", "in_channels", "input_size", "num_classes")
+
+
+@dataclass
+class WarmStartReport:
+    """What ``warm_start`` did. ``mapped``: target tensors set, per parameter kind; ``rules``: how they were
+    set; ``folded``: source parameters folded into the mapped ones; ``dropped``: what has no counterpart (each
+    with its number of layers)."""
+
+    source: str
+    epoch: int
+    source_arch: str
+    target_arch: str
+    mapped: Counter = field(default_factory=Counter)
+    rules: list[str] = field(default_factory=list)
+    folded: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+    def rule(self, text: str) -> None:
+        if text not in self.rules:
+            self.rules.append(text)
+
+    def lines(self) -> list[str]:
+        def counted(items: Counter) -> str:
+            return "; ".join(f"{what} ({n} layer{'s' * (n != 1)})" for what, n in items.items()) or "nothing"
+
+        return [f"warm start from {self.source} (epoch {self.epoch}): {self.source_arch} -> {self.target_arch}",
+                "  mapped: " + ", ".join(f"{n} {kind}" for kind, n in self.mapped.items()),
+                *(f"  rule: {r}" for r in self.rules),
+                f"  folded: {counted(self.folded)}",
+                f"  dropped: {counted(self.dropped)}"]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def describe(spec: dict) -> str:
+    """``name(sizes and options), neuron kind``: an architecture as ``models.create_model`` received it."""
+    args = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("name", "neuron", *NEURON_OPTIONS))
+    return f"{spec['name']}({args}) with {spec['neuron']} units"
+
+
+def layer_signature(layer: nn.Module | None) -> str:
+    """What a layer computes, up to its neuron kind: equal signatures take each other's parameters."""
+    if layer is None:
+        return "nothing"
+    bias = "" if getattr(layer, "bias", None) is not None else " without bias"
+    if isinstance(layer, AffineConv2d):
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+        return (f"conv {layer.in_channels}->{layer.out_channels} {kh}x{kw} stride {sh}x{sw} padding {ph}x{pw}"
+                f"{bias}")
+    if isinstance(layer, AffineLinear):
+        return f"linear {layer.in_features}->{layer.out_features}{bias}"
+    if isinstance(layer, Readout):
+        return f"readout {layer.linear.in_features}->{layer.linear.out_features}"
+    if isinstance(layer, nn.MaxPool2d):
+        return f"max-pool {layer.kernel_size} stride {layer.stride}"
+    return type(layer).__name__
+
+
+def architecture_mismatch(source: Network, target: Network) -> str | None:
+    """Why ``target`` cannot take ``source``'s parameters (the spec's sizes, then the first different layer),
+    or None when only the neuron kind differs."""
+    reasons = [f"{key} {source.spec[key]} in the checkpoint, {target.spec[key]} here" for key in SIZE_KEYS
+               if source.spec[key] != target.spec[key]]
+    for i, (a, b) in enumerate(zip_longest(source, target)):
+        if layer_signature(a) != layer_signature(b):
+            reasons.append(f"first different layer: {i}, {layer_signature(a)} in the checkpoint, "
+                           f"{layer_signature(b)} here")
+            break
+    return "; ".join(reasons) or None
+
+
+def fold_batch_norm(unit: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w', b') with w'.x + b' = BN(w.x + b) in evaluation: w' = gamma w / sqrt(var + eps),
+    b' = gamma (b - mean) / sqrt(var + eps) + beta_bn (a dcnn unit's convolution and batch norm as one map)."""
+    norm = unit.norm
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = unit.bias if unit.bias is not None else torch.zeros_like(norm.running_mean)
+    shape = (-1,) + (1,) * (unit.weight.dim() - 1)
+    return unit.weight * scale.reshape(shape), (bias - norm.running_mean) * scale + norm.bias
+
+
+def preactivation_map(unit: nn.Module, kind: str, report: WarmStartReport):
+    """(w', b'): the affine map of its input that a source ``unit`` of ``kind`` thresholds (module docstring)."""
+    if isinstance(unit, NSM_UNITS):
+        report.folded[f"{kind}'s beta and noise scale into w' = beta w/||w||, b' = b/(sqrt(2) s ||w||) "
+                      f"(the firing logit)"] += 1
+        report.dropped[f"{kind}'s synapse noise {unit.noise}"] += 1
+        return unit.effective_weight()
+    if isinstance(unit, REAL_UNITS):
+        report.folded["batch-norm statistics folded into w', b' (running mean, variance, gamma, beta)"] += 1
+        return fold_batch_norm(unit)
+    if isinstance(unit, SIGN_UNITS):
+        if unit.g is not None:
+            report.folded[f"{kind}'s g into w' = g w/||w||"] += 1
+        return unit.effective_weight(), unit.bias
+    if isinstance(unit, RECTIFIER_UNITS):
+        report.dropped[f"{kind}'s noise n ~ N(0, {unit.sigma:g}^2)"] += 1
+    return unit.weight, unit.bias
+
+
+def set_from_map(unit: nn.Module, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, source_kind: str,
+                 report: WarmStartReport) -> None:
+    """Give a target ``unit`` of ``kind`` the pre-activation map (weight, bias) (module docstring)."""
+    unit.weight.copy_(weight)
+    names = ["weight"]
+    if bias is not None:
+        unit.bias.copy_(bias)
+        names.append("bias")
+    if isinstance(unit, NSM_UNITS):
+        beta = 1.0 / (math.sqrt(2.0) * unit.noise.std)
+        unit.beta.fill_(beta)
+        names.append("beta")
+        report.rule(f"{kind}: weight = w', bias = b', beta = 1/(sqrt(2) s) = {beta:.4g}, so the firing logit "
+                    f"v = (w'.z + b')/(sqrt(2) s ||w'||) is the source's pre-activation u = w'.x + b' over a "
+                    f"positive factor")
+    elif isinstance(unit, SIGN_UNITS) and unit.g is not None:
+        unit.g.copy_(nsmf.weight_norm(weight))
+        names.append("g")
+        report.rule(f"{kind}: weight = w', g = ||w'||, bias = b' (pre-activation u = w'.x + b', the source's)")
+    else:
+        report.rule(f"{kind}: weight = w', bias = b' (pre-activation u = w'.x + b', the source's)")
+    if isinstance(unit, REAL_UNITS):
+        unit.norm.reset_parameters()
+        report.dropped[f"{kind}'s batch norm, which a {source_kind} source lacks: reset to identity (running mean 0, "
+                       f"variance 1, gamma 1, beta 0; exact in evaluation, re-centred by batch statistics in "
+                       f"training)"] += 1
+    report.mapped.update(names)
+
+
+def map_unit(source: nn.Module, target: nn.Module, kinds: tuple[str, str], report: WarmStartReport) -> None:
+    """Set one target unit from one source unit by the rules of the module docstring."""
+    source_kind, target_kind = kinds
+    if isinstance(source, NSM_UNITS) and isinstance(target, NSM_UNITS):
+        ratio = target.noise.std / source.noise.std
+        target.weight.copy_(source.weight)
+        target.beta.copy_(source.beta)
+        names = ["weight", "beta"]
+        if source.bias is not None:
+            target.bias.copy_(source.bias * ratio)
+            names.append("bias")
+        report.mapped.update(names)
+        report.rule(f"{source_kind} -> {target_kind}: weight and beta copied, bias times s_target/s_source = "
+                    f"{ratio:.4g}, so the firing logit v and P(z = +1) are the source's")
+    elif source_kind == target_kind:
+        state = source.state_dict()
+        target.load_state_dict(state)
+        report.mapped.update(list(state))
+        report.rule(f"{source_kind} -> {target_kind}: every parameter and buffer copied as is")
+    else:
+        weight, bias = preactivation_map(source, source_kind, report)
+        set_from_map(target, target_kind, weight, bias, source_kind, report)
+
+
+def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> WarmStartReport:
+    """Set ``model``'s parameters from the network in ``checkpoint`` (same architecture, any neuron kind) by the
+    rules of the module docstring; return what was mapped, folded and dropped.
+
+    ``classes``: when given, the checkpoint's class names must be these, in this label order (the readout is
+    copied as is). Raises ``FileNotFoundError`` / ``ValueError`` (``load_checkpoint``'s) for a missing or
+    unreadable file and ``ValueError`` naming both architectures for a different architecture. The global
+    RNG is left as it was (rebuilding the source network would draw from it).
+    """
+    with torch.random.fork_rng(devices=[]):
+        ck = load_checkpoint(checkpoint)
+    source, path = ck.model, Path(checkpoint).resolve()
+    mismatch = architecture_mismatch(source, model)
+    if mismatch:
+        raise ValueError(f"{path}: cannot warm-start {describe(model.spec)} from this checkpoint's "
+                         f"{describe(source.spec)}: {mismatch}. A warm start needs the same architecture; "
+                         f"only the neuron kind may differ")
+    if classes is not None and list(classes) != ck.classes:
+        raise ValueError(f"{path}: the checkpoint's classes {ck.classes} are not this run's {list(classes)}; "
+                         f"its readout would score other labels")
+    kinds = (source.neuron, model.neuron)
+    report = WarmStartReport(source=str(path), epoch=ck.epoch, source_arch=describe(source.spec),
+                             target_arch=describe(model.spec))
+    with torch.no_grad():
+        for src, tgt in zip(source, model):
+            if isinstance(src, Readout):
+                tgt.linear.load_state_dict(src.linear.state_dict())
+                report.mapped.update(["readout weight", "readout bias"])
+                report.rule("readout: weight and bias copied as is")
+            elif isinstance(src, (AffineConv2d, AffineLinear)):
+                map_unit(src, tgt, kinds, report)
+    return report
