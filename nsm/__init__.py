@@ -3,8 +3,10 @@
     P(z_i = +1 | z) = 1/2 (1 + erf(beta_i (w_i / ||w_i||).z + b_i / (sqrt(2) s ||w_i||)))
 
 See ``nsm.functional`` for the equations, ``nsm.layers`` for the layers, ``nsm.neurons`` for the
-seed's comparison methods and ``nsm.sampling`` for modes and Monte Carlo prediction.
+seed's comparison methods, ``nsm.sampling`` for modes and Monte Carlo prediction and
+``nsm.initialization`` for the data-dependent initialisation that deep binary networks need to learn.
 """
+from .initialization import data_init
 from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit, WeightCache
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
@@ -12,6 +14,6 @@ from .sampling import MCResult, mc_predict, sample_probabilities, set_mode, usin
 
 __all__ = [
     "MODES", "NEURON_KINDS", "BernoulliNoise", "Binarize", "BinaryMaxPool2d", "GaussianNoise", "MCResult",
-    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "WeightCache", "mc_predict", "neuron_kind", "noise_from_dict",
+    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "WeightCache", "data_init", "mc_predict", "neuron_kind", "noise_from_dict",
     "pool_unit", "sample_probabilities", "set_mode", "using_generator", "using_mode",
 ]

@@ -139,25 +139,35 @@ def deterministic(model):
     return nsm.using_mode(model.double().eval(), "deterministic")
 
 
+# The mapped parameters are stored in float32, so a target pre-activation may differ from the source's by float32
+# rounding of its weights: a unit within FLOAT32_MARGIN (relative to its spread) of its threshold may flip.
+FLOAT32_MARGIN = 1e-5
+
+
 @pytest.mark.parametrize("source_kind,target_kind", [("bd", "bnsm"), ("wbd", "bn"), ("bnsm", "bd"),
                                                      ("gnsm", "bnsm"), ("bnsm", "wbd"), ("ste", "gnsm")])
 @torch.no_grad()
 def test_binary_source_gives_the_same_states_layer_by_layer(tmp_path, source_kind, target_kind):
-    """The deterministic networks agree exactly on every layer's states, then on the logits (float64, so that
-    rounding cannot flip a sign)."""
+    """Fed the source's states, every target layer emits the source layer's states (float64 evaluation), except
+    at pre-activations within float32 rounding of the threshold, which must be rare; the logits agree."""
     source, path = source_checkpoint(tmp_path, source_kind)
     target = network(target_kind)
     warm_start(target, path)
     x = pm1((4, 2, 16, 16))
     with deterministic(source), deterministic(target):
-        a = b = x
+        a = x
         for i, (s, t) in enumerate(zip(source, target)):
-            a, b = s(a), t(b)
-            if i < len(source) - 1:
-                assert torch.equal(a, b), f"layer {i} ({type(s).__name__}) states differ"
-                assert i == 0 or 0 < (a > 0).double().mean() < 1 or isinstance(s, torch.nn.MaxPool2d), \
-                    f"layer {i}: constant states test nothing"
-        assert torch.allclose(a, b)
+            out_s, out_t = s(a), t(a)
+            if hasattr(s, "preactivation"):
+                u = s.preactivation(a)
+                clear = u.abs() > FLOAT32_MARGIN * u.abs().mean()
+                assert torch.equal(out_s[clear], out_t[clear]), f"layer {i} ({type(s).__name__}) states differ"
+                assert (~clear).double().mean() < 1e-3, f"layer {i}: too many pre-activations at the threshold"
+                assert 0 < (out_s > 0).double().mean() < 1, f"layer {i}: constant states test nothing"
+            elif i < len(source) - 1:
+                assert torch.equal(out_s, out_t), f"layer {i} ({type(s).__name__}) differs"
+            a = out_s
+        assert torch.allclose(out_s, out_t)
 
 
 @pytest.mark.parametrize("source_kind,target_kind", list(itertools.product(NEURON_KINDS, NEURON_KINDS)))

@@ -1,0 +1,231 @@
+"""The harness of docs/training-study.md: why allconvnet18 of binary units did not learn, measured.
+
+Two commands, both on a DVS-Gesture-style data set (``nsm simulate gestures --out g12 --users 12 --per-class 2
+--seed 3``) binned as the ``gestures-allconv18`` preset bins it (six 16 ms frames, 32x32):
+
+  signal   how much of each layer's states depends on the input, at initialisation: per layer, the share of
+           the states' variance that is across inputs rather than across noise draws of the same input
+           (K draws of 32 training clips);
+  run      a short training run of one variant, printing the held-out users' accuracy after every epoch
+           (Monte Carlo with 8 samples and the deterministic network) and the layers' rates of +1 states.
+
+The variants a ``run`` can take are the library's own settings (``--init``, ``--warmup``, ``--lr``,
+``--lr-step``, ``--neuron``, ``--gain``, ``--pool-rate``, ``--weight-scale``) and three changes that exist only here, tried and not kept:
+``--pool-grad expected`` (the OR-pool's backward pass takes the gradient of its expected output,
+1 - prod(1 - P_k), instead of routing it to the first +1 of the window), ``--pool-logits`` (max-pool the
+firing logits, then sample) and ``--center mean|full`` (subtract each unit's batch mean of the firing logit,
+and for ``full`` divide by its batch standard deviation, as batch normalization does).
+
+    python scripts/training_study.py signal --data g12 --cache cache --gain 1 2 3 5
+    python scripts/training_study.py run --data g12 --cache cache --neuron bn --epochs 8
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import nsm
+from nsm import functional as nsmf
+from nsm.initialization import data_init
+from pipelines import config as configs
+from pipelines.data import load_data
+from pipelines.train import build_model, init_batch
+
+PRESET = "gestures-allconv18"
+
+
+def setup(args, with_test: bool):
+    cfg = configs.load_config(PRESET, [f"model.neuron={args.neuron}", f"model.options.width={args.width}"])
+    splits = load_data(cfg.data, args.data, args.cache, augmentation=cfg.train.augment, seed=args.seed,
+                       with_test=with_test, progress=False)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, splits)
+    return splits, model
+
+
+def signal(args) -> None:
+    """Per layer and gain: variance of the states across inputs / total variance, at initialisation."""
+    splits, _ = setup(args, with_test=False)
+    for gain in args.gain:
+        _, model = setup(args, with_test=False)
+        x = init_batch(splits.train, torch.device("cpu"), args.seed)
+        if args.init == "data":
+            data_init(model, x, gain=gain, pool_rate=args.pool_rate)
+        items, k = x[:32], args.draws
+        h = items.repeat(k, *([1] * (items.dim() - 1)))
+        shares = []
+        with torch.no_grad():
+            for layer in model:
+                h = layer(h)
+                if h.dim() == 4 and not isinstance(layer, nsm.Binarize):
+                    z = h.reshape(k, len(items), *h.shape[1:])
+                    total = z.var(dim=(0, 1)).mean()
+                    across = (z.mean(0).var(dim=0) - z.var(dim=0).mean(0) / k).mean()   # finite-K corrected
+                    shares.append(f"{'pool ' if isinstance(layer, torch.nn.MaxPool2d) else ''}"
+                                  f"{float(across / total):.2f}")
+        print(f"gain {gain:g}: " + "  ".join(shares), flush=True)
+
+
+class ExpectedOrPool(torch.nn.Module):
+    """``--pool-grad expected`` / ``--pool-logits``: an NSM unit and the max-pool after it as one module."""
+
+    def __init__(self, unit, pool_logits: bool):
+        super().__init__()
+        self.unit, self.pool_logits = unit, pool_logits
+
+    def forward(self, h):
+        v = self.unit.logit(h)
+        if self.pool_logits:
+            return self.unit.states_from_logit(F.max_pool2d(v, 2))
+        with torch.no_grad():
+            z = nsmf.draw_states(v) if self.unit.mode != "deterministic" else nsmf.sign_states(v)
+            pooled = F.max_pool2d(z, 2)
+        log_off = F.avg_pool2d(torch.log(0.5 * torch.erfc(v).clamp_min(1e-12)), 2) * 4   # log prod(1 - P_k)
+        expected = 1 - 2 * torch.exp(log_off)
+        return pooled + expected - expected.detach()
+
+
+def fuse_pools(model, pool_logits: bool):
+    layers, out, i = list(model), [], 0
+    while i < len(layers):
+        if i + 1 < len(layers) and isinstance(layers[i + 1], torch.nn.MaxPool2d) and hasattr(layers[i], "logit"):
+            out.append(ExpectedOrPool(layers[i], pool_logits))
+            i += 2
+        else:
+            out.append(layers[i])
+            i += 1
+    return torch.nn.Sequential(*out)
+
+
+def center_logits(unit, full: bool, init_mean: torch.Tensor) -> None:
+    """``--center``: v <- (beta w/||w||.z - batch mean) [/ batch std] + b_eff, running statistics in evaluation;
+    the bias is first set so that b_eff is the unit's initial mean logit (which keeps the OR-pool target)."""
+    logit = unit.logit
+    with torch.no_grad():
+        unit.bias.copy_(init_mean * math.sqrt(2) * unit.noise.std * nsmf.weight_norm(unit.weight))
+    unit.register_buffer("run_mean", torch.zeros(unit.out_features))
+    unit.register_buffer("run_var", torch.ones(unit.out_features))
+
+    def centered(z):
+        b = unit.effective_weight()[1].reshape(1, -1, 1, 1)
+        v = logit(z) - b
+        if unit.training:
+            mean, var = v.mean((0, 2, 3)), v.var((0, 2, 3))
+            with torch.no_grad():
+                unit.run_mean.lerp_(mean, 0.1)
+                unit.run_var.lerp_(var, 0.1)
+        else:
+            mean, var = unit.run_mean, unit.run_var
+        v = v - mean.reshape(1, -1, 1, 1)
+        if full:
+            v = v / (var.reshape(1, -1, 1, 1) + 1e-5).sqrt()
+        return v + b
+
+    unit.logit = centered
+
+
+def accuracy(model, test, samples: int = 8) -> tuple[float, float]:
+    """(Monte Carlo, deterministic) accuracy on ``test``."""
+    model.eval()
+    mc = det = n = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(test, batch_size=64):
+            mc += int((nsm.mc_predict(model, x, samples=samples).probs.argmax(1) == y).sum())
+            with nsm.using_mode(model, "deterministic"):
+                det += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    model.train()
+    return mc / n, det / n
+
+
+def run(args) -> None:
+    splits, model = setup(args, with_test=True)
+    x = init_batch(splits.train, torch.device("cpu"), args.seed)
+    with torch.no_grad():
+        for unit in model:
+            if hasattr(unit, "logit"):
+                unit.weight.mul_(args.weight_scale)
+    if args.init == "data":
+        with nsm.using_mode(model, "deterministic") if args.warmup else contextlib.nullcontext():
+            data_init(model, x, gain=args.gain[0], pool_rate=args.pool_rate)
+    if args.center != "none":
+        means = {}
+        hooks = [u.register_forward_hook(lambda m, i, o: means.__setitem__(m, m.logit(i[0]).mean((0, 2, 3))))
+                 for u in model if hasattr(u, "logit")]
+        with torch.no_grad():
+            model(x)
+        for h in hooks:
+            h.remove()
+        for unit, mean in means.items():
+            center_logits(unit, args.center == "full", mean)
+    if args.pool_grad == "expected" or args.pool_logits:
+        model = fuse_pools(model, args.pool_logits)
+    loader = torch.utils.data.DataLoader(splits.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    probe = x[:128]
+    log, started = [], time.perf_counter()
+    for epoch in range(args.epochs):
+        splits.train.set_epoch(epoch)
+        nsm.set_mode(model, "deterministic" if epoch < args.warmup or args.neuron == "bn" else "probability")
+        losses = []
+        for xb, yb in loader:
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        if args.lr_step and (epoch + 1) % args.lr_step == 0:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+        if args.neuron != "bn":
+            nsm.set_mode(model, "probability")
+        with torch.no_grad():
+            h, rates = probe, []
+            for layer in model:
+                h = layer(h)
+                if h.dim() == 4 and not isinstance(layer, nsm.Binarize):
+                    rates.append(f"{'P' if isinstance(layer, torch.nn.MaxPool2d) else ''}{(h > 0).float().mean():.2f}")
+        mc, det = accuracy(model, splits.test)
+        log.append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), mc8=mc, deterministic=det))
+        print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out MC8 {mc:.3f}, deterministic {det:.3f} "
+              f"({time.perf_counter() - started:.0f} s); +1 rates {' '.join(rates)}", flush=True)
+    print(json.dumps(dict(vars(args), log=log)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("signal", "run"))
+    p.add_argument("--data", required=True, help="DVS-Gesture-style data set folder")
+    p.add_argument("--cache", required=True, help="frame cache folder")
+    p.add_argument("--neuron", default="bnsm")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=("data", "none"), default="data")
+    p.add_argument("--gain", type=float, nargs="+", default=[1.0])
+    p.add_argument("--pool-rate", type=float, default=0.5, help="data init: OR-pool output rate sought (15/16 is "
+                   "what units firing half the time give)")
+    p.add_argument("--weight-scale", type=float, default=1.0, help="run: multiply the initial weights (their norm "
+                   "sets how far Adam turns their direction per step)")
+    p.add_argument("--draws", type=int, default=8, help="signal: noise draws per input")
+    p.add_argument("--warmup", type=int, default=0, help="run: epochs with deterministic forward passes")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-step", type=int, default=0, help="run: halve the learning rate every this many epochs")
+    p.add_argument("--pool-grad", choices=("first", "expected"), default="first")
+    p.add_argument("--pool-logits", action="store_true")
+    p.add_argument("--center", choices=("none", "mean", "full"), default="none")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    (signal if args.command == "signal" else run)(args)
+
+
+if __name__ == "__main__":
+    main()
