@@ -98,12 +98,12 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
     if "gesture_accuracy" in m:
         lines += ["", f"Combining all clips of a gesture (averaging their probabilities), {m['gesture_accuracy']:.1%} "
                       f"of the {m['gestures']} test gestures are recognised."]
-    lines += ["", "## Beside its deterministic twin", "",
-              f"The same network with real-valued ReLU units and batch normalization (`--set model.neuron="
-              f"{t['neuron']}`), trained the same way, on the same clips:", "", twin_table(m, t)]
     lines += ["", f"![reliability diagram]({rel(run / 'reliability.png')})", "",
               "The reliability diagram plots accuracy against confidence per bin: points on the diagonal are "
               "calibrated, above it under-confident, below it over-confident.", "",
+              "## Beside its deterministic twin", "",
+              f"The same network with real-valued ReLU units and batch normalization (`--set model.neuron="
+              f"{t['neuron']}`), trained the same way and evaluated on the same clips:", "", twin_table(m, t), "",
               "## Streaming a held-out recording (`nsm stream`)", "",
               f"`{s.get('source', 'the recording')}` replayed in chunks as a camera would deliver it: "
               f"{s['windows']} windows ({s['empty_windows']} empty), mean {s['mean_samples']:.1f} MC samples a window, "
