@@ -103,13 +103,25 @@ def data_init(model: nn.Module, x: torch.Tensor, *, gain: float = GAIN, pool_rat
     """Initialise ``model``'s hidden units from the batch ``x`` by the rule of this module; return how many.
 
     The network runs in its current modes (sampling units sample, drawing from their generators or torch's
-    global RNG). ``gain`` > 0 is the spread of the standardized pre-activations; ``pool_rate`` in (0, 1) the
-    share of +1 outputs sought after each OR-pool.
+    global RNG) and in evaluation mode, so batch-norm layers use and keep their running statistics. ``gain``
+    > 0 is the spread of the standardized pre-activations; ``pool_rate`` in (0, 1) the share of +1 outputs
+    sought after each OR-pool.
     """
     if not gain > 0:
         raise ValueError(f"gain must be > 0 (got {gain})")
     if not 0.0 < pool_rate < 1.0:
         raise ValueError(f"pool_rate must be in (0, 1) (got {pool_rate})")
+    if not any(hasattr(m, "scale_preactivation") for m in model.modules()):
+        return 0
+    was_training = model.training
+    model.eval()                  # batch-norm layers keep their running statistics; sampling units still sample
+    try:
+        return _initialise(model, x, gain, pool_rate)
+    finally:
+        model.train(was_training)
+
+
+def _initialise(model: nn.Module, x: torch.Tensor, gain: float, pool_rate: float) -> int:
     order = _execution_order(model, x)
     done = 0
     for k, unit in enumerate(order):

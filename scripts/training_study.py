@@ -5,7 +5,7 @@ Two commands, both on a DVS-Gesture-style data set (``nsm simulate gestures --ou
 
   signal   how much of each layer's states depends on the input, at initialisation: per layer, the share of
            the states' variance that is across inputs rather than across noise draws of the same input
-           (K draws of 32 training clips);
+           (K draws of 32 training clips), and the share of +1 states;
   run      a short training run of one variant, printing the held-out users' accuracy after every epoch
            (Monte Carlo with 8 samples and the deterministic network) and the layers' rates of +1 states.
 
@@ -60,7 +60,7 @@ def signal(args) -> None:
             data_init(model, x, gain=gain, pool_rate=args.pool_rate)
         items, k = x[:32], args.draws
         h = items.repeat(k, *([1] * (items.dim() - 1)))
-        shares = []
+        shares, rates = [], []
         with torch.no_grad():
             for layer in model:
                 h = layer(h)
@@ -68,9 +68,11 @@ def signal(args) -> None:
                     z = h.reshape(k, len(items), *h.shape[1:])
                     total = z.var(dim=(0, 1)).mean()
                     across = (z.mean(0).var(dim=0) - z.var(dim=0).mean(0) / k).mean()   # finite-K corrected
-                    shares.append(f"{'pool ' if isinstance(layer, torch.nn.MaxPool2d) else ''}"
-                                  f"{float(across / total):.2f}")
-        print(f"gain {gain:g}: " + "  ".join(shares), flush=True)
+                    pool = "pool " if isinstance(layer, torch.nn.MaxPool2d) else ""
+                    shares.append(f"{pool}{float(across / total):.2f}")
+                    rates.append(f"{pool}{float((z > 0).float().mean()):.2f}")
+        print(f"gain {gain:g}: input-dependent share  " + "  ".join(shares), flush=True)
+        print(f"gain {gain:g}: share of +1 states     " + "  ".join(rates), flush=True)
 
 
 class ExpectedOrPool(torch.nn.Module):

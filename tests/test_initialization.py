@@ -42,7 +42,15 @@ def unit_inputs(model, x):
 
 @pytest.mark.parametrize("kind", NEURON_KINDS)
 def test_every_kind_but_batch_norm_is_initialised(kind):
-    assert data_init(small(kind), sparse_events()) == (12 if kind in RESCALED_KINDS else 0)
+    model = small(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert data_init(model, sparse_events()) == (12 if kind in RESCALED_KINDS else 0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    if kind == "dcnn":                       # nothing to do: not even batch norm's running statistics move
+        assert changed == set()
+    else:
+        assert changed and all(k.endswith(("beta", "bias", "weight", ".g")) for k in changed), changed
+    assert model.training                    # the caller's training flag is restored
 
 
 @pytest.mark.parametrize("kind", RESCALED_KINDS)
