@@ -42,19 +42,22 @@ PRESET = "gestures-allconv18"
 
 
 def setup(args, with_test: bool):
+    """(the data splits, a function building a fresh model with the run's seed)."""
     cfg = configs.load_config(PRESET, [f"model.neuron={args.neuron}", f"model.options.width={args.width}"])
     splits = load_data(cfg.data, args.data, args.cache, augmentation=cfg.train.augment, seed=args.seed,
                        with_test=with_test, progress=False)
-    torch.manual_seed(args.seed)
-    model = build_model(cfg, splits)
-    return splits, model
+
+    def fresh_model():
+        torch.manual_seed(args.seed)
+        return build_model(cfg, splits)
+    return splits, fresh_model
 
 
 def signal(args) -> None:
     """Per layer and gain: variance of the states across inputs / total variance, at initialisation."""
-    splits, _ = setup(args, with_test=False)
+    splits, fresh_model = setup(args, with_test=False)
     for gain in args.gain:
-        _, model = setup(args, with_test=False)
+        model = fresh_model()
         x = init_batch(splits.train, torch.device("cpu"), args.seed)
         if args.init == "data":
             data_init(model, x, gain=gain, pool_rate=args.pool_rate)
@@ -148,7 +151,8 @@ def accuracy(model, test, samples: int = 8) -> tuple[float, float]:
 
 
 def run(args) -> None:
-    splits, model = setup(args, with_test=True)
+    splits, fresh_model = setup(args, with_test=True)
+    model = fresh_model()
     x = init_batch(splits.train, torch.device("cpu"), args.seed)
     with torch.no_grad():
         for unit in model:

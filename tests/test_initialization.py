@@ -97,13 +97,11 @@ def test_deterministic_or_pools_emit_plus_one_in_half_their_windows(kind):
                 continue
             window_max = F.max_pool2d(unit.preactivation(h), 2)
             rate = (window_max >= 0).float().mean(dim=(0, 2, 3))
-            below = (window_max < 0).float().mean(dim=(0, 2, 3))
             # the threshold lies between two window maxima: rate jumps by at most the share of tied windows
             for c in range(window_max.shape[1]):
                 values = window_max[:, c].flatten()
                 ties = (values.unsqueeze(0) == values.unsqueeze(1)).float().mean(1).max()
                 assert abs(rate[c].item() - 0.5) <= ties.item() + 1.0 / values.numel(), (c, rate[c], ties)
-            assert torch.allclose(rate + below, torch.ones_like(rate))
 
 
 @pytest.mark.parametrize("kind", ["bnsm", "gnsm", "ste"])
