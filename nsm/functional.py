@@ -44,6 +44,11 @@ def weight_norm(weight: torch.Tensor) -> torch.Tensor:
     return weight.flatten(1).norm(dim=1).clamp_min(_NORM_EPS)
 
 
+def unit_direction(weight: torch.Tensor) -> torch.Tensor:
+    """w_i / ||w_i|| for every output unit i (first dimension)."""
+    return weight / weight_norm(weight).reshape((-1,) + (1,) * (weight.dim() - 1))
+
+
 def effective_weight(weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor, noise: Noise):
     """The affine map whose output is the firing logit: v = W_eff z + b_eff, with
 

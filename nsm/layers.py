@@ -213,6 +213,7 @@ class _NSMUnit(StochasticUnit):
     """
 
     pad_value = -1.0
+    logit_norm = None           # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
@@ -238,7 +239,14 @@ class _NSMUnit(StochasticUnit):
                      lambda: nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise))
 
     def logit(self, z: torch.Tensor) -> torch.Tensor:
-        """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position."""
+        """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position; with batch-normalized
+        logits attached (``logit_norm``, see ``nsm.normalization``) the normalized logit. No side effects."""
+        return self._logit(z, track=False)
+
+    def _logit(self, z: torch.Tensor, track: bool) -> torch.Tensor:
+        """``logit``; ``track``: a training forward pass moves the attached normalization's running moments."""
+        if self.logit_norm is not None:
+            return self.logit_norm.logit(self, z, track)
         w_eff, b_eff = self.effective_weight()
         return self.affine(z, w_eff, b_eff)
 
@@ -258,17 +266,24 @@ class _NSMUnit(StochasticUnit):
         return nsmf.firing_probability(v)
 
     @torch.no_grad()
-    def scale_preactivation(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        """Make the firing logit scale_i v_i + shift_i (scale_i > 0, one per unit) through beta and the bias:
-        beta_i <- scale_i beta_i and b_eff_i <- scale_i b_eff_i + shift_i, b_eff_i = b_i / (sqrt(2) s ||w_i||)."""
+    def scaled_parameters(self, scale: torch.Tensor, shift: torch.Tensor):
+        """(beta, bias) that make the firing logit scale_i v_i + shift_i (scale_i > 0, one per unit): beta_i times
+        scale_i and b_eff_i <- scale_i b_eff_i + shift_i, b_eff_i = b_i / (sqrt(2) s ||w_i||); new tensors
+        (bias None for a unit without one, which cannot shift)."""
         if self.bias is None:
             if bool((shift != 0).any()):
                 raise ValueError("a unit without bias cannot shift its firing logit")
-            self.beta.mul_(scale)
-            return
+            return self.beta * scale, None
         to_bias = math.sqrt(2.0) * self.noise.std * nsmf.weight_norm(self.weight)
-        self.bias.copy_((self.bias / to_bias * scale + shift) * to_bias)
-        self.beta.mul_(scale)
+        return self.beta * scale, (self.bias / to_bias * scale + shift) * to_bias
+
+    @torch.no_grad()
+    def scale_preactivation(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Make the firing logit scale_i v_i + shift_i in place (``scaled_parameters``)."""
+        beta, bias = self.scaled_parameters(scale, shift)
+        self.beta.copy_(beta)
+        if bias is not None:
+            self.bias.copy_(bias)
 
     def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
         """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
@@ -280,9 +295,12 @@ class _NSMUnit(StochasticUnit):
         raise ValueError("states_from_logit needs probability or deterministic mode (synapse mode needs the input)")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        v = self.logit(z)
+        v = self._logit(z, track=True)
         if self.mode != "synapse":
             return self.states_from_logit(v)
+        if self.logit_norm is not None:
+            raise ValueError("synapse mode draws eq. 4's noise with the unit's own parameters: fold the batch-"
+                             "normalized logits first (nsm.normalization.LogitNormalization.fold)")
         u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
                                        self.affine_padded, self.unit_dim, self.generator)
         return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate, overwrite=True)

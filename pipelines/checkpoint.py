@@ -9,6 +9,8 @@ A checkpoint is a ``torch.save`` dict:
     epoch           epochs completed               project_version
     optimizer_state, scheduler_state, rng_state    training state for --resume (optional)
     init_from       the checkpoint a warm-started run began from (``nsm train --init-from``), or None (optional)
+    logit_norm, train_model_state   a run trained with batch-normalized logits (``nsm.normalization``): their
+                    running moments and the parameters as trained, for --resume; model_state is the plain NSM
 
 Writes are atomic (temporary file in the same folder, then rename), so a crash never leaves a
 half-written checkpoint in place of a good one.
@@ -55,14 +57,16 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(path, model: nn.Module, *, classes, frame_spec: dict | None = None, config: dict | None = None,
-                    epoch: int = 0, **training_state) -> None:
-    """Write ``model`` (which must carry a ``spec``, as every ``models.create_model`` network does)."""
+                    epoch: int = 0, model_state: dict | None = None, **training_state) -> None:
+    """Write ``model`` (which must carry a ``spec``, as every ``models.create_model`` network does), with
+    ``model_state`` in place of its state dict when given (a network trained with batch-normalized logits saves
+    the plain NSM they fold into)."""
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ValueError("only networks built by models.create_model can be checkpointed (they carry a spec)")
     atomic_torch_save({
         "format": FORMAT, "version": VERSION, "project_version": project_version(),
-        "model_spec": dict(spec), "model_state": model.state_dict(), "classes": list(classes),
+        "model_spec": dict(spec), "model_state": model.state_dict() if model_state is None else model_state, "classes": list(classes),
         "frame_spec": frame_spec, "config": dict(config or {}), "epoch": int(epoch), **training_state,
     }, path)
 

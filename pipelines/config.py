@@ -30,6 +30,7 @@ from nsm.neurons import NEURON_KINDS, neuron_kind
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATASETS = ("dvsgesture", "nmnist")
 INITS = ("data", "none")
+LOGIT_NORMS = ("batch", "none")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ class TrainConfig:
     networks stay at chance, see docs/training-study.md) or ``"none"`` (as the layers build themselves).
     ``warmup_epochs``: epochs trained with deterministic forward passes before the stochastic units sample
     (a random network of sampling units passes almost nothing of its input through many layers; once
-    trained deterministically its weights carry the signal through the noise: docs/training-study.md)."""
+    trained deterministically its weights carry the signal through the noise: docs/training-study.md).
+    ``logit_norm``: ``"batch"`` trains the NSM units on batch-normalized firing logits, folded into their beta and
+    bias in every checkpoint (``nsm.normalization``: without it the logits of a wide network grow until its units
+    saturate and it stays at chance, docs/training-study.md), or ``"none"``."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -135,6 +139,7 @@ class TrainConfig:
     record_every: int = 50
     init: str = "data"
     warmup_epochs: int = 1
+    logit_norm: str = "batch"
     augment: AugmentConfig = AugmentConfig()
 
     def validate(self) -> None:
@@ -151,6 +156,8 @@ class TrainConfig:
             raise ValueError("train.workers must be >= 0")
         if self.init not in INITS:
             raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
+        if self.logit_norm not in LOGIT_NORMS:
+            raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 A run folder holds:
 
   config.toml     the resolved configuration (preset + --set overrides)
-  checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config
+  checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config; with
+                  batch-normalized logits (``train.logit_norm``) the model is the plain NSM they fold into,
+                  and the normalized parameters and running moments are kept beside it for --resume
   best.pt         the epoch with the best validation accuracy (the latest one when there is no validation)
   metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput, and ``health``: per hidden
                   layer its firing rate, saturated share and weight-gradient norm, per max-pool layer
@@ -27,7 +29,8 @@ Multi-process: launched by ``torchrun`` (WORLD_SIZE > 1), each process trains on
 batch (``train.batch_size`` is the global batch, split evenly) under DistributedDataParallel
 (NCCL on GPUs, gloo on CPUs); gradients are averaged, so parameters after a step equal those of a
 single process on the whole batch (for units without sampling noise and batch statistics; noisy
-units draw different noise per process). Only rank 0 writes files and shows progress.
+units draw different noise per process, and batch-normalized logits use each process's share of the
+batch). Only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ import models
 import nsm
 from events.formats import remove_dead_temps
 from nsm.initialization import data_init
+from nsm.normalization import LogitNormalization
 
 from . import config as configs
 from .activity import ActivityRecorder
@@ -237,6 +241,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
                        progress=progress and proc.main)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, splits).to(proc.device)
+    first = init_batch(splits.train, proc.device, tc.seed) if state is None else None   # fresh runs' statistics
     if init_from is not None:                       # warm start (--init-from): fresh runs only, before the optimizer
         report = warm_start(model, init_from, classes=splits.classes)
         init_from = report.source
@@ -244,13 +249,21 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             print(report, flush=True)
     elif state is None and tc.init == "data":       # a fresh run; DDP then copies rank 0's parameters to all
         with warmup_mode(model, 0, tc.warmup_epochs):   # initialised in the mode its first epoch trains in
-            data_init(model, init_batch(splits.train, proc.device, tc.seed))
+            data_init(model, first)
+    norm = None                                     # batch-normalized logits (a resumed run: as it began)
+    if state is None and tc.logit_norm == "batch" and LogitNormalization.units_of(model):
+        with warmup_mode(model, 0, tc.warmup_epochs):
+            norm = LogitNormalization.attach(model, first)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
     autocast, scaler = autocast_for(proc.device, tc.amp)
     start_epoch, best = 0, -math.inf
     if state is not None:
-        model.load_state_dict(state["model_state"])
+        if state.get("logit_norm") is not None:     # the parameters as trained, and the running moments
+            model.load_state_dict(state["train_model_state"])
+            norm = LogitNormalization.resume(model, state["logit_norm"])
+        else:
+            model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
         if scaler is not None and state.get("scaler_state"):
@@ -336,11 +349,15 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         if proc.main:
             history.append(metrics)
             run.write_records(run.metrics, history)
+            # checkpoints hold the plain NSM; checkpoint.pt also the normalized parameters that --resume continues
+            plain = dict(model_state=norm.folded_state_dict()) if norm is not None else {}
             if improved:                        # before checkpoint.pt: a kill in between redoes this epoch
-                save_checkpoint(run.best, model, epoch=epoch + 1, **meta)
+                save_checkpoint(run.best, model, epoch=epoch + 1, **plain, **meta)
             save_checkpoint(run.checkpoint, model, epoch=epoch + 1, optimizer_state=optimizer.state_dict(),
                             scheduler_state=scheduler.state_dict(), rng_state=rng_state(), best_accuracy=best,
-                            scaler_state=scaler.state_dict() if scaler is not None else None, **meta)
+                            scaler_state=scaler.state_dict() if scaler is not None else None,
+                            logit_norm=norm.state_dict() if norm is not None else None,
+                            train_model_state=model.state_dict() if norm is not None else None, **plain, **meta)
             plot_curves(history, run.curves)
             plot_health(history, run.health)
             val = (f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"

@@ -10,11 +10,14 @@ Two commands, both on a DVS-Gesture-style data set (``nsm simulate gestures --ou
            (Monte Carlo with 8 samples and the deterministic network) and the layers' rates of +1 states.
 
 The variants a ``run`` can take are the library's own settings (``--init``, ``--warmup``, ``--lr``,
-``--lr-step``, ``--neuron``, ``--gain``, ``--pool-rate``, ``--weight-scale``) and three changes that exist only here, tried and not kept:
-``--pool-grad expected`` (the OR-pool's backward pass takes the gradient of its expected output,
-1 - prod(1 - P_k), instead of routing it to the first +1 of the window), ``--pool-logits`` (max-pool the
-firing logits, then sample) and ``--center mean|full`` (subtract each unit's batch mean of the firing logit,
-and for ``full`` divide by its batch standard deviation, as batch normalization does).
+``--lr-step``, ``--neuron``, ``--gain``, ``--pool-rate``, ``--weight-scale``, and ``--center batch``: the
+batch-normalized firing logits of ``nsm.normalization``) and changes that exist only here, tried and not kept:
+``--pool-grad product`` (the OR-pool's backward pass is the gradient of the OR written as 1 - prod_k (1 - z_k)/2),
+``--pool-grad expected`` (the gradient of the expected OR, 1 - prod(1 - P_k), from the firing probabilities;
+``max``, the default, is max-pooling's own rule: all of a window's gradient to its first +1, or to its first input
+when none is on), ``--pool-logits`` (max-pool the firing logits, then sample) and ``--center mean|full|renorm``
+(subtract each unit's batch mean of the firing logit; for ``full`` also divide by its batch standard deviation, as
+batch normalization does, beta then unused; ``renorm``: batch-normalize, then map back to the running moments).
 
     python scripts/training_study.py signal --data g12 --cache cache --gain 1 2 3 5
     python scripts/training_study.py run --data g12 --cache cache --neuron bn --epochs 8
@@ -97,6 +100,17 @@ class ExpectedOrPool(torch.nn.Module):
         return pooled + expected - expected.detach()
 
 
+class ProductOrPool(torch.nn.Module):
+    """``--pool-grad product``: the OR of +-1 states written as 1 - 2 prod_k (1 - z_k)/2 (exact for states), so the
+    backward pass gives input k the window's gradient times prod_{j != k} (1 - z_j)/2 (all of it when the others
+    are all -1, else none): unbiased for prod_{j != k} (1 - P_j) when the states are independent draws."""
+
+    def forward(self, z):
+        b, c, h, w = z.shape
+        off = ((1 - z) / 2).reshape(b, c, h // 2, 2, w // 2, 2)
+        return 1 - 2 * off.prod(5).prod(3)
+
+
 def fuse_pools(model, pool_logits: bool):
     layers, out, i = list(model), [], 0
     while i < len(layers):
@@ -136,15 +150,45 @@ def center_logits(unit, full: bool, init_mean: torch.Tensor) -> None:
     unit.logit = centered
 
 
+def renormalize_logits(unit, momentum: float = 0.1) -> None:
+    """``--center renorm``: in training, v = beta (sigma_R (a - mu_B) / sigma_B + mu_R) + b_eff with a = (w/||w||).z,
+    mu_B, sigma_B its batch moments per unit and mu_R, sigma_R their running averages (constants to autograd);
+    in evaluation v = beta a + b_eff, the unit's own logit. Equal where the batch moments are the running ones."""
+    logit = unit.logit
+    unit.moments = None
+
+    def renormalized(z):
+        if not unit.training:
+            return logit(z)
+        w_eff, b_eff = unit.effective_weight()
+        shape = (1, -1, 1, 1) if z.dim() == 4 else (1, -1)
+        dims = (0, 2, 3) if z.dim() == 4 else (0,)
+        a = unit.affine(z, unit.weight / nsmf.weight_norm(unit.weight).reshape((-1,) + (1,) * (unit.weight.dim() - 1)))
+        mean, var = a.mean(dims), a.var(dims)
+        with torch.no_grad():
+            if unit.moments is None:
+                unit.moments = [mean.detach().clone(), var.detach().clone()]
+            else:
+                unit.moments[0].lerp_(mean, momentum)
+                unit.moments[1].lerp_(var, momentum)
+        run_mean, run_var = unit.moments
+        n = (a - mean.reshape(shape)) * ((run_var + 1e-5) / (var + 1e-5)).sqrt().reshape(shape) + run_mean.reshape(shape)
+        v = n * unit.beta.reshape(shape)
+        return v if b_eff is None else v + b_eff.reshape(shape)
+
+    unit.logit = renormalized
+
+
 def accuracy(model, test, samples: int = 8) -> tuple[float, float]:
-    """(Monte Carlo, deterministic) accuracy on ``test``."""
+    """(Monte Carlo, deterministic) accuracy on ``test``; ``samples = 0``: the deterministic one twice (a network
+    without sampling units, such as ``bn``, gives the same answer every draw)."""
     model.eval()
     mc = det = n = 0
     with torch.no_grad():
         for x, y in torch.utils.data.DataLoader(test, batch_size=64):
-            mc += int((nsm.mc_predict(model, x, samples=samples).probs.argmax(1) == y).sum())
             with nsm.using_mode(model, "deterministic"):
                 det += int((model(x).argmax(1) == y).sum())
+            mc += int((nsm.mc_predict(model, x, samples=samples).probs.argmax(1) == y).sum()) if samples else 0
             n += len(y)
     model.train()
     return mc / n, det / n
@@ -161,7 +205,14 @@ def run(args) -> None:
     if args.init == "data":
         with nsm.using_mode(model, "deterministic") if args.warmup else contextlib.nullcontext():
             data_init(model, x, gain=args.gain[0], pool_rate=args.pool_rate)
-    if args.center != "none":
+    if args.center == "batch":
+        with nsm.using_mode(model, "deterministic") if args.warmup else contextlib.nullcontext():
+            nsm.LogitNormalization.attach(model, x)
+    elif args.center == "renorm":
+        for unit in model:
+            if hasattr(unit, "logit"):
+                renormalize_logits(unit)
+    elif args.center != "none":
         means = {}
         hooks = [u.register_forward_hook(lambda m, i, o: means.__setitem__(m, m.logit(i[0]).mean((0, 2, 3))))
                  for u in model if hasattr(u, "logit")]
@@ -171,7 +222,9 @@ def run(args) -> None:
             h.remove()
         for unit, mean in means.items():
             center_logits(unit, args.center == "full", mean)
-    if args.pool_grad == "expected" or args.pool_logits:
+    if args.pool_grad == "product":
+        model = torch.nn.Sequential(*[ProductOrPool() if isinstance(m, torch.nn.MaxPool2d) else m for m in model])
+    elif args.pool_grad == "expected" or args.pool_logits:
         model = fuse_pools(model, args.pool_logits)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=args.batch_size, shuffle=True, drop_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -198,7 +251,8 @@ def run(args) -> None:
                 h = layer(h)
                 if h.dim() == 4 and not isinstance(layer, nsm.Binarize):
                     rates.append(f"{'P' if isinstance(layer, torch.nn.MaxPool2d) else ''}{(h > 0).float().mean():.2f}")
-        mc, det = accuracy(model, splits.test)
+        mc, det = accuracy(model, splits.test, samples=0 if args.neuron == "bn" else 8)
+        mc = det if args.neuron == "bn" else mc
         log.append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), mc8=mc, deterministic=det))
         print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out MC8 {mc:.3f}, deterministic {det:.3f} "
               f"({time.perf_counter() - started:.0f} s); +1 rates {' '.join(rates)}", flush=True)
@@ -225,9 +279,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=0, help="run: halve the learning rate every this many epochs")
-    p.add_argument("--pool-grad", choices=("first", "expected"), default="first")
+    p.add_argument("--pool-grad", choices=("max", "product", "expected"), default="max")
     p.add_argument("--pool-logits", action="store_true")
-    p.add_argument("--center", choices=("none", "mean", "full"), default="none")
+    p.add_argument("--center", choices=("none", "mean", "full", "renorm", "batch"), default="none")
     args = p.parse_args()
     torch.set_num_threads(2)
     (signal if args.command == "signal" else run)(args)

@@ -25,6 +25,8 @@ import pytest
 import torch
 
 import events
+import models
+import nsm
 from events.datasets import GESTURE_CLASSES
 from pipelines import cli, train as training
 from pipelines import config as configs
@@ -260,6 +262,21 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(reference_ru
     assert activity_lines(out) == activity_lines(reference_run)
 
 
+def test_checkpoints_hold_the_plain_nsm_of_the_normalized_training(reference_run):
+    """The tiny preset trains its NSM units on batch-normalized logits (the default): checkpoint.pt keeps the
+    parameters as trained and the running moments for --resume, and both files' model_state is the plain NSM
+    that ``LogitNormalization`` folds them into."""
+    ck, best = state(reference_run / "checkpoint.pt"), state(reference_run / "best.pt")
+    assert ck["config"]["train"]["logit_norm"] == "batch" and ck["logit_norm"]
+    assert "logit_norm" not in best and "train_model_state" not in best
+    net = models.create_model(**ck["model_spec"])
+    net.load_state_dict(ck["train_model_state"])
+    folded = nsm.LogitNormalization.resume(net, ck["logit_norm"]).folded_state_dict()
+    assert_same_tensors(folded, ck["model_state"], "model_state")
+    normalized = [f"{name}.beta" for name in ck["logit_norm"]]
+    assert normalized and all(not torch.equal(ck["model_state"][k], ck["train_model_state"][k]) for k in normalized)
+
+
 def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(reference_run, gestures, tmp_path):
     data, cache = gestures
     out = tmp_path / "run"
@@ -319,9 +336,9 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     """torchrun, 2 CPU processes (gloo), against one process on the same data: one epoch of two steps, each
     global batch (half the training set) split 2 x half of it.
 
-    The noise-free binary kind ``bn`` is used: noisy kinds (bnsm, gnsm, ste, sn) draw different noise in each
-    process, and dcnn's batch normalization sees per-process batch statistics, so neither can match a single
-    process. The training set has an even number of clips, so the sampler's even split drops nothing, and
+    The noise-free binary kind ``bn`` is used, without batch-normalized logits: noisy kinds (bnsm, gnsm, ste, sn)
+    draw different noise in each process, and batch normalization (dcnn's, and the NSM units' normalized logits)
+    sees per-process batch statistics, so neither can match a single process. The training set has an even number of clips, so the sampler's even split drops nothing, and
     each global batch is the same set of clips in both runs.
 
     Tolerance: the runs differ only in float32 rounding (the gradient of a batch summed in one pass, or as
@@ -335,7 +352,7 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     """
     data, cache = gestures
     split, n_train = even_split(data, cache)
-    sets = ["model.neuron=bn", "train.epochs=1", f"train.batch_size={n_train // 2}", "train.adam_eps=1e-4", split]
+    sets = ["model.neuron=bn", "train.logit_norm=none", "train.epochs=1", f"train.batch_size={n_train // 2}", "train.adam_eps=1e-4", split]
     extra = [a for s in sets for a in ("--set", s)]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
