@@ -65,8 +65,8 @@ def save_checkpoint(path, model: nn.Module, *, classes, frame_spec: dict | None 
     if spec is None:
         raise ValueError("only networks built by models.create_model can be checkpointed (they carry a spec)")
     atomic_torch_save({
-        "format": FORMAT, "version": VERSION, "project_version": project_version(),
-        "model_spec": dict(spec), "model_state": model.state_dict() if model_state is None else model_state, "classes": list(classes),
+        "format": FORMAT, "version": VERSION, "project_version": project_version(), "model_spec": dict(spec),
+        "model_state": model.state_dict() if model_state is None else model_state, "classes": list(classes),
         "frame_spec": frame_spec, "config": dict(config or {}), "epoch": int(epoch), **training_state,
     }, path)
 
