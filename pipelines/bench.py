@@ -21,7 +21,6 @@ import torch
 import events
 import models
 import nsm
-from nsm.normalization import LogitNormalization
 
 from .files import write_text_atomic
 
@@ -80,8 +79,8 @@ def training(quick: bool) -> Row:
 
     def stepper(neuron):
         net = models.create_model("allconvnet18", neuron=neuron)
-        if LogitNormalization.units_of(net):
-            LogitNormalization.attach(net, x)
+        if nsm.LogitNormalization.units_of(net):
+            nsm.LogitNormalization.attach(net, x)
         opt = torch.optim.Adam(net.parameters(), lr=3e-4)
 
         def step():
