@@ -3,7 +3,8 @@
     P(z_i = +1 | z) = 1/2 (1 + erf(beta_i (w_i / ||w_i||).z + b_i / (sqrt(2) s ||w_i||)))
 
 See ``nsm.functional`` for the equations, ``nsm.layers`` for the layers, ``nsm.neurons`` for the
-seed's comparison methods, ``nsm.sampling`` for modes and Monte Carlo prediction,
+seed's comparison methods, ``nsm.sampling`` for modes (sampling, deterministic, and the expected-state modes
+that sampling networks train in) and Monte Carlo prediction,
 ``nsm.initialization`` for the data-dependent initialisation that deep binary networks need to learn and
 ``nsm.normalization`` for the batch-normalized firing logits that wide ones train on.
 """

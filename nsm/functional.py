@@ -14,6 +14,12 @@ Since z_j^2 = 1: E(u_i | z) = (m + a_i) w_i.z + b_i and Var(u_i | z) = s^2 ||w_i
 
 v_i is the "firing logit" below. It depends on w_i only through its direction (inherent weight
 normalization), and E(z_i | z) = 2P - 1 = erf(v_i).
+
+Expected states (the ``expected`` mode, moment propagation): when the inputs z_j are independent with
+means m_j (Var z_j = 1 - m_j^2), v_i = W_eff_i.z + b_eff_i has mean W_eff_i.m + b_eff_i and variance
+sum_j W_eff_ij^2 (1 - m_j^2); taking v_i as Gaussian (a sum of many independent terms),
+
+    E(z_i) = E erf(v_i) = erf(mean / sqrt(1 + 2 variance))          (``expected_sign``)
 """
 from __future__ import annotations
 
@@ -68,6 +74,12 @@ def effective_weight(weight: torch.Tensor, bias: torch.Tensor | None, beta: torc
 def firing_probability(v: torch.Tensor) -> torch.Tensor:
     """P(z = +1) = 1/2 (1 + erf(v)) for the firing logit v."""
     return 0.5 * (1.0 + torch.erf(v))
+
+
+def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:
+    """E z for z = +1 with probability 1/2 (1 + erf(v)), else -1, when the logit v is Gaussian with mean
+    ``v_mean`` and variance ``v_var``: E erf(v) = erf(v_mean / sqrt(1 + 2 v_var)) (exact for Gaussian v)."""
+    return torch.erf(v_mean * torch.rsqrt(1.0 + 2.0 * v_var))
 
 
 def _uses_kernel(v: torch.Tensor) -> bool:

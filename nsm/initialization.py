@@ -28,8 +28,9 @@ are initialised on the states the already initialised layers emit. Units without
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .layers import BinaryMaxPool2d
 
 GAIN = 1.0
 POOL_RATE = 0.5
@@ -75,24 +76,14 @@ def _input_of(model: nn.Module, unit: nn.Module, x: torch.Tensor) -> torch.Tenso
     return taken[0]
 
 
-def _pool_rate(log_off: torch.Tensor, pool: nn.MaxPool2d) -> torch.Tensor:
-    """Per channel, the mean over windows of 1 - prod(1 - P): ``log_off`` is log(1 - P) per position."""
-    if pool.dilation not in (1, (1, 1)):
-        raise ValueError("data_init supports max-pools without dilation")
-    k = pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * 2
-    summed = F.avg_pool2d(log_off, k, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
-                          count_include_pad=True) * (k[0] * k[1])
-    return (1.0 - summed.exp()).mean(dim=(0, 2, 3))
-
-
-def _pool_shift(z: torch.Tensor, unit: nn.Module, pool: nn.MaxPool2d, rate: float) -> torch.Tensor:
+def _pool_shift(z: torch.Tensor, unit: nn.Module, pool: BinaryMaxPool2d, rate: float) -> torch.Tensor:
     """Per channel shift c (bisection) such that the OR-pool of the unit's states is +1 in ``rate`` of windows."""
     lo = torch.full((z.shape[1],), -_SHIFT_RANGE, dtype=z.dtype, device=z.device)
     hi = -lo
     for _ in range(_BISECTION_STEPS):
         c = (lo + hi) / 2
         p = unit.state_probability(z + c.reshape(1, -1, 1, 1))
-        above = _pool_rate(torch.log1p(-p.clamp(max=1.0 - 1e-7)), pool) > rate
+        above = pool.on_probability(torch.log1p(-p.clamp(max=1.0 - 1e-7))).mean(dim=(0, 2, 3)) > rate
         hi = torch.where(above, c, hi)
         lo = torch.where(above, lo, c)
     return (lo + hi) / 2
@@ -134,7 +125,7 @@ def _initialise(model: nn.Module, x: torch.Tensor, gain: float, pool_rate: float
         z = (u - mu.reshape(shape)) / sigma.reshape(shape) * gain
         shift = torch.zeros_like(mu)
         follower = order[k + 1] if k + 1 < len(order) else None
-        if isinstance(follower, nn.MaxPool2d) and hasattr(unit, "state_probability") and u.dim() == 4:
+        if isinstance(follower, BinaryMaxPool2d) and hasattr(unit, "state_probability") and u.dim() == 4:
             shift = _pool_shift(z, unit, follower, pool_rate)
         scale = gain / sigma
         unit.scale_preactivation(scale, shift - mu * scale)

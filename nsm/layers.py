@@ -9,7 +9,10 @@
 - ``Readout``: global average pooling and a real-valued linear layer giving class logits.
 
 Every stochastic unit has a ``mode`` (``MODES``) switched for a whole network by ``nsm.set_mode``,
-and an optional ``generator`` (a ``torch.Generator``) from which it draws its noise.
+and an optional ``generator`` (a ``torch.Generator``) from which it draws its noise. The OR-pools follow
+the mode too: in the ``expected`` and ``mean-input`` modes every NSM unit and pool outputs the expected
+value of its state instead of a state (moment propagation, ``functional.expected_sign``; ``mean-input``
+leaves out the inputs' variance), the passes that sampling networks train on (``docs/training-study.md``).
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ from torch.nn.modules.utils import _pair
 from . import functional as nsmf
 from .noise import BernoulliNoise, Noise
 
-MODES = ("probability", "synapse", "deterministic")
+MODES = ("probability", "synapse", "deterministic", "expected", "mean-input")
+EXPECTATION_MODES = ("expected", "mean-input")   # the modes whose units and pools pass the means of states
+_MIN_OFF = 1e-30            # P(off) is floored here before its logarithm (an input that is surely on)
 ESTIMATORS = ("nsm", "ste")
 
 
@@ -77,11 +82,10 @@ def _memo(owner: nn.Module, slot: str, tensors: list[torch.Tensor], extra, compu
     return entry[3]
 
 
-class StochasticUnit:
-    """Mixin for modules whose forward pass depends on ``mode`` and draws from ``generator``."""
+class Modal:
+    """Mixin for modules whose forward pass depends on ``mode`` (one of ``MODES``)."""
 
     _mode = "probability"
-    generator: torch.Generator | None = None
 
     @property
     def mode(self) -> str:
@@ -92,6 +96,12 @@ class StochasticUnit:
         if value not in MODES:
             raise ValueError(f"unknown mode {value!r}; expected one of {MODES}")
         self._mode = value
+
+
+class StochasticUnit(Modal):
+    """Mixin for modules whose forward pass depends on ``mode`` and draws from ``generator``."""
+
+    generator: torch.Generator | None = None
 
 
 class AffineConv2d(nn.Module):
@@ -126,6 +136,10 @@ class AffineConv2d(nn.Module):
     def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """W * x + b for an input already padded by ``pad_input``."""
         return F.conv2d(x, weight, bias, self.stride)
+
+    def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """W * x with the border filled by 0 (e.g. the variances of states whose border is constant)."""
+        return F.conv2d(x, weight, None, self.stride, self.padding)
 
     def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """W * x + b with the border filled by ``pad_value``."""
@@ -195,6 +209,9 @@ class AffineLinear(nn.Module):
 
     affine = affine_padded
 
+    def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -207,7 +224,9 @@ class _NSMUnit(StochasticUnit):
     an untrained unit fires with P = 1/2 (1 + erf(w_i.z / ||w_i||)).
 
     Modes: ``probability`` draws z_i = +1 with P(z_i = +1 | z) = 1/2 (1 + erf(v_i)); ``synapse``
-    draws xi explicitly (eq. 4); ``deterministic`` gives sgn(v_i) = sgn(E(u_i | z)).
+    draws xi explicitly (eq. 4); ``deterministic`` gives sgn(v_i) = sgn(E(u_i | z)); ``expected`` takes the
+    input as the means of independent states and outputs E(z_i) (``expected_states``); ``mean-input`` outputs
+    erf(v_i) of those means, E(z_i) as if the inputs were the constants m.
     Estimators (the backward pass, in every mode): ``nsm`` uses the gradient of E(z_i) = erf(v_i);
     ``ste`` passes the gradient straight through to v_i where |v_i| <= 1.
     """
@@ -258,9 +277,27 @@ class _NSMUnit(StochasticUnit):
         """P(z_i = +1 | z) = 1/2 (1 + erf(v_i)) for every output unit and position."""
         return nsmf.firing_probability(self.logit(z))
 
+    def expected_logit(self, m: torch.Tensor, track: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the firing logit v_i when the inputs are independent states with means ``m``:
+        W_eff_i.m + b_eff_i (the -1 border is a constant input) and sum_j W_eff_ij^2 (1 - m_j^2) (0 at the
+        border). With batch-normalized logits attached, those of the normalized logit
+        (``BatchMoments.expected_logit``; ``track`` as in ``_logit``)."""
+        if self.logit_norm is not None:
+            return self.logit_norm.expected_logit(self, m, track)
+        w_eff, b_eff = self.effective_weight()
+        return self.affine(m, w_eff, b_eff), self.affine_zero_padded(1.0 - m * m, w_eff * w_eff)
+
+    def expected_states(self, m: torch.Tensor, track: bool = False, input_variance: bool = True) -> torch.Tensor:
+        """E(z_i) when the inputs are independent states with means ``m``, the logit taken as Gaussian with the
+        moments of ``expected_logit`` (``functional.expected_sign``): the ``expected`` mode's output. Without
+        ``input_variance`` (the ``mean-input`` mode) the inputs are taken as the constants m: E(z_i) = erf(v_i(m))."""
+        if input_variance:
+            return nsmf.expected_sign(*self.expected_logit(m, track))
+        return torch.erf(self._logit(m, track))
+
     def state_probability(self, v: torch.Tensor) -> torch.Tensor:
-        """P(state = +1) for firing logits ``v`` in the current mode: 1/2 (1 + erf v) when sampling,
-        1[v >= 0] in ``deterministic`` mode."""
+        """P(state = +1) for firing logits ``v`` in the current mode: 1/2 (1 + erf v) when sampling (or
+        taking expectations), 1[v >= 0] in ``deterministic`` mode."""
         if self.mode == "deterministic":
             return (v >= 0).to(v.dtype)
         return nsmf.firing_probability(v)
@@ -292,9 +329,12 @@ class _NSMUnit(StochasticUnit):
             return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
             return nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
-        raise ValueError("states_from_logit needs probability or deterministic mode (synapse mode needs the input)")
+        raise ValueError(f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the "
+                         f"input)")
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.mode in EXPECTATION_MODES:
+            return self.expected_states(z, track=True, input_variance=self.mode == "expected")
         v = self._logit(z, track=True)
         if self.mode != "synapse":
             return self.states_from_logit(v)
@@ -344,8 +384,28 @@ class Binarize(nn.Module):
         return states.contiguous(memory_format=torch.channels_last) if states.dim() == 4 else states
 
 
-class BinaryMaxPool2d(nn.MaxPool2d):
-    """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR)."""
+class BinaryMaxPool2d(Modal, nn.MaxPool2d):
+    """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR).
+
+    In the ``expected`` and ``mean-input`` modes the input holds the means m_k of independent states and the
+    output is the mean of their OR: P(on) = 1 - prod_k (1 - m_k) / 2 over the window, E = 2 P(on) - 1 (``on_probability``).
+    """
+
+    def on_probability(self, log_off: torch.Tensor) -> torch.Tensor:
+        """P(OR = +1) = 1 - prod_k P(z_k = -1) per window, from ``log_off`` = log P(z_k = -1) per input (the
+        border, which max-pooling never picks, counts as off)."""
+        if self.dilation not in (1, (1, 1)):
+            raise ValueError("the OR of independent states is computed for max-pools without dilation")
+        summed = F.avg_pool2d(log_off, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode,
+                              count_include_pad=True, divisor_override=1)
+        return 1.0 - summed.exp()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.mode not in EXPECTATION_MODES:
+            return super().forward(z)
+        wide = z.to(torch.promote_types(z.dtype, torch.float32))    # at least float32: _MIN_OFF underflows float16
+        off = ((1.0 - wide) * 0.5).clamp_min(_MIN_OFF)
+        return (2.0 * self.on_probability(torch.log(off)) - 1.0).to(z.dtype)
 
 
 class Readout(nn.Module):

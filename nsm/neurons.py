@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as nsmf
-from .layers import (AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSMLinear, StochasticUnit)
+from .layers import (EXPECTATION_MODES, AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSMLinear,
+                     StochasticUnit)
 from .noise import BernoulliNoise, GaussianNoise
 
 
@@ -100,7 +101,8 @@ class SignLinear(_SignUnit, AffineLinear):
 
 
 class _NoisyRectifierUnit(StochasticUnit):
-    """sn: h = max(0, u + n) with n ~ N(0, sigma^2) while sampling; max(0, u) in ``deterministic`` mode."""
+    """sn: h = max(0, u + n) with n ~ N(0, sigma^2) while sampling; max(0, u) in ``deterministic`` mode (it has
+    no ``expected`` mode)."""
 
     def _init_unit(self, sigma: float) -> None:
         if not sigma > 0:
@@ -117,6 +119,9 @@ class _NoisyRectifierUnit(StochasticUnit):
         _scale_affine(self.weight, self.bias, scale, shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode in EXPECTATION_MODES:
+            raise ValueError(f"the noisy rectifier (sn) has no {self.mode} mode: that mode propagates the means "
+                             f"of binary states")
         u = self.preactivation(x)
         if self.mode != "deterministic":
             u = u + self.sigma * torch.randn(u.shape, device=u.device, dtype=u.dtype, generator=self.generator)

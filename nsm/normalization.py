@@ -19,7 +19,8 @@ normalized logit; in evaluation mode the unit is exactly the NSM unit with (``fo
     beta_i^NSM = beta_i / sqrt(var_i + eps),     b'_i^NSM = b'_i - beta_i mu_i / sqrt(var_i + eps)
 
 so the normalization is a reparametrization used while training, and the network it stands for, saved,
-evaluated and exported, is a plain NSM. Attaching converts the other way on a batch x (the moments of x,
+evaluated and exported, is a plain NSM. In ``expected`` mode (``nsm.layers``) mu_i and var_i are the moments
+of a_i over the batch and over the noise of the input states (``BatchMoments.expected_logit``). Attaching converts the other way on a batch x (the moments of x,
 beta_i <- beta_i sqrt(var_i + eps), b'_i <- b'_i + beta_i mu_i), so the network's logits on x are unchanged.
 """
 from __future__ import annotations
@@ -35,6 +36,21 @@ MOMENTUM = 0.1
 EPS = 1e-5
 
 
+def _moments_of_a(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
+    """(a, s2, mean, var) for the unit's input ``z``: a = (w/||w||).z per position; with ``noisy_states`` (z holds
+    the means of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states'
+    noise, else None; mean and var the (biased) moments of a over the batch and positions, plus, with
+    ``noisy_states``, over the noise (var = variance of a + mean of s2)."""
+    direction = nsmf.unit_direction(unit.weight)
+    a = unit.affine(z, direction)
+    dims = [d for d in range(a.dim()) if d != 1]
+    var, mean = torch.var_mean(a, dim=dims, correction=0)
+    if not noisy_states:
+        return a, None, mean, var
+    s2 = unit.affine_zero_padded(1.0 - z * z, direction * direction)
+    return a, s2, mean, var + s2.mean(dim=dims)
+
+
 class BatchMoments:
     """The running moments of one unit's a = (w/||w||).z, and the normalized logit computed from them."""
 
@@ -48,6 +64,26 @@ class BatchMoments:
         mean, var = (self.mean, self.var) if track or not unit.training else (None, None)
         return F.batch_norm(a, mean, var, unit.beta, unit.effective_weight()[1], unit.training, self.momentum,
                             self.eps)
+
+    def expected_logit(self, unit: _NSMUnit, m: torch.Tensor, track: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the normalized logit when the inputs are independent states with means ``m``
+        (the ``expected`` mode): a has mean E a = (w/||w||).m and variance s^2 = (w/||w||)^2.(1 - m^2) per
+        position, the moments mu and var are those of a over the batch, positions and the states' noise
+        (``_moments_of_a``), and v has mean beta (E a - mu) / sqrt(var + eps) + b' and variance
+        beta^2 s^2 / (var + eps). The running moments (moved when ``track``) are thus those that a sampling pass
+        would see, so the folded network is the one trained."""
+        a, s2, mean, var = _moments_of_a(unit, m, noisy_states=True)
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        if not unit.training:
+            mean, var = self.mean, self.var
+        elif track:
+            n = a.numel() // a.shape[1]
+            with torch.no_grad():
+                self.mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
+        gain = unit.beta * (var + self.eps).rsqrt()
+        v_mean = gain.reshape(shape) * (a - mean.reshape(shape)) + unit.effective_weight()[1].reshape(shape)
+        return v_mean, (gain * gain).reshape(shape) * s2
 
     def folded(self, unit: _NSMUnit) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) that turn the unit's normalized logit into the plain NSM logit in evaluation mode:
@@ -80,7 +116,8 @@ class LogitNormalization:
     def attach(cls, model: nn.Module, x: torch.Tensor, *, momentum: float = MOMENTUM,
                eps: float = EPS) -> "LogitNormalization":
         """Normalize every NSM unit of ``model``, its running moments those of one pass on ``x`` (the network runs
-        in evaluation mode and its units' current modes), its parameters converted so the logits on ``x`` stay."""
+        in evaluation mode and its units' current modes; in ``expected`` mode the moments include the states'
+        noise), its parameters converted so the logits on ``x`` (and their means and variances) stay."""
         names = dict((m, name) for name, m in cls.units_of(model))
         inputs: dict[str, torch.Tensor] = {}
         hooks = [unit.register_forward_pre_hook(lambda m, i: inputs.setdefault(names[m], i[0])) for unit in names]
@@ -101,9 +138,7 @@ class LogitNormalization:
                 raise ValueError(f"unit {name} was not reached by a forward pass")
         moments = {}
         for unit, name in names.items():
-            a = unit.affine(inputs[name], nsmf.unit_direction(unit.weight))
-            dims = [d for d in range(a.dim()) if d != 1]
-            var, mean = torch.var_mean(a, dim=dims, correction=0)
+            _, _, mean, var = _moments_of_a(unit, inputs[name], noisy_states=unit.mode == "expected")
             moments[name] = BatchMoments(mean, var, momentum, eps)
             sigma, b_eff = (var + eps).sqrt(), unit.effective_weight()[1]
             unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)   # beta sigma, b' + beta mu

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import MODES, StochasticUnit, WeightCache
+from .layers import MODES, Modal, StochasticUnit, WeightCache, _NSMUnit
 
 
 def stochastic_units(model: nn.Module) -> list[nn.Module]:
@@ -26,19 +26,24 @@ def stochastic_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, StochasticUnit)]
 
 
+def modal_modules(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model`` that has a mode: the stochastic units and the OR-pools."""
+    return [m for m in model.modules() if isinstance(m, Modal)]
+
+
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every stochastic unit of ``model`` to ``mode`` (``probability``, ``synapse`` or ``deterministic``)."""
+    """Switch every stochastic unit and OR-pool of ``model`` to ``mode`` (one of ``MODES``)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    for unit in stochastic_units(model):
+    for unit in modal_modules(model):
         unit.mode = mode
     return model
 
 
 @contextmanager
 def using_mode(model: nn.Module, mode: str):
-    """Run a block with every stochastic unit in ``mode``; each unit's own mode is restored afterwards."""
-    units = stochastic_units(model)
+    """Run a block with every stochastic unit and OR-pool in ``mode``; each one's own mode is restored afterwards."""
+    units = modal_modules(model)
     saved = [u.mode for u in units]
     try:
         set_mode(model, mode)
@@ -46,6 +51,15 @@ def using_mode(model: nn.Module, mode: str):
     finally:
         for unit, m in zip(units, saved):
             unit.mode = m
+
+
+def takes_expectations(model: nn.Module) -> bool:
+    """Whether ``model``'s ``expected`` mode is the expectation of the pass it samples, under the gradient its units
+    train with: it has stochastic units, and each is an NSM unit in ``probability`` mode with the NSM estimator
+    (bnsm, gnsm; not ``ste``, whose gradient is another rule, nor units that do not sample)."""
+    units = stochastic_units(model)
+    return bool(units) and all(isinstance(u, _NSMUnit) and u.mode == "probability" and u.estimator == "nsm"
+                               for u in units)
 
 
 @contextmanager

@@ -31,6 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DATASETS = ("dvsgesture", "nmnist")
 INITS = ("data", "none")
 LOGIT_NORMS = ("batch", "none")
+FORWARDS = ("expected", "mean-input", "sampled")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,13 @@ class TrainConfig:
     trained deterministically its weights carry the signal through the noise: docs/training-study.md).
     ``logit_norm``: ``"batch"`` trains the NSM units on batch-normalized firing logits, folded into their beta and
     bias in every checkpoint (``nsm.normalization``: without it the logits of a wide network grow until its units
-    saturate and it stays at chance, docs/training-study.md), or ``"none"``."""
+    saturate and it stays at chance, docs/training-study.md), or ``"none"``.
+    ``forward``: how sampling NSM units (bnsm, gnsm) pass their states forward while training after the warm-up:
+    ``"expected"`` (the ``expected`` mode of ``nsm.layers``: each unit and OR-pool passes the expected value of
+    its state given independent inputs, a deterministic pass whose gradient is exact for that approximation),
+    ``"mean-input"`` (the same without the inputs' variance: E z at the mean input) or ``"sampled"`` (one draw
+    per unit and the gradient of E z at the draw: the seed's rule); docs/training-study.md compares them. Other
+    kinds train in their own modes either way; evaluation always samples."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -140,6 +147,7 @@ class TrainConfig:
     init: str = "data"
     warmup_epochs: int = 1
     logit_norm: str = "batch"
+    forward: str = "expected"
     augment: AugmentConfig = AugmentConfig()
 
     def validate(self) -> None:
@@ -158,6 +166,8 @@ class TrainConfig:
             raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
         if self.logit_norm not in LOGIT_NORMS:
             raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
+        if self.forward not in FORWARDS:
+            raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,19 @@ measures (its share of each batch).
 Per hidden layer:
 
   firing_rate   share of the layer's outputs that are on: +1 for the binary kinds, > 0 for the
-                real-valued ones (dcnn, sn); for both, the share of outputs > 0
+                real-valued ones (dcnn, sn); for both, the share of outputs > 0. In the ``expected``
+                and ``mean-input`` modes (``nsm.layers``), where the outputs are the states' means m,
+                the expected share mean((1 + m) / 2)
   saturated     share of outputs (units x positions x batch) whose firing probability
                 P = 1/2 (1 + erf(v)), v = ``unit.logit(input)``, is below SATURATION_P or above
-                1 - SATURATION_P, where the gradient erf'(v) all but vanishes; None (JSON null) for
-                kinds without a firing probability (all but the NSM units: bnsm, gnsm, ste, bn)
+                1 - SATURATION_P, where the gradient erf'(v) all but vanishes (in those two modes
+                P = (1 + m) / 2 of the output); None (JSON null) for kinds without a firing probability
+                (all but the NSM units: bnsm, gnsm, ste, bn)
   grad_norm     L2 norm of the gradient of the layer's weight after ``backward()``, before the optimizer
                 step (divided by the GradScaler's scale under float16 autocast); None when the weight
                 got no gradient or the gradient overflowed
 
-Per max-pool layer: ``pool_rate``, the share of its outputs that are on.
+Per max-pool layer: ``pool_rate``, the share of its outputs that are on (the expected share in those modes).
 
 An epoch's summary (:meth:`HealthMonitor.end_epoch`) holds each value's mean over the epoch's records
 (None values left out; None when all are), keyed by module name in forward order, each entry naming
@@ -46,6 +49,7 @@ import torch
 from torch import nn
 
 from nsm.functional import firing_probability
+from nsm.layers import EXPECTATION_MODES
 
 from .activity import weight_units
 
@@ -155,14 +159,16 @@ class HealthMonitor:
         if not self._armed:
             return
         with torch.no_grad():
+            expected = getattr(module, "mode", None) in EXPECTATION_MODES
+            rate = ((1.0 + output.float()) / 2).mean() if expected else on_share(output)
             if name not in self.units:
-                self._step[name] = {"pool_rate": on_share(output)}
+                self._step[name] = {"pool_rate": rate}
                 return
             saturated = None
             if hasattr(module, "logit"):
-                p = firing_probability(module.logit(inputs[0]).float())
+                p = (1.0 + output.float()) / 2 if expected else firing_probability(module.logit(inputs[0]).float())
                 saturated = torch.count_nonzero((p < SATURATION_P) | (p > 1 - SATURATION_P)) / p.numel()
-            self._step[name] = {"firing_rate": on_share(output), "saturated": saturated}
+            self._step[name] = {"firing_rate": rate, "saturated": saturated}
 
     def arm(self) -> None:
         """Measure the layers during the next forward pass; the record is completed by ``record_gradients``."""

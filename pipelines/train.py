@@ -56,6 +56,7 @@ import nsm
 from events.formats import remove_dead_temps
 from nsm.initialization import data_init
 from nsm.normalization import LogitNormalization
+from nsm.sampling import takes_expectations
 
 from . import config as configs
 from .activity import ActivityRecorder
@@ -123,10 +124,16 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
     return torch.stack([train_set[int(i)][0] for i in chosen]).to(device)
 
 
-def warmup_mode(model, epoch: int, warmup_epochs: int):
-    """Deterministic forward passes (every stochastic unit z = sgn(E u)) during the first ``warmup_epochs``
-    epochs, the units' own modes after; the backward pass is the same in both (the gradient of E z)."""
-    return nsm.using_mode(model, "deterministic") if epoch < warmup_epochs else nullcontext()
+def training_mode(model, epoch: int, tc: configs.TrainConfig):
+    """The units' mode in training epoch ``epoch``: deterministic forward passes (every stochastic unit
+    z = sgn(E u)) during the first ``tc.warmup_epochs`` epochs; after them the ``expected`` mode when
+    ``tc.forward`` asks for it and the network takes it (``nsm.sampling.takes_expectations``), else the units'
+    own modes. The sampled and deterministic passes share the backward rule (the gradient of E z)."""
+    if epoch < tc.warmup_epochs:
+        return nsm.using_mode(model, "deterministic")
+    if tc.forward != "sampled" and takes_expectations(model):
+        return nsm.using_mode(model, tc.forward)
+    return nullcontext()
 
 
 def rng_state() -> dict:
@@ -248,11 +255,11 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         if proc.main:
             print(report, flush=True)
     elif state is None and tc.init == "data":       # a fresh run; DDP then copies rank 0's parameters to all
-        with warmup_mode(model, 0, tc.warmup_epochs):   # initialised in the mode its first epoch trains in
+        with training_mode(model, 0, tc):   # initialised in the mode its first epoch trains in
             data_init(model, first)
     norm = None                                     # batch-normalized logits (a resumed run: as it began)
     if state is None and tc.logit_norm == "batch" and LogitNormalization.units_of(model):
-        with warmup_mode(model, 0, tc.warmup_epochs):
+        with training_mode(model, 0, tc):
             norm = LogitNormalization.attach(model, first)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
@@ -311,7 +318,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
             if global_step % tc.record_every == 0:
                 recorder.arm()
                 health.arm()
-            with autocast, warmup_mode(model, epoch, tc.warmup_epochs):
+            with autocast, training_mode(model, epoch, tc):
                 logits = net(x)
             loss = compute_loss(logits, y)
             check_finite(loss, proc, epoch, step, run)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+import nsm
 from nsm.neurons import NEURON_KINDS
 from pipelines import cli, health
 from pipelines import config as configs
@@ -140,6 +141,27 @@ def test_a_disabled_monitor_installs_no_hooks_and_records_nothing():
     assert not any(m._forward_hooks for m in model.modules())
     epoch = training_steps(model, size, monitor)
     assert epoch.summary == {} and epoch.warnings == []
+
+
+def test_expected_mode_records_the_expected_rates_and_saturation():
+    """In ``expected`` mode the outputs are means m: a layer's firing rate is mean((1 + m) / 2), its saturated share
+    that of P = (1 + m) / 2 outside [0.02, 0.98], and a pool's rate its mean on-probability (computed here from the
+    outputs the layers emit)."""
+    model, size = small_model("allconvnet18", "bnsm")
+    nsm.set_mode(model, "expected")
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o.detach()))
+             for name, m in model.named_modules() if name in ("1", "4")]
+    monitor = health.HealthMonitor(model, PRIOR_LABELS, len(PRIOR))
+    epoch = training_steps(model, size, monitor)
+    for h in hooks:
+        h.remove()
+    p = (1 + outputs["1"]) / 2
+    assert epoch.summary["1"]["firing_rate"] == pytest.approx(float(p.mean()), rel=1e-5)
+    assert epoch.summary["1"]["saturated"] == pytest.approx(float(((p < 0.02) | (p > 0.98)).float().mean()), abs=1e-6)
+    assert isinstance(model[4], nsm.BinaryMaxPool2d)
+    assert epoch.summary["4"]["pool_rate"] == pytest.approx(float(((1 + outputs["4"]) / 2).mean()), rel=1e-5)
+    assert 0.02 < epoch.summary["1"]["firing_rate"] < 0.98 and bool(((outputs["1"] > -1) & (outputs["1"] < 1)).all())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -387,6 +387,27 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     assert not [p.name for p in ddp.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("neuron, forward, modes", [
+    ("bnsm", "expected", ["deterministic", "expected", "expected"]),
+    ("gnsm", "expected", ["deterministic", "expected", "expected"]),
+    ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
+    ("ste", "expected", ["deterministic", "probability", "probability"]),       # its gradient is another rule
+    ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
+])
+def test_units_train_deterministic_in_the_warmup_then_in_the_mode_train_forward_picks(neuron, forward, modes):
+    cfg = configs.load_config("gestures-allconv18", [f"model.neuron={neuron}", f"train.forward={forward}",
+                                                     "train.warmup_epochs=1"])
+    model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron,
+                                width=0.25)
+    for epoch, mode in enumerate(modes):
+        with training.training_mode(model, epoch, cfg.train):
+            assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {mode}
+            pools = {m.mode == "expected" for m in model.modules() if isinstance(m, nsm.BinaryMaxPool2d)}
+            assert pools == {mode == "expected"}                 # the OR-pools take expectations with the units
+    assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {"deterministic" if neuron == "bn"
+                                                                                 else "probability"}
+
+
 # ----------------------------------------------------------------------------------------------
 # divergence
 # ----------------------------------------------------------------------------------------------
