@@ -388,7 +388,8 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
     """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR).
 
     In the ``expected`` and ``mean-input`` modes the input holds the means m_k of independent states and the
-    output is the mean of their OR: P(on) = 1 - prod_k (1 - m_k) / 2 over the window, E = 2 P(on) - 1 (``on_probability``).
+    output is the mean of their OR: P(on) = 1 - prod_k (1 - m_k) / 2 over the window, E = 2 P(on) - 1
+    (``on_probability``).
     """
 
     def on_probability(self, log_off: torch.Tensor) -> torch.Tensor:

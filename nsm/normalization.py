@@ -20,8 +20,9 @@ normalized logit; in evaluation mode the unit is exactly the NSM unit with (``fo
 
 so the normalization is a reparametrization used while training, and the network it stands for, saved,
 evaluated and exported, is a plain NSM. In ``expected`` mode (``nsm.layers``) mu_i and var_i are the moments
-of a_i over the batch and over the noise of the input states (``BatchMoments.expected_logit``). Attaching converts the other way on a batch x (the moments of x,
-beta_i <- beta_i sqrt(var_i + eps), b'_i <- b'_i + beta_i mu_i), so the network's logits on x are unchanged.
+of a_i over the batch and over the noise of the input states (``BatchMoments.expected_logit``). Attaching
+converts the other way on a batch x (the moments of x, beta_i <- beta_i sqrt(var_i + eps),
+b'_i <- b'_i + beta_i mu_i), so the network's logits on x are unchanged.
 """
 from __future__ import annotations
 

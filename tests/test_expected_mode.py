@@ -50,7 +50,8 @@ def test_expected_sign_is_E_erf_of_a_gaussian_logit():
     var = torch.tensor([0.0, 0.5, 2.0, 1.0, 4.0], dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     v = mean + var.sqrt() * torch.randn((M, 5), generator=g, dtype=torch.float64)
-    z = torch.where(torch.rand((M, 5), generator=g, dtype=torch.float64) < nsmf.firing_probability(v), 1.0, -1.0).double()
+    fires = torch.rand((M, 5), generator=g, dtype=torch.float64) < nsmf.firing_probability(v)
+    z = torch.where(fires, 1.0, -1.0).double()
     assert_mean_within_error(z, nsmf.expected_sign(mean, var))
 
 
