@@ -126,9 +126,10 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
 
 def training_mode(model, epoch: int, tc: configs.TrainConfig):
     """The units' mode in training epoch ``epoch``: deterministic forward passes (every stochastic unit
-    z = sgn(E u)) during the first ``tc.warmup_epochs`` epochs; after them the ``expected`` mode when
-    ``tc.forward`` asks for it and the network takes it (``nsm.sampling.takes_expectations``), else the units'
-    own modes. The sampled and deterministic passes share the backward rule (the gradient of E z)."""
+    z = sgn(E u)) during the first ``tc.warmup_epochs`` epochs; after them the mode ``tc.forward`` names
+    (``expected`` or ``mean-input``) when the network takes expectations (``nsm.sampling.takes_expectations``),
+    else the units' own modes. The sampled and deterministic passes share the backward rule (the gradient of
+    E z); the expectation modes back-propagate through their own deterministic pass."""
     if epoch < tc.warmup_epochs:
         return nsm.using_mode(model, "deterministic")
     if tc.forward != "sampled" and takes_expectations(model):
