@@ -28,6 +28,7 @@ import events
 import models
 import nsm
 from events.datasets import GESTURE_CLASSES
+from nsm.layers import EXPECTATION_MODES
 from pipelines import cli, train as training
 from pipelines import config as configs
 from pipelines.analyze import read_activity
@@ -390,6 +391,7 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
 @pytest.mark.parametrize("neuron, forward, modes", [
     ("bnsm", "expected", ["deterministic", "expected", "expected"]),
     ("gnsm", "expected", ["deterministic", "expected", "expected"]),
+    ("bnsm", "mean-input", ["deterministic", "mean-input", "mean-input"]),
     ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
     ("ste", "expected", ["deterministic", "probability", "probability"]),       # its gradient is another rule
     ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
@@ -402,8 +404,11 @@ def test_units_train_deterministic_in_the_warmup_then_in_the_mode_train_forward_
     for epoch, mode in enumerate(modes):
         with training.training_mode(model, epoch, cfg.train):
             assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {mode}
-            pools = {m.mode == "expected" for m in model.modules() if isinstance(m, nsm.BinaryMaxPool2d)}
-            assert pools == {mode == "expected"}                 # the OR-pools take expectations with the units
+            pools = {m.mode for m in model.modules() if isinstance(m, nsm.BinaryMaxPool2d)}
+            if mode in EXPECTATION_MODES:
+                assert pools == {mode}                           # the OR-pools take expectations with the units
+            else:
+                assert not pools & set(EXPECTATION_MODES)
     assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {"deterministic" if neuron == "bn"
                                                                                  else "probability"}
 
