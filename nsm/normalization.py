@@ -37,19 +37,21 @@ MOMENTUM = 0.1
 EPS = 1e-5
 
 
-def _moments_of_a(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
-    """(a, s2, mean, var) for the unit's input ``z``: a = (w/||w||).z per position; with ``noisy_states`` (z holds
-    the means of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states'
-    noise, else None; mean and var the (biased) moments of a over the batch and positions, plus, with
-    ``noisy_states``, over the noise (var = variance of a + mean of s2)."""
+def _a_and_spread(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
+    """(a, s2) for the unit's input ``z``: a = (w/||w||).z per position; with ``noisy_states`` (z holds the means
+    of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states' noise, else
+    None."""
     direction = nsmf.unit_direction(unit.weight)
     a = unit.affine(z, direction)
+    return a, (unit.affine_zero_padded(1.0 - z * z, direction * direction) if noisy_states else None)
+
+
+def _batch_moments(a: torch.Tensor, s2: torch.Tensor | None):
+    """(mean, var): the (biased) moments of a over the batch and positions, plus, with ``s2``, over the states'
+    noise (var = variance of a + mean of s2)."""
     dims = [d for d in range(a.dim()) if d != 1]
     var, mean = torch.var_mean(a, dim=dims, correction=0)
-    if not noisy_states:
-        return a, None, mean, var
-    s2 = unit.affine_zero_padded(1.0 - z * z, direction * direction)
-    return a, s2, mean, var + s2.mean(dim=dims)
+    return mean, (var if s2 is None else var + s2.mean(dim=dims))
 
 
 class BatchMoments:
@@ -70,14 +72,16 @@ class BatchMoments:
         """Mean and variance of the normalized logit when the inputs are independent states with means ``m``
         (the ``expected`` mode): a has mean E a = (w/||w||).m and variance s^2 = (w/||w||)^2.(1 - m^2) per
         position, the moments mu and var are those of a over the batch, positions and the states' noise
-        (``_moments_of_a``), and v has mean beta (E a - mu) / sqrt(var + eps) + b' and variance
+        (``_batch_moments``), and v has mean beta (E a - mu) / sqrt(var + eps) + b' and variance
         beta^2 s^2 / (var + eps). The running moments (moved when ``track``) are thus those that a sampling pass
         would see, so the folded network is the one trained."""
-        a, s2, mean, var = _moments_of_a(unit, m, noisy_states=True)
+        a, s2 = _a_and_spread(unit, m, noisy_states=True)
         shape = (1, -1) + (1,) * (a.dim() - 2)
         if not unit.training:
             mean, var = self.mean, self.var
-        elif track:
+        else:
+            mean, var = _batch_moments(a, s2)
+        if unit.training and track:
             n = a.numel() // a.shape[1]
             with torch.no_grad():
                 self.mean.mul_(1 - self.momentum).add_(self.momentum * mean)
@@ -139,7 +143,7 @@ class LogitNormalization:
                 raise ValueError(f"unit {name} was not reached by a forward pass")
         moments = {}
         for unit, name in names.items():
-            _, _, mean, var = _moments_of_a(unit, inputs[name], noisy_states=unit.mode == "expected")
+            mean, var = _batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=unit.mode == "expected"))
             moments[name] = BatchMoments(mean, var, momentum, eps)
             sigma, b_eff = (var + eps).sqrt(), unit.effective_weight()[1]
             unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)   # beta sigma, b' + beta mu
