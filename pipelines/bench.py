@@ -121,7 +121,7 @@ def binning(quick: bool) -> Row:
 
 
 def tiny_model():
-    """The ``tiny`` preset's network (``configs/tiny.toml``) on six 32x32 frames, 11 classes."""
+    """The ``tiny`` preset's network (``pipelines/presets/tiny.toml``) on six 32x32 frames, 11 classes."""
     from .config import load_config
 
     m = load_config("tiny").model

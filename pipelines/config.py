@@ -1,4 +1,4 @@
-"""Run configuration: TOML presets in ``configs/`` loaded into frozen dataclasses.
+"""Run configuration: TOML presets in ``pipelines/presets/`` (package data) loaded into frozen dataclasses.
 
 A configuration has four tables, each a frozen dataclass below: ``[data]`` (which data set and how
 its events become frames), ``[model]`` (``models.create_model`` arguments), ``[train]`` and
@@ -27,7 +27,7 @@ import models
 from models.registry import NEURON_OPTIONS
 from nsm.neurons import NEURON_KINDS, neuron_kind
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 DATASETS = ("dvsgesture", "nmnist")
 INITS = ("data", "none")
 LOGIT_NORMS = ("batch", "none")
