@@ -27,7 +27,6 @@ of the seed's methods: it is the cost reference that ``nsm bench`` compares the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import torch
@@ -183,8 +182,38 @@ class PlainLinear(_PlainUnit, AffineLinear):
 
 
 @dataclass(frozen=True)
+class KindFacts:
+    """What a neuron kind is: its human ``label``, whether its units exchange {-1, +1} states (``binary``) and
+    whether they draw their states at random when the network samples (``samples``: Monte Carlo prediction
+    averages over draws; a NIR export marks such units for the stochastic runtime)."""
+
+    label: str
+    binary: bool
+    samples: bool
+
+
+KINDS: dict[str, KindFacts] = {
+    "bnsm": KindFacts("Bernoulli NSM", binary=True, samples=True),
+    "gnsm": KindFacts("Gaussian NSM", binary=True, samples=True),
+    "dcnn": KindFacts("CNN with batch normalization (dCNN)", binary=False, samples=False),
+    "ste": KindFacts("NSM with straight-through estimator (STE)", binary=True, samples=True),
+    "bd": KindFacts("binary deterministic (BD)", binary=True, samples=False),
+    "wbd": KindFacts("binary deterministic, weight-normalized (wBD)", binary=True, samples=False),
+    "sn": KindFacts("stochastic network, no normalization (SN)", binary=False, samples=True),
+    "bn": KindFacts("binary network, erf gradients (BN)", binary=True, samples=False),
+}
+"""The seed's methods, in the order of its comparison table (the module docstring's table says how each
+computes)."""
+
+NEURON_KINDS = tuple(KINDS)
+BINARY_KINDS = tuple(k for k, facts in KINDS.items() if facts.binary)
+BENCH_REFERENCE = "plain"
+
+
+@dataclass(frozen=True)
 class NeuronKind:
-    """How to build the units of one kind; ``binary`` kinds exchange {-1, +1} states."""
+    """How to build the units of one kind (``conv``, ``linear``: module builders); ``binary`` kinds exchange
+    {-1, +1} states. Every unit built is tagged with the kind's name (``unit.neuron``)."""
 
     name: str
     binary: bool
@@ -192,10 +221,12 @@ class NeuronKind:
     linear: Callable[..., nn.Module]
 
 
-NEURON_KINDS = ("bnsm", "gnsm", "dcnn", "ste", "bd", "wbd", "sn", "bn")
-"""The seed's methods, in the order of its comparison table."""
-
-BENCH_REFERENCE = "plain"
+def _tagged(name: str, cls, options: dict) -> Callable[..., nn.Module]:
+    def build(*args, **kwargs) -> nn.Module:
+        unit = cls(*args, **options, **kwargs)
+        unit.neuron = name
+        return unit
+    return build
 
 
 def neuron_kind(name: str, *, noise_p: float = 0.5, conv_noise_p: float | None = None, noise_sigma: float = 1.0,
@@ -213,21 +244,22 @@ def neuron_kind(name: str, *, noise_p: float = 0.5, conv_noise_p: float | None =
     except ValueError as err:
         raise ValueError(f"conv_noise_p: {err}") from None
     table = {
-        "bnsm": (True, NSMConv2d, NSMLinear, {"noise": bern}),
-        "gnsm": (True, NSMConv2d, NSMLinear, {"noise": gauss}),
-        "ste": (True, NSMConv2d, NSMLinear, {"noise": bern, "estimator": "ste"}),
-        "bn": (True, NSMConv2d, NSMLinear, {"noise": bern, "mode": "deterministic"}),
-        "bd": (True, SignConv2d, SignLinear, {"weight_norm": False}),
-        "wbd": (True, SignConv2d, SignLinear, {"weight_norm": True}),
-        "sn": (False, NoisyRectifierConv2d, NoisyRectifierLinear, {"sigma": sn_sigma}),
-        "dcnn": (False, RealConv2d, RealLinear, {}),
-        BENCH_REFERENCE: (False, PlainConv2d, PlainLinear, {}),
+        "bnsm": (NSMConv2d, NSMLinear, {"noise": bern}),
+        "gnsm": (NSMConv2d, NSMLinear, {"noise": gauss}),
+        "ste": (NSMConv2d, NSMLinear, {"noise": bern, "estimator": "ste"}),
+        "bn": (NSMConv2d, NSMLinear, {"noise": bern, "mode": "deterministic"}),
+        "bd": (SignConv2d, SignLinear, {"weight_norm": False}),
+        "wbd": (SignConv2d, SignLinear, {"weight_norm": True}),
+        "sn": (NoisyRectifierConv2d, NoisyRectifierLinear, {"sigma": sn_sigma}),
+        "dcnn": (RealConv2d, RealLinear, {}),
+        BENCH_REFERENCE: (PlainConv2d, PlainLinear, {}),
     }
     if name not in table:
         raise ValueError(f"unknown neuron kind {name!r}; expected one of {', '.join(NEURON_KINDS)} (or 'plain')")
-    binary, conv, linear, options = table[name]
+    conv, linear, options = table[name]
     conv_options = dict(options, noise=conv_bern) if options.get("noise") is bern else options
-    return NeuronKind(name, binary, partial(conv, **conv_options), partial(linear, **options))
+    binary = KINDS[name].binary if name in KINDS else False
+    return NeuronKind(name, binary, _tagged(name, conv, conv_options), _tagged(name, linear, options))
 
 
 def pool_unit(kind: NeuronKind, kernel_size: int = 2) -> nn.Module:

@@ -33,7 +33,6 @@ lies in).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -41,36 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nsm.neurons import NEURON_KINDS
+from nsm.neurons import KINDS
 
 from .figures import new_figure, save_png
 from .files import atomic_file
+from .runs import ACTIVITY, numbered_records
 
-ACTIVITY = "activity.jsonl"
 INPUT_PERCENTILES = ("15", "50", "85")
 WEIGHT_PERCENTILES = ("5", "15", "50", "85", "95")
-NEURON_NAMES = {
-    "bnsm": "Bernoulli NSM",
-    "gnsm": "Gaussian NSM",
-    "dcnn": "CNN with batch normalization (dCNN)",
-    "ste": "NSM with straight-through estimator (STE)",
-    "bd": "binary deterministic (BD)",
-    "wbd": "binary deterministic, weight-normalized (wBD)",
-    "sn": "stochastic network, no normalization (SN)",
-    "bn": "binary network, erf gradients (BN)",
-}
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="weight-normalization figures (input percentiles, weight evolution) of runs",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", nargs="+", metavar="RUN",
-                       help="run folders (holding activity.jsonl) or an 'nsm compare' output folder (uses OUT/runs/*)")
-    which.add_argument("--checkpoint", nargs="+", metavar="CK",
-                       help="checkpoints; each stands for the run folder it lies in")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and analysis.json")
-    p.set_defaults(func=run)
 
 
 @dataclass
@@ -104,31 +81,7 @@ class Activity:
 
 
 def neuron_name(kind: str) -> str:
-    return NEURON_NAMES.get(kind, kind)
-
-
-def resolve_runs(args) -> list[Path]:
-    """Run folders named by ``--run`` (folders or compare outputs) or ``--checkpoint`` (their parents)."""
-    runs: list[Path] = []
-    if args.checkpoint:
-        for ck in map(Path, args.checkpoint):
-            if not ck.is_file():
-                raise FileNotFoundError(f"{ck}: checkpoint not found")
-            runs.append(ck.resolve().parent)
-    else:
-        for path in map(Path, args.run):
-            if not path.is_dir():
-                raise FileNotFoundError(f"{path}: run folder not found")
-            if (path / ACTIVITY).exists() or not (path / "runs").is_dir():
-                runs.append(path)
-                continue
-            found = [p for p in (path / "runs").iterdir() if p.is_dir()]
-            if not found:
-                raise FileNotFoundError(f"{path / 'runs'}: no run folders in this 'nsm compare' output")
-            order = {k: i for i, k in enumerate(NEURON_KINDS)}
-            runs.extend(sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name)))
-    unique = list(dict.fromkeys(p.resolve() for p in runs))
-    return unique
+    return KINDS[kind].label if kind in KINDS else kind
 
 
 def _number(value, where: str, field: str, integer: bool = False):
@@ -191,18 +144,10 @@ def read_activity(run: Path) -> Activity:
                                 "(train the run, or pass the folder that holds it)")
     by_step: dict[int, dict] = {}
     kinds: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-            _check_record(record, where)
-            kinds.add(record["neuron"])
-            by_step[record["step"]] = record
+    for lineno, record in numbered_records(path):
+        _check_record(record, f"{path}: line {lineno}")
+        kinds.add(record["neuron"])
+        by_step[record["step"]] = record
     if not by_step:
         raise ValueError(f"{path}: no activity records")
     if len(kinds) > 1:
@@ -347,10 +292,12 @@ def _write_json(data: dict, path: Path) -> None:
         f.write("\n")
 
 
-def run(args) -> int:
-    runs = [read_activity(p) for p in resolve_runs(args)]
+def analyze(run_folders: list[Path], out) -> dict:
+    """Read each run folder's ``activity.jsonl``, draw ``input_percentiles.png`` and ``weight_evolution.png`` into
+    the folder ``out``, write ``analysis.json`` there, print the summary and return the numbers."""
+    runs = [read_activity(Path(p)) for p in run_folders]
     _label_runs(runs)
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_input_percentiles(runs, out / "input_percentiles.png")
     plot_weight_evolution(runs, out / "weight_evolution.png")
@@ -358,4 +305,4 @@ def run(args) -> int:
     _write_json(result, out / "analysis.json")
     print(markdown(result))
     print(f"\nwrote {out / 'input_percentiles.png'}, {out / 'weight_evolution.png'} and {out / 'analysis.json'}")
-    return 0
+    return result

@@ -11,7 +11,6 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +21,6 @@ import events
 import models
 import nsm
 
-from .files import write_text_atomic
 
 
 @dataclass
@@ -272,7 +270,7 @@ _LAUNCHER = ("import resource, subprocess, sys\n"
 
 
 def _child_peak_mb(argv: list[str]) -> float:
-    """Peak resident memory (ru_maxrss, MB) of ``python -m pipelines.stream ARGV`` run as a child.
+    """Peak resident memory (ru_maxrss, MB) of ``python -m pipelines.commands.stream ARGV`` run as a child.
 
     Linux carries a process's memory high-water mark across exec, so a child forked straight from this
     (large) process would report at least this process's size. A small launcher process therefore
@@ -281,7 +279,7 @@ def _child_peak_mb(argv: list[str]) -> float:
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "pipelines.stream", *argv]
+    cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "pipelines.commands.stream", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode:
         raise RuntimeError(f"nsm stream failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -342,35 +340,3 @@ def to_markdown(rows: list[Row]) -> str:
         lines.append(f"| {r.name} | {r.ours:.1f} {r.unit} | {r.reference_name}: {r.reference:.1f} {r.unit} "
                      f"| {r.ratio:.2f}x | {r.goal} | {r.detail} |")
     return "\n".join(lines)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed against reference implementations",
-                       description="Run each benchmark side by side with its reference in one process and print "
-                                   "a Markdown table of throughputs and ratios (higher is better).")
-    p.add_argument("--quick", action="store_true", help="fewer rounds and smaller inputs (about a minute)")
-    p.add_argument("--out", help="also write the table to this Markdown file")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="CK",
-                   help="also stream this trained checkpoint (from nsm train) over the simulated recording with "
-                        "adaptive sampling; repeat for several")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    print(f"machine: {machine()}", flush=True)
-    rows = []
-    for path in args.checkpoint:           # fail before the long run, not after it
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    sections = [(section.__name__, section) for section in SECTIONS]
-    sections += [(f"stream_checkpoint {path}", partial(stream_checkpoint, path)) for path in args.checkpoint]
-    for name, section in sections:
-        print(f"running {name} ...", flush=True)
-        result = section(args.quick)
-        rows.extend(result if isinstance(result, list) else [result])
-    table = to_markdown(rows)
-    print()
-    print(table)
-    if args.out:
-        write_text_atomic(args.out, f"Machine: {machine()}\n\n{table}\n")
-    return 0

@@ -1,14 +1,10 @@
-"""The ``nsm`` command: one console script, one subcommand per job.
-
-Each job module provides ``add_parser(subparsers)``, which registers its subcommand with its own
-``--help`` and sets ``func``: a callable taking the parsed arguments and returning an exit status.
-"""
+"""The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import analyze, bench, compare, demo, evaluate, export, simulate, stream, train
+from .commands import analyze, bench, compare, demo, evaluate, export, simulate, stream, train
 
 JOBS = [simulate, train, evaluate, compare, analyze, stream, export, bench, demo]
 

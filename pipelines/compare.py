@@ -10,7 +10,6 @@ weight-normalization figures from the same runs.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -20,15 +19,16 @@ from nsm.neurons import NEURON_KINDS
 from . import config as configs
 from .checkpoint import load_checkpoint
 from .evaluate import evaluate
-from .figures import read_metrics
 from .files import write_text_atomic
-from .train import DEFAULT_CACHE, train
+from .runs import DEFAULT_CACHE, RunFolder, read_records
+from .train import train
 
 
 def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, progress: bool) -> None:
     """Train ``cfg`` with ``kind`` units into ``run``: reuse a finished run, resume an interrupted one."""
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, neuron=kind))
-    done = load_checkpoint(run / "checkpoint.pt").epoch if (run / "checkpoint.pt").is_file() else None
+    checkpoint = RunFolder(run).checkpoint
+    done = load_checkpoint(checkpoint).epoch if checkpoint.is_file() else None
     if done is not None and done >= cfg.train.epochs:
         print(f"{kind}: reusing the finished run in {run}", flush=True)
         return
@@ -54,13 +54,13 @@ def compare(cfg: configs.Config, data_root, out, kinds=NEURON_KINDS, *, cache_di
     out = Path(out)
     rows = []
     for kind in kinds:
-        run = out / "runs" / kind
-        train_kind(cfg, kind, data_root, run, cache_dir, progress)
-        m = evaluate(run / "best.pt", data_root, run, adaptive=True, cache_dir=cache_dir, progress=progress)
-        seconds = sum(r.get("seconds", 0.0) for r in read_metrics(run / "metrics.jsonl"))
+        run = RunFolder(out / "runs" / kind)
+        train_kind(cfg, kind, data_root, run.out, cache_dir, progress)
+        m = evaluate(run.best, data_root, run.out, adaptive=True, cache_dir=cache_dir, progress=progress)
+        seconds = sum(r.get("seconds", 0.0) for r in read_records(run.metrics))
         rows.append({"neuron": kind, "accuracy": m["accuracy"], "ece": m["ece"], "nll": m["nll"],
                      "mean_samples": m["mean_samples"], "train_seconds": seconds,
-                     "gesture_accuracy": m.get("gesture_accuracy"), "run": str(run)})
+                     "gesture_accuracy": m.get("gesture_accuracy"), "run": str(run.out)})
         print(f"{kind}: error {100 * (1 - m['accuracy']):.2f} %, ECE {m['ece']:.3f}, NLL {m['nll']:.3f}, "
               f"{m['mean_samples']:.1f} samples, trained in {seconds:.0f} s", flush=True)
     heading = (f"Comparison of training methods: preset `{cfg.name}`, {cfg.train.epochs} epochs, seed "
@@ -69,29 +69,3 @@ def compare(cfg: configs.Config, data_root, out, kinds=NEURON_KINDS, *, cache_di
     write_text_atomic(out / "comparison.md", f"{heading}\n\n{table(rows)}\n")
     write_text_atomic(out / "comparison.json", json.dumps({"config": cfg.to_dict(), "rows": rows}, indent=2) + "\n")
     return rows
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="train one preset with every neuron kind and tabulate error, ECE, NLL",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help=f"preset ({', '.join(configs.list_presets())}) or TOML file")
-    p.add_argument("--data", required=True, help="data set folder")
-    p.add_argument("--out", required=True, help="output folder (runs/<kind>/, comparison.md, comparison.json)")
-    p.add_argument("--neurons", default=",".join(NEURON_KINDS),
-                   help=f"comma-separated neuron kinds (default: {','.join(NEURON_KINDS)})")
-    p.add_argument("--epochs", type=int, help="epochs per run (overrides train.epochs)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a configuration key")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    overrides = list(args.set) + ([f"train.epochs={args.epochs}"] if args.epochs else [])
-    cfg = configs.load_config(args.config, overrides)
-    kinds = [k.strip() for k in args.neurons.split(",") if k.strip()]
-    rows = compare(cfg, args.data, args.out, kinds, cache_dir=args.cache, progress=not args.quiet)
-    print()
-    print(table(rows))
-    print(f"\nwrote {Path(args.out) / 'comparison.md'}; figures: nsm analyze --run {args.out} --out {args.out}/analysis")
-    return 0

@@ -11,13 +11,12 @@
 5. export the network to NIR and check the file in norse against the PyTorch model;
 6. write ``report.md`` that links the figures and says what each number means.
 
-Every step is the same ``nsm`` subcommand a user would run (printed as it goes), writing into
+Each step prints the ``nsm`` command that does the same and runs it through the library, writing into
 ``--out`` (``runs/demo`` by default); steps whose results are already there are reused, so a
 second run is quick. On a machine with a GPU, training and evaluation use it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import time
@@ -25,25 +24,23 @@ from pathlib import Path
 
 import events
 
-from .evaluate import predictor_table
-from .figures import read_metrics
+from . import config as configs
+from .evaluate import evaluate, predictor_table, summary
+from .export import export_checkpoint
 from .files import write_text_atomic
+from .replay import replay
+from .runs import RunFolder, read_records
+from .train import train
 
 PRESET = "gestures-allconv18"     # the network the demo trains
 TWIN = "dcnn"                     # the neuron kind of its deterministic twin
 
 
-def _nsm(argv: list[str]) -> int:
-    """Run one ``nsm`` subcommand in this process, echoing its command line; a failing step stops the demo."""
-    from .cli import build_parser
-
+def _step(argv: list) -> str:
+    """Print the ``nsm`` command line that does what the next step does (the step itself calls the library)."""
     line = f"nsm {' '.join(shlex.quote(str(a)) for a in argv)}"
     print(f"\n$ {line}", flush=True)
-    args = build_parser().parse_args([str(a) for a in argv])
-    status = int(args.func(args) or 0)
-    if status:
-        raise ValueError(f"step failed with status {status}: {line}")
-    return status
+    return line
 
 
 def held_out_recording(data: Path) -> tuple[Path, Path]:
@@ -68,7 +65,7 @@ def twin_table(m: dict, twin: dict) -> str:
 
 def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
     """The Markdown report of a demo run (numbers read back from the files the steps wrote)."""
-    history = read_metrics(run / "metrics.jsonl")
+    history = read_records(RunFolder(run).metrics)
     m = json.loads((run / "metrics.json").read_text())
     t = json.loads((twin / "metrics.json").read_text())
     s = json.loads((stream_dir / "summary.json").read_text())
@@ -122,53 +119,51 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
     return "\n".join(lines)
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="simulate, train, evaluate, stream and export end to end in a few minutes",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: the {PRESET} preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    out = Path(args.out)
+def run_demo(out, *, epochs: int | None = None, seed: int = 0) -> Path:
+    """Run the demo into the folder ``out`` (module docstring); return the report's path."""
+    out = Path(out)
     started = time.perf_counter()
-    data, cache, run_dir, twin_dir = out / "data", out / "cache", out / "run", out / "twin"
+    data, cache, run_dir, twin_dir = out / "data", out / "cache", RunFolder(out / "run"), RunFolder(out / "twin")
     stream_dir, nir_path = out / "stream", out / "model.nir"
     print(f"[1/6] simulated DVS-Gesture-style recordings in {data}", flush=True)
     if not (data / "trials_to_test.txt").is_file():
-        events.simulate_gestures(data, seed=args.seed, users=6, per_class=2)
+        events.simulate_gestures(data, seed=seed, users=6, per_class=2)
 
-    print(f"[2/6] training the {PRESET} preset into {run_dir} and its {TWIN} twin into {twin_dir}", flush=True)
-    for folder, extra in ((run_dir, []), (twin_dir, ["--set", f"model.neuron={TWIN}"])):
-        train = ["train", "--data", data, "--out", folder, "--cache", cache]
-        if (folder / "checkpoint.pt").is_file():
-            train.append("--resume")
-        else:
-            train += ["--config", PRESET, *extra]
-        _nsm(train + (["--epochs", args.epochs] if args.epochs else []))
+    print(f"[2/6] training the {PRESET} preset into {run_dir.out} and its {TWIN} twin into {twin_dir.out}", flush=True)
+    for folder, overrides in ((run_dir, []), (twin_dir, [f"model.neuron={TWIN}"])):
+        resume = folder.checkpoint.is_file()
+        argv = ["train", "--data", data, "--out", folder.out, "--cache", cache]
+        argv += ["--resume"] if resume else ["--config", PRESET, *[a for o in overrides for a in ("--set", o)]]
+        _step(argv + (["--epochs", epochs] if epochs else []))
+        cfg = configs.Config() if resume else configs.load_config(PRESET, overrides)
+        train(cfg, data, folder.out, cache_dir=cache, resume=resume, epochs=epochs)
 
     print("[3/6] evaluating both on the held-out users, the NSM with Monte Carlo sampling", flush=True)
-    best = run_dir / "best.pt"
     for folder in (run_dir, twin_dir):
-        _nsm(["evaluate", "--checkpoint", folder / "best.pt", "--data", data, "--cache", cache])
+        _step(["evaluate", "--checkpoint", folder.best, "--data", data, "--cache", cache])
+        print(summary(evaluate(folder.best, data, cache_dir=cache)))
 
     recording, labels = held_out_recording(data)
     print(f"[4/6] streaming the held-out recording {recording.name}", flush=True)
-    _nsm(["stream", "--checkpoint", best, "--events", recording, "--labels", labels, "--adaptive", "--decay", "0.9",
-          "--out", stream_dir / "predictions.jsonl", "--timeline", stream_dir / "timeline.png",
-          "--summary", stream_dir / "summary.json", "--quiet"])
+    stream = dict(predictions=stream_dir / "predictions.jsonl", timeline=stream_dir / "timeline.png",
+                  summary_path=stream_dir / "summary.json")
+    _step(["stream", "--checkpoint", run_dir.best, "--events", recording, "--labels", labels, "--adaptive", "--decay",
+           "0.9", "--out", stream["predictions"], "--timeline", stream["timeline"], "--summary",
+           stream["summary_path"], "--quiet"])
+    replay(run_dir.best, recording, labels=labels, mc={"adaptive": True}, decay=0.9, progress=False, **stream)
 
     print("[5/6] exporting to NIR and checking the file in norse", flush=True)
-    _nsm(["export", "--checkpoint", best, "--out", nir_path, "--check"])
+    line = _step(["export", "--checkpoint", run_dir.best, "--out", nir_path, "--check"])
+    result = export_checkpoint(run_dir.best, nir_path, check=True)
+    if not result.ok:
+        raise ValueError(f"the export check failed: {line}")
 
     seconds = time.perf_counter() - started
-    write_text_atomic(out / "report.md", report(out, run_dir, twin_dir, stream_dir, nir_path, seconds))
+    write_text_atomic(out / "report.md", report(out, run_dir.out, twin_dir.out, stream_dir, nir_path, seconds))
     print(f"\n[6/6] report: {out / 'report.md'}\n"
-          f"  run folder (checkpoints, metrics, curves.png, health.png, reliability.png): {run_dir}\n"
-          f"  the deterministic twin's run folder: {twin_dir}\n"
+          f"  run folder (checkpoints, metrics, curves.png, health.png, reliability.png): {run_dir.out}\n"
+          f"  the deterministic twin's run folder: {twin_dir.out}\n"
           f"  streaming predictions and timeline.png: {stream_dir}\n"
           f"  NIR graph: {nir_path}\n  simulated data: {data}   frame cache: {cache}\n"
           f"finished in {seconds:.0f} s", flush=True)
-    return 0
+    return out / "report.md"

@@ -16,7 +16,6 @@ drawn from a generator seeded by ``--seed``, so an evaluation repeats exactly.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from .checkpoint import load_checkpoint
 from .data import test_set
 from .figures import plot_reliability
 from .files import write_text_atomic
-from .train import DEFAULT_CACHE, select_device
+from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
 
 
 def predict(model, loader, *, samples: int = 16, adaptive: bool = False, threshold: float = 0.9,
@@ -105,9 +104,9 @@ def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, ada
     conf = p["mc"].max(1)
     metrics["reliability"] = reliability_bins(conf, p["mc"].argmax(1) == labels).to_dict()
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out / EVALUATION, json.dumps(metrics, indent=2) + "\n")
     plot_reliability({"1 sample": (p["single"], labels), mc_name: (p["mc"], labels),
-                      "deterministic": (p["deterministic"], labels)}, out / "reliability.png",
+                      "deterministic": (p["deterministic"], labels)}, out / RELIABILITY,
                      title=f"{metrics['model']} ({metrics['neuron']}), {len(labels)} test items")
     return metrics
 
@@ -129,32 +128,3 @@ def summary(metrics: dict) -> str:
         text += f"\n\nper-gesture accuracy ({metrics['gestures']} gestures, clips combined): " \
                 f"{metrics['gesture_accuracy']:.1%}"
     return text
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy and calibration (ECE, NLL, Brier) with Monte Carlo sampling",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt or RUN/best.pt")
-    p.add_argument("--data", required=True, help="the data set folder the run was trained on")
-    p.add_argument("--out", help="folder for metrics.json and reliability.png (default: the checkpoint's folder)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--samples", type=int, help="fixed number of Monte Carlo samples K (default: the run's eval.samples)")
-    how.add_argument("--adaptive", action="store_true", default=None, help="adaptive sampling per input")
-    p.add_argument("--threshold", type=float, help="adaptive: stop once the top probability reaches this (default 0.9)")
-    p.add_argument("--max-samples", type=int, help="adaptive: at most this many samples (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    adaptive = True if args.adaptive else (False if args.samples is not None else None)
-    metrics = evaluate(args.checkpoint, args.data, args.out, samples=args.samples, adaptive=adaptive,
-                       threshold=args.threshold, max_samples=args.max_samples, seed=args.seed, cache_dir=args.cache,
-                       device=args.device, progress=not args.quiet)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    print(summary(metrics))
-    print(f"\nchance is {1 / metrics['classes']:.1%}; wrote {out / 'metrics.json'} and {out / 'reliability.png'}")
-    return 0

@@ -7,7 +7,6 @@ image and a failure leaves any previous file in place. Parent folders are create
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from .calibration import DEFAULT_BINS, check_probs, reliability_bins
 from .files import atomic_file
 from .health import DEAD_RATE, SATURATED_SHARE, SATURATION_P
+from .runs import read_records
 
 def new_figure(width: float, height: float) -> Figure:
     """A figure bound to an Agg canvas."""
@@ -81,30 +81,6 @@ def plot_reliability(results: dict, path, n_bins: int = DEFAULT_BINS, title: str
     return save_png(fig, path)
 
 
-def read_metrics(path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` file (one JSON object per line; blank lines are skipped).
-
-    Raises ``FileNotFoundError`` if it is missing and ``ValueError`` naming the file and line for a
-    line that is not a JSON object.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: metrics file not found (written by 'nsm train', one line per epoch)")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
-
-
 def _series(records: list[dict], key: str, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values) of the records where ``key`` is a finite number; null or missing is skipped."""
     xs, ys = [], []
@@ -125,7 +101,7 @@ def _epoch_records(records) -> tuple[list[dict], str]:
     a dict with a finite numeric ``epoch``."""
     source = str(records) if isinstance(records, (str, os.PathLike)) else "records"
     if isinstance(records, (str, os.PathLike)):
-        records = read_metrics(records)
+        records = read_records(records)
     if not isinstance(records, (list, tuple)) or not records:
         raise ValueError(f"{source}: no training records to plot")
     for i, r in enumerate(records):

@@ -1,4 +1,4 @@
-"""Streaming inference: a decision with a calibrated confidence as the events arrive (``nsm stream``).
+"""Streaming inference: a decision with a calibrated confidence as the events arrive.
 
 :class:`StreamingClassifier` takes event chunks of any size, in time order, and returns one
 :class:`Prediction` for each hop as soon as its window is complete. Windows follow
@@ -27,18 +27,13 @@ forgets, so a new gesture takes over). A window without events carries no eviden
 prediction is still made (``empty=True``) and the accumulated fields are carried over unchanged.
 
 Memory: the classifier holds the events of the windows not yet predicted (about one window plus the
-chunk being pushed), never the recording. ``nsm stream`` additionally keeps a few numbers a window
-for its summary (latency, and the probabilities when a timeline is drawn) and one running sum per
-labelled gesture.
+chunk being pushed), never the recording. Replaying a file (``pipelines.replay``, ``nsm stream``) additionally
+keeps a few numbers a window for its summary and one running sum per labelled gesture.
 """
 from __future__ import annotations
 
-import argparse
-import array
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,12 +41,10 @@ from torch import nn
 
 import events
 import nsm
-from events.stream import SlidingWindows, Window, first_disorder, fit_frame_spec, iter_windows, window_frames
+from events.stream import SlidingWindows, Window, fit_frame_spec, iter_windows, window_frames
 from events.types import check_in_bounds
 
 from .checkpoint import load_checkpoint
-from .figures import plot_timeline
-from .files import write_text_atomic
 
 DEFAULT_SAMPLES = 8          # fixed K when neither samples nor adaptive is given
 DEFAULT_MIN_SAMPLES = 4      # adaptive sampling: at least this many passes ...
@@ -310,277 +303,3 @@ def predict_recording(model: nn.Module, events_array: np.ndarray, frame_spec, se
     check_in_bounds(events_array, clf.sensor_size, kw.get("source"))
     return [clf.predict_window(w) for w in iter_windows(events_array, clf.window_us, clf.hop_us,
                                                          origin_us=kw.get("origin_us"), end_us=end_us)]
-
-
-# --------------------------------------------------------------------------------------------
-# labels, summary, timeline
-# --------------------------------------------------------------------------------------------
-
-class LabelScorer:
-    """Accuracy against DVS Gesture labels, accumulated one prediction at a time (memory: one sum per gesture).
-
-    ``labels``: ``(class 1..C, start_us, end_us)`` rows (``events.datasets.parse_labels``); class ``c`` is
-    index ``c - 1``. A window counts for a gesture when it lies fully inside ``[start, end)``. A gesture's
-    prediction is the argmax of the mean probabilities of its windows (gestures without a window are
-    reported as unscored). Per-window accuracy covers windows inside a labelled gesture; a window inside
-    overlapping gestures of different classes is ambiguous and left out (counted).
-    """
-
-    def __init__(self, labels, num_classes: int):
-        rows = np.asarray([(int(c), int(s), int(e)) for c, s, e in labels], dtype=np.int64).reshape(-1, 3)
-        bad = (rows[:, 0] < 1) | (rows[:, 0] > num_classes)
-        if bad.any():
-            raise ValueError(f"label class {int(rows[bad][0, 0])} outside 1..{num_classes} (the model's classes)")
-        self.classes, self.starts, self.ends = rows[:, 0] - 1, rows[:, 1], rows[:, 2]
-        self.sums = np.zeros((len(rows), num_classes))
-        self.counts = np.zeros(len(rows), dtype=np.int64)
-        self.windows_correct = self.windows_scored = self.windows_ambiguous = 0
-
-    def add(self, pred: Prediction) -> None:
-        inside = np.flatnonzero((self.starts <= pred.start_us) & (pred.end_us <= self.ends))
-        if not len(inside):
-            return
-        self.sums[inside] += pred.probs
-        self.counts[inside] += 1
-        truth = np.unique(self.classes[inside])
-        if len(truth) > 1:
-            self.windows_ambiguous += 1
-            return
-        self.windows_scored += 1
-        self.windows_correct += int(pred.top_class == truth[0])
-
-    def result(self) -> dict:
-        scored = self.counts > 0
-        predicted = self.sums[scored].argmax(axis=1) if scored.any() else np.zeros(0, dtype=np.int64)
-        correct = int((predicted == self.classes[scored]).sum())
-        n = int(scored.sum())
-        return {"gestures": len(self.classes), "gestures_scored": n, "gestures_correct": correct,
-                "gesture_accuracy": correct / n if n else None,
-                "windows_scored": self.windows_scored, "windows_correct": self.windows_correct,
-                "window_accuracy": self.windows_correct / self.windows_scored if self.windows_scored else None,
-                "windows_ambiguous": self.windows_ambiguous}
-
-
-# --------------------------------------------------------------------------------------------
-# nsm stream
-# --------------------------------------------------------------------------------------------
-
-def _ms_to_us(value: float | None, name: str) -> int | None:
-    if value is None:
-        return None
-    us = round(value * 1000)
-    if us < 1 or abs(us - value * 1000) > 1e-6:
-        raise ValueError(f"{name} must be a positive whole number of µs in ms (e.g. 96 or 0.5), got {value}")
-    return int(us)
-
-
-def _crop_arg(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"crop must be WIDTHxHEIGHT, e.g. 256x256 (got {text!r})") from None
-    return w, h
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) of a trained network")
-    p.add_argument("--events", required=True, help="event file: AEDAT 3.1/4, N-MNIST .bin, .npy, HDF5")
-    p.add_argument("--labels", help="DVS Gesture labels CSV (class,startTime_usec,endTime_usec) for accuracy")
-    p.add_argument("--window-ms", type=float, help="window length in ms (default: frames_per_clip x the frame length)")
-    p.add_argument("--hop-ms", type=float, help="hop between window starts in ms (default: half a window)")
-    mc = p.add_mutually_exclusive_group()
-    mc.add_argument("--samples", type=int, help=f"Monte Carlo passes per window (default {DEFAULT_SAMPLES})")
-    mc.add_argument("--adaptive", action="store_true", help="adaptive sampling: stop once confident")
-    p.add_argument("--threshold", type=float, default=0.9, help="adaptive: top-probability threshold (0.9)")
-    p.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES,
-                   help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})")
-    p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
-                   help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})")
-    p.add_argument("--decay", type=float, default=1.0,
-                   help="evidence weight kept per window, in (0, 1] (1: running mean of all windows)")
-    p.add_argument("--out", help="write one JSON line per prediction here (flushed line by line)")
-    p.add_argument("--timeline", help="write a PNG of class probabilities over time (labels shaded)")
-    p.add_argument("--summary", help="write the final summary (windows, accuracy, real-time factor, latency) as JSON")
-    p.add_argument("--sort-chunks", action="store_true", help="sort each chunk by time instead of rejecting "
-                                                              "out-of-order timestamps")
-    p.add_argument("--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS,
-                   help=f"events read per chunk ({DEFAULT_CHUNK_EVENTS})")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (0); the same seed gives the same predictions")
-    p.add_argument("--downsample", type=int, help="override the checkpoint's downsampling factor")
-    p.add_argument("--crop", type=_crop_arg, help="override the centre crop, WIDTHxHEIGHT (before downsampling)")
-    p.add_argument("--threads", type=int, help="torch threads for inference (default: torch's own choice; "
-                                               "1 is often faster for small networks or on a busy machine)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "stream", help="classify an event recording window by window with calibrated confidence",
-        description="Replay an event file in chunks through a trained network: one prediction per hop once "
-                    "its window is complete (per-window and accumulated class probabilities, confidence, "
-                    "entropy, samples, latency), a live progress line, JSON lines, a summary (accuracy with "
-                    "--labels) and an optional timeline PNG.")
-    add_arguments(p)
-    p.set_defaults(func=run)
-
-
-def _pieces(chunk: np.ndarray, clf: StreamingClassifier):
-    """The chunk, split before its first out-of-order event (unless sorting), so that the good part is
-    predicted before the error is raised on the rest."""
-    i = -1 if clf.windows.sort_chunks else first_disorder(chunk, clf.windows.last_t)
-    return [chunk] if i <= 0 else [chunk[:i], chunk[i:]]
-
-
-def run(args) -> int:
-    """``nsm stream``.
-
-    ``--out`` is the user's live output, so it is deliberately not written atomically: it is opened
-    (truncated) at the start and each prediction is appended as one JSON line and flushed at once, so
-    that ``tail -f`` follows the stream and a damaged or out-of-order input keeps every prediction made
-    before the error is raised. The timeline PNG is written atomically at the end.
-    """
-    from tqdm import tqdm
-
-    from events.datasets import parse_labels
-
-    window_us, hop_us = _ms_to_us(args.window_ms, "--window-ms"), _ms_to_us(args.hop_ms, "--hop-ms")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    labels = parse_labels(args.labels) if args.labels else None
-    with events.reader(args.events) as reader:
-        mc = {"adaptive": True, "threshold": args.threshold, "min_samples": args.min_samples,
-              "max_samples": args.max_samples} if args.adaptive else {"samples": args.samples}
-        clf = StreamingClassifier.from_checkpoint(
-            args.checkpoint, sensor_size=reader.sensor_size, window_us=window_us, hop_us=hop_us, decay=args.decay,
-            seed=args.seed, downsample=args.downsample, crop=args.crop, sort_chunks=args.sort_chunks,
-            source=str(args.events), **mc)
-        n_classes = int(clf.model.spec["num_classes"])
-        scorer = LabelScorer(labels, n_classes) if labels is not None else None
-        fs = clf.frame_spec
-        print(f"streaming {args.events} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
-              f"through {clf.model.spec['name']}: {clf.window_us / 1e3:g} ms windows every {clf.hop_us / 1e3:g} ms, "
-              f"{clf.n_frames} frames, crop {fs.crop or 'none'}, downsample {fs.downsample}, "
-              + (f"adaptive {args.min_samples}-{args.max_samples} samples" if args.adaptive
-                 else f"{clf.mc['samples']} samples"), flush=True)
-        stats = _Stats(n_classes, keep_probs=bool(args.timeline))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        out = open(args.out, "w", encoding="utf-8") if args.out else None
-        started = time.perf_counter()
-        bar = tqdm(desc="stream", unit="s rec", disable=args.quiet, bar_format=(
-            "{desc}: {n:.2f} s of recording [{elapsed}, {rate_fmt}]{postfix}"), mininterval=0.5)
-        try:
-            def emit(preds):
-                for pred in preds:
-                    stats.add(pred)
-                    if scorer is not None:
-                        scorer.add(pred)
-                    if out is not None:
-                        out.write(json.dumps(pred.to_dict()) + "\n")
-                        out.flush()
-                if preds:
-                    last = preds[-1]
-                    bar.set_postfix_str(f"{last.class_name or last.top_class} {last.confidence:.2f} | accumulated "
-                                        f"{last.accumulated_class_name or last.accumulated_class} "
-                                        f"{last.accumulated_confidence or 0:.2f}", refresh=False)
-
-            for chunk in reader.iter_chunks(args.chunk_events):
-                for piece in _pieces(chunk, clf):
-                    emit(clf.push(piece))
-                w = clf.windows
-                if w.last_t is not None and w.origin_us is not None:
-                    bar.update((w.last_t - w.origin_us) * 1e-6 - bar.n)
-            origin = clf.windows.origin_us
-            emit(clf.flush())
-        finally:
-            bar.close()
-            if out is not None:
-                out.close()
-    wall = time.perf_counter() - started
-    summary = stats.summary(wall)
-    if scorer is not None:
-        summary.update(scorer.result())
-    _print_summary(summary)
-    if args.summary:
-        summary["source"] = str(args.events)
-        write_text_atomic(args.summary, json.dumps(summary, indent=2) + "\n")
-        print(f"summary: {args.summary}")
-    if args.timeline:
-        ends, probs, acc_conf = stats.timeline()
-        plot_timeline(args.timeline, ends, probs, origin_us=origin if origin is not None else 0,
-                      classes=clf.classes, labels=labels, accumulated_confidence=acc_conf,
-                      title=f"{Path(args.events).name}: {clf.model.spec['name']}, "
-                            f"{clf.window_us / 1e3:g} ms windows, hop {clf.hop_us / 1e3:g} ms")
-        print(f"timeline: {args.timeline}")
-    if args.out:
-        print(f"predictions: {args.out}")
-    return 0
-
-
-class _Stats:
-    """Running figures of a stream: counts, samples and per-window latencies (4 bytes a window); for the
-    timeline also each window's end, probabilities and accumulated confidence (8 + 4 x (classes + 1) bytes)."""
-
-    def __init__(self, num_classes: int, keep_probs: bool):
-        self.n = self.empty = 0
-        self.samples = 0
-        self.first_start = self.last_end = None
-        self.latency = array.array("f")
-        self.keep_probs = keep_probs
-        self.ends = array.array("q")
-        self.probs = array.array("f")
-        self.acc_conf = array.array("f")
-        self.num_classes = num_classes
-
-    def add(self, pred: Prediction) -> None:
-        self.n += 1
-        self.empty += pred.empty
-        self.samples += pred.samples
-        self.first_start = pred.start_us if self.first_start is None else self.first_start
-        self.last_end = pred.end_us
-        self.latency.append(pred.latency_ms)
-        if self.keep_probs:
-            self.ends.append(pred.end_us)
-            self.probs.extend(pred.probs.astype(np.float32))
-            self.acc_conf.append(np.nan if pred.accumulated_confidence is None else pred.accumulated_confidence)
-
-    def summary(self, wall_s: float) -> dict:
-        lat = np.asarray(self.latency, dtype=np.float64)
-        span = 0 if self.n == 0 else (self.last_end - self.first_start) * 1e-6
-        return {"windows": self.n, "empty_windows": self.empty,
-                "mean_samples": self.samples / self.n if self.n else None,
-                "recording_s": span, "wall_s": wall_s, "real_time_factor": span / wall_s if wall_s > 0 else None,
-                "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
-                "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None}
-
-    def timeline(self):
-        probs = np.asarray(self.probs, dtype=np.float32).reshape(-1, self.num_classes)
-        return np.asarray(self.ends, dtype=np.int64), probs, np.asarray(self.acc_conf, dtype=np.float32)
-
-
-def _print_summary(s: dict) -> None:
-    def fmt(v, spec):
-        return "n/a" if v is None else format(v, spec)
-
-    print(f"windows: {s['windows']} ({s['empty_windows']} empty), mean samples {fmt(s['mean_samples'], '.1f')}, "
-          f"{s['recording_s']:.2f} s of recording in {s['wall_s']:.2f} s "
-          f"(real-time factor {fmt(s['real_time_factor'], '.2f')}), latency p50 {fmt(s['latency_ms_p50'], '.1f')} ms, "
-          f"p99 {fmt(s['latency_ms_p99'], '.1f')} ms")
-    if "gestures" in s:
-        print(f"gesture accuracy: {fmt(s['gesture_accuracy'], '.3f')} ({s['gestures_correct']}/{s['gestures_scored']} "
-              f"gestures with a window inside; {s['gestures']} labelled)")
-        print(f"window accuracy: {fmt(s['window_accuracy'], '.3f')} ({s['windows_correct']}/{s['windows_scored']} "
-              f"windows inside a gesture; {s['windows_ambiguous']} in overlapping gestures left out)")
-
-
-def main(argv=None) -> int:
-    """``python -m pipelines.stream ...``: the ``nsm stream`` command on its own (as the benchmark runs it)."""
-    parser = argparse.ArgumentParser(prog="nsm stream", description="Classify an event recording window by window.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

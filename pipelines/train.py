@@ -1,18 +1,6 @@
 """``nsm train``: train a network on event data, resumably, on a CPU, a GPU or many through torchrun.
 
-A run folder holds:
-
-  config.toml     the resolved configuration (preset + --set overrides)
-  checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config; with
-                  batch-normalized logits (``train.logit_norm``) the model is the plain NSM they fold into,
-                  and the normalized parameters and running moments are kept beside it for --resume
-  best.pt         the epoch with the best validation accuracy (the latest one when there is no validation)
-  metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput, and ``health``: per hidden
-                  layer its firing rate, saturated share and weight-gradient norm, per max-pool layer
-                  its rate, each the mean over the epoch's recorded steps; see ``pipelines.health``)
-  curves.png      loss, accuracy and learning rate against epoch
-  health.png      the ``health`` records per layer against epoch
-  activity.jsonl  the records ``nsm analyze`` draws from
+It writes a run folder (the files: ``pipelines.runs``).
 
 Every file is replaced atomically after each epoch, so a run killed at any moment (even with
 SIGKILL) loses at most the epoch in flight; ``--resume`` continues from ``checkpoint.pt`` and ends
@@ -34,15 +22,12 @@ batch). Only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -65,9 +50,9 @@ from .data import Splits, load_data
 from .figures import plot_curves, plot_health
 from .files import write_text_atomic
 from .health import HealthMonitor
+from .runs import DEFAULT_CACHE, RunFolder, select_device, write_records
 from .warmstart import warm_start
 
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nsm-events"
 VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
 INIT_ITEMS = 256         # training items whose statistics initialise a fresh run (train.init = "data")
 
@@ -87,14 +72,6 @@ class Process:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def start_process(device_name: str) -> Process:
@@ -177,40 +154,7 @@ def validate(model, loader, device, samples: int = VAL_SAMPLES) -> dict:
     return {"val_accuracy": correct / n, "val_loss": nll / n}
 
 
-class Run:
-    """The files of one run folder (written by rank 0 only)."""
-
-    def __init__(self, out: Path, main: bool):
-        self.out, self.main = Path(out), main
-        self.checkpoint, self.best = self.out / "checkpoint.pt", self.out / "best.pt"
-        self.metrics, self.activity = self.out / "metrics.jsonl", self.out / "activity.jsonl"
-        self.config, self.curves = self.out / "config.toml", self.out / "curves.png"
-        self.health = self.out / "health.png"
-
-    def records(self, path: Path, epochs_done: int) -> list[dict]:
-        """The JSON lines of ``path`` from the first ``epochs_done`` epochs, and rewrite the file without the
-        lines a killed run wrote after its last checkpoint (including a line cut short by the kill).
-        metrics.jsonl counts epochs from 1 (``epoch`` <= done); activity.jsonl from 0 (``epoch`` < done)."""
-        if not path.is_file():
-            return []
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record["epoch"] <= epochs_done if path == self.metrics else record["epoch"] < epochs_done:
-                kept.append(record)
-        if self.main:
-            self.write_records(path, kept)
-        return kept
-
-    @staticmethod
-    def write_records(path: Path, records: list[dict]) -> None:
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def prepare_run(cfg: configs.Config, run: Run, resume: bool, saved_epochs: int | None) -> tuple[configs.Config, dict | None]:
+def prepare_run(cfg: configs.Config, run: RunFolder, resume: bool, saved_epochs: int | None) -> tuple[configs.Config, dict | None]:
     """Check the run folder against ``resume``; return the configuration to use and the checkpoint state."""
     if not resume:
         if run.checkpoint.exists():
@@ -236,7 +180,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         raise ValueError("--init-from starts a fresh run from another run's weights; a resumed run continues from "
                          "its own checkpoint.pt (drop --init-from or --resume)")
     proc = start_process(cfg.train.device)
-    run = Run(out, proc.main)
+    run = RunFolder(out, proc.main)
     if not resume and epochs is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
     cfg, state = prepare_run(cfg, run, resume, epochs)
@@ -356,7 +300,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
         best = max(best, score)
         if proc.main:
             history.append(metrics)
-            run.write_records(run.metrics, history)
+            write_records(run.metrics, history)
             # checkpoints hold the plain NSM; checkpoint.pt also the normalized parameters that --resume continues
             plain = dict(model_state=norm.folded_state_dict()) if norm is not None else {}
             if improved:                        # before checkpoint.pt: a kill in between redoes this epoch
@@ -382,7 +326,7 @@ def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resum
     return metrics
 
 
-def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: Run) -> None:
+def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: RunFolder) -> None:
     """Stop every process when any one's loss is NaN or infinite."""
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
     if proc.world > 1:
@@ -392,39 +336,3 @@ def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: 
                 if run.checkpoint.exists() else "no epoch had completed, so there is no checkpoint")
         raise TrainingDiverged(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
                                f"training stopped and {kept}. Try a lower train.lr (now in {run.config}).")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a network on event data (resumable; torchrun for many GPUs)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None,
-                   help=f"preset name ({', '.join(configs.list_presets())}) or a TOML file; "
-                        "with --resume the run's own config.toml is used")
-    p.add_argument("--data", required=True, help="data set folder (DVS Gesture or N-MNIST layout; see README)")
-    p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs; extends a resumed run)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one configuration key, e.g. --set train.lr=1e-3 --set model.neuron=gnsm")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    p.add_argument("--init-from", metavar="CK",
-                   help="start a fresh run from the weights of a trained run of the same architecture with another "
-                        "neuron kind, e.g. RUN/best.pt of a dcnn run (the NSM paper's recipe: train a ReLU network, "
-                        "copy its weight directions into the NSM, fine-tune); prints what was mapped; not with "
-                        "--resume")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    if args.resume:
-        if args.set:
-            raise ValueError("--set cannot change a resumed run; its configuration is in its config.toml")
-        cfg = configs.Config()                          # replaced by the run's own configuration
-    else:
-        if args.config is None:
-            raise ValueError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
-        cfg = configs.load_config(args.config, args.set)
-    train(cfg, args.data, args.out, cache_dir=args.cache, resume=args.resume, epochs=args.epochs,
-          progress=not args.quiet, init_from=args.init_from)
-    return 0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import analyze
+from pipelines.commands import analyze
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,11 +14,10 @@ import torch
 import models
 import nsm
 from pipelines.checkpoint import project_version, save_checkpoint
-from pipelines.export import (MARGIN, TAU, ExportError, add_parser, as_float64, check_inputs, compare_logits, decode_metadata,
-                              deterministic_logits, norse_logits, norse_module, read_nir, run, target_report, to_nir,
-                              write_nir)
-from pipelines.nir_runtime import NIRRuntime
-from pipelines.quantize import INTEGER_THRESHOLD, quantization_report, quantize
+from pipelines.export import (INTEGER_THRESHOLD, MARGIN, TAU, ExportError, NIRRuntime, as_float64, check_inputs,
+                              compare_logits, decode_metadata, deterministic_logits, norse_logits, norse_module,
+                              quantization_report, quantize, read_nir, target_report, to_nir, write_nir)
+from pipelines.commands.export import add_parser, run
 
 SMALL = (2, 32, 32)           # untrained allconvnet18, width 0.25
 TASK = (2, 18, 18)            # trained nmnist_cnn: 18 -> 14 -> 7 -> 3 -> 1

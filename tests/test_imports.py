@@ -42,3 +42,57 @@ def test_events_runs_without_loading_torch():
     code = "import sys, importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     code += "bad = [m for m in ('torch', 'nsm', 'models', 'pipelines') if m in sys.modules]\nassert not bad, bad\n"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def project_modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of the four packages (a package is its ``__init__.py``)."""
+    modules = {}
+    for pkg in ORDER:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules that ``name`` imports anywhere in its file (inside functions too). ``from P import x``
+    imports the module P.x when there is one, else P."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+    found = set()
+    for target in targets:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.add(target)
+    return found
+
+
+def test_no_module_imports_in_a_circle():
+    modules = project_modules()
+    graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
+    state: dict[str, int] = {}          # 1: on the current path, 2: finished
+    circles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circles.append(path[path.index(nxt):] + [nxt] if nxt in path else [name, nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)

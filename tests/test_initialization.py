@@ -10,12 +10,11 @@ import torch.nn.functional as F
 import models
 import nsm
 from nsm.initialization import data_init
-from nsm.neurons import NEURON_KINDS
+from nsm.neurons import BINARY_KINDS, NEURON_KINDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RESCALED_KINDS = [k for k in NEURON_KINDS if k != "dcnn"]      # dcnn's batch norm standardizes on its own
-BINARY_KINDS = ("bnsm", "gnsm", "ste", "bn", "bd", "wbd")
 
 
 def small(kind: str, seed: int = 0):

@@ -71,20 +71,22 @@ def test_bad_arguments_are_clear():
         models.create_model("allconvnet18", input_size=(4, 4))
 
 
-def test_neuron_kinds_differ_as_documented():
-    x = torch.randint(0, 2, (2, 3, 8, 8)).float()
-    states = {}
-    for kind in nsm.NEURON_KINDS:
-        torch.manual_seed(0)
-        unit = nsm.neuron_kind(kind).conv(3, 4, 3, padding=1)
-        states[kind] = (unit(nsm.Binarize()(x)), unit(nsm.Binarize()(x)))
-    for kind in ("bnsm", "gnsm", "ste", "bn", "bd", "wbd"):
-        assert set(states[kind][0].unique().tolist()) <= {-1.0, 1.0}, kind
-    for kind in ("bnsm", "gnsm", "ste", "sn"):
-        assert not torch.equal(*states[kind]), f"{kind} should be stochastic"
-    for kind in ("bn", "bd", "wbd"):
-        assert torch.equal(*states[kind]), f"{kind} should be deterministic"
-    assert (states["sn"][0] >= 0).all() and (states["dcnn"][0] >= 0).all()
+@pytest.mark.parametrize("kind", nsm.NEURON_KINDS)
+def test_each_kind_behaves_as_the_kind_table_says(kind):
+    """``nsm.neurons.KINDS``: binary kinds emit {-1, +1}, the others rectified values >= 0; kinds that sample
+    give two different outputs for the same input, the others the same; every unit carries its kind's name."""
+    facts = nsm.neurons.KINDS[kind]
+    x = nsm.Binarize()(torch.randint(0, 2, (2, 3, 8, 8)).float())
+    torch.manual_seed(0)
+    units = nsm.neuron_kind(kind)
+    conv, linear = units.conv(3, 4, 3, padding=1), units.linear(5, 2)
+    assert conv.neuron == kind and linear.neuron == kind and units.binary == facts.binary
+    first, second = conv(x), conv(x)
+    if facts.binary:
+        assert set(first.unique().tolist()) <= {-1.0, 1.0}
+    else:
+        assert (first >= 0).all()
+    assert torch.equal(first, second) != facts.samples
 
 
 def test_conv_noise_p_sets_the_convolutions_apart_and_survives_a_checkpoint(tmp_path):

@@ -21,7 +21,9 @@ from events.formats.aedat3 import Aedat3Reader, write_aedat3
 from events.stream import SlidingWindows, fit_frame_spec, iter_windows, read_windows, window_frames
 from events.types import EventFormatError
 from pipelines.checkpoint import save_checkpoint
-from pipelines.stream import TIMING_FIELDS, LabelScorer, StreamingClassifier, add_parser, main, predict_recording
+from pipelines.commands.stream import add_parser, main
+from pipelines.replay import LabelScorer
+from pipelines.stream import TIMING_FIELDS, StreamingClassifier, predict_recording
 
 SPEC = events.FrameSpec(time_window_us=16_000, polarity="merge", downsample=8, frames_per_clip=6)
 

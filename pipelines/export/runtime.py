@@ -1,6 +1,6 @@
 """Run an exported NIR spike graph without the checkpoint, deterministically or stochastically.
 
-Executes the node types ``pipelines.export`` writes (Input, Conv2d, LIF, SumPool2d, Flatten, Affine,
+Executes the node types ``graph`` writes (Input, Conv2d, LIF, SumPool2d, Flatten, Affine,
 Output) on batches, in float64, as one time step with dt = tau from rest:
 
 - ``Conv2d``/``Affine``/``Flatten``: as in PyTorch (Flatten's dims shifted past the batch dimension);
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from nsm.sampling import MCResult
 
-from .export import decode_metadata, read_nir
+from .metadata import decode_metadata, read_nir
 
 RUNTIME_MODES = ("deterministic", "probability")
 
@@ -49,7 +49,7 @@ def _tensor(a) -> torch.Tensor:
 
 
 class NIRRuntime:
-    """Executes a chain-shaped NIR graph written by ``pipelines.export.to_nir`` (or ``quantize``).
+    """Executes a chain-shaped NIR graph written by ``graph.to_nir`` (or ``quantize``).
 
     ``graph``: a ``nir.NIRGraph`` or the path of a NIR file. Raises ``ValueError`` naming the node for
     node types, shapes or topologies it does not run (branches, multiple inputs).

@@ -1,6 +1,6 @@
 """Integer weights for targets that need them: n-bit quantization of an exported spike graph.
 
-Each unit layer's spike-domain weights W_s = 2W' and bias c = b' - sum W' (``pipelines.export``) are
+Each unit layer's spike-domain weights W_s = 2W' and bias c = b' - sum W' (``graph``) are
 scaled per output unit and rounded:
 
     k_i = Q / max_j |W_s,ij|   (Q = 2^(bits-1) - 1; k_i = Q / |c_i| for a unit with all-zero weights)
@@ -14,7 +14,7 @@ same scale; a target that takes integer thresholds uses theta_i = -c_q,i with th
 -c_q,i - 1 with the strict rule) and no bias; ``QuantizationReport.bias_bits`` gives the width they need.
 The readout Affine is quantized with one scale k for all classes (argmax and, after dividing by k,
 the logits are preserved up to rounding); k is stored as the readout's ``output_scale`` metadata.
-Each unit's ``logit_scale`` metadata becomes k_i, so ``pipelines.nir_runtime`` still recovers the
+Each unit's ``logit_scale`` metadata becomes k_i, so ``pipelines.export.runtime`` still recovers the
 ±1-domain logit v = I / k_i for stochastic runs.
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ import nir
 import numpy as np
 import torch
 
-from .export import decode_metadata
-from .nir_runtime import NIRRuntime
+from .metadata import decode_metadata
+from .runtime import NIRRuntime
 
 INTEGER_THRESHOLD = -0.5
 _EXACT_LIMIT = 2 ** 24       # integers up to this magnitude are exact in float32
