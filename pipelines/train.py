@@ -26,7 +26,7 @@ import dataclasses
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -170,12 +170,32 @@ def prepare_run(cfg: configs.Config, run: RunFolder, resume: bool, saved_epochs:
     return saved, ck.state
 
 
+@contextmanager
+def flushing_denormals():
+    """CPU float arithmetic with subnormal numbers (below 2^-126 in float32) flushed to zero, then restored to
+    torch's default. The expected pass makes many (erf's tails, the OR-pool's products of small factors) and
+    the CPU computes with them many times slower (docs/training-study.md, section 7)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resume: bool = False,
           epochs: int | None = None, progress: bool = True, init_from=None) -> dict:
     """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics.
 
     ``init_from``: a checkpoint whose network (same architecture, any neuron kind) a fresh run starts from
-    (``pipelines.warmstart``); every checkpoint of the run records it as ``init_from``."""
+    (``pipelines.warmstart``); every checkpoint of the run records it as ``init_from``. Subnormal numbers are
+    flushed to zero while it runs (``flushing_denormals``)."""
+    with flushing_denormals():
+        return _train(cfg, data_root, out, cache_dir=cache_dir, resume=resume, epochs=epochs, progress=progress,
+                      init_from=init_from)
+
+
+def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epochs: int | None, progress: bool,
+           init_from) -> dict:
     if resume and init_from is not None:
         raise ValueError("--init-from starts a fresh run from another run's weights; a resumed run continues from "
                          "its own checkpoint.pt (drop --init-from or --resume)")

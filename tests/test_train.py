@@ -493,3 +493,11 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     assert remove_dead_temps(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
 
+
+
+def test_flushing_denormals_flushes_inside_and_restores_after():
+    tiny = torch.tensor([1e-39], dtype=torch.float32)          # subnormal in float32 (below 2^-126)
+    assert (tiny * 1.0).item() != 0.0
+    with training.flushing_denormals():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0
