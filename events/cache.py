@@ -13,7 +13,7 @@ One file per (data set name, split, frame spec): ``<cache_dir>/<name>-<split>-<s
   ``sensor_size`` (``[width, height, polarities]``), ``classes`` (JSON list), ``n_samples``,
   ``frame_shape`` (``[P, H, W]``) and ``complete`` (True, written last).
 * ``frames``: ``(total_frames, P, H, W)``, every sample's frames one after the other; chunked by whole
-  frames (about 128 KiB a chunk), lzf-compressed with byte shuffling and fletcher32 checksums, so
+  frames (at most 64 frames a chunk), lzf-compressed with byte shuffling and fletcher32 checksums, so
   that a damaged chunk is an error on reading, never wrong frames.
 * ``offsets``: int64 ``(n_samples + 1,)``; sample ``i`` is ``frames[offsets[i]:offsets[i + 1]]``.
 * ``labels``: int64 ``(n_samples,)``.

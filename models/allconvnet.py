@@ -1,4 +1,4 @@
-"""All-convolutional NSM networks (DESIGN.md section 4).
+"""All-convolutional NSM networks (docs/design.md section 4).
 
 ``allconvnet18`` (DVS Gesture): Binarize; 3 x conv3x3 at 64, max-pool 2; 3 x at 96, max-pool;
 3 x at 128, max-pool; conv3x3 at 256, two conv1x1 at 256; global average pool; linear readout.

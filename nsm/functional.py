@@ -1,4 +1,4 @@
-"""Pure functions of the Neural Sampling Machine (DESIGN.md section 3; seed poster eqs. 1-4).
+"""Pure functions of the Neural Sampling Machine (docs/design.md section 3; seed poster eqs. 1-4).
 
 Notation: binary states z in {-1, +1}; a unit i with weights w_i, bias b_i, learned magnitude
 beta_i and multiplicative synapse noise xi of mean m and standard deviation s (``nsm.noise``).

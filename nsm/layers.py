@@ -1,6 +1,6 @@
 """Layers of Neural Sampling Machine networks.
 
-- ``NSMConv2d`` / ``NSMLinear``: binary stochastic sign units (DESIGN.md section 3). Input and
+- ``NSMConv2d`` / ``NSMLinear``: binary stochastic sign units (docs/design.md section 3). Input and
   output are states in {-1, +1}. Convolutions pad with -1, the "off" state, so that every input a
   unit reads is +-1 (z_j^2 = 1 holds at the borders too) and the {0, 1} spike form with zero padding
   is exact (section 6).
@@ -388,7 +388,7 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
     """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR).
 
     In the ``expected`` and ``mean-input`` modes the input holds the means m_k of independent states and the
-    output is the mean of their OR: P(on) = 1 - prod_k (1 - m_k) / 2 over the window, E = 2 P(on) - 1
+    output is the mean of their OR: P(on) = 1 - prod_k ((1 - m_k) / 2) over the window, E = 2 P(on) - 1
     (``on_probability``).
     """
 

@@ -1,7 +1,7 @@
 """Neuron kinds: the NSM and the seed's comparison methods behind one ``neuron=`` switch.
 
 Every model is built from ``conv_unit``, ``linear_unit`` and ``pool_unit`` of a kind, so the same
-layout can be trained with each method (DESIGN.md section 4). Notation: x the layer input,
+layout can be trained with each method (docs/design.md section 4). Notation: x the layer input,
 u = w.x + b the pre-activation, v the NSM firing logit (``nsm.functional``), erf' its derivative
 2/sqrt(pi) exp(-v^2), and 1[.] an indicator.
 

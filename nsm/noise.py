@@ -1,7 +1,7 @@
 """Multiplicative synapse noise laws of the Neural Sampling Machine.
 
 Each law is a frozen dataclass that knows its mean ``m`` and standard deviation ``s``; these two
-numbers are all the firing probability needs (DESIGN.md section 3):
+numbers are all the firing probability needs (docs/design.md section 3):
 
     Bernoulli(p):     xi ~ Bern(p),       m = p,  s = sqrt(p (1 - p))
     Gaussian(sigma):  xi ~ N(1, sigma^2), m = 1,  s = sigma

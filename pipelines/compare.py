@@ -1,7 +1,7 @@
 """``nsm compare``: the seed's "Comparison with Other Training Methods", on your data.
 
 Trains one preset with each neuron kind (``bnsm, gnsm, dcnn, ste, bd, wbd, sn, bn`` by default:
-DESIGN.md section 4) on the same data and seed, evaluates each on the test split with adaptive
+docs/design.md section 4) on the same data and seed, evaluates each on the test split with adaptive
 Monte Carlo sampling, and writes a Markdown table (error %, ECE, NLL, mean MC samples, training
 time) to ``OUT/comparison.md`` (numbers also in ``OUT/comparison.json``). Each kind trains in its
 own run folder ``OUT/runs/<kind>/``; a finished run is reused and an interrupted one resumed, so

@@ -43,7 +43,7 @@ class DataConfig:
     sample gives at most ``max_frames // frames_per_clip`` clips). ``val_fraction``: share of the
     training *recordings' samples* (whole gestures or digits, never single clips, so no clip of a
     validation gesture is trained on) held out for validation and ``best.pt``; 0 validates on nothing
-    and keeps the last epoch as best.
+    and keeps the epoch with the lowest training loss as best.
     """
 
     dataset: str = "dvsgesture"
@@ -172,7 +172,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Monte Carlo prediction (DESIGN.md section 3): ``samples`` fixed K, or ``adaptive`` with
+    """Monte Carlo prediction (docs/design.md section 3): ``samples`` fixed K, or ``adaptive`` with
     ``threshold``, ``min_samples``, ``max_samples``."""
 
     samples: int = 16

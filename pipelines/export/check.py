@@ -19,8 +19,8 @@ def check_inputs(input_shape, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` random event-count frames (n, C, H, W), seeded, with varied event densities.
 
     Sample i draws Poisson counts with mean rate lambda_i log-spaced over [0.01, 2], so the fraction of
-    active bins 1 - exp(-lambda) ranges from about 1 % to 86 %. Until the data pipeline exists these stand
-    in for recorded inputs: they exercise every unit with many spike patterns.
+    active bins 1 - exp(-lambda) ranges from about 1 % to 86 %. They stand
+    in for recorded inputs (the check needs no data set) and exercise every unit with many spike patterns.
     """
     g = torch.Generator().manual_seed(seed)
     rates = torch.logspace(math.log10(0.01), math.log10(2.0), n)[torch.randperm(n, generator=g)]

@@ -13,7 +13,7 @@ LIF whose metadata has ``mode == "probability"`` is a sampling unit; its ±1-dom
 
     v = (I + logit_offset) / logit_scale          (I = W_s s + c, the spike-domain pre-activation)
 
-which equals v = W_eff z + b_eff of the PyTorch layer (DESIGN.md section 6: 2W' s + b' - sum W' =
+which equals v = W_eff z + b_eff of the PyTorch layer (docs/design.md section 6: 2W' s + b' - sum W' =
 W' z + b' for z = 2s - 1), and the unit spikes with P = 1/2 (1 + erf(v)), the law of the layer's
 ``probability`` mode (exact for Gaussian noise, the central-limit form for Bernoulli noise). Units
 of deterministic kinds (bn, bd, wbd) and the OR neurons of pools always use their threshold.
