@@ -4,6 +4,7 @@ numba binning into frames, an HDF5 frame cache and an event-camera simulator.
 This package never imports torch. Public names are resolved lazily, so that ``import events``
 stays cheap (numba kernels compile only when binning is first used).
 """
+
 from __future__ import annotations
 
 import importlib

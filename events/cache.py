@@ -35,6 +35,7 @@ is taken as a cache (a killed process leaves its temporary file, which a later b
 that process is gone). Messages go through :mod:`logging` (logger ``events.cache``): a missing or
 stale cache is reported at INFO, a corrupt one at WARNING, each naming the file and the reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,8 @@ from events.types import SensorSize
 __all__ = ["CACHE_FORMAT_VERSION", "CacheError", "CachedClips", "CachedFrames", "FrameCache"]
 
 CACHE_FORMAT_VERSION = 1
-_CHUNK_BYTES = 1 << 17       # target size of one HDF5 chunk of frames
-_FLUSH_BYTES = 16 << 20      # frames buffered in memory before they are written
+_CHUNK_BYTES = 1 << 17  # target size of one HDF5 chunk of frames
+_FLUSH_BYTES = 16 << 20  # frames buffered in memory before they are written
 _STR = h5py.string_dtype("utf-8")
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class CacheError(OSError):
 # fingerprint and inspection
 # --------------------------------------------------------------------------------------------
 
+
 def _fingerprint(dataset, spec: FrameSpec) -> dict:
     sources = []
     for p in dataset.source_files():
@@ -84,13 +86,21 @@ def _fingerprint(dataset, spec: FrameSpec) -> dict:
         try:
             st = p.stat()
         except OSError as err:
-            raise FileNotFoundError(f"{p}: source file of data set {dataset.name!r} cannot be read "
-                                    f"({err.strerror or err})") from err
+            raise FileNotFoundError(
+                f"{p}: source file of data set {dataset.name!r} cannot be read ({err.strerror or err})"
+            ) from err
         sources.append([str(p), st.st_size, st.st_mtime_ns])
     sources.sort()
-    return {"format_version": CACHE_FORMAT_VERSION, "dataset": str(dataset.name), "split": str(dataset.split),
-            "n_samples": len(dataset), "classes": [str(c) for c in dataset.classes],
-            "sensor_size": [int(v) for v in dataset.sensor_size], "spec": spec.to_dict(), "sources": sources}
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "dataset": str(dataset.name),
+        "split": str(dataset.split),
+        "n_samples": len(dataset),
+        "classes": [str(c) for c in dataset.classes],
+        "sensor_size": [int(v) for v in dataset.sensor_size],
+        "spec": spec.to_dict(),
+        "sources": sources,
+    }
 
 
 def _key(fingerprint: dict) -> str:
@@ -144,7 +154,7 @@ def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str
             frames = f["frames"]
             if verify:
                 for a in range(0, frames.shape[0], frames.chunks[0]):
-                    frames[a:a + frames.chunks[0]]
+                    frames[a : a + frames.chunks[0]]
             elif frames.shape[0]:
                 frames[0]
                 frames[-1]
@@ -160,8 +170,7 @@ def _layout_problem(f: h5py.File, n: int) -> str:
         return f"missing dataset(s) {missing}"
     frames, offsets, labels, info = f["frames"], f["offsets"], f["labels"], f["info"]
     if offsets.shape != (n + 1,) or labels.shape != (n,) or info.shape != (n,):
-        return (f"offsets/labels/info shapes {offsets.shape}/{labels.shape}/{info.shape} do not fit "
-                f"{n} samples")
+        return f"offsets/labels/info shapes {offsets.shape}/{labels.shape}/{info.shape} do not fit {n} samples"
     if frames.ndim != 4 or list(frames.shape[1:]) != [int(v) for v in f.attrs.get("frame_shape", [])]:
         return f"frames shape {frames.shape} does not match frame_shape {f.attrs.get('frame_shape')}"
     off = offsets[()]
@@ -173,6 +182,7 @@ def _layout_problem(f: h5py.File, n: int) -> str:
 # --------------------------------------------------------------------------------------------
 # building
 # --------------------------------------------------------------------------------------------
+
 
 def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "_"
@@ -214,17 +224,24 @@ class _Writer:
     def __init__(self, f: h5py.File, n: int, frame_shape: tuple[int, int, int], dtype: np.dtype):
         frame_bytes = int(np.prod(frame_shape)) * dtype.itemsize
         chunk_frames = int(min(64, max(1, _CHUNK_BYTES // frame_bytes)))
-        self.frames = f.create_dataset("frames", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
-                                       dtype=dtype, chunks=(chunk_frames, *frame_shape), compression="lzf",
-                                       shuffle=True, fletcher32=True)
+        self.frames = f.create_dataset(
+            "frames",
+            shape=(0, *frame_shape),
+            maxshape=(None, *frame_shape),
+            dtype=dtype,
+            chunks=(chunk_frames, *frame_shape),
+            compression="lzf",
+            shuffle=True,
+            fletcher32=True,
+        )
         self.info = f.create_dataset("info", shape=(n,), dtype=_STR)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         self.labels = np.zeros(n, dtype=np.int64)
         self._frames: list[np.ndarray] = []
         self._info: list[str] = []
-        self._first = 0       # first sample index held in the buffer
-        self._buffered = 0    # bytes of frames in the buffer
-        self._written = 0     # frames already on disk
+        self._first = 0  # first sample index held in the buffer
+        self._buffered = 0  # bytes of frames in the buffer
+        self._written = 0  # frames already on disk
 
     def add(self, i: int, frames: np.ndarray, label: int, info_json: str) -> None:
         self._frames.append(frames)
@@ -241,9 +258,9 @@ class _Writer:
             if block is not None and len(block):
                 end = self._written + len(block)
                 self.frames.resize(end, axis=0)
-                self.frames[self._written:end] = block
+                self.frames[self._written : end] = block
                 self._written = end
-            self.info[self._first:self._first + len(self._info)] = self._info
+            self.info[self._first : self._first + len(self._info)] = self._info
             self._first += len(self._info)
         self._frames, self._info, self._buffered = [], [], 0
 
@@ -251,6 +268,7 @@ class _Writer:
 # --------------------------------------------------------------------------------------------
 # public classes
 # --------------------------------------------------------------------------------------------
+
 
 class FrameCache:
     """A folder of HDF5 frame caches, one per (data set name, split, frame spec); see the module docstring."""
@@ -262,7 +280,7 @@ class FrameCache:
         """The cache file of ``dataset`` binned with ``spec``."""
         return self.cache_dir / f"{_safe_name(str(dataset.name))}-{_safe_name(str(dataset.split))}-{spec.key()}.h5"
 
-    def get(self, dataset, spec: FrameSpec, *, progress: bool = True, verify: bool = False) -> "CachedFrames":
+    def get(self, dataset, spec: FrameSpec, *, progress: bool = True, verify: bool = False) -> CachedFrames:
         """The cached frames of ``dataset`` under ``spec``, building them first when needed.
 
         The file is used as it is when its key matches (same format version, spec, data set
@@ -274,8 +292,10 @@ class FrameCache:
         if not isinstance(spec, FrameSpec):
             raise TypeError(f"spec must be a FrameSpec, got {type(spec).__name__}")
         if getattr(dataset, "transform", None) is not None:
-            raise ValueError("the frame cache bins raw events and cannot key a transform: pass the data set "
-                             "without transform (the FrameSpec covers binning)")
+            raise ValueError(
+                "the frame cache bins raw events and cannot key a transform: pass the data set "
+                "without transform (the FrameSpec covers binning)"
+            )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path_for(dataset, spec)
         fingerprint = _fingerprint(dataset, spec)
@@ -302,26 +322,31 @@ class FrameCache:
         try:
             with h5py.File(tmp, "w") as f:
                 writer = _Writer(f, n, frame_shape, dtype)
-                with tqdm(total=n, desc=f"binning {dataset.name}/{dataset.split}", unit="sample",
-                          disable=not progress, leave=False) as bar:
+                with tqdm(
+                    total=n,
+                    desc=f"binning {dataset.name}/{dataset.split}",
+                    unit="sample",
+                    disable=not progress,
+                    leave=False,
+                ) as bar:
                     for i in range(n):
                         events, label = dataset[i]
                         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-                            raise ValueError(f"sample {i} of {dataset.name!r} has label {label!r}; "
-                                             "labels must be integers")
+                            raise ValueError(
+                                f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers"
+                            )
                         info = dataset.sample_info(i)
                         try:
                             info_json = json.dumps(info, sort_keys=True)
                         except (TypeError, ValueError) as err:
-                            raise ValueError(f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: "
-                                             f"{err}") from err
+                            raise ValueError(
+                                f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}"
+                            ) from err
                         start, end = _sample_window(info) if spec.span == "sample" else (None, None)
                         try:
-                            frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end,
-                                                      dtype=dtype)
+                            frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end, dtype=dtype)
                         except ValueError as err:
-                            err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: "
-                                         f"{info_json}")
+                            err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: {info_json}")
                             raise
                         writer.add(i, frames, int(label), info_json)
                         bar.update()
@@ -329,11 +354,19 @@ class FrameCache:
                 f.create_dataset("offsets", data=writer.offsets)
                 f.create_dataset("labels", data=writer.labels)
                 f.create_dataset("fingerprint", data=json.dumps(fingerprint, sort_keys=True), dtype=_STR)
-                f.attrs.update({
-                    "format_version": CACHE_FORMAT_VERSION, "key": key, "spec": json.dumps(spec.to_dict()),
-                    "dataset": str(dataset.name), "split": str(dataset.split), "sensor_size": list(sensor),
-                    "classes": json.dumps([str(c) for c in dataset.classes]), "n_samples": n,
-                    "frame_shape": list(frame_shape)})
+                f.attrs.update(
+                    {
+                        "format_version": CACHE_FORMAT_VERSION,
+                        "key": key,
+                        "spec": json.dumps(spec.to_dict()),
+                        "dataset": str(dataset.name),
+                        "split": str(dataset.split),
+                        "sensor_size": list(sensor),
+                        "classes": json.dumps([str(c) for c in dataset.classes]),
+                        "n_samples": n,
+                        "frame_shape": list(frame_shape),
+                    }
+                )
                 f.attrs["complete"] = True
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -360,8 +393,10 @@ class CachedFrames(Sequence):
         try:
             with h5py.File(self.path, "r") as f:
                 if int(f.attrs.get("format_version", -1)) != CACHE_FORMAT_VERSION:
-                    raise CacheError(self.path, f"cache format version {f.attrs.get('format_version')}, "
-                                                f"expected {CACHE_FORMAT_VERSION}")
+                    raise CacheError(
+                        self.path,
+                        f"cache format version {f.attrs.get('format_version')}, expected {CACHE_FORMAT_VERSION}",
+                    )
                 if not bool(f.attrs.get("complete", False)):
                     raise CacheError(self.path, "not marked complete")
                 self.spec = FrameSpec.from_dict(json.loads(f.attrs["spec"]))
@@ -418,8 +453,9 @@ class CachedFrames(Sequence):
         try:
             return self._h5()["frames"][a:b]
         except (OSError, KeyError, ValueError) as err:
-            raise CacheError(self.path, f"cannot read frames {a}:{b} ({err}); delete the file so that "
-                                        "FrameCache.get rebuilds it") from err
+            raise CacheError(
+                self.path, f"cannot read frames {a}:{b} ({err}); delete the file so that FrameCache.get rebuilds it"
+            ) from err
 
     def __getitem__(self, i) -> tuple[np.ndarray, int]:
         j = self._index(i)
@@ -439,7 +475,7 @@ class CachedFrames(Sequence):
             raise CacheError(self.path, f"cannot read info of sample {j} ({err})") from err
         return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
-    def clips(self, frames_per_clip: int | None = None, stride: int | None = None) -> "CachedClips":
+    def clips(self, frames_per_clip: int | None = None, stride: int | None = None) -> CachedClips:
         """Fixed-length clips of every sample (``split_clips`` semantics), read lazily per clip.
 
         ``frames_per_clip`` defaults to ``spec.frames_per_clip``; ``stride`` to ``frames_per_clip``.
@@ -447,8 +483,10 @@ class CachedFrames(Sequence):
         return CachedClips(self, frames_per_clip, stride)
 
     def __repr__(self) -> str:
-        return (f"CachedFrames({str(self.path)!r}, samples={len(self)}, frame_shape="
-                f"{self.spec.output_shape(self.sensor_size)})")
+        return (
+            f"CachedFrames({str(self.path)!r}, samples={len(self)}, frame_shape="
+            f"{self.spec.output_shape(self.sensor_size)})"
+        )
 
 
 class CachedClips(Sequence):

@@ -39,6 +39,7 @@ IBM DVS Gesture (``DVSGesture``; https://research.ibm.com/interactive/dvsgesture
     0..10 in the file name; see :mod:`events.formats.gesture_npy`. ``sample_info`` then has
     ``start_us``/``end_us`` = None (the cut points are not stored).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,9 +59,17 @@ from events.types import EventFormatError, SensorSize
 NMNIST_URL = "https://www.garrickorchard.com/datasets/n-mnist"
 DVSGESTURE_URL = "https://research.ibm.com/interactive/dvsgesture/"
 GESTURE_CLASSES = [
-    "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
-    "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise",
-    "arm_roll", "air_drums", "air_guitar", "other_gestures",
+    "hand_clapping",
+    "right_hand_wave",
+    "left_hand_wave",
+    "right_arm_clockwise",
+    "right_arm_counter_clockwise",
+    "left_arm_clockwise",
+    "left_arm_counter_clockwise",
+    "arm_roll",
+    "air_drums",
+    "air_guitar",
+    "other_gestures",
 ]
 LABELS_HEADER = ("class", "startTime_usec", "endTime_usec")
 _RECORDING = re.compile(r"^user(\d+)_(.+)\.aedat$")
@@ -123,9 +132,13 @@ class NMNIST(_EventDataset):
         self._zip_pid = None
         base = self.root / folder
         if base.is_dir():
-            self._samples = [(p, int(d.name)) for d in sorted(base.iterdir())
-                             if d.is_dir() and d.name in self.classes
-                             for p in sorted(d.glob("*.bin")) if p.is_file()]
+            self._samples = [
+                (p, int(d.name))
+                for d in sorted(base.iterdir())
+                if d.is_dir() and d.name in self.classes
+                for p in sorted(d.glob("*.bin"))
+                if p.is_file()
+            ]
             where = str(base)
         else:
             zips = [self.root / f"{folder}.zip", self.root / f"{folder.lower()}.zip"]
@@ -139,16 +152,23 @@ class NMNIST(_EventDataset):
 
     def _missing(self, what: str) -> str:
         folder = "Train" if self.train else "Test"
-        return (f"N-MNIST {self.split} split not found: {what}. Expected {self.root}/{folder}/<digit>/<id>.bin "
-                f"(digits 0-9) or the released archive {self.root}/{folder}.zip. N-MNIST can be obtained "
-                f"from {NMNIST_URL} (download it yourself; nothing is fetched).")
+        return (
+            f"N-MNIST {self.split} split not found: {what}. Expected {self.root}/{folder}/<digit>/<id>.bin "
+            f"(digits 0-9) or the released archive {self.root}/{folder}.zip. N-MNIST can be obtained "
+            f"from {NMNIST_URL} (download it yourself; nothing is fetched)."
+        )
 
     def _zip_members(self):
         samples = []
         for name in self._open_zip().namelist():
             parts = PurePosixPath(name).parts
-            if (len(parts) >= 2 and parts[-1].endswith(".bin") and parts[-2] in self.classes
-                    and not parts[-1].startswith("._") and "__MACOSX" not in parts):
+            if (
+                len(parts) >= 2
+                and parts[-1].endswith(".bin")
+                and parts[-2] in self.classes
+                and not parts[-1].startswith("._")
+                and "__MACOSX" not in parts
+            ):
                 samples.append((name, int(parts[-2])))
         return sorted(samples, key=lambda s: (s[1], s[0]))
 
@@ -186,8 +206,7 @@ class NMNIST(_EventDataset):
         src, label = self._samples[self._index(i)]
         if self._zip_path is None:
             return {"file": str(src), "label": label}
-        return {"file": f"{self._zip_path}:{src}", "archive": str(self._zip_path), "member": src,
-                "label": label}
+        return {"file": f"{self._zip_path}:{src}", "archive": str(self._zip_path), "member": src, "label": label}
 
 
 class DVSGesture(_EventDataset):
@@ -219,11 +238,13 @@ class DVSGesture(_EventDataset):
     def _missing(self, what: str) -> str:
         trials = "trials_to_train.txt" if self.train else "trials_to_test.txt"
         npy_dir = "ibmGestureTrain" if self.train else "ibmGestureTest"
-        return (f"DVS Gesture {self.split} split not found or incomplete: {what}. Expected the original "
-                f"release in {self.root} (or {self.root}/DvsGesture): {trials} listing userNN_<lighting>.aedat "
-                f"recordings, each beside its userNN_<lighting>_labels.csv; or tonic's preprocessed layout "
-                f"{self.root}/{npy_dir}/userNN_<lighting>/<class>.npy. DVS Gesture can be obtained from "
-                f"{DVSGESTURE_URL} (download it yourself; nothing is fetched).")
+        return (
+            f"DVS Gesture {self.split} split not found or incomplete: {what}. Expected the original "
+            f"release in {self.root} (or {self.root}/DvsGesture): {trials} listing userNN_<lighting>.aedat "
+            f"recordings, each beside its userNN_<lighting>_labels.csv; or tonic's preprocessed layout "
+            f"{self.root}/{npy_dir}/userNN_<lighting>/<class>.npy. DVS Gesture can be obtained from "
+            f"{DVSGESTURE_URL} (download it yourself; nothing is fetched)."
+        )
 
     # --- original release -------------------------------------------------------------
     def _load_original(self, base: Path) -> None:
@@ -235,17 +256,24 @@ class DVSGesture(_EventDataset):
             if name:
                 m = _RECORDING.match(name)
                 if m is None:
-                    raise EventFormatError(f"line {lineno}: {name[:60]!r} is not a userNN_<lighting>.aedat "
-                                           "file name", self._trials_file, offset)
+                    raise EventFormatError(
+                        f"line {lineno}: {name[:60]!r} is not a userNN_<lighting>.aedat file name",
+                        self._trials_file,
+                        offset,
+                    )
                 recordings.append((int(m.group(1)), m.group(2), name))
             offset += len(line)
         recordings = sorted(set(recordings))
         missing = [str(base / n) for _, _, n in recordings if not (base / n).is_file()]
-        missing += [str(base / (n[:-6] + "_labels.csv")) for _, _, n in recordings
-                    if not (base / (n[:-6] + "_labels.csv")).is_file()]
+        missing += [
+            str(base / (n[:-6] + "_labels.csv"))
+            for _, _, n in recordings
+            if not (base / (n[:-6] + "_labels.csv")).is_file()
+        ]
         if missing:
-            raise DatasetNotFoundError(self._missing(
-                f"{len(missing)} listed file(s) missing, e.g. {', '.join(missing[:3])}"))
+            raise DatasetNotFoundError(
+                self._missing(f"{len(missing)} listed file(s) missing, e.g. {', '.join(missing[:3])}")
+            )
         self._recordings = []
         self._samples = []
         for user, lighting, name in recordings:
@@ -261,8 +289,10 @@ class DVSGesture(_EventDataset):
         if idx is None or (idx.file_size, idx.mtime_ns) != (st.st_size, st.st_mtime_ns):
             reader = Aedat3Reader(aedat)
             if reader.sensor_size != self.sensor_size:
-                raise EventFormatError(f"recording is {reader.sensor_size.width}x{reader.sensor_size.height}, "
-                                       "DVS Gesture is 128x128", aedat)
+                raise EventFormatError(
+                    f"recording is {reader.sensor_size.width}x{reader.sensor_size.height}, DVS Gesture is 128x128",
+                    aedat,
+                )
             idx = self._indexes[aedat] = reader.packet_index()
         return idx
 
@@ -276,8 +306,7 @@ class DVSGesture(_EventDataset):
                 continue
             for f in d.glob("*.npy"):
                 if not re.fullmatch(r"\d+", f.stem) or not 0 <= int(f.stem) < len(GESTURE_CLASSES):
-                    raise EventFormatError(f"file name must be a class index 0..{len(GESTURE_CLASSES) - 1}"
-                                           ".npy", f)
+                    raise EventFormatError(f"file name must be a class index 0..{len(GESTURE_CLASSES) - 1}.npy", f)
                 samples.append((int(m.group(1)), m.group(2), int(f.stem), f))
         self._samples = sorted(samples)
 
@@ -303,12 +332,27 @@ class DVSGesture(_EventDataset):
         j = self._index(i)
         if self.layout == "npy":
             user, lighting, label, path = self._samples[j]
-            return {"user": user, "lighting": lighting, "file": str(path), "start_us": None,
-                    "end_us": None, "label": label, "class_name": GESTURE_CLASSES[label]}
+            return {
+                "user": user,
+                "lighting": lighting,
+                "file": str(path),
+                "start_us": None,
+                "end_us": None,
+                "label": label,
+                "class_name": GESTURE_CLASSES[label],
+            }
         rec, label, start, end = self._samples[j]
         aedat, labels, user, lighting = self._recordings[rec]
-        return {"user": user, "lighting": lighting, "file": str(aedat), "labels_file": str(labels),
-                "start_us": start, "end_us": end, "label": label, "class_name": GESTURE_CLASSES[label]}
+        return {
+            "user": user,
+            "lighting": lighting,
+            "file": str(aedat),
+            "labels_file": str(labels),
+            "start_us": start,
+            "end_us": end,
+            "label": label,
+            "class_name": GESTURE_CLASSES[label],
+        }
 
 
 def parse_labels(path) -> list[tuple[int, int, int]]:
@@ -334,13 +378,15 @@ def parse_labels(path) -> list[tuple[int, int, int]]:
         fields = [f.strip() for f in text.split(",")]
         if not header_seen:
             if tuple(fields) != LABELS_HEADER:
-                raise EventFormatError(f"line {lineno}: header is {text[:60]!r}, expected "
-                                       f"{','.join(LABELS_HEADER)!r}", path, at)
+                raise EventFormatError(
+                    f"line {lineno}: header is {text[:60]!r}, expected {','.join(LABELS_HEADER)!r}", path, at
+                )
             header_seen = True
             continue
         if len(fields) != 3 or not all(_INT.match(f) for f in fields):
-            raise EventFormatError(f"line {lineno}: expected three integers class,start,end, got {text[:60]!r}",
-                                   path, at)
+            raise EventFormatError(
+                f"line {lineno}: expected three integers class,start,end, got {text[:60]!r}", path, at
+            )
         cls, start, end = (int(f) for f in fields)
         if not 1 <= cls <= len(GESTURE_CLASSES):
             raise EventFormatError(f"line {lineno}: class {cls} outside 1..{len(GESTURE_CLASSES)}", path, at)
@@ -354,6 +400,5 @@ def parse_labels(path) -> list[tuple[int, int, int]]:
     if not header_seen:
         raise EventFormatError(f"empty labels file (expected header {','.join(LABELS_HEADER)!r})", path, 0)
     if dups:
-        warnings.warn(f"{path}: {dups} duplicate label row(s) dropped (first of each kept)", UserWarning,
-                      stacklevel=2)
+        warnings.warn(f"{path}: {dups} duplicate label row(s) dropped (first of each kept)", UserWarning, stacklevel=2)
     return rows

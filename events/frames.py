@@ -67,11 +67,12 @@ Input: an ``EVENT_DTYPE`` array is binned in place (strided views too); other st
 integer fields ``x, y, t, p`` are converted once their values are known to fit. Output: ``uint16`` by
 default (tonic gives ``int16``; values are equal). The numba kernel reads every event once: it checks
 it and, when it falls in a slice, adds it to that slice's frame, which is zeroed just before its events
-are added so that it stays in cache meanwhile; the kernels are compiled on first use and cached on disk (``cache=True``) and release
-the GIL (``nogil=True``): callers may bin from several threads, and an input of 500 000 events or more
-is split by frames over up to four threads of its own (``threads=`` sets the number; results never
-depend on it). No OpenMP/TBB pool is used, so binning stays safe in forked DataLoader workers.
+are added so that it stays in cache meanwhile; the kernels are compiled on first use and cached on disk
+(``cache=True``) and release the GIL (``nogil=True``): callers may bin from several threads, and an
+input of 500 000 events or more is split by frames over up to four threads of its own (``threads=`` sets
+the number; results never depend on it). No OpenMP/TBB pool is used, so binning stays safe in forked DataLoader workers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -99,7 +101,7 @@ _MAX_SIDE = 32767  # EVENT_DTYPE coordinates are int16
 # numba kernels
 # --------------------------------------------------------------------------------------------
 
-_CHUNK = 4096          # events decoded per batch before they are scattered (fits in L1 as int64)
+_CHUNK = 4096  # events decoded per batch before they are scattered (fits in L1 as int64)
 _EXCLUDED = -(1 << 40)  # lookup-table entry of a dropped column/row/polarity: any sum with it stays < 0
 _PARALLEL_MIN_EVENTS = 500_000  # below this, threads cost more than they save
 _MAX_AUTO_THREADS = 4
@@ -136,8 +138,9 @@ def _searchsorted_left(ev, values, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _bin_events(ev, width, height, starts, ends, xmap, ymap, pmap, out, binary, maxval,
-                check_lo, check_hi):  # pragma: no cover - compiled
+def _bin_events(
+    ev, width, height, starts, ends, xmap, ymap, pmap, out, binary, maxval, check_lo, check_hi
+):  # pragma: no cover - compiled
     """Fill ``out[i]`` (``out`` is ``(len(starts), frame_size)``) with events ``[starts[i], ends[i])``.
 
     Checks as :func:`_check_range` does every event it bins and every other event of
@@ -200,6 +203,7 @@ def _bin_events(ev, width, height, starts, ends, xmap, ymap, pmap, out, binary, 
 # FrameSpec
 # --------------------------------------------------------------------------------------------
 
+
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
@@ -214,8 +218,7 @@ def _sensor_wh(sensor_size) -> tuple[int, int]:
     except (TypeError, IndexError, ValueError):
         raise ValueError(f"sensor_size must be (width, height[, polarities]), got {sensor_size!r}") from None
     if not (0 < w <= _MAX_SIDE and 0 < h <= _MAX_SIDE):
-        raise ValueError(f"sensor width and height must be in 1..{_MAX_SIDE} (int16 coordinates), "
-                         f"got {sensor_size!r}")
+        raise ValueError(f"sensor width and height must be in 1..{_MAX_SIDE} (int16 coordinates), got {sensor_size!r}")
     return w, h
 
 
@@ -260,12 +263,17 @@ class FrameSpec:
     max_frames: int | None = None
 
     def __post_init__(self):
-        modes = {"n_time_bins": self.n_time_bins, "time_window_us": self.time_window_us,
-                 "event_count": self.event_count}
+        modes = {
+            "n_time_bins": self.n_time_bins,
+            "time_window_us": self.time_window_us,
+            "event_count": self.event_count,
+        }
         chosen = [k for k, v in modes.items() if v is not None]
         if len(chosen) != 1:
-            raise ValueError("set exactly one of n_time_bins, time_window_us and event_count "
-                             f"(got {', '.join(chosen) if chosen else 'none'})")
+            raise ValueError(
+                "set exactly one of n_time_bins, time_window_us and event_count "
+                f"(got {', '.join(chosen) if chosen else 'none'})"
+            )
         mode = chosen[0]
         value = modes[mode]
         if not _is_int(value) or value <= 0:
@@ -301,8 +309,9 @@ class FrameSpec:
         else:
             if not _is_int(ov) or not 0 <= ov < value:
                 unit = "µs" if mode == "time_window_us" else "events"
-                raise ValueError(f"overlap for {mode} is an integer number of {unit}, "
-                                 f"0 <= overlap < {mode}={value}; got {ov!r}")
+                raise ValueError(
+                    f"overlap for {mode} is an integer number of {unit}, 0 <= overlap < {mode}={value}; got {ov!r}"
+                )
             object.__setattr__(self, "overlap", int(ov))
         if self.span not in _SPANS:
             raise ValueError(f"span must be one of {_SPANS}, got {self.span!r}")
@@ -313,8 +322,9 @@ class FrameSpec:
                 raise ValueError(f"max_frames must be None or an integer >= 1, got {self.max_frames!r}")
             object.__setattr__(self, "max_frames", int(self.max_frames))
             if self.frames_per_clip is not None and self.max_frames < self.frames_per_clip:
-                raise ValueError(f"max_frames={self.max_frames} holds no clip of frames_per_clip="
-                                 f"{self.frames_per_clip} frames")
+                raise ValueError(
+                    f"max_frames={self.max_frames} holds no clip of frames_per_clip={self.frames_per_clip} frames"
+                )
 
     @property
     def mode(self) -> str:
@@ -358,7 +368,7 @@ class FrameSpec:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FrameSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> FrameSpec:
         """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError``."""
         if not isinstance(d, Mapping):
             raise ValueError(f"a frame spec must be a mapping, got {type(d).__name__}")
@@ -381,6 +391,7 @@ class FrameSpec:
 # binning
 # --------------------------------------------------------------------------------------------
 
+
 def _as_event_array(events, width: int, height: int) -> np.ndarray:
     """``events`` as an ``EVENT_DTYPE`` array (itself when it already is one; otherwise an exact copy).
 
@@ -388,8 +399,7 @@ def _as_event_array(events, width: int, height: int) -> np.ndarray:
     values are known to fit, so that a conversion never wraps a bad coordinate onto the sensor.
     """
     if not isinstance(events, np.ndarray) or events.dtype.names is None:
-        raise ValueError(f"events must be a NumPy structured array with fields x, y, t, p, "
-                         f"got {type(events).__name__}")
+        raise ValueError(f"events must be a NumPy structured array with fields x, y, t, p, got {type(events).__name__}")
     if events.ndim != 1:
         raise ValueError(f"events must be a 1-D structured array, got shape {events.shape}")
     if events.dtype == EVENT_DTYPE:
@@ -421,8 +431,9 @@ def _raise_bad_event(events: np.ndarray, i: int, width: int, height: int):
         raise EventFormatError(f"event {i} has polarity {p}; polarity must be 0 or 1")
     if t > np.iinfo(np.int64).max:
         raise EventFormatError(f"event {i} has timestamp {t}, beyond int64 microseconds")
-    raise EventFormatError(f"timestamps decrease at event {i} (t={t} after {int(events[i - 1]['t'])}); "
-                           "events must be sorted by time")
+    raise EventFormatError(
+        f"timestamps decrease at event {i} (t={t} after {int(events[i - 1]['t'])}); events must be sorted by time"
+    )
 
 
 def _capped(spec: FrameSpec, count: int) -> int:
@@ -502,8 +513,16 @@ def _out_dtype(dtype) -> np.dtype:
     return dt
 
 
-def frames_from_spec(events: np.ndarray, sensor_size, spec: FrameSpec, *, start_us: int | None = None,
-                     end_us: int | None = None, dtype=None, threads: int | None = None) -> np.ndarray:
+def frames_from_spec(
+    events: np.ndarray,
+    sensor_size,
+    spec: FrameSpec,
+    *,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    dtype=None,
+    threads: int | None = None,
+) -> np.ndarray:
     """Bin ``events`` into ``(T, P, H, W)`` frames as ``spec`` says (see the module docstring).
 
     ``start_us``/``end_us`` (``time_window_us`` only) fix the binned interval instead of the events' span.
@@ -570,8 +589,19 @@ def _bin_threaded(ev, width, height, starts, ends, tables, flat, binary, maxval,
 
     def work(g: int) -> None:
         a, b = bounds[g], bounds[g + 1]
-        bad[g] = _bin_events(ev, width, height, starts[a:b], ends[a:b], *tables, flat[a:b], binary, maxval,
-                             int(check[g]), int(check[g + 1]))
+        bad[g] = _bin_events(
+            ev,
+            width,
+            height,
+            starts[a:b],
+            ends[a:b],
+            *tables,
+            flat[a:b],
+            binary,
+            maxval,
+            int(check[g]),
+            int(check[g + 1]),
+        )
 
     workers = [threading.Thread(target=work, args=(g,), daemon=True) for g in range(1, len(bad))]
     for t in workers:
@@ -584,12 +614,25 @@ def _bin_threaded(ev, width, height, starts, ends, tables, flat, binary, maxval,
     return bad
 
 
-def to_frames(events: np.ndarray, sensor_size, *, n_time_bins: int | None = None,
-              time_window_us: int | None = None, event_count: int | None = None, polarity: str = "both",
-              downsample: int = 1, crop: tuple[int, int] | None = None, binary: bool = False,
-              start_us: int | None = None, end_us: int | None = None, overlap: int | float = 0,
-              include_incomplete: bool = False, max_frames: int | None = None, dtype=np.uint16,
-              threads: int | None = None) -> np.ndarray:
+def to_frames(
+    events: np.ndarray,
+    sensor_size,
+    *,
+    n_time_bins: int | None = None,
+    time_window_us: int | None = None,
+    event_count: int | None = None,
+    polarity: str = "both",
+    downsample: int = 1,
+    crop: tuple[int, int] | None = None,
+    binary: bool = False,
+    start_us: int | None = None,
+    end_us: int | None = None,
+    overlap: int | float = 0,
+    include_incomplete: bool = False,
+    max_frames: int | None = None,
+    dtype=np.uint16,
+    threads: int | None = None,
+) -> np.ndarray:
     """Bin an ``EVENT_DTYPE`` array into frames ``(T, P, H, W)``.
 
     Equal to ``tonic.transforms.ToFrame(sensor_size, time_window=..., event_count=..., n_time_bins=...,
@@ -600,11 +643,19 @@ def to_frames(events: np.ndarray, sensor_size, *, n_time_bins: int | None = None
     Raises ``ValueError`` for bad parameters and ``EventFormatError`` for events off the sensor, a
     polarity other than 0/1, or decreasing timestamps.
     """
-    spec = FrameSpec(n_time_bins=n_time_bins, time_window_us=time_window_us, event_count=event_count,
-                     polarity=polarity, downsample=downsample, crop=crop, binary=binary, overlap=overlap,
-                     include_incomplete=include_incomplete, max_frames=max_frames)
-    return frames_from_spec(events, sensor_size, spec, start_us=start_us, end_us=end_us, dtype=dtype,
-                            threads=threads)
+    spec = FrameSpec(
+        n_time_bins=n_time_bins,
+        time_window_us=time_window_us,
+        event_count=event_count,
+        polarity=polarity,
+        downsample=downsample,
+        crop=crop,
+        binary=binary,
+        overlap=overlap,
+        include_incomplete=include_incomplete,
+        max_frames=max_frames,
+    )
+    return frames_from_spec(events, sensor_size, spec, start_us=start_us, end_us=end_us, dtype=dtype, threads=threads)
 
 
 def split_clips(frames: np.ndarray, frames_per_clip: int, stride: int | None = None) -> np.ndarray:
@@ -626,7 +677,7 @@ def split_clips(frames: np.ndarray, frames_per_clip: int, stride: int | None = N
     n = (n_frames - frames_per_clip) // stride + 1 if n_frames >= frames_per_clip else 0
     out = np.empty((n, frames_per_clip, *frames.shape[1:]), dtype=frames.dtype)
     for k in range(n):
-        out[k] = frames[k * stride:k * stride + frames_per_clip]
+        out[k] = frames[k * stride : k * stride + frames_per_clip]
     return out
 
 
@@ -634,8 +685,15 @@ def split_clips(frames: np.ndarray, frames_per_clip: int, stride: int | None = N
 # benchmark
 # --------------------------------------------------------------------------------------------
 
-def bench_binning(n_events: int = 2_000_000, repeats: int = 3, *, time_window_us: int = 16_000,
-                  duration_us: int = 2_000_000, seed: int = 0) -> dict:
+
+def bench_binning(
+    n_events: int = 2_000_000,
+    repeats: int = 3,
+    *,
+    time_window_us: int = 16_000,
+    duration_us: int = 2_000_000,
+    seed: int = 0,
+) -> dict:
     """Time :func:`to_frames` against ``tonic.transforms.ToFrame`` side by side on the same events.
 
     Random events (fixed ``seed``) on a 128x128 sensor, uniform over ``duration_us``, binned with
@@ -669,12 +727,22 @@ def bench_binning(n_events: int = 2_000_000, repeats: int = 3, *, time_window_us
     to_frames(ev, sensor, time_window_us=time_window_us)  # compile and warm up
     ours_s, ours = best(lambda: to_frames(ev, sensor, time_window_us=time_window_us))
     single_s, single = best(lambda: to_frames(ev, sensor, time_window_us=time_window_us, threads=1))
-    result = {"n_events": n_events, "sensor_size": list(sensor), "time_window_us": time_window_us,
-              "n_frames": int(ours.shape[0]), "threads": _thread_count(None, n_events, ours.shape[0]),
-              "ours_s": ours_s, "ours_events_per_s": n_events / ours_s,
-              "ours_1thread_s": single_s, "ours_1thread_events_per_s": n_events / single_s,
-              "tonic_s": None, "tonic_events_per_s": None, "speedup": None, "speedup_1thread": None,
-              "identical": None}
+    result = {
+        "n_events": n_events,
+        "sensor_size": list(sensor),
+        "time_window_us": time_window_us,
+        "n_frames": int(ours.shape[0]),
+        "threads": _thread_count(None, n_events, ours.shape[0]),
+        "ours_s": ours_s,
+        "ours_events_per_s": n_events / ours_s,
+        "ours_1thread_s": single_s,
+        "ours_1thread_events_per_s": n_events / single_s,
+        "tonic_s": None,
+        "tonic_events_per_s": None,
+        "speedup": None,
+        "speedup_1thread": None,
+        "identical": None,
+    }
     try:
         from tonic.transforms import ToFrame
     except Exception as err:  # tonic is optional for the benchmark
@@ -682,8 +750,11 @@ def bench_binning(n_events: int = 2_000_000, repeats: int = 3, *, time_window_us
         return result
     tonic_frame = ToFrame(sensor_size=tuple(sensor), time_window=time_window_us)
     tonic_s, theirs = best(lambda: tonic_frame(ev))
-    result.update(tonic_s=tonic_s, tonic_events_per_s=n_events / tonic_s, speedup=tonic_s / ours_s,
-                  speedup_1thread=tonic_s / single_s,
-                  identical=bool(theirs.shape == ours.shape and np.array_equal(theirs, ours)
-                                 and np.array_equal(single, ours)))
+    result.update(
+        tonic_s=tonic_s,
+        tonic_events_per_s=n_events / tonic_s,
+        speedup=tonic_s / ours_s,
+        speedup_1thread=tonic_s / single_s,
+        identical=bool(theirs.shape == ours.shape and np.array_equal(theirs, ours) and np.array_equal(single, ours)),
+    )
     return result

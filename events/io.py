@@ -17,6 +17,7 @@ magic number:
 An empty file or anything else raises ``EventFormatError``; a missing file raises
 ``FileNotFoundError``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -52,12 +53,13 @@ def detect_format(path: str | os.PathLike) -> str:
     if head.startswith(b"#!AER-DAT3"):
         return "aedat3"
     if head.startswith(b"#!AER-DAT"):
-        version = head[len(b"#!AER-DAT"):].split(b"\r")[0].split(b"\n")[0].decode("latin-1")
+        version = head[len(b"#!AER-DAT") :].split(b"\r")[0].split(b"\n")[0].decode("latin-1")
         raise EventFormatError(f"AEDAT version {version!r} is not supported (3.x and 4.x are)", path, 0)
     if path.suffix.lower() == ".bin":
         return "nmnist"
-    raise EventFormatError("unrecognised event file: no known signature (HDF5, .npy, AEDAT 3/4) "
-                           "and not an N-MNIST '.bin' name", path, 0)
+    raise EventFormatError(
+        "unrecognised event file: no known signature (HDF5, .npy, AEDAT 3/4) and not an N-MNIST '.bin' name", path, 0
+    )
 
 
 def reader(path: str | os.PathLike, format: str | None = None) -> EventFileReader:

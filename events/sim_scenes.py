@@ -42,6 +42,7 @@ slightly. Each gesture eases in from and out to the rest pose (arms hanging) ove
 Lighting (see ``LIGHTINGS``) scales the light, adds veiling glare (less contrast) and sets the
 sensor's noise rates.
 """
+
 from __future__ import annotations
 
 import math
@@ -169,8 +170,7 @@ class DigitScene:
     """One digit (8 x 8 array, 0..16) seen through N-MNIST's three saccades; call with times
     in µs from 0 (the scene lasts ``duration_us``)."""
 
-    def __init__(self, image: np.ndarray, rng: np.random.Generator, *, background: float = 0.1,
-                 gain: float = 0.5):
+    def __init__(self, image: np.ndarray, rng: np.random.Generator, *, background: float = 0.1, gain: float = 0.5):
         self.image = np.asarray(image, dtype=np.float64) / 16.0
         angle = rng.uniform(-0.14, 0.14)  # about +-8 degrees
         scale = rng.uniform(0.92, 1.08)
@@ -200,8 +200,9 @@ class DigitScene:
     def __call__(self, t_us: np.ndarray) -> np.ndarray:
         centres = self._centre + self.offsets(t_us)
         frames = np.empty((len(centres), NMNIST_SIZE, NMNIST_SIZE), np.float32)
-        _render_digit(self.image, centres, self._inv, DIGIT_SPAN / self.image.shape[0],
-                      self.background, self.gain, frames)
+        _render_digit(
+            self.image, centres, self._inv, DIGIT_SPAN / self.image.shape[0], self.background, self.gain, frames
+        )
         return frames
 
 
@@ -210,13 +211,13 @@ class DigitScene:
 # --------------------------------------------------------------------------------------------
 
 GESTURE_SIZE = 128
-SHOULDER = 13.0       # half the shoulder width
+SHOULDER = 13.0  # half the shoulder width
 UPPER, FORE = 19.0, 17.0
 REACH = UPPER + FORE
 UPPER_R, FORE_R, HAND_R = 3.4, 2.8, 4.0
-RAMP_S = 0.25         # ease from / to the rest pose
-BODY_SCALE = 1.45     # pixels per body unit for an average user
-LIMB_SHADING = 0.4    # limbs are darker at their edges than along their axis
+RAMP_S = 0.25  # ease from / to the rest pose
+BODY_SCALE = 1.45  # pixels per body unit for an average user
+LIMB_SHADING = 0.4  # limbs are darker at their edges than along their axis
 _REST_ANGLE = -math.pi / 2 - 0.12
 REST_R = np.array([-SHOULDER + REACH * math.cos(_REST_ANGLE), REACH * math.sin(_REST_ANGLE)])
 REST_L = REST_R * [-1.0, 1.0]
@@ -228,12 +229,12 @@ SHOULDER_L = np.array([SHOULDER, 0.0])
 class UserStyle:
     """How one user looks and moves (drawn by :func:`user_style`)."""
 
-    cx: float          # image column of the body's midline
-    sy: float          # image row of the shoulders
-    scale: float       # pixels per body unit
-    speed: float       # tempo factor of every gesture
-    amplitude: float   # size factor of every gesture
-    roll_dir: float    # +1 or -1: the way this user rolls the arms
+    cx: float  # image column of the body's midline
+    sy: float  # image row of the shoulders
+    scale: float  # pixels per body unit
+    speed: float  # tempo factor of every gesture
+    amplitude: float  # size factor of every gesture
+    roll_dir: float  # +1 or -1: the way this user rolls the arms
     background: float  # mean wall intensity
     shirt: float
     sleeve: float
@@ -249,11 +250,19 @@ def user_style(rng: np.random.Generator) -> UserStyle:
     shirt = float(np.clip(background + rng.choice([-1, 1]) * rng.uniform(0.18, 0.35), 0.05, 0.95))
     skin = rng.uniform(0.55, 0.9)
     return UserStyle(
-        cx=64 + rng.uniform(-9, 9), sy=48 + rng.uniform(-5, 5), scale=BODY_SCALE * rng.uniform(0.88, 1.12),
-        speed=rng.uniform(0.8, 1.25), amplitude=rng.uniform(0.85, 1.15),
-        roll_dir=float(rng.choice([-1.0, 1.0])), background=background, shirt=shirt,
-        sleeve=shirt if rng.random() < 0.5 else skin, skin=skin, trousers=rng.uniform(0.08, 0.4),
-        texture_seed=int(rng.integers(2**31)))
+        cx=64 + rng.uniform(-9, 9),
+        sy=48 + rng.uniform(-5, 5),
+        scale=BODY_SCALE * rng.uniform(0.88, 1.12),
+        speed=rng.uniform(0.8, 1.25),
+        amplitude=rng.uniform(0.85, 1.15),
+        roll_dir=float(rng.choice([-1.0, 1.0])),
+        background=background,
+        shirt=shirt,
+        sleeve=shirt if rng.random() < 0.5 else skin,
+        skin=skin,
+        trousers=rng.uniform(0.08, 0.4),
+        texture_seed=int(rng.integers(2**31)),
+    )
 
 
 def _to_image(style: UserStyle, pts: np.ndarray) -> np.ndarray:
@@ -276,10 +285,15 @@ def body_background(style: UserStyle, illumination: float, glare: float) -> np.n
     for _ in range(3):  # a few flat objects (doors, shelves)
         x0, y0 = rng.integers(0, n - 20, 2)
         w, h = rng.integers(8, 40, 2)
-        wall[y0:y0 + h, x0:x0 + w] = rng.uniform(0.15, 0.85)
-    body = [((-6, -44), (-8, -100), 6.5, style.trousers), ((6, -44), (8, -100), 6.5, style.trousers),
-            ((0, -8), (0, -42), 12.5, style.shirt), ((-11, -3), (11, -3), 5.0, style.shirt),
-            ((0, 3), (0, 9), 3.5, style.skin), ((0, 15), (0, 15), 8.5, style.skin)]
+        wall[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0.15, 0.85)
+    body = [
+        ((-6, -44), (-8, -100), 6.5, style.trousers),
+        ((6, -44), (8, -100), 6.5, style.trousers),
+        ((0, -8), (0, -42), 12.5, style.shirt),
+        ((-11, -3), (11, -3), 5.0, style.shirt),
+        ((0, 3), (0, 9), 3.5, style.skin),
+        ((0, 15), (0, 15), 8.5, style.skin),
+    ]
     caps = np.zeros((1, len(body), 7))
     for m, (a, b, r, val) in enumerate(body):
         caps[0, m, 0:2] = _to_image(style, np.array(a, float))
@@ -316,10 +330,15 @@ def _rest(n: int, side: str) -> np.ndarray:
 
 def gesture_params(cls: int, rng: np.random.Generator, style: UserStyle, duration_s: float) -> dict:
     """Per-repetition parameters of class ``cls`` (1..11): tempo, size, phases, positions."""
-    p = {"speed": style.speed * rng.uniform(0.88, 1.12), "amp": style.amplitude * rng.uniform(0.88, 1.12),
-         "phase": rng.uniform(0, 2 * np.pi), "phase2": rng.uniform(0, 2 * np.pi),
-         "shift": rng.uniform(-1.5, 1.5, 2), "roll_dir": style.roll_dir,
-         "tremor": [(rng.uniform(4, 8), rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.5)) for _ in range(4)]}
+    p = {
+        "speed": style.speed * rng.uniform(0.88, 1.12),
+        "amp": style.amplitude * rng.uniform(0.88, 1.12),
+        "phase": rng.uniform(0, 2 * np.pi),
+        "phase2": rng.uniform(0, 2 * np.pi),
+        "shift": rng.uniform(-1.5, 1.5, 2),
+        "roll_dir": style.roll_dir,
+        "tremor": [(rng.uniform(4, 8), rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.5)) for _ in range(4)],
+    }
     if cls == 11:
         arms = [("R", "L"), ("R",), ("L",)][int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
         paths = {}
@@ -334,10 +353,12 @@ def gesture_params(cls: int, rng: np.random.Generator, style: UserStyle, duratio
                     pts.append(q)
             pts = np.array(pts)
             knots = np.sort(rng.uniform(0.15, 0.85, k - 2))
-            paths[side] = {"points": pts if side == "R" else _mirror(pts),
-                           "knots": np.concatenate([[0.0], knots, [1.0]]),
-                           "wiggle": (rng.uniform(1, 3), rng.uniform(0, 2.5)),
-                           "bend": float(rng.choice([-1.0, 1.0]))}
+            paths[side] = {
+                "points": pts if side == "R" else _mirror(pts),
+                "knots": np.concatenate([[0.0], knots, [1.0]]),
+                "wiggle": (rng.uniform(1, 3), rng.uniform(0, 2.5)),
+                "bend": float(rng.choice([-1.0, 1.0])),
+            }
         p["paths"] = paths
     return p
 
@@ -397,8 +418,13 @@ def hand_paths(cls: int, tau: np.ndarray, duration: float, p: dict):
         left = np.stack([9.0 + sh[0] + drift, -24.0 + sh[1] + 8.0 * a * hit2], -1)
         hands, bends = (right, left), (-1.0, 1.0)
     elif cls == 10:  # air guitar
-        strum = np.stack([-3.0 + sh[0] + 1.5 * np.sin(2 * np.pi * 0.5 * tau + ph2),
-                          -27.0 + sh[1] + 5.5 * a * np.sin(2 * np.pi * 3.6 * f * tau + ph)], -1)
+        strum = np.stack(
+            [
+                -3.0 + sh[0] + 1.5 * np.sin(2 * np.pi * 0.5 * tau + ph2),
+                -27.0 + sh[1] + 5.5 * a * np.sin(2 * np.pi * 3.6 * f * tau + ph),
+            ],
+            -1,
+        )
         beta = 0.3 + 0.08 * np.sin(2 * np.pi * 0.5 * f * tau + ph2)
         reach = 27.0 + 0.8 * np.sin(2 * np.pi * 6.0 * tau)
         neck = np.stack([SHOULDER_L[0] + reach * np.cos(beta), reach * np.sin(beta)], -1)
@@ -471,8 +497,8 @@ class GestureRecordingScene:
                 continue
             duration = (seg.end_us - seg.start_us) * 1e-6
             tau = (t[sel] - seg.start_us) * 1e-6
-            r, l, br, bl = hand_paths(seg.cls, tau, duration, seg.params)
-            right[sel], left[sel], bend_r[sel], bend_l[sel] = r, l, br, bl
+            r_path, l_path, r_bend, l_bend = hand_paths(seg.cls, tau, duration, seg.params)
+            right[sel], left[sel], bend_r[sel], bend_l[sel] = r_path, l_path, r_bend, l_bend
         return right, left, bend_r, bend_l
 
     def capsules(self, t_us: np.ndarray) -> np.ndarray:
@@ -486,9 +512,9 @@ class GestureRecordingScene:
             elbow, wrist = arm_joints(shoulder, hand, bend)
             sh_img = _to_image(s, np.broadcast_to(shoulder, elbow.shape))
             el_img, wr_img = _to_image(s, elbow), _to_image(s, wrist)
-            for m, (a, b, r, val) in enumerate(((sh_img, el_img, UPPER_R, sleeve),
-                                                (el_img, wr_img, FORE_R, sleeve),
-                                                (wr_img, wr_img, HAND_R, skin))):
+            for m, (a, b, r, val) in enumerate(
+                ((sh_img, el_img, UPPER_R, sleeve), (el_img, wr_img, FORE_R, sleeve), (wr_img, wr_img, HAND_R, skin))
+            ):
                 c = caps[:, 3 * j + m]
                 c[:, 0:2], c[:, 2:4], c[:, 4], c[:, 5], c[:, 6] = a, b, r * s.scale, val, LIMB_SHADING
         return caps

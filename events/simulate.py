@@ -47,6 +47,7 @@ Both are deterministic given ``seed`` (identical bytes), write every file atomic
 file, then rename) and leave ``README.txt`` and ``simulation.json`` (the parameters used) in the
 output folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,28 @@ def _init_noise_clocks(next_noise, rng, t0, max_rate):
 
 
 @njit(cache=True, nogil=True)
-def _pixel_interval(i, xx, yy, t0, t1, tstart, l0, l1, c_on, c_off, ref, t_free, next_noise,
-                    rng, refractory, bg_rate, shot_rate, eps, buf, n):
+def _pixel_interval(
+    i,
+    xx,
+    yy,
+    t0,
+    t1,
+    tstart,
+    l0,
+    l1,
+    c_on,
+    c_off,
+    ref,
+    t_free,
+    next_noise,
+    rng,
+    refractory,
+    bg_rate,
+    shot_rate,
+    eps,
+    buf,
+    n,
+):
     """Events of pixel ``i`` from ``tstart`` while its log intensity moves linearly from ``l0``
     at ``t0`` to ``l1`` at ``t1``; written to rows ``n, n+1, ...`` of ``buf`` (x, y, t, p).
 
@@ -170,8 +191,25 @@ def _grow(buf, n):
 
 
 @njit(cache=True, nogil=True)
-def _camera_kernel(frames, times, clock, prev_lin, prev_log, t_done, c_on, c_off, ref, t_free,
-                   next_noise, rng, refractory, bg_rate, shot_rate, eps, capacity):
+def _camera_kernel(
+    frames,
+    times,
+    clock,
+    prev_lin,
+    prev_log,
+    t_done,
+    c_on,
+    c_off,
+    ref,
+    t_free,
+    next_noise,
+    rng,
+    refractory,
+    bg_rate,
+    shot_rate,
+    eps,
+    capacity,
+):
     """Events of ``frames`` (N, H, W) at ``times`` (N,) µs, after the frame held in the state.
 
     State (flat per-pixel arrays, updated in place): previous linear value and log intensity,
@@ -225,9 +263,28 @@ def _camera_kernel(frames, times, clock, prev_lin, prev_log, t_done, c_on, c_off
                 if td < t0 and (next_noise[i] < t0 or t_free[i] > td):
                     tc = td
                     while tc < np.inf:
-                        n, tc = _pixel_interval(i, xx, yy, td, t0, tc, prev_log[i], prev_log[i],
-                                                c_on, c_off, ref, t_free, next_noise, rng,
-                                                refractory, bg_rate, shot_rate, eps, buf, n)
+                        n, tc = _pixel_interval(
+                            i,
+                            xx,
+                            yy,
+                            td,
+                            t0,
+                            tc,
+                            prev_log[i],
+                            prev_log[i],
+                            c_on,
+                            c_off,
+                            ref,
+                            t_free,
+                            next_noise,
+                            rng,
+                            refractory,
+                            bg_rate,
+                            shot_rate,
+                            eps,
+                            buf,
+                            n,
+                        )
                         if tc < np.inf:
                             buf = _grow(buf, n)
                 t_done[i] = t0
@@ -237,13 +294,31 @@ def _camera_kernel(frames, times, clock, prev_lin, prev_log, t_done, c_on, c_off
                 l0 = prev_log[i]
                 l1 = math.log(max(v, 0.0) + eps)
                 # call out only when something happens: a crossing, a noise candidate, a reset
-                if l1 - ref[i] >= c_on[i] or ref[i] - l1 >= c_off[i] or next_noise[i] < t1 \
-                        or t_free[i] > t0:
+                if l1 - ref[i] >= c_on[i] or ref[i] - l1 >= c_off[i] or next_noise[i] < t1 or t_free[i] > t0:
                     tc = t0
                     while tc < np.inf:
-                        n, tc = _pixel_interval(i, xx, yy, t0, t1, tc, l0, l1, c_on, c_off, ref,
-                                                t_free, next_noise, rng, refractory, bg_rate,
-                                                shot_rate, eps, buf, n)
+                        n, tc = _pixel_interval(
+                            i,
+                            xx,
+                            yy,
+                            t0,
+                            t1,
+                            tc,
+                            l0,
+                            l1,
+                            c_on,
+                            c_off,
+                            ref,
+                            t_free,
+                            next_noise,
+                            rng,
+                            refractory,
+                            bg_rate,
+                            shot_rate,
+                            eps,
+                            buf,
+                            n,
+                        )
                         if tc < np.inf:
                             buf = _grow(buf, n)
                 prev_lin[i] = v
@@ -288,20 +363,33 @@ class EventCameraModel:
     events with equal timestamps at a chunk boundary may come in another order).
     """
 
-    def __init__(self, width: int, height: int, *, contrast_threshold: float = 0.2,
-                 threshold_mismatch: float = 0.03, refractory_us: int = 500,
-                 background_rate_hz: float = 0.1, shot_noise_rate_hz: float = 0.2,
-                 eps: float = 1e-2, min_threshold: float = 0.01, seed: int = 0):
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        contrast_threshold: float = 0.2,
+        threshold_mismatch: float = 0.03,
+        refractory_us: int = 500,
+        background_rate_hz: float = 0.1,
+        shot_noise_rate_hz: float = 0.2,
+        eps: float = 1e-2,
+        min_threshold: float = 0.01,
+        seed: int = 0,
+    ):
         for name, v in (("width", width), ("height", height)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= 32767:
                 raise ValueError(f"{name} must be an integer in 1..32767, got {v!r}")
-        if isinstance(refractory_us, bool) or not isinstance(refractory_us, (int, np.integer)) \
-                or refractory_us < 0:
+        if isinstance(refractory_us, bool) or not isinstance(refractory_us, (int, np.integer)) or refractory_us < 0:
             raise ValueError(f"refractory_us must be a non-negative integer, got {refractory_us!r}")
-        checks = (("contrast_threshold", contrast_threshold, False), ("min_threshold", min_threshold, False),
-                  ("eps", eps, False), ("threshold_mismatch", threshold_mismatch, True),
-                  ("background_rate_hz", background_rate_hz, True),
-                  ("shot_noise_rate_hz", shot_noise_rate_hz, True))
+        checks = (
+            ("contrast_threshold", contrast_threshold, False),
+            ("min_threshold", min_threshold, False),
+            ("eps", eps, False),
+            ("threshold_mismatch", threshold_mismatch, True),
+            ("background_rate_hz", background_rate_hz, True),
+            ("shot_noise_rate_hz", shot_noise_rate_hz, True),
+        )
         for name, v, zero_ok in checks:
             if not (np.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
                 raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'} and finite, got {v!r}")
@@ -317,20 +405,25 @@ class EventCameraModel:
         self.seed = seed
         gen = np.random.default_rng(seed)
         shape = (self.height, self.width)
-        self.on_thresholds = np.maximum(self.min_threshold,
-                                        gen.normal(contrast_threshold, threshold_mismatch, shape))
-        self.off_thresholds = np.maximum(self.min_threshold,
-                                         gen.normal(contrast_threshold, threshold_mismatch, shape))
+        self.on_thresholds = np.maximum(self.min_threshold, gen.normal(contrast_threshold, threshold_mismatch, shape))
+        self.off_thresholds = np.maximum(self.min_threshold, gen.normal(contrast_threshold, threshold_mismatch, shape))
         self._rng_seed = _pixel_generators(gen, self.width * self.height)
         self.reset()
 
     def params(self) -> dict:
         """The model's parameters (JSON-serialisable)."""
-        return {"width": self.width, "height": self.height, "contrast_threshold": self.contrast_threshold,
-                "threshold_mismatch": self.threshold_mismatch, "refractory_us": self.refractory_us,
-                "background_rate_hz": self.background_rate_hz, "shot_noise_rate_hz": self.shot_noise_rate_hz,
-                "eps": self.eps, "min_threshold": self.min_threshold,
-                "seed": _jsonable(self.seed)}
+        return {
+            "width": self.width,
+            "height": self.height,
+            "contrast_threshold": self.contrast_threshold,
+            "threshold_mismatch": self.threshold_mismatch,
+            "refractory_us": self.refractory_us,
+            "background_rate_hz": self.background_rate_hz,
+            "shot_noise_rate_hz": self.shot_noise_rate_hz,
+            "eps": self.eps,
+            "min_threshold": self.min_threshold,
+            "seed": _jsonable(self.seed),
+        }
 
     def reset(self, noise_seed=None) -> None:
         """Forget the stream: the next frame fed only sets the references. Noise restarts from
@@ -372,8 +465,11 @@ class EventCameraModel:
             raise ValueError(f"times_us must have one entry per frame ({frames.shape[0]}), got {times.shape}")
         if len(times) == 0:
             return empty_events()
-        if not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0) \
-                or (self._started and times[0] <= self._clock[0]):
+        if (
+            not np.all(np.isfinite(times))
+            or np.any(np.diff(times) <= 0)
+            or (self._started and times[0] <= self._clock[0])
+        ):
             raise ValueError("frame times must be finite and increase strictly (also across calls)")
         bg, shot = self.background_rate_hz * 1e-6, self.shot_noise_rate_hz * 1e-6
         if not self._started:
@@ -389,9 +485,24 @@ class EventCameraModel:
             self._started = True
             frames, times = frames[1:], times[1:]
         rows, bad = _camera_kernel(
-            frames, times, self._clock, self._prev_lin, self._prev_log, self._t_done,
-            self.on_thresholds.ravel(), self.off_thresholds.ravel(), self._ref, self._t_free,
-            self._next_noise, self._rng, float(self.refractory_us), bg, shot, self.eps, 4096)
+            frames,
+            times,
+            self._clock,
+            self._prev_lin,
+            self._prev_log,
+            self._t_done,
+            self.on_thresholds.ravel(),
+            self.off_thresholds.ravel(),
+            self._ref,
+            self._t_free,
+            self._next_noise,
+            self._rng,
+            float(self.refractory_us),
+            bg,
+            shot,
+            self.eps,
+            4096,
+        )
         if bad >= 0:
             self.reset()
             raise ValueError(f"frame {bad} of this call holds NaN or infinite values (the model was reset)")
@@ -401,9 +512,17 @@ class EventCameraModel:
             out[f] = rows[order, j]
         return out
 
-    def simulate(self, scene: np.ndarray | Callable[[np.ndarray], np.ndarray], times_us=None, *,
-                 duration_us: int | None = None, step_us: int = 1000, start_us: int = 0,
-                 chunk_frames: int = 128, noise_seed=None) -> np.ndarray:
+    def simulate(
+        self,
+        scene: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        times_us=None,
+        *,
+        duration_us: int | None = None,
+        step_us: int = 1000,
+        start_us: int = 0,
+        chunk_frames: int = 128,
+        noise_seed=None,
+    ) -> np.ndarray:
         """Events of one clip, from a fresh state (the model is reset first).
 
         ``scene`` is either an array of frames (N, height, width) of linear intensity, at
@@ -420,15 +539,17 @@ class EventCameraModel:
             grid = start_us + np.arange(0, int(duration_us) + 1, int(step_us), dtype=np.int64)
             parts = []
             for a in range(0, len(grid), chunk_frames):
-                tt = grid[a:a + chunk_frames]
+                tt = grid[a : a + chunk_frames]
                 parts.append(self.feed(scene(tt), tt))
             return np.concatenate(parts)
         frames = np.asarray(scene)
         if times_us is None:
             times_us = start_us + step_us * np.arange(len(frames), dtype=np.int64)
         times_us = np.asarray(times_us)
-        parts = [self.feed(frames[a:a + chunk_frames], times_us[a:a + chunk_frames])
-                 for a in range(0, len(frames), chunk_frames)]
+        parts = [
+            self.feed(frames[a : a + chunk_frames], times_us[a : a + chunk_frames])
+            for a in range(0, len(frames), chunk_frames)
+        ]
         return np.concatenate(parts) if parts else empty_events()
 
 
@@ -437,8 +558,13 @@ class EventCameraModel:
 # --------------------------------------------------------------------------------------------
 
 #: The simulated ATIS behind the synthetic N-MNIST (tuned to ~3-5k events a sample, as real ones).
-DIGIT_CAMERA = {"contrast_threshold": 0.17, "threshold_mismatch": 0.03, "refractory_us": 1000,
-                "background_rate_hz": 0.1, "shot_noise_rate_hz": 0.3}
+DIGIT_CAMERA = {
+    "contrast_threshold": 0.17,
+    "threshold_mismatch": 0.03,
+    "refractory_us": 1000,
+    "background_rate_hz": 0.1,
+    "shot_noise_rate_hz": 0.3,
+}
 DIGIT_STEP_US = 1000
 #: The simulated DVS128 behind the synthetic DVS Gesture (noise rates come with the lighting).
 GESTURE_CAMERA = {"contrast_threshold": 0.14, "threshold_mismatch": 0.03, "refractory_us": 200}
@@ -471,7 +597,8 @@ def _claim_output(out: Path, generator: str, patterns: Sequence[str]) -> set[Pat
 
     Refuses (``FileExistsError``) a folder holding such files, or another generator's
     ``simulation.json``, unless its ``simulation.json`` says this generator wrote them: real
-    recordings must never be overwritten or mixed with simulated ones. The caller removes the returned files that it does not rewrite, so that no
+    recordings must never be overwritten or mixed with simulated ones. The caller removes the returned files that it
+    does not rewrite, so that no
     sample of an earlier, larger run lingers.
     """
     found = {p for pattern in patterns for p in out.glob(pattern) if p.is_file()}
@@ -483,8 +610,10 @@ def _claim_output(out: Path, generator: str, patterns: Sequence[str]) -> set[Pat
             ours = False
         if not ours:
             example = sorted(found)[0] if found else marker
-            raise FileExistsError(f"{out} already holds data files not written by {generator} "
-                                  f"(e.g. {example}); choose an empty folder or one this generator wrote")
+            raise FileExistsError(
+                f"{out} already holds data files not written by {generator} "
+                f"(e.g. {example}); choose an empty folder or one this generator wrote"
+            )
     return found
 
 
@@ -493,8 +622,9 @@ def _remove_stale(old: set[Path], written: set[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-def simulate_digits(out_dir, *, seed: int = 0, per_class: int = 10, test_per_class: int | None = None,
-                    progress: bool = True) -> Path:
+def simulate_digits(
+    out_dir, *, seed: int = 0, per_class: int = 10, test_per_class: int | None = None, progress: bool = True
+) -> Path:
     """Write a synthetic N-MNIST to ``out_dir`` and return its path.
 
     Layout (N-MNIST's): ``Train/<digit>/<id>.bin`` and ``Test/<digit>/<id>.bin``, 34 x 34 ATIS
@@ -544,8 +674,9 @@ def simulate_digits(out_dir, *, seed: int = 0, per_class: int = 10, test_per_cla
                     image = images[pool[i % len(pool)]]
                     rng = np.random.default_rng([seed, 2, s_idx, d, i])
                     scene = DigitScene(image, rng)
-                    events = camera.simulate(scene, duration_us=scene.duration_us, step_us=DIGIT_STEP_US,
-                                             noise_seed=[seed, 3, s_idx, d, i])
+                    events = camera.simulate(
+                        scene, duration_us=scene.duration_us, step_us=DIGIT_STEP_US, noise_seed=[seed, 3, s_idx, d, i]
+                    )
                     path = out / split / str(d) / f"{sample_id:05d}.bin"
                     write_nmnist(path, events)
                     written.add(path)
@@ -553,15 +684,22 @@ def simulate_digits(out_dir, *, seed: int = 0, per_class: int = 10, test_per_cla
                     sample_id += 1
                     bar.update(1)
     meta = {
-        "generator": "events.simulate.simulate_digits", "format_version": _FORMAT_VERSION,
+        "generator": "events.simulate.simulate_digits",
+        "format_version": _FORMAT_VERSION,
         "layout": "N-MNIST: Train/<digit>/<id>.bin, Test/<digit>/<id>.bin (34x34, 5-byte events)",
-        "seed": seed, "per_class": per_class, "test_per_class": n_test,
+        "seed": seed,
+        "per_class": per_class,
+        "test_per_class": n_test,
         "samples": {"train": 10 * per_class, "test": 10 * n_test},
         "source_images": "sklearn.datasets.load_digits (8x8 handwritten digits, bundled)",
-        "saccades": "3 x ~100 ms, triangle of ~3 px sides", "render_step_us": DIGIT_STEP_US,
+        "saccades": "3 x ~100 ms, triangle of ~3 px sides",
+        "render_step_us": DIGIT_STEP_US,
         "camera": camera.params(),
-        "events_per_sample": {"mean": float(np.mean(n_events)), "min": int(np.min(n_events)),
-                              "max": int(np.max(n_events))},
+        "events_per_sample": {
+            "mean": float(np.mean(n_events)),
+            "min": int(np.min(n_events)),
+            "max": int(np.max(n_events)),
+        },
     }
     readme = (
         "Synthetic N-MNIST, made by events.simulate.simulate_digits (not real sensor data).\n\n"
@@ -572,7 +710,8 @@ def simulate_digits(out_dir, *, seed: int = 0, per_class: int = 10, test_per_cla
         "Layout: Train/<digit>/<id>.bin and Test/<digit>/<id>.bin in N-MNIST's binary format\n"
         "(5 bytes an event). Load with events.NMNIST(root, train=True/False).\n"
         f"Samples: {10 * per_class} train, {10 * n_test} test; seed {seed}.\n"
-        "All parameters: simulation.json.\n")
+        "All parameters: simulation.json.\n"
+    )
     _remove_stale(old, written)
     _write_meta(out, meta, readme)
     return out
@@ -583,9 +722,16 @@ def _split_users(users: int) -> int:
     return 0 if users < 2 else max(1, round(users / 5))
 
 
-def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int = 2,
-                      lightings: Sequence[str] | None = None, gesture_s: tuple[float, float] = (1.5, 2.5),
-                      progress: bool = True) -> Path:
+def simulate_gestures(
+    out_dir,
+    *,
+    seed: int = 0,
+    users: int = 6,
+    per_class: int = 2,
+    lightings: Sequence[str] | None = None,
+    gesture_s: tuple[float, float] = (1.5, 2.5),
+    progress: bool = True,
+) -> Path:
     """Write a synthetic DVS Gesture in IBM's original layout to ``out_dir`` and return its path.
 
     Users ``user01 .. userNN`` each perform every one of the 11 classes ``per_class`` times.
@@ -610,8 +756,15 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
     ones removed), else ``FileExistsError``: real recordings are never overwritten.
     """
     from events.formats.aedat3 import write_aedat3
-    from events.sim_scenes import GESTURE_CLASSES, LIGHTINGS, RAMP_S, GestureRecordingScene, GestureSegment, \
-        gesture_params, user_style
+    from events.sim_scenes import (
+        GESTURE_CLASSES,
+        LIGHTINGS,
+        RAMP_S,
+        GestureRecordingScene,
+        GestureSegment,
+        gesture_params,
+        user_style,
+    )
 
     seed = _check_int("seed", seed, 0)
     users = _check_int("users", users, 1)
@@ -622,12 +775,14 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
         raise ValueError(f"lightings must be distinct names out of {sorted(LIGHTINGS)}, got {lightings!r}")
     g_min, g_max = (float(v) for v in gesture_s)
     if not (2 * RAMP_S < g_min <= g_max < 600):  # room to ease in and out; a sanity bound
-        raise ValueError(f"gesture_s must be (min, max) seconds with {2 * RAMP_S} < min <= max < 600, "
-                         f"got {gesture_s!r}")
+        raise ValueError(
+            f"gesture_s must be (min, max) seconds with {2 * RAMP_S} < min <= max < 600, got {gesture_s!r}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    old = _claim_output(out, "events.simulate.simulate_gestures",
-                        ("user*.aedat", "user*_labels.csv", "trials_to_*.txt"))
+    old = _claim_output(
+        out, "events.simulate.simulate_gestures", ("user*.aedat", "user*_labels.csv", "trials_to_*.txt")
+    )
     written = set()
     n_classes = len(GESTURE_CLASSES)
     n_rec = min(per_class, len(lightings))
@@ -635,8 +790,9 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
     trials = {"train": [], "test": []}
     summary = []
     cameras = {}
-    with tqdm(total=users * per_class * n_classes, desc="simulating gestures", unit="gesture",
-              disable=not progress) as bar:
+    with tqdm(
+        total=users * per_class * n_classes, desc="simulating gestures", unit="gesture", disable=not progress
+    ) as bar:
         for user in range(1, users + 1):
             style = user_style(np.random.default_rng([seed, 10, user]))
             plan = [[] for _ in range(n_rec)]
@@ -658,8 +814,13 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
                 if lighting not in cameras:
                     noise = {k: LIGHTINGS[lighting][k] for k in ("background_rate_hz", "shot_noise_rate_hz")}
                     cameras[lighting] = EventCameraModel(128, 128, seed=[seed, 12], **GESTURE_CAMERA, **noise)
-                events = cameras[lighting].simulate(scene, duration_us=t - origin, step_us=GESTURE_STEP_US,
-                                                    start_us=origin, noise_seed=[seed, 13, user, j])
+                events = cameras[lighting].simulate(
+                    scene,
+                    duration_us=t - origin,
+                    step_us=GESTURE_STEP_US,
+                    start_us=origin,
+                    noise_seed=[seed, 13, user, j],
+                )
                 name = f"user{user:02d}_{lighting}"
                 write_aedat3(out / f"{name}.aedat", events, sensor_size=SensorSize(128, 128, 2))
                 rows = "".join(f"{s.cls},{s.start_us},{s.end_us}\n" for s in segments)
@@ -667,21 +828,36 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
                 written |= {out / f"{name}.aedat", out / f"{name}_labels.csv"}
                 split = "test" if user > users - n_test_users else "train"
                 trials[split].append(f"{name}.aedat")
-                summary.append({"file": f"{name}.aedat", "user": user, "lighting": lighting, "split": split,
-                                "gestures": len(segments), "events": int(len(events)),
-                                "duration_s": round((t - origin) * 1e-6, 3)})
+                summary.append(
+                    {
+                        "file": f"{name}.aedat",
+                        "user": user,
+                        "lighting": lighting,
+                        "split": split,
+                        "gestures": len(segments),
+                        "events": int(len(events)),
+                        "duration_s": round((t - origin) * 1e-6, 3),
+                    }
+                )
                 bar.update(len(segments))
     for split in ("train", "test"):
         _write_text(out / f"trials_to_{split}.txt", "".join(f"{n}\n" for n in trials[split]))
         written.add(out / f"trials_to_{split}.txt")
     _remove_stale(old, written)
     meta = {
-        "generator": "events.simulate.simulate_gestures", "format_version": _FORMAT_VERSION,
+        "generator": "events.simulate.simulate_gestures",
+        "format_version": _FORMAT_VERSION,
         "layout": "IBM DVS Gesture original release: userNN_<lighting>.aedat (AEDAT 3.1), "
-                  "userNN_<lighting>_labels.csv, trials_to_train.txt, trials_to_test.txt",
-        "seed": seed, "users": users, "per_class": per_class, "lightings": lightings,
-        "gesture_s": [g_min, g_max], "rest_s": list(GESTURE_REST_S), "render_step_us": GESTURE_STEP_US,
-        "classes": list(GESTURE_CLASSES), "test_users": list(range(users - n_test_users + 1, users + 1)),
+        "userNN_<lighting>_labels.csv, trials_to_train.txt, trials_to_test.txt",
+        "seed": seed,
+        "users": users,
+        "per_class": per_class,
+        "lightings": lightings,
+        "gesture_s": [g_min, g_max],
+        "rest_s": list(GESTURE_REST_S),
+        "render_step_us": GESTURE_STEP_US,
+        "classes": list(GESTURE_CLASSES),
+        "test_users": list(range(users - n_test_users + 1, users + 1)),
         "lighting_params": {name: LIGHTINGS[name] for name in lightings},
         "camera": {name: cam.params() for name, cam in sorted(cameras.items())},
         "recordings": summary,
@@ -697,6 +873,7 @@ def simulate_gestures(out_dir, *, seed: int = 0, users: int = 6, per_class: int 
         "trials_to_train.txt / trials_to_test.txt. Load with events.DVSGesture(root, train=True/False).\n"
         f"Classes: {', '.join(f'{i + 1} {c}' for i, c in enumerate(GESTURE_CLASSES))}.\n"
         f"Users: {users} ({users - n_test_users} train, {n_test_users} test); {per_class} repetition(s) of each\n"
-        f"class per user; seed {seed}. All parameters: simulation.json.\n")
+        f"class per user; seed {seed}. All parameters: simulation.json.\n"
+    )
     _write_meta(out, meta, readme)
     return out

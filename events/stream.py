@@ -35,6 +35,7 @@ Frames. :func:`fit_frame_spec` adapts a trained model's :class:`~events.frames.F
 sensor (centre crop and downsampling so that frames come out at the model's input size) and
 :func:`window_frames` bins one window into ``frames_per_clip`` frames of equal length.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,16 @@ from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array
 from events.frames import FrameSpec, frames_from_spec
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
-__all__ = ["Window", "SlidingWindows", "iter_windows", "read_windows", "first_disorder", "count_windows",
-           "fit_frame_spec", "window_frames"]
+__all__ = [
+    "Window",
+    "SlidingWindows",
+    "iter_windows",
+    "read_windows",
+    "first_disorder",
+    "count_windows",
+    "fit_frame_spec",
+    "window_frames",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,8 +115,16 @@ class SlidingWindows:
     the file (or camera) name that errors report.
     """
 
-    def __init__(self, window_us: int, hop_us: int, *, origin_us: int | None = None, sensor_size=None,
-                 sort_chunks: bool = False, source: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        window_us: int,
+        hop_us: int,
+        *,
+        origin_us: int | None = None,
+        sensor_size=None,
+        sort_chunks: bool = False,
+        source: str | os.PathLike | None = None,
+    ):
         self.window_us = _positive_int("window_us", window_us)
         self.hop_us = _positive_int("hop_us", hop_us)
         self._origin_arg = _optional_int("origin_us", origin_us)
@@ -119,12 +136,12 @@ class SlidingWindows:
     def reset(self) -> None:
         """Forget the stream: the next push starts a new one (window indices from 0 again)."""
         self.origin_us = self._origin_arg
-        self.next_index = 0           # the first window not yet emitted
+        self.next_index = 0  # the first window not yet emitted
         self.last_t: int | None = None  # the latest event time seen
         self.now_us: int | None = None  # the stream is known complete before this time
         self.emitted_until: int | None = None  # end of the last emitted window
         self.events_seen = 0
-        self._buf = empty_events()    # events from the next window's start on, in time order ...
+        self._buf = empty_events()  # events from the next window's start on, in time order ...
         self._parts: list[np.ndarray] = []  # ... followed by chunks pushed since (joined on the next emit)
         self._pending = 0
 
@@ -134,8 +151,7 @@ class SlidingWindows:
         return len(self._buf) + self._pending
 
     def _check(self, events) -> np.ndarray:
-        events = events if isinstance(events, np.ndarray) and events.dtype == EVENT_DTYPE else \
-            as_event_array(events)
+        events = events if isinstance(events, np.ndarray) and events.dtype == EVENT_DTYPE else as_event_array(events)
         if events.ndim != 1:
             raise ValueError(f"events must be a 1-D EVENT_DTYPE array, got shape {events.shape}")
         if self.sensor_size is not None:
@@ -148,7 +164,9 @@ class SlidingWindows:
         n = self.events_seen + i
         return EventFormatError(
             f"timestamps go back in time at event {n} of the stream: t={t} µs after {before} µs "
-            "(sort each chunk with --sort-chunks / sort_chunks=True, if the disorder is local)", self.source)
+            "(sort each chunk with --sort-chunks / sort_chunks=True, if the disorder is local)",
+            self.source,
+        )
 
     def push(self, events: np.ndarray, now_us: int | None = None) -> list[Window]:
         """Add a chunk (time-ordered unless ``sort_chunks``); return the windows it completes, in order.
@@ -164,13 +182,20 @@ class SlidingWindows:
                 if first_disorder(events) >= 0:
                     events = events[np.argsort(events["t"], kind="stable")]
                 # windows already emitted, and (when it was taken from the first event) the origin, are fixed
-                floor = self.emitted_until if self.emitted_until is not None else \
-                    self.origin_us if self._origin_arg is None else None
+                floor = (
+                    self.emitted_until
+                    if self.emitted_until is not None
+                    else self.origin_us
+                    if self._origin_arg is None
+                    else None
+                )
                 if floor is not None and events["t"][0] < floor:
                     raise EventFormatError(
                         f"event at t={int(events['t'][0])} µs arrived after the windows up to {floor} µs were "
                         "fixed (emitted, or the origin taken from the first event); sorting within chunks "
-                        "cannot repair this", self.source)
+                        "cannot repair this",
+                        self.source,
+                    )
             else:
                 i = first_disorder(events, self.last_t)
                 if i >= 0:
@@ -209,8 +234,9 @@ class SlidingWindows:
         if stop <= self.next_index:
             return []
         if self._parts:
-            buf = np.concatenate([self._buf, *self._parts]) if len(self._buf) or len(self._parts) > 1 \
-                else self._parts[0]
+            buf = (
+                np.concatenate([self._buf, *self._parts]) if len(self._buf) or len(self._parts) > 1 else self._parts[0]
+            )
             if self.sort_chunks and first_disorder(buf) >= 0:  # chunks sorted one by one may interleave
                 buf = buf[np.argsort(buf["t"], kind="stable")]
             self._buf, self._parts, self._pending = buf, [], 0
@@ -230,8 +256,9 @@ class SlidingWindows:
         return out
 
 
-def iter_windows(events: np.ndarray, window_us: int, hop_us: int, *, origin_us: int | None = None,
-                 end_us: int | None = None) -> Iterator[Window]:
+def iter_windows(
+    events: np.ndarray, window_us: int, hop_us: int, *, origin_us: int | None = None, end_us: int | None = None
+) -> Iterator[Window]:
     """Offline windowing of a whole time-ordered array with :class:`SlidingWindows`' rules.
 
     ``origin_us`` defaults to the first event's time, ``end_us`` to one µs past the last event.
@@ -256,9 +283,15 @@ def iter_windows(events: np.ndarray, window_us: int, hop_us: int, *, origin_us: 
         yield Window(k, start, start + window_us, events[a:b])
 
 
-def read_windows(path: str | os.PathLike, window_us: int, hop_us: int, *,
-                 chunk_events: int = DEFAULT_CHUNK_EVENTS, sort_chunks: bool = False,
-                 origin_us: int | None = None) -> Iterator[Window]:
+def read_windows(
+    path: str | os.PathLike,
+    window_us: int,
+    hop_us: int,
+    *,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    sort_chunks: bool = False,
+    origin_us: int | None = None,
+) -> Iterator[Window]:
     """Stream the windows of an event file (any format ``events.reader`` reads), in bounded memory.
 
     The file is read ``chunk_events`` events at a time; the stream ends one µs after its last event.
@@ -267,8 +300,9 @@ def read_windows(path: str | os.PathLike, window_us: int, hop_us: int, *,
     from events.io import reader
 
     with reader(path) as r:
-        windows = SlidingWindows(window_us, hop_us, origin_us=origin_us, sensor_size=r.sensor_size,
-                                 sort_chunks=sort_chunks, source=path)
+        windows = SlidingWindows(
+            window_us, hop_us, origin_us=origin_us, sensor_size=r.sensor_size, sort_chunks=sort_chunks, source=path
+        )
         for chunk in r.iter_chunks(chunk_events):
             yield from windows.push(chunk)
         yield from windows.flush()
@@ -278,18 +312,22 @@ def read_windows(path: str | os.PathLike, window_us: int, hop_us: int, *,
 # frames of a window
 # --------------------------------------------------------------------------------------------
 
+
 def _fit_side(name: str, sensor: int, size: int, f: int) -> int | None:
     """Crop length along one side so that ``ceil(crop / f) == size`` (None: the whole side fits)."""
     if -(-sensor // f) == size:
         return None
     if sensor >= size * f:
         return size * f
-    raise ValueError(f"the sensor's {name} of {sensor} px cannot fill the model's input {name} of {size} at "
-                     f"downsample {f} (needs at least {size * f - f + 1} px); use a smaller downsample")
+    raise ValueError(
+        f"the sensor's {name} of {sensor} px cannot fill the model's input {name} of {size} at "
+        f"downsample {f} (needs at least {size * f - f + 1} px); use a smaller downsample"
+    )
 
 
-def fit_frame_spec(spec: FrameSpec, sensor_size, input_size, *, downsample: int | None = None,
-                   crop: tuple[int, int] | None = None) -> FrameSpec:
+def fit_frame_spec(
+    spec: FrameSpec, sensor_size, input_size, *, downsample: int | None = None, crop: tuple[int, int] | None = None
+) -> FrameSpec:
     """``spec`` with the crop and downsampling that map ``sensor_size`` onto ``input_size`` ``(H, W)``.
 
     ``downsample`` (default ``spec.downsample``) is kept; ``crop`` ``(width, height)`` overrides the
@@ -317,13 +355,16 @@ def fit_frame_spec(spec: FrameSpec, sensor_size, input_size, *, downsample: int 
     fitted = FrameSpec.from_dict(kw)
     shape = fitted.output_shape((w, h))
     if shape[1:] != (in_h, in_w):
-        raise ValueError(f"frames of the {w}x{h} sensor with crop {fitted.crop} and downsample {f} are "
-                         f"{shape[1]}x{shape[2]} (HxW), but the model takes {in_h}x{in_w}")
+        raise ValueError(
+            f"frames of the {w}x{h} sensor with crop {fitted.crop} and downsample {f} are "
+            f"{shape[1]}x{shape[2]} (HxW), but the model takes {in_h}x{in_w}"
+        )
     return fitted
 
 
-def window_frames(events: np.ndarray, sensor_size, spec: FrameSpec, start_us: int, end_us: int,
-                  n_frames: int, dtype=np.float32) -> np.ndarray:
+def window_frames(
+    events: np.ndarray, sensor_size, spec: FrameSpec, start_us: int, end_us: int, n_frames: int, dtype=np.float32
+) -> np.ndarray:
     """Bin the events of ``[start_us, end_us)`` into ``n_frames`` frames ``(T, P, H, W)`` of equal length.
 
     Frame ``i`` covers ``[start + i*L, start + (i+1)*L)`` with ``L = (end - start) / n_frames`` (which must
@@ -333,6 +374,11 @@ def window_frames(events: np.ndarray, sensor_size, spec: FrameSpec, start_us: in
     length = end_us - start_us
     if n_frames < 1 or length < n_frames or length % n_frames:
         raise ValueError(f"a window of {length} µs does not split into {n_frames} frames of whole µs")
-    framing = FrameSpec(time_window_us=length // n_frames, polarity=spec.polarity, downsample=spec.downsample,
-                        crop=spec.crop, binary=spec.binary)
+    framing = FrameSpec(
+        time_window_us=length // n_frames,
+        polarity=spec.polarity,
+        downsample=spec.downsample,
+        crop=spec.crop,
+        binary=spec.binary,
+    )
     return frames_from_spec(events, sensor_size, framing, start_us=int(start_us), end_us=int(end_us), dtype=dtype)

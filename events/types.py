@@ -9,6 +9,7 @@ An event stream is a NumPy structured array of ``EVENT_DTYPE``:
 The field names are the ones ``tonic.transforms`` indexes by, so arrays of this dtype can be
 handed to tonic directly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -69,8 +70,9 @@ def check_in_bounds(events: np.ndarray, sensor_size: SensorSize, path=None) -> N
         i = int(np.flatnonzero(bad)[0])
         e = events[i]
         raise EventFormatError(
-            f"event {i} (x={e['x']}, y={e['y']}, p={e['p']}) lies outside the "
-            f"{w}x{h} sensor with {n_pol} polarities", path)
+            f"event {i} (x={e['x']}, y={e['y']}, p={e['p']}) lies outside the {w}x{h} sensor with {n_pol} polarities",
+            path,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """Registered architectures built from ``nsm`` units: ``create_model``, ``list_models``."""
+
 from .network import Network
 from .registry import create_model, list_models, model_summary
 

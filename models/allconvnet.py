@@ -10,6 +10,7 @@ conv3x3 at 192, two conv1x1 at 192; global average pool; linear readout (7 unit 
 3x3 convolutions keep the spatial size (padding 1: -1 for binary units, 0 for real-valued ones).
 ``width`` scales every channel count (at least 1 channel per layer).
 """
+
 from __future__ import annotations
 
 from nsm import Binarize, Readout
@@ -17,7 +18,9 @@ from nsm.neurons import NeuronKind, pool_unit
 
 POOL = "pool"
 
-ALLCONV18_PLAN = [(64, 3)] * 3 + [POOL] + [(96, 3)] * 3 + [POOL] + [(128, 3)] * 3 + [POOL] + [(256, 3), (256, 1), (256, 1)]
+ALLCONV18_PLAN = (
+    [(64, 3)] * 3 + [POOL] + [(96, 3)] * 3 + [POOL] + [(128, 3)] * 3 + [POOL] + [(256, 3), (256, 1), (256, 1)]
+)
 ALLCONV12_PLAN = [(96, 3)] * 2 + [POOL] + [(192, 3)] * 2 + [POOL] + [(192, 3), (192, 1), (192, 1)]
 
 
@@ -32,8 +35,10 @@ def build_allconv(plan, in_channels: int, input_size, num_classes: int, kind: Ne
             layers.append(pool_unit(kind, 2))
             h, w = h // 2, w // 2
             if min(h, w) < 1:
-                raise ValueError(f"input size {tuple(input_size)} is too small for this network's "
-                                 f"{plan.count(POOL)} 2x2 pools (need at least {2 ** plan.count(POOL)} pixels a side)")
+                raise ValueError(
+                    f"input size {tuple(input_size)} is too small for this network's "
+                    f"{plan.count(POOL)} 2x2 pools (need at least {2 ** plan.count(POOL)} pixels a side)"
+                )
             continue
         out, k = step
         out = max(1, round(out * width))

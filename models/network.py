@@ -1,4 +1,5 @@
 """The container every registered model is: a sequence of layers that remembers how it was made."""
+
 from __future__ import annotations
 
 from torch import nn

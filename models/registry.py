@@ -1,9 +1,10 @@
 """Model registry: ``create_model(name, ...)`` builds any registered architecture with any neuron kind."""
+
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from nsm.neurons import neuron_kind
 
@@ -25,8 +26,9 @@ class ModelEntry:
 
 
 _MODELS = {
-    "allconvnet18": ModelEntry(allconvnet18, 6, (64, 64), 11,
-                               "18-layer all-convolutional net for DVS Gesture (six 16 ms frames, 64x64)"),
+    "allconvnet18": ModelEntry(
+        allconvnet18, 6, (64, 64), 11, "18-layer all-convolutional net for DVS Gesture (six 16 ms frames, 64x64)"
+    ),
     "allconvnet12": ModelEntry(allconvnet12, 3, (32, 32), 10, "12-layer all-convolutional net (CIFAR-style, seed)"),
     "nmnist_cnn": ModelEntry(nmnist_cnn, 10, (34, 34), 10, "32c5-p2-64c5-p2-1024-10 for N-MNIST (seed)"),
 }
@@ -47,8 +49,15 @@ def _entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
-def create_model(name: str, *, in_channels: int | None = None, input_size=None, num_classes: int | None = None,
-                 neuron: str = "bnsm", **kw) -> Network:
+def create_model(
+    name: str,
+    *,
+    in_channels: int | None = None,
+    input_size=None,
+    num_classes: int | None = None,
+    neuron: str = "bnsm",
+    **kw,
+) -> Network:
     """Build model ``name`` with ``neuron`` units (``nsm.NEURON_KINDS``).
 
     Sizes default to the architecture's own (see ``list_models``). Neuron options ``noise_p``,
@@ -67,6 +76,7 @@ def create_model(name: str, *, in_channels: int | None = None, input_size=None, 
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {allowed + list(NEURON_OPTIONS)}")
     layers = entry.build(in_channels, input_size, num_classes, kind, **arch_kw)
-    spec = dict(name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes,
-                neuron=neuron, **kw)
+    spec = dict(
+        name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes, neuron=neuron, **kw
+    )
     return Network(layers, spec)

@@ -8,15 +8,35 @@ that sampling networks train in) and Monte Carlo prediction,
 ``nsm.initialization`` for the data-dependent initialisation that deep binary networks need to learn and
 ``nsm.normalization`` for the batch-normalized firing logits that wide ones train on.
 """
+
 from .initialization import data_init
 from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit, WeightCache
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
-from .normalization import LogitNormalization
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
+from .normalization import LogitNormalization
 from .sampling import MCResult, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
 
 __all__ = [
-    "MODES", "NEURON_KINDS", "BernoulliNoise", "Binarize", "BinaryMaxPool2d", "GaussianNoise", "LogitNormalization", "MCResult",
-    "NSMConv2d", "NSMLinear", "Readout", "StochasticUnit", "WeightCache", "data_init", "mc_predict", "neuron_kind", "noise_from_dict",
-    "pool_unit", "sample_probabilities", "set_mode", "using_generator", "using_mode",
+    "MODES",
+    "NEURON_KINDS",
+    "BernoulliNoise",
+    "Binarize",
+    "BinaryMaxPool2d",
+    "GaussianNoise",
+    "LogitNormalization",
+    "MCResult",
+    "NSMConv2d",
+    "NSMLinear",
+    "Readout",
+    "StochasticUnit",
+    "WeightCache",
+    "data_init",
+    "mc_predict",
+    "neuron_kind",
+    "noise_from_dict",
+    "pool_unit",
+    "sample_probabilities",
+    "set_mode",
+    "using_generator",
+    "using_mode",
 ]

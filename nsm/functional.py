@@ -21,10 +21,11 @@ sum_j W_eff_ij^2 (1 - m_j^2); taking v_i as Gaussian (a sum of many independent 
 
     E(z_i) = E erf(v_i) = erf(mean / sqrt(1 + 2 variance))          (``expected_sign``)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -121,6 +122,7 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
     ``generator`` (torch's global RNG when None). Elsewhere: r ~ U(-1, 1) and z = +1 iff
     r < erf(v), since P(r < erf(v)) = (erf(v) + 1) / 2 = P. ``out`` may be ``v`` itself.
     """
+
     def kernel(a, o):
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
         kernels.sample_sign_cpu(a, seed, out=o, threads=torch.get_num_threads())
@@ -134,8 +136,12 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
 
 def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """z = sgn(u) with sgn(0) = +1 (no gradient); written into ``out`` if given (which may be ``u``)."""
-    return _write_states(u, out, lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads()),
-                         lambda: torch.where(u >= 0, 1.0, -1.0).to(u.dtype))
+    return _write_states(
+        u,
+        out,
+        lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads()),
+        lambda: torch.where(u >= 0, 1.0, -1.0).to(u.dtype),
+    )
 
 
 class _SignWithSurrogate(torch.autograd.Function):
@@ -164,8 +170,9 @@ class _SignWithSurrogate(torch.autograd.Function):
 SURROGATES = ("erf", "hardtanh")
 
 
-def with_surrogate(v: torch.Tensor, states_of: Callable[..., torch.Tensor], surrogate: str = "erf",
-                   overwrite: bool = False) -> torch.Tensor:
+def with_surrogate(
+    v: torch.Tensor, states_of: Callable[..., torch.Tensor], surrogate: str = "erf", overwrite: bool = False
+) -> torch.Tensor:
     """Binary states ``states_of(v, out=None)`` in the forward pass; gradients flow to v through ``surrogate``.
 
     ``overwrite``: the caller owns v and does not need it afterwards, so when no gradient can flow to v
@@ -178,8 +185,9 @@ def with_surrogate(v: torch.Tensor, states_of: Callable[..., torch.Tensor], surr
     return _SignWithSurrogate.apply(v, states_of, surrogate)
 
 
-def sample_sign(v: torch.Tensor, surrogate: str = "erf", generator: torch.Generator | None = None,
-                overwrite: bool = False) -> torch.Tensor:
+def sample_sign(
+    v: torch.Tensor, surrogate: str = "erf", generator: torch.Generator | None = None, overwrite: bool = False
+) -> torch.Tensor:
     """Draw z = +1 with probability P = 1/2 (1 + erf(v)), else -1 (the ``probability`` mode).
 
     The forward pass emits the sample; the backward pass uses only the gradient of
@@ -194,9 +202,16 @@ def deterministic_sign(v: torch.Tensor, surrogate: str = "erf", overwrite: bool 
     return with_surrogate(v, sign_states, surrogate, overwrite)
 
 
-def synapse_preactivation(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor,
-                          noise: Noise, affine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                          channel_dim: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+def synapse_preactivation(
+    z: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    beta: torch.Tensor,
+    noise: Noise,
+    affine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    channel_dim: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """u_i = sum_j (xi_j + a_i) w_ij z_j + b_i with xi drawn explicitly (eq. 4, the ``synapse`` mode).
 
     ``z`` is the layer input with any padding already applied, and ``affine(x, w)`` the layer's linear

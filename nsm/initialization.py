@@ -25,6 +25,7 @@ are initialised on the states the already initialised layers emit. Units without
 (batch-normalized ``dcnn`` units, the readout) are left as built; units without ``state_probability``
 (real-valued kinds) keep c_i = 0.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,7 @@ from .layers import BinaryMaxPool2d
 GAIN = 1.0
 POOL_RATE = 0.5
 _BISECTION_STEPS = 40
-_SHIFT_RANGE = 8.0          # c is sought in [-8, 8] units of the standardized pre-activation
+_SHIFT_RANGE = 8.0  # c is sought in [-8, 8] units of the standardized pre-activation
 _MIN_STD = 1e-6
 
 
@@ -46,8 +47,9 @@ class _Captured(Exception):
 def _execution_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """The leaf modules of ``model`` in the order one forward pass on ``x`` runs them."""
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules() if not list(m.children())
+    ]
     try:
         model(x)
     finally:
@@ -105,7 +107,7 @@ def data_init(model: nn.Module, x: torch.Tensor, *, gain: float = GAIN, pool_rat
     if not any(hasattr(m, "scale_preactivation") for m in model.modules()):
         return 0
     was_training = model.training
-    model.eval()                  # batch-norm layers keep their running statistics; sampling units still sample
+    model.eval()  # batch-norm layers keep their running statistics; sampling units still sample
     try:
         return _initialise(model, x, gain, pool_rate)
     finally:
@@ -119,7 +121,7 @@ def _initialise(model: nn.Module, x: torch.Tensor, gain: float, pool_rate: float
         if not hasattr(unit, "scale_preactivation"):
             continue
         u = unit.preactivation(_input_of(model, unit, x))
-        dims = tuple(d for d in range(u.dim()) if d != 1)          # units on dimension 1
+        dims = tuple(d for d in range(u.dim()) if d != 1)  # units on dimension 1
         mu, sigma = u.mean(dims), u.std(dims).clamp_min(_MIN_STD)
         shape = (1, -1) + (1,) * (u.dim() - 2)
         z = (u - mu.reshape(shape)) / sigma.reshape(shape) * gain

@@ -20,6 +20,7 @@ exactly; only inside that band (probability <= 2 MARGIN) is P computed with ``ma
 is polynomial arithmetic and compiles to SIMD code (no table gathers, no division, no branches); the
 result equals the comparison u < 1/2 (1 + erf(v)) in double precision for every element.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ BLOCK = 1 << 14
 MARGIN = 1e-6
 # Abramowitz & Stegun (1964), 7.1.28: erf(a) ~ 1 - (1 + a1 a + ... + a6 a^6)^-16 for a >= 0.
 _A1, _A2, _A3, _A4, _A5, _A6 = 0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638
-_A_MAX = 6.0                    # Q(6) < 1e-17: clamping |v| there changes no comparison with a 53-bit u
+_A_MAX = 6.0  # Q(6) < 1e-17: clamping |v| there changes no comparison with a 53-bit u
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -83,10 +84,10 @@ def _sample_block(v, out, origin, decided):
         x = np.float64(v[i])
         u = _uniform(origin, i)
         t16 = tail_factor(abs(x))
-        w = 1.0 - u if x >= 0.0 else u          # exact: u is a multiple of 2^-53
-        below = (w + MARGIN) * t16 < 0.5        # w < Q - MARGIN  (Q ~ 0.5 / t16)
-        above = (w - MARGIN) * t16 > 0.5        # w > Q + MARGIN
-        fire = above if x >= 0.0 else below     # u < P  iff  w > Q (v >= 0)  or  w < Q (v < 0)
+        w = 1.0 - u if x >= 0.0 else u  # exact: u is a multiple of 2^-53
+        below = (w + MARGIN) * t16 < 0.5  # w < Q - MARGIN  (Q ~ 0.5 / t16)
+        above = (w - MARGIN) * t16 > 0.5  # w > Q + MARGIN
+        fire = above if x >= 0.0 else below  # u < P  iff  w > Q (v >= 0)  or  w < Q (v < 0)
         quiet = below if x >= 0.0 else above
         decided[i] = np.float32(fire) - np.float32(quiet)
         n_undecided += 1 - (fire | quiet)
@@ -96,7 +97,7 @@ def _sample_block(v, out, origin, decided):
     for i in range(n):
         if decided[i] != 0.0:
             out[i] = decided[i]
-        else:                                   # also NaN: u < NaN is False, so -1
+        else:  # also NaN: u < NaN is False, so -1
             out[i] = 1.0 if _uniform(origin, i) < 0.5 * (1.0 + math.erf(np.float64(v[i]))) else -1.0
 
 
@@ -106,7 +107,7 @@ def _sample_blocks(v, out, seed, first, last):
     decided = np.empty(BLOCK, np.float32)
     for b in range(first, last):
         origin = _mix64(np.uint64(seed) ^ _mix64(np.uint64(b) * _GAMMA + _GAMMA))
-        _sample_block(v[b * BLOCK:(b + 1) * BLOCK], out[b * BLOCK:(b + 1) * BLOCK], origin, decided)
+        _sample_block(v[b * BLOCK : (b + 1) * BLOCK], out[b * BLOCK : (b + 1) * BLOCK], origin, decided)
 
 
 @numba.njit(**_JIT)

@@ -14,6 +14,7 @@ the mode too: in the ``expected`` and ``mean-input`` modes every NSM unit and po
 value of its state instead of a state (moment propagation, ``functional.expected_sign``; ``mean-input``
 leaves out the inputs' variance), the passes that sampling networks train on (``docs/training-study.md``).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,8 @@ from . import functional as nsmf
 from .noise import BernoulliNoise, Noise
 
 MODES = ("probability", "synapse", "deterministic", "expected", "mean-input")
-EXPECTATION_MODES = ("expected", "mean-input")   # the modes whose units and pools pass the means of states
-_MIN_OFF = 1e-30            # P(off) is floored here before its logarithm (an input that is surely on)
+EXPECTATION_MODES = ("expected", "mean-input")  # the modes whose units and pools pass the means of states
+_MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
 ESTIMATORS = ("nsm", "ste")
 
 
@@ -51,7 +52,7 @@ class WeightCache:
         self._stores = {unit: {} for unit in model.modules() if isinstance(unit, _NSMUnit)}
         self._outer = []
 
-    def __enter__(self) -> "WeightCache":
+    def __enter__(self) -> WeightCache:
         self._outer.append({unit: unit.__dict__.get("_weight_cache") for unit in self._stores})
         for unit, store in self._stores.items():
             if unit.__dict__.get("_weight_cache") is None:
@@ -75,8 +76,7 @@ def _memo(owner: nn.Module, slot: str, tensors: list[torch.Tensor], extra, compu
         return compute()
     state = tuple((None if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
     entry = store.get(slot)
-    if (entry is None or entry[1] != state or entry[2] != extra
-            or any(a is not b for a, b in zip(entry[0], tensors))):
+    if entry is None or entry[1] != state or entry[2] != extra or any(a is not b for a, b in zip(entry[0], tensors)):
         entry = (tuple(tensors), state, extra, compute())
         store[slot] = entry
     return entry[3]
@@ -156,10 +156,10 @@ class AffineConv2d(nn.Module):
         top, bottom, sides = _memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
         if ph:
             out[..., :ph, :] += top
-            out[..., h - ph:, :] += bottom
+            out[..., h - ph :, :] += bottom
         if pw:
-            out[..., ph:h - ph, :pw] += sides[..., :pw]
-            out[..., ph:h - ph, w - pw:] += sides[..., pw:]
+            out[..., ph : h - ph, :pw] += sides[..., :pw]
+            out[..., ph : h - ph, w - pw :] += sides[..., pw:]
         return out
 
     def border_rows(self, weight: torch.Tensor, width: int):
@@ -170,16 +170,19 @@ class AffineConv2d(nn.Module):
         (C_out, ph, width) and the side columns (C_out, 1, 2 pw): left pw, then right pw.
         """
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
-        edge = F.conv2d(F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value),
-                        weight)[0]
+        edge = F.conv2d(
+            F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight
+        )[0]
         cols = torch.cat([torch.arange(pw), torch.full((width - 2 * pw,), pw), torch.arange(pw + 1, kw)])
         cols = cols.to(weight.device)
-        sides = torch.cat([edge[:, ph:ph + 1, :pw], edge[:, ph:ph + 1, pw + 1:]], dim=-1)
-        return edge[:, :ph][..., cols], edge[:, ph + 1:][..., cols], sides
+        sides = torch.cat([edge[:, ph : ph + 1, :pw], edge[:, ph : ph + 1, pw + 1 :]], dim=-1)
+        return edge[:, :ph][..., cols], edge[:, ph + 1 :][..., cols], sides
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding} (value {self.pad_value:g}), bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding} (value {self.pad_value:g}), bias={self.bias is not None}"
+        )
 
 
 class AffineLinear(nn.Module):
@@ -232,7 +235,7 @@ class _NSMUnit(StochasticUnit):
     """
 
     pad_value = -1.0
-    logit_norm = None           # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
+    logit_norm = None  # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
@@ -254,8 +257,13 @@ class _NSMUnit(StochasticUnit):
         Inside a :class:`WeightCache` (Monte Carlo rounds, streaming) and without autograd it is computed once
         and reused until a parameter changes."""
         params = [p for p in (self.weight, self.bias, self.beta) if p is not None]
-        return _memo(self, "_effective_cache", params, self.noise,
-                     lambda: nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise))
+        return _memo(
+            self,
+            "_effective_cache",
+            params,
+            self.noise,
+            lambda: nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise),
+        )
 
     def logit(self, z: torch.Tensor) -> torch.Tensor:
         """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position; with batch-normalized
@@ -329,8 +337,9 @@ class _NSMUnit(StochasticUnit):
             return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
             return nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
-        raise ValueError(f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the "
-                         f"input)")
+        raise ValueError(
+            f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the input)"
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode in EXPECTATION_MODES:
@@ -339,10 +348,20 @@ class _NSMUnit(StochasticUnit):
         if self.mode != "synapse":
             return self.states_from_logit(v)
         if self.logit_norm is not None:
-            raise ValueError("synapse mode draws eq. 4's noise with the unit's own parameters: fold the batch-"
-                             "normalized logits first (nsm.normalization.LogitNormalization.fold)")
-        u = nsmf.synapse_preactivation(self.pad_input(z), self.weight, self.bias, self.beta, self.noise,
-                                       self.affine_padded, self.unit_dim, self.generator)
+            raise ValueError(
+                "synapse mode draws eq. 4's noise with the unit's own parameters: fold the batch-"
+                "normalized logits first (nsm.normalization.LogitNormalization.fold)"
+            )
+        u = nsmf.synapse_preactivation(
+            self.pad_input(z),
+            self.weight,
+            self.bias,
+            self.beta,
+            self.noise,
+            self.affine_padded,
+            self.unit_dim,
+            self.generator,
+        )
         return nsmf.with_surrogate(v, lambda _, out=None: nsmf.sign_states(u, out), self.surrogate, overwrite=True)
 
     def extra_repr(self) -> str:
@@ -352,8 +371,18 @@ class _NSMUnit(StochasticUnit):
 class NSMConv2d(_NSMUnit, AffineConv2d):
     """Convolution of NSM units over {-1, +1} feature maps, padded with -1."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 noise: Noise = BernoulliNoise(0.5), estimator: str = "nsm", mode: str = "probability"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        bias: bool = True,
+        noise: Noise = BernoulliNoise(0.5),
+        estimator: str = "nsm",
+        mode: str = "probability",
+    ):
         AffineConv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding, bias)
         self._init_unit(noise, estimator, mode)
 
@@ -361,8 +390,15 @@ class NSMConv2d(_NSMUnit, AffineConv2d):
 class NSMLinear(_NSMUnit, AffineLinear):
     """Fully connected NSM units over a {-1, +1} vector."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 noise: Noise = BernoulliNoise(0.5), estimator: str = "nsm", mode: str = "probability"):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        noise: Noise = BernoulliNoise(0.5),
+        estimator: str = "nsm",
+        mode: str = "probability",
+    ):
         AffineLinear.__init__(self, in_features, out_features, bias)
         self._init_unit(noise, estimator, mode)
 
@@ -397,14 +433,21 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
         border, which max-pooling never picks, counts as off)."""
         if self.dilation not in (1, (1, 1)):
             raise ValueError("the OR of independent states is computed for max-pools without dilation")
-        summed = F.avg_pool2d(log_off, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode,
-                              count_include_pad=True, divisor_override=1)
+        summed = F.avg_pool2d(
+            log_off,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=True,
+            divisor_override=1,
+        )
         return 1.0 - summed.exp()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode not in EXPECTATION_MODES:
             return super().forward(z)
-        wide = z.to(torch.promote_types(z.dtype, torch.float32))    # at least float32: _MIN_OFF underflows float16
+        wide = z.to(torch.promote_types(z.dtype, torch.float32))  # at least float32: _MIN_OFF underflows float16
         off = ((1.0 - wide) * 0.5).clamp_min(_MIN_OFF)
         return (2.0 * self.on_probability(torch.log(off)) - 1.0).to(z.dtype)
 

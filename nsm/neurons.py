@@ -24,18 +24,18 @@ Binary kinds (all but ``sn`` and ``dcnn``) exchange {-1, +1} states and pad conv
 the real-valued kinds pad with 0. ``plain`` (conv or linear + hardtanh, zero padding) is not one
 of the seed's methods: it is the cost reference that ``nsm bench`` compares the NSM against.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import functional as nsmf
-from .layers import (EXPECTATION_MODES, AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSMLinear,
-                     StochasticUnit)
+from .layers import EXPECTATION_MODES, AffineConv2d, AffineLinear, BinaryMaxPool2d, NSMConv2d, NSMLinear, StochasticUnit
 from .noise import BernoulliNoise, GaussianNoise
 
 
@@ -119,8 +119,9 @@ class _NoisyRectifierUnit(StochasticUnit):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode in EXPECTATION_MODES:
-            raise ValueError(f"the noisy rectifier (sn) has no {self.mode} mode: that mode propagates the means "
-                             f"of binary states")
+            raise ValueError(
+                f"the noisy rectifier (sn) has no {self.mode} mode: that mode propagates the means of binary states"
+            )
         u = self.preactivation(x)
         if self.mode != "deterministic":
             u = u + self.sigma * torch.randn(u.shape, device=u.device, dtype=u.dtype, generator=self.generator)
@@ -226,11 +227,18 @@ def _tagged(name: str, cls, options: dict) -> Callable[..., nn.Module]:
         unit = cls(*args, **options, **kwargs)
         unit.neuron = name
         return unit
+
     return build
 
 
-def neuron_kind(name: str, *, noise_p: float = 0.5, conv_noise_p: float | None = None, noise_sigma: float = 1.0,
-                sn_sigma: float = 1.0) -> NeuronKind:
+def neuron_kind(
+    name: str,
+    *,
+    noise_p: float = 0.5,
+    conv_noise_p: float | None = None,
+    noise_sigma: float = 1.0,
+    sn_sigma: float = 1.0,
+) -> NeuronKind:
     """The unit builders of kind ``name`` (one of ``NEURON_KINDS`` or ``"plain"``).
 
     ``noise_p``: Bernoulli transmission probability (bnsm, ste, bn); ``conv_noise_p``: the convolutions'

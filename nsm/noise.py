@@ -9,11 +9,12 @@ numbers are all the firing probability needs (docs/design.md section 3):
 ``sample`` draws xi explicitly; it is used by the ``synapse`` mode (eq. 4) and by runtimes that
 rebuild the stochastic network from exported metadata (``to_dict`` / ``noise_from_dict``).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import torch
 
@@ -73,7 +74,7 @@ class GaussianNoise:
         return {"kind": self.kind, "sigma": self.sigma}
 
 
-Noise = Union[BernoulliNoise, GaussianNoise]
+Noise = BernoulliNoise | GaussianNoise
 
 
 def noise_from_dict(d: dict) -> Noise:

@@ -24,6 +24,7 @@ of a_i over the batch and over the noise of the input states (``BatchMoments.exp
 converts the other way on a batch x (the moments of x, beta_i <- beta_i sqrt(var_i + eps),
 b'_i <- b'_i + beta_i mu_i), so the network's logits on x are unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,7 @@ class BatchMoments:
         ``track``; the running moments in evaluation)."""
         a = unit.affine(z, nsmf.unit_direction(unit.weight))
         mean, var = (self.mean, self.var) if track or not unit.training else (None, None)
-        return F.batch_norm(a, mean, var, unit.beta, unit.effective_weight()[1], unit.training, self.momentum,
-                            self.eps)
+        return F.batch_norm(a, mean, var, unit.beta, unit.effective_weight()[1], unit.training, self.momentum, self.eps)
 
     def expected_logit(self, unit: _NSMUnit, m: torch.Tensor, track: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the normalized logit when the inputs are independent states with means ``m``
@@ -118,8 +118,9 @@ class LogitNormalization:
 
     @classmethod
     @torch.no_grad()
-    def attach(cls, model: nn.Module, x: torch.Tensor, *, momentum: float = MOMENTUM,
-               eps: float = EPS) -> "LogitNormalization":
+    def attach(
+        cls, model: nn.Module, x: torch.Tensor, *, momentum: float = MOMENTUM, eps: float = EPS
+    ) -> LogitNormalization:
         """Normalize every NSM unit of ``model``, its running moments those of one pass on ``x`` (the network runs
         in evaluation mode and its units' current modes; in ``expected`` mode the moments include the states'
         noise), its parameters converted so the logits on ``x`` (and their means and variances) stay."""
@@ -134,7 +135,7 @@ class LogitNormalization:
             model.train(was_training)
             for hook in hooks:
                 hook.remove()
-        for unit, name in names.items():                 # every check before any unit changes
+        for unit, name in names.items():  # every check before any unit changes
             if unit.logit_norm is not None:
                 raise ValueError(f"unit {name} already has batch-normalized logits")
             if unit.bias is None:
@@ -146,25 +147,37 @@ class LogitNormalization:
             mean, var = _batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=unit.mode == "expected"))
             moments[name] = BatchMoments(mean, var, momentum, eps)
             sigma, b_eff = (var + eps).sqrt(), unit.effective_weight()[1]
-            unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)   # beta sigma, b' + beta mu
+            unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)  # beta sigma, b' + beta mu
         return cls(model, moments)
 
     @classmethod
-    def resume(cls, model: nn.Module, state: dict) -> "LogitNormalization":
+    def resume(cls, model: nn.Module, state: dict) -> LogitNormalization:
         """Attach the moments of ``state_dict()`` again; ``model`` must hold the parameters saved with them."""
         names = {name for name, _ in cls.units_of(model)}
         if set(state) != names:
-            raise ValueError(f"the saved logit normalization covers units {sorted(state)}, the network has "
-                             f"{sorted(names)}")
+            raise ValueError(
+                f"the saved logit normalization covers units {sorted(state)}, the network has {sorted(names)}"
+            )
         device = next(model.parameters()).device
-        return cls(model, {name: BatchMoments(s["mean"].to(device), s["var"].to(device), s["momentum"], s["eps"])
-                           for name, s in state.items()})
+        return cls(
+            model,
+            {
+                name: BatchMoments(s["mean"].to(device), s["var"].to(device), s["momentum"], s["eps"])
+                for name, s in state.items()
+            },
+        )
 
     def state_dict(self) -> dict:
         """Per unit name: its running moments, momentum and eps."""
-        return {name: {"mean": unit.logit_norm.mean.clone(), "var": unit.logit_norm.var.clone(),
-                       "momentum": unit.logit_norm.momentum, "eps": unit.logit_norm.eps}
-                for name, unit in self.units.items()}
+        return {
+            name: {
+                "mean": unit.logit_norm.mean.clone(),
+                "var": unit.logit_norm.var.clone(),
+                "momentum": unit.logit_norm.momentum,
+                "eps": unit.logit_norm.eps,
+            }
+            for name, unit in self.units.items()
+        }
 
     @torch.no_grad()
     def folded_state_dict(self) -> dict:

@@ -10,6 +10,7 @@ sampling costs one large forward pass rather than K small ones. Adaptive samplin
 input separately, at the first n >= min_samples where the running mean's top class probability is
 at least ``threshold`` (never beyond ``max_samples``).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -58,8 +59,9 @@ def takes_expectations(model: nn.Module) -> bool:
     train with: it has stochastic units, and each is an NSM unit in ``probability`` mode with the NSM estimator
     (bnsm, gnsm; not ``ste``, whose gradient is another rule, nor units that do not sample)."""
     units = stochastic_units(model)
-    return bool(units) and all(isinstance(u, _NSMUnit) and u.mode == "probability" and u.estimator == "nsm"
-                               for u in units)
+    return bool(units) and all(
+        isinstance(u, _NSMUnit) and u.mode == "probability" and u.estimator == "nsm" for u in units
+    )
 
 
 @contextmanager
@@ -117,14 +119,15 @@ def _sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_b
         for module in modules[:i]:
             h = module(h)
         v = modules[i].logit(h)
-        rows = torch.cat([v] * samples)       # a copy (sampled in place), sample-major like the input rows, v's format
+        rows = torch.cat([v] * samples)  # a copy (sampled in place), sample-major like the input rows, v's format
 
         def run(v_rows):
             z = modules[i].states_from_logit(v_rows)
-            for module in modules[i + 1:]:
+            for module in modules[i + 1 :]:
                 z = module(z)
             return z
-    outs = [torch.softmax(run(rows[j:j + max_batch]).float(), dim=1) for j in range(0, rows.shape[0], max_batch)]
+
+    outs = [torch.softmax(run(rows[j : j + max_batch]).float(), dim=1) for j in range(0, rows.shape[0], max_batch)]
     return torch.cat(outs).reshape(samples, b, -1)
 
 
@@ -140,9 +143,19 @@ def _first_unit(model: nn.Module):
     return None
 
 
-def mc_predict(model: nn.Module, x: torch.Tensor, samples: int | None = None, *, adaptive: bool = False,
-               threshold: float = 0.9, min_samples: int = 4, max_samples: int = 64, step: int | None = None,
-               max_batch: int = 256, generator: torch.Generator | None = None) -> MCResult:
+def mc_predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int | None = None,
+    *,
+    adaptive: bool = False,
+    threshold: float = 0.9,
+    min_samples: int = 4,
+    max_samples: int = 64,
+    step: int | None = None,
+    max_batch: int = 256,
+    generator: torch.Generator | None = None,
+) -> MCResult:
     """Monte Carlo prediction of ``model`` on the batch ``x``.
 
     Fixed: ``samples=K`` passes per input. Adaptive (``adaptive=True``): passes are drawn in rounds
@@ -176,22 +189,22 @@ def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch) ->
     b, dev = x.shape[0], x.device
     probs = None
     used = torch.zeros(b, dtype=torch.long, device=dev)
-    running = None                      # (active, classes) sum of softmax so far
+    running = None  # (active, classes) sum of softmax so far
     active = torch.arange(b, device=dev)  # inputs still sampling; all have drawn `done` passes
     done = 0
     while active.numel():
         k = min(min_samples if done == 0 else step, max_samples - done)
-        p = sample_probabilities(model, x[active], k, max_batch)            # (k, A, C)
+        p = sample_probabilities(model, x[active], k, max_batch)  # (k, A, C)
         if running is None:
             running = torch.zeros_like(p[0])
             probs = torch.empty(b, p.shape[-1], device=dev)
-        cum = running.unsqueeze(0) + p.cumsum(dim=0)                        # (k, A, C)
-        counts = torch.arange(done + 1, done + k + 1, device=dev)           # (k,)
+        cum = running.unsqueeze(0) + p.cumsum(dim=0)  # (k, A, C)
+        counts = torch.arange(done + 1, done + k + 1, device=dev)  # (k,)
         means = cum / counts.reshape(-1, 1, 1)
         stop = (means.amax(dim=2) >= threshold) & (counts >= min_samples).reshape(-1, 1)
         stop[-1] |= counts[-1] >= max_samples
         finished = stop.any(dim=0)
-        first = stop.float().argmax(dim=0)                                  # first True along k
+        first = stop.float().argmax(dim=0)  # first True along k
         idx = active[finished]
         probs[idx] = means[first[finished], finished.nonzero().squeeze(1)]
         used[idx] = counts[first[finished]]

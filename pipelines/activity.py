@@ -6,6 +6,7 @@ v, for the others w.z + b or the batch-normalized input), and the third weight l
 values (percentiles and a histogram). The last hidden layer's input is captured by a forward hook
 during the training step itself, so recording costs one extra layer evaluation, not a forward pass.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MAX_VALUES = 1 << 20        # percentiles from at most this many values (an even stride through the batch)
+MAX_VALUES = 1 << 20  # percentiles from at most this many values (an even stride through the batch)
 HIST_BINS = 40
 
 
@@ -62,13 +63,21 @@ class ActivityRecorder:
         w = _values(self.third.weight)
         counts, edges = np.histogram(w, bins=HIST_BINS)
         rec = {
-            "epoch": round(float(epoch), 6), "step": int(step), "neuron": self.neuron,
-            "last_hidden": {"layer": self.last_name,
-                            "percentiles": {str(q): float(v) for q, v in zip((15, 50, 85), np.percentile(pre, [15, 50, 85]))}},
-            "third_layer": {"layer": self.third_name,
-                            "percentiles": {str(q): float(v) for q, v in
-                                            zip((5, 15, 50, 85, 95), np.percentile(w, [5, 15, 50, 85, 95]))},
-                            "hist_edges": edges.tolist(), "hist_counts": counts.tolist()},
+            "epoch": round(float(epoch), 6),
+            "step": int(step),
+            "neuron": self.neuron,
+            "last_hidden": {
+                "layer": self.last_name,
+                "percentiles": {str(q): float(v) for q, v in zip((15, 50, 85), np.percentile(pre, [15, 50, 85]))},
+            },
+            "third_layer": {
+                "layer": self.third_name,
+                "percentiles": {
+                    str(q): float(v) for q, v in zip((5, 15, 50, 85, 95), np.percentile(w, [5, 15, 50, 85, 95]))
+                },
+                "hist_edges": edges.tolist(),
+                "hist_counts": counts.tolist(),
+            },
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")

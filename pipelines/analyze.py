@@ -31,6 +31,7 @@ Runs are given as run folders (``--run RUN ...``), as the output folder of ``nsm
 ``runs/*`` folders), or as checkpoints (``--checkpoint RUN/checkpoint.pt``, meaning the folder it
 lies in).
 """
+
 from __future__ import annotations
 
 import json
@@ -140,8 +141,10 @@ def read_activity(run: Path) -> Activity:
     """Parse and check ``run/activity.jsonl``. Errors name the run, or the file and line."""
     path = run / ACTIVITY
     if not path.is_file():
-        raise FileNotFoundError(f"{run}: no {ACTIVITY} in this run folder; it is written by 'nsm train' "
-                                "(train the run, or pass the folder that holds it)")
+        raise FileNotFoundError(
+            f"{run}: no {ACTIVITY} in this run folder; it is written by 'nsm train' "
+            "(train the run, or pass the folder that holds it)"
+        )
     by_step: dict[int, dict] = {}
     kinds: set[str] = set()
     for lineno, record in numbered_records(path):
@@ -185,7 +188,7 @@ def plot_input_percentiles(runs: list[Activity], path) -> Path:
         ax.set_ylabel(f"input of {a.records[-1]['last_hidden']['layer']}", fontsize="small")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small", loc="best")
-    for ax in axes[len(runs):]:
+    for ax in axes[len(runs) :]:
         ax.set_visible(False)
     fig.suptitle("Last hidden layer: input percentiles (15th, 50th, 85th) during training")
     return save_png(fig, path)
@@ -238,7 +241,10 @@ def summarize(a: Activity) -> dict:
     return {
         "epochs": [float(first["epoch"]), float(last["epoch"])],
         "input_spread_15_85": [spread(first, "last_hidden", "15", "85"), spread(last, "last_hidden", "15", "85")],
-        "input_median": [float(first["last_hidden"]["percentiles"]["50"]), float(last["last_hidden"]["percentiles"]["50"])],
+        "input_median": [
+            float(first["last_hidden"]["percentiles"]["50"]),
+            float(last["last_hidden"]["percentiles"]["50"]),
+        ],
         "weight_spread_5_95": [spread(first, "third_layer", "5", "95"), spread(last, "third_layer", "5", "95")],
         "weight_spread_15_85": [spread(first, "third_layer", "15", "85"), spread(last, "third_layer", "15", "85")],
     }
@@ -249,40 +255,51 @@ def analysis(runs: list[Activity]) -> dict:
     out = []
     for a in runs:
         snaps = a.snapshot_indices()
-        out.append({
-            "run": str(a.run),
-            "name": a.run.name,
-            "neuron": a.neuron,
-            "label": a.label,
-            "records": len(a.records),
-            "epoch": a.epochs,
-            "step": a.steps,
-            "last_hidden": {
-                "layer": a.records[-1]["last_hidden"]["layer"],
-                "percentiles": {k: a.column("last_hidden", k) for k in INPUT_PERCENTILES},
-            },
-            "third_layer": {
-                "layer": a.records[-1]["third_layer"]["layer"],
-                "percentiles": {k: a.column("third_layer", k) for k in WEIGHT_PERCENTILES},
-                "histograms": [{"position": name, "epoch": a.records[i]["epoch"], "step": a.records[i]["step"],
-                                "hist_edges": a.records[i]["third_layer"]["hist_edges"],
-                                "hist_counts": a.records[i]["third_layer"]["hist_counts"]}
-                               for name, i in snaps.items()],
-            },
-            "summary": summarize(a),
-        })
+        out.append(
+            {
+                "run": str(a.run),
+                "name": a.run.name,
+                "neuron": a.neuron,
+                "label": a.label,
+                "records": len(a.records),
+                "epoch": a.epochs,
+                "step": a.steps,
+                "last_hidden": {
+                    "layer": a.records[-1]["last_hidden"]["layer"],
+                    "percentiles": {k: a.column("last_hidden", k) for k in INPUT_PERCENTILES},
+                },
+                "third_layer": {
+                    "layer": a.records[-1]["third_layer"]["layer"],
+                    "percentiles": {k: a.column("third_layer", k) for k in WEIGHT_PERCENTILES},
+                    "histograms": [
+                        {
+                            "position": name,
+                            "epoch": a.records[i]["epoch"],
+                            "step": a.records[i]["step"],
+                            "hist_edges": a.records[i]["third_layer"]["hist_edges"],
+                            "hist_counts": a.records[i]["third_layer"]["hist_counts"],
+                        }
+                        for name, i in snaps.items()
+                    ],
+                },
+                "summary": summarize(a),
+            }
+        )
     return {"figures": ["input_percentiles.png", "weight_evolution.png"], "runs": out}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| run | neuron | records | epochs | input 15-85 spread (first -> last) | "
-             "weight 5-95 spread (first -> last) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| run | neuron | records | epochs | input 15-85 spread (first -> last) | weight 5-95 spread (first -> last) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["runs"]:
         s = r["summary"]
-        lines.append(f"| {r['name']} | {r['label']} | {r['records']} | {s['epochs'][0]:.2f}-{s['epochs'][1]:.2f} | "
-                     f"{s['input_spread_15_85'][0]:.4g} -> {s['input_spread_15_85'][1]:.4g} | "
-                     f"{s['weight_spread_5_95'][0]:.4g} -> {s['weight_spread_5_95'][1]:.4g} |")
+        lines.append(
+            f"| {r['name']} | {r['label']} | {r['records']} | {s['epochs'][0]:.2f}-{s['epochs'][1]:.2f} | "
+            f"{s['input_spread_15_85'][0]:.4g} -> {s['input_spread_15_85'][1]:.4g} | "
+            f"{s['weight_spread_5_95'][0]:.4g} -> {s['weight_spread_5_95'][1]:.4g} |"
+        )
     return "\n".join(lines)
 
 

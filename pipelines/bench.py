@@ -4,15 +4,16 @@ Every row times our implementation and a reference doing the same work in the sa
 interleaved round by round so that both see the same machine state; the ratio is the median of
 the per-round ratios. Nothing here is asserted by tests: the numbers are for people to read.
 """
+
 from __future__ import annotations
 
 import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ class Row:
 
 
 def interleaved(ours: Callable[[], None], reference: Callable[[], None], rounds: int):
-    """Time both callables alternately; return (median seconds ours, median seconds reference, median ratio ref/ours)."""
-    ours(), reference()                       # warm-up: compilation, allocator, caches
+    """Time both callables alternately; return (median seconds ours, median seconds reference, median ratio
+    ref/ours)."""
+    ours(), reference()  # warm-up: compilation, allocator, caches
     t_ours, t_ref = [], []
     for _ in range(rounds):
         for fn, acc in ((ours, t_ours), (reference, t_ref)):
@@ -59,11 +61,19 @@ def mc_inference(quick: bool) -> Row:
     x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
     net = models.create_model("allconvnet18", neuron="bnsm")
     plain = models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE)
-    t_nsm, t_plain, ratio = interleaved(lambda: nsm.mc_predict(net, x, samples=k),
-                                        lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10)
+    t_nsm, t_plain, ratio = interleaved(
+        lambda: nsm.mc_predict(net, x, samples=k), lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10
+    )
     n = batch * k
-    return Row("allconvnet18 MC inference, 64x64, batch 16", "samples/s", n / t_nsm,
-               "plain conv + hardtanh", n / t_plain, ratio, ">= 0.8x (NSM costs at most 1.25x plain)")
+    return Row(
+        "allconvnet18 MC inference, 64x64, batch 16",
+        "samples/s",
+        n / t_nsm,
+        "plain conv + hardtanh",
+        n / t_plain,
+        ratio,
+        ">= 0.8x (NSM costs at most 1.25x plain)",
+    )
 
 
 def training(quick: bool) -> list[Row]:
@@ -92,16 +102,26 @@ def training(quick: bool) -> list[Row]:
             opt.zero_grad()
             loss.backward()
             opt.step()
+
         return step
 
     rows = []
     for forward, mode in (("expected", "expected"), ("sampled", None)):
-        with flushing_denormals():                  # as nsm train runs
-            t_nsm, t_plain, ratio = interleaved(stepper("bnsm", mode), stepper(nsm.neurons.BENCH_REFERENCE),
-                                                2 if quick else 6)
-        rows.append(Row(f"allconvnet18 training step ({forward}), 64x64, batch 16", "samples/s", batch / t_nsm,
-                        "plain conv + hardtanh", batch / t_plain, ratio,
-                        ">= 0.8x plain (original NSM code: 8 samples/s here)"))
+        with flushing_denormals():  # as nsm train runs
+            t_nsm, t_plain, ratio = interleaved(
+                stepper("bnsm", mode), stepper(nsm.neurons.BENCH_REFERENCE), 2 if quick else 6
+            )
+        rows.append(
+            Row(
+                f"allconvnet18 training step ({forward}), 64x64, batch 16",
+                "samples/s",
+                batch / t_nsm,
+                "plain conv + hardtanh",
+                batch / t_plain,
+                ratio,
+                ">= 0.8x plain (original NSM code: 8 samples/s here)",
+            )
+        )
     return rows
 
 
@@ -111,14 +131,23 @@ def binning(quick: bool) -> Row:
 
     n = 2_000_000
     rng = np.random.default_rng(0)
-    ev = events.make_events(rng.integers(0, 128, n), rng.integers(0, 128, n),
-                            np.sort(rng.integers(0, 6_000_000, n)), rng.integers(0, 2, n))
+    ev = events.make_events(
+        rng.integers(0, 128, n), rng.integers(0, 128, n), np.sort(rng.integers(0, 6_000_000, n)), rng.integers(0, 2, n)
+    )
     sensor = events.SensorSize(128, 128, 2)
     tonic_frames = tonic.transforms.ToFrame(sensor_size=tuple(sensor), time_window=16_000)
-    t_ours, t_ref, ratio = interleaved(lambda: events.to_frames(ev, sensor, time_window_us=16_000),
-                                       lambda: tonic_frames(ev), 3 if quick else 5)
-    return Row("event binning, 2 M events, 128x128, 16 ms frames", "M events/s", n / t_ours / 1e6,
-               "tonic ToFrame", n / t_ref / 1e6, ratio, ">= 25x tonic")
+    t_ours, t_ref, ratio = interleaved(
+        lambda: events.to_frames(ev, sensor, time_window_us=16_000), lambda: tonic_frames(ev), 3 if quick else 5
+    )
+    return Row(
+        "event binning, 2 M events, 128x128, 16 ms frames",
+        "M events/s",
+        n / t_ours / 1e6,
+        "tonic ToFrame",
+        n / t_ref / 1e6,
+        ratio,
+        ">= 25x tonic",
+    )
 
 
 def tiny_model():
@@ -126,8 +155,9 @@ def tiny_model():
     from .config import load_config
 
     m = load_config("tiny").model
-    return models.create_model(m.name, in_channels=6, input_size=(32, 32), num_classes=11, neuron=m.neuron,
-                               noise_p=m.noise_p, **m.options)
+    return models.create_model(
+        m.name, in_channels=6, input_size=(32, 32), num_classes=11, neuron=m.neuron, noise_p=m.noise_p, **m.options
+    )
 
 
 STREAM_FRAMES = {"time_window_us": 16_000, "polarity": "merge", "frames_per_clip": 6}  # 96 ms windows
@@ -141,8 +171,7 @@ def _gesture_recording() -> events.Recording:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            root = events.simulate_gestures(tmp, seed=0, users=1, per_class=1, gesture_s=(0.55, 0.6),
-                                            progress=False)
+            root = events.simulate_gestures(tmp, seed=0, users=1, per_class=1, gesture_s=(0.55, 0.6), progress=False)
             _GESTURES["rec"] = events.read(next(Path(root).glob("*.aedat")))
     return _GESTURES["rec"]
 
@@ -158,7 +187,7 @@ def _stream_row(name: str, make_classifier, seconds: float, goal: float, threads
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        clf.push(ev[:len(ev) // 20])         # warm-up: kernels compiled, allocator and caches primed
+        clf.push(ev[: len(ev) // 20])  # warm-up: kernels compiled, allocator and caches primed
         clf.flush()
         cuts = np.searchsorted(ev["t"], np.arange(ev["t"][0], ev["t"][-1] + 1, CAMERA_PACKET_US)[1:])
         start = time.perf_counter()
@@ -169,9 +198,17 @@ def _stream_row(name: str, make_classifier, seconds: float, goal: float, threads
     span = (preds[-1].end_us - preds[0].start_us) * 1e-6
     lat = np.array([p.latency_ms for p in preds])
     rtf = span / wall
-    return Row(name, "x real time", rtf, "real time", 1.0, rtf, f">= {goal:g}x real time",
-               f"{len(preds)} windows of {span:.1f} s, latency p50 {np.percentile(lat, 50):.1f} ms / "
-               f"p99 {np.percentile(lat, 99):.1f} ms, mean {np.mean([p.samples for p in preds]):.1f} samples")
+    return Row(
+        name,
+        "x real time",
+        rtf,
+        "real time",
+        1.0,
+        rtf,
+        f">= {goal:g}x real time",
+        f"{len(preds)} windows of {span:.1f} s, latency p50 {np.percentile(lat, 50):.1f} ms / "
+        f"p99 {np.percentile(lat, 99):.1f} ms, mean {np.mean([p.samples for p in preds]):.1f} samples",
+    )
 
 
 def _classifier(model, frame_spec, **mc):
@@ -204,7 +241,7 @@ def stream_machinery(quick: bool) -> Row:
                 n += 1
         return n
 
-    run()                                    # warm-up (numba kernels)
+    run()  # warm-up (numba kernels)
     times = []
     for _ in range(2 if quick else 5):
         start = time.perf_counter()
@@ -212,9 +249,16 @@ def stream_machinery(quick: bool) -> Row:
         times.append(time.perf_counter() - start)
     wall = statistics.median(times)
     span = (ev["t"][-1] - ev["t"][0]) * 1e-6
-    return Row("stream windowing + binning only (no network), 64x64", "x real time", span / wall, "real time", 1.0,
-               span / wall, ">= 100x real time",
-               f"{n} windows of {span:.1f} s, {len(packets)} packets of 5 ms, {wall / n * 1e3:.3f} ms a window")
+    return Row(
+        "stream windowing + binning only (no network), 64x64",
+        "x real time",
+        span / wall,
+        "real time",
+        1.0,
+        span / wall,
+        ">= 100x real time",
+        f"{n} windows of {span:.1f} s, {len(packets)} packets of 5 ms, {wall / n * 1e3:.3f} ms a window",
+    )
 
 
 def _stream_rows(label: str, net, downsample: int, seconds: float, goal: float, quick: bool) -> list[Row]:
@@ -227,8 +271,12 @@ def _stream_rows(label: str, net, downsample: int, seconds: float, goal: float, 
         runs += [(default, "adaptive 4-16 (untrained: 16)", _ADAPTIVE)] if not quick else []
         runs += [(default, "K=4", {"samples": 4})]
     spec = events.FrameSpec(downsample=downsample, **STREAM_FRAMES)
-    return [_stream_row(f"stream {label}, {what}, {_threads(threads)}", _classifier(net, spec, **mc), seconds,
-                        goal, threads=threads) for threads, what, mc in runs]
+    return [
+        _stream_row(
+            f"stream {label}, {what}, {_threads(threads)}", _classifier(net, spec, **mc), seconds, goal, threads=threads
+        )
+        for threads, what, mc in runs
+    ]
 
 
 def _threads(n: int) -> str:
@@ -248,16 +296,22 @@ def stream_checkpoint(path, quick: bool) -> list[Row]:
     name = ck.model.spec["name"]
     make = _classifier(ck.model, ck.frame_spec, **_ADAPTIVE)
     default = torch.get_num_threads()
-    return [_stream_row(f"stream {Path(path).name} ({name}), adaptive 4-16, {_threads(threads)}", make,
-                        3.0 if quick else 13.0, 1 if name == "allconvnet18" else 10, threads=threads)
-            for threads in dict.fromkeys([default, 1])]
+    return [
+        _stream_row(
+            f"stream {Path(path).name} ({name}), adaptive 4-16, {_threads(threads)}",
+            make,
+            3.0 if quick else 13.0,
+            1 if name == "allconvnet18" else 10,
+            threads=threads,
+        )
+        for threads in dict.fromkeys([default, 1])
+    ]
 
 
 def stream_allconvnet18(quick: bool) -> list[Row]:
     """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop)."""
     torch.manual_seed(0)
-    return _stream_rows("allconvnet18 64x64", models.create_model("allconvnet18"), 2, 0.75 if quick else 6.0, 1,
-                        quick)
+    return _stream_rows("allconvnet18 64x64", models.create_model("allconvnet18"), 2, 0.75 if quick else 6.0, 1, quick)
 
 
 def stream_tiny(quick: bool) -> list[Row]:
@@ -266,10 +320,12 @@ def stream_tiny(quick: bool) -> list[Row]:
     return _stream_rows("tiny 32x32", tiny_model(), 4, 3.0 if quick else 13.0, 10, quick)
 
 
-_LAUNCHER = ("import resource, subprocess, sys\n"
-             "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-             "sys.exit(code)\n")
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(code)\n"
+)
 
 
 def _child_peak_mb(argv: list[str]) -> float:
@@ -304,21 +360,50 @@ def stream_memory(quick: bool) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         ck = Path(tmp) / "tiny.pt"
         torch.manual_seed(0)
-        save_checkpoint(ck, tiny_model(), classes=[str(k) for k in range(11)],
-                        frame_spec=events.FrameSpec(downsample=4, **STREAM_FRAMES).to_dict())
+        save_checkpoint(
+            ck,
+            tiny_model(),
+            classes=[str(k) for k in range(11)],
+            frame_spec=events.FrameSpec(downsample=4, **STREAM_FRAMES).to_dict(),
+        )
         for factor in (1, 10):
             n = seconds * factor * rate
-            ev = events.make_events(rng.integers(0, 128, n), rng.integers(0, 128, n),
-                                    np.sort(rng.integers(0, seconds * factor * 1_000_000, n)), rng.integers(0, 2, n))
+            ev = events.make_events(
+                rng.integers(0, 128, n),
+                rng.integers(0, 128, n),
+                np.sort(rng.integers(0, seconds * factor * 1_000_000, n)),
+                rng.integers(0, 2, n),
+            )
             path = Path(tmp) / f"rec{factor}x.aedat"
             write_aedat3(path, ev, events.SensorSize(128, 128, 2))
             del ev
-            peaks[factor] = _child_peak_mb(["--checkpoint", str(ck), "--events", str(path), "--samples", "1",
-                                            "--chunk-events", "8192", "--threads", "1", "--quiet",
-                                            "--out", str(Path(tmp) / "p.jsonl")])
-    return Row(f"nsm stream peak memory, {10 * seconds} s vs {seconds} s recording", "MB", peaks[10],
-               f"{seconds} s recording", peaks[1], peaks[10] / peaks[1], "about 1.0x (lower is better)",
-               f"ru_maxrss of the child process; {rate // 1000} k events/s")
+            peaks[factor] = _child_peak_mb(
+                [
+                    "--checkpoint",
+                    str(ck),
+                    "--events",
+                    str(path),
+                    "--samples",
+                    "1",
+                    "--chunk-events",
+                    "8192",
+                    "--threads",
+                    "1",
+                    "--quiet",
+                    "--out",
+                    str(Path(tmp) / "p.jsonl"),
+                ]
+            )
+    return Row(
+        f"nsm stream peak memory, {10 * seconds} s vs {seconds} s recording",
+        "MB",
+        peaks[10],
+        f"{seconds} s recording",
+        peaks[1],
+        peaks[10] / peaks[1],
+        "about 1.0x (lower is better)",
+        f"ru_maxrss of the child process; {rate // 1000} k events/s",
+    )
 
 
 SECTIONS = [mc_inference, training, binning, stream_machinery, stream_allconvnet18, stream_tiny, stream_memory]
@@ -333,13 +418,17 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
 
 
 def to_markdown(rows: list[Row]) -> str:
     lines = ["| benchmark | ours | reference | ratio (ours/ref) | goal | details |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.name} | {r.ours:.1f} {r.unit} | {r.reference_name}: {r.reference:.1f} {r.unit} "
-                     f"| {r.ratio:.2f}x | {r.goal} | {r.detail} |")
+        lines.append(
+            f"| {r.name} | {r.ours:.1f} {r.unit} | {r.reference_name}: {r.reference:.1f} {r.unit} "
+            f"| {r.ratio:.2f}x | {r.goal} | {r.detail} |"
+        )
     return "\n".join(lines)

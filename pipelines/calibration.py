@@ -21,6 +21,7 @@ Definitions (``n`` samples, ``y_i`` the label of sample ``i``, ``p_ic`` its prob
   right-inclusive convention as ``sklearn.calibration.calibration_curve(strategy="uniform")``).
 - mean_confidence: ``mean_i max_c p_ic``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ def _check_labels(labels, n: int, n_classes: int, name: str = "labels") -> np.nd
         raise ValueError(f"{name} must be one-dimensional (N,), got shape {labels.shape}")
     if len(labels) != n:
         raise ValueError(f"{name} has {len(labels)} entries but there are {n} predictions")
-    if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+    if labels.dtype == bool or not (
+        np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    ):
         raise ValueError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
@@ -93,8 +96,10 @@ def check_probs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     off = np.abs(sums - 1.0) > ROW_SUM_TOL
     if off.any():
         row = int(np.flatnonzero(off)[0])
-        raise ValueError(f"probs rows must sum to 1 (tolerance {ROW_SUM_TOL:g}); row {row} sums to {sums[row]:.6g} "
-                         "(pass probabilities, e.g. softmax outputs, not logits)")
+        raise ValueError(
+            f"probs rows must sum to 1 (tolerance {ROW_SUM_TOL:g}); row {row} sums to {sums[row]:.6g} "
+            "(pass probabilities, e.g. softmax outputs, not logits)"
+        )
     labels = _check_labels(labels, probs.shape[0], probs.shape[1])
     return probs, labels
 
@@ -105,8 +110,9 @@ def _check_confidence(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"confidence must be one-dimensional (N,), got shape {confidence.shape}")
     if len(confidence) == 0:
         raise ValueError("no predictions: confidence is empty (N = 0)")
-    if confidence.dtype == bool or not (np.issubdtype(confidence.dtype, np.floating)
-                                        or np.issubdtype(confidence.dtype, np.integer)):
+    if confidence.dtype == bool or not (
+        np.issubdtype(confidence.dtype, np.floating) or np.issubdtype(confidence.dtype, np.integer)
+    ):
         raise ValueError(f"confidence must hold real numbers, got dtype {confidence.dtype}")
     confidence = confidence.astype(np.float64)
     if not np.all(np.isfinite(confidence)) or confidence.min() < 0 or confidence.max() > 1:
@@ -115,8 +121,9 @@ def _check_confidence(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
     if correct.shape != confidence.shape:
         raise ValueError(f"correct has shape {correct.shape} but confidence has shape {confidence.shape}")
     if correct.dtype != bool:
-        if not (np.issubdtype(correct.dtype, np.integer) or np.issubdtype(correct.dtype, np.floating)) \
-                or not np.all((correct == 0) | (correct == 1)):
+        if not (np.issubdtype(correct.dtype, np.integer) or np.issubdtype(correct.dtype, np.floating)) or not np.all(
+            (correct == 0) | (correct == 1)
+        ):
             raise ValueError("correct must be booleans or 0/1 values")
         correct = correct.astype(bool)
     return confidence, correct
@@ -148,10 +155,16 @@ class ReliabilityBins:
 
     def to_dict(self) -> dict:
         """JSON-ready lists; empty bins have ``None`` accuracy and confidence."""
+
         def floats(a):
             return [None if np.isnan(v) else float(v) for v in a]
-        return {"edges": [float(e) for e in self.edges], "counts": [int(c) for c in self.counts],
-                "accuracy": floats(self.accuracy), "confidence": floats(self.confidence)}
+
+        return {
+            "edges": [float(e) for e in self.edges],
+            "counts": [int(c) for c in self.counts],
+            "accuracy": floats(self.accuracy),
+            "confidence": floats(self.confidence),
+        }
 
 
 def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -224,7 +237,7 @@ def group_accuracy(probs, labels, groups) -> float:
     inverse = inverse.reshape(-1)
     n_groups = len(keys)
     group_label = np.full(n_groups, -1, dtype=np.int64)
-    group_label[inverse] = labels                                       # any member's label
+    group_label[inverse] = labels  # any member's label
     mixed = group_label[inverse] != labels
     if mixed.any():
         g = int(inverse[np.flatnonzero(mixed)[0]])

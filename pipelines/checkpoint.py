@@ -15,6 +15,7 @@ A checkpoint is a ``torch.save`` dict:
 Writes are atomic (temporary file in the same folder, then rename), so a crash never leaves a
 half-written checkpoint in place of a good one.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class Checkpoint:
     frame_spec: dict | None = None
     config: dict = field(default_factory=dict)
     epoch: int = 0
-    state: dict = field(default_factory=dict)     # the raw dict, for optimizer / scheduler / RNG states
+    state: dict = field(default_factory=dict)  # the raw dict, for optimizer / scheduler / RNG states
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -56,19 +57,38 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
-def save_checkpoint(path, model: nn.Module, *, classes, frame_spec: dict | None = None, config: dict | None = None,
-                    epoch: int = 0, model_state: dict | None = None, **training_state) -> None:
+def save_checkpoint(
+    path,
+    model: nn.Module,
+    *,
+    classes,
+    frame_spec: dict | None = None,
+    config: dict | None = None,
+    epoch: int = 0,
+    model_state: dict | None = None,
+    **training_state,
+) -> None:
     """Write ``model`` (which must carry a ``spec``, as every ``models.create_model`` network does), with
     ``model_state`` in place of its state dict when given (a network trained with batch-normalized logits saves
     the plain NSM they fold into)."""
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ValueError("only networks built by models.create_model can be checkpointed (they carry a spec)")
-    atomic_torch_save({
-        "format": FORMAT, "version": VERSION, "project_version": project_version(), "model_spec": dict(spec),
-        "model_state": model.state_dict() if model_state is None else model_state, "classes": list(classes),
-        "frame_spec": frame_spec, "config": dict(config or {}), "epoch": int(epoch), **training_state,
-    }, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "project_version": project_version(),
+            "model_spec": dict(spec),
+            "model_state": model.state_dict() if model_state is None else model_state,
+            "classes": list(classes),
+            "frame_spec": frame_spec,
+            "config": dict(config or {}),
+            "epoch": int(epoch),
+            **training_state,
+        },
+        path,
+    )
 
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:
@@ -83,8 +103,16 @@ def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not an nsm-events checkpoint (missing format marker {FORMAT!r})")
     if state.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: checkpoint version {state['version']} is newer than this nsm-events reads ({VERSION})")
+        raise ValueError(
+            f"{path}: checkpoint version {state['version']} is newer than this nsm-events reads ({VERSION})"
+        )
     model = models.create_model(**state["model_spec"])
     model.load_state_dict(state["model_state"])
-    return Checkpoint(model=model, classes=list(state["classes"]), frame_spec=state.get("frame_spec"),
-                      config=state.get("config", {}), epoch=state.get("epoch", 0), state=state)
+    return Checkpoint(
+        model=model,
+        classes=list(state["classes"]),
+        frame_spec=state.get("frame_spec"),
+        config=state.get("config", {}),
+        epoch=state.get("epoch", 0),
+        state=state,
+    )

@@ -1,4 +1,5 @@
 """The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsm",
         description="Neural Sampling Machines on event cameras: simulate event data, train and evaluate networks of "
-                    "binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, and run "
-                    "the demo.",
-        epilog="Run 'nsm <command> --help' for the options of a command.")
+        "binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, and run "
+        "the demo.",
+        epilog="Run 'nsm <command> --help' for the options of a command.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for job in JOBS:
         job.add_parser(sub)

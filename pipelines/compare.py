@@ -8,6 +8,7 @@ own run folder ``OUT/runs/<kind>/``; a finished run is reused and an interrupted
 the command can be re-run after a crash. ``nsm analyze --run OUT`` then draws the
 weight-normalization figures from the same runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,13 +41,16 @@ def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, 
 def table(rows: list[dict]) -> str:
     lines = ["| neuron | error % | ECE | NLL | mean MC samples | training time (s) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['neuron']} | {100 * (1 - r['accuracy']):.2f} | {r['ece']:.3f} | {r['nll']:.3f} "
-                     f"| {r['mean_samples']:.1f} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['neuron']} | {100 * (1 - r['accuracy']):.2f} | {r['ece']:.3f} | {r['nll']:.3f} "
+            f"| {r['mean_samples']:.1f} | {r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
-def compare(cfg: configs.Config, data_root, out, kinds=NEURON_KINDS, *, cache_dir=DEFAULT_CACHE,
-            progress: bool = True) -> list[dict]:
+def compare(
+    cfg: configs.Config, data_root, out, kinds=NEURON_KINDS, *, cache_dir=DEFAULT_CACHE, progress: bool = True
+) -> list[dict]:
     """Train and evaluate ``cfg`` with every kind in ``kinds``; write comparison.md and comparison.json."""
     unknown = [k for k in kinds if k not in NEURON_KINDS]
     if unknown:
@@ -58,14 +62,28 @@ def compare(cfg: configs.Config, data_root, out, kinds=NEURON_KINDS, *, cache_di
         train_kind(cfg, kind, data_root, run.out, cache_dir, progress)
         m = evaluate(run.best, data_root, run.out, adaptive=True, cache_dir=cache_dir, progress=progress)
         seconds = sum(r.get("seconds", 0.0) for r in read_records(run.metrics))
-        rows.append({"neuron": kind, "accuracy": m["accuracy"], "ece": m["ece"], "nll": m["nll"],
-                     "mean_samples": m["mean_samples"], "train_seconds": seconds,
-                     "gesture_accuracy": m.get("gesture_accuracy"), "run": str(run.out)})
-        print(f"{kind}: error {100 * (1 - m['accuracy']):.2f} %, ECE {m['ece']:.3f}, NLL {m['nll']:.3f}, "
-              f"{m['mean_samples']:.1f} samples, trained in {seconds:.0f} s", flush=True)
-    heading = (f"Comparison of training methods: preset `{cfg.name}`, {cfg.train.epochs} epochs, seed "
-               f"{cfg.train.seed}, test split of {data_root}; adaptive MC (threshold {cfg.eval.threshold:g}, "
-               f"at most {cfg.eval.max_samples} samples). Error % is per item (clip or sample).")
+        rows.append(
+            {
+                "neuron": kind,
+                "accuracy": m["accuracy"],
+                "ece": m["ece"],
+                "nll": m["nll"],
+                "mean_samples": m["mean_samples"],
+                "train_seconds": seconds,
+                "gesture_accuracy": m.get("gesture_accuracy"),
+                "run": str(run.out),
+            }
+        )
+        print(
+            f"{kind}: error {100 * (1 - m['accuracy']):.2f} %, ECE {m['ece']:.3f}, NLL {m['nll']:.3f}, "
+            f"{m['mean_samples']:.1f} samples, trained in {seconds:.0f} s",
+            flush=True,
+        )
+    heading = (
+        f"Comparison of training methods: preset `{cfg.name}`, {cfg.train.epochs} epochs, seed "
+        f"{cfg.train.seed}, test split of {data_root}; adaptive MC (threshold {cfg.eval.threshold:g}, "
+        f"at most {cfg.eval.max_samples} samples). Error % is per item (clip or sample)."
+    )
     write_text_atomic(out / "comparison.md", f"{heading}\n\n{table(rows)}\n")
     write_text_atomic(out / "comparison.json", json.dumps({"config": cfg.to_dict(), "rows": rows}, indent=2) + "\n")
     return rows

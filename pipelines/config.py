@@ -9,11 +9,11 @@ an error that lists the valid ones, and a value of another type than the field's
 error naming the key and the type (an integer is taken for a float); ``[model.options]`` is the one
 open table: it is handed to the model builder, which validates it.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 import events
 import models
@@ -58,18 +59,23 @@ class DataConfig:
     val_fraction: float = 0.1
 
     def frame_spec(self) -> events.FrameSpec:
-        return events.FrameSpec(n_time_bins=self.n_time_bins, time_window_us=self.time_window_us,
-                                polarity=self.polarity, downsample=self.downsample,
-                                crop=tuple(self.crop) if self.crop else None,
-                                frames_per_clip=self.frames_per_clip, max_frames=self.max_frames,
-                                span=self.span)
+        return events.FrameSpec(
+            n_time_bins=self.n_time_bins,
+            time_window_us=self.time_window_us,
+            polarity=self.polarity,
+            downsample=self.downsample,
+            crop=tuple(self.crop) if self.crop else None,
+            frames_per_clip=self.frames_per_clip,
+            max_frames=self.max_frames,
+            span=self.span,
+        )
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        self.frame_spec()                      # FrameSpec checks its own fields
+        self.frame_spec()  # FrameSpec checks its own fields
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,12 @@ class ModelConfig:
             raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
         if self.neuron not in NEURON_KINDS:
             raise ValueError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
-        neuron_kind(self.neuron, noise_p=self.noise_p, noise_sigma=self.noise_sigma,
-                    **{k: v for k, v in self.options.items() if k in NEURON_OPTIONS})
+        neuron_kind(
+            self.neuron,
+            noise_p=self.noise_p,
+            noise_sigma=self.noise_sigma,
+            **{k: v for k, v in self.options.items() if k in NEURON_OPTIONS},
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +208,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for part in (self.data, self.model, self.train, self.eval):
             part.validate()
         return self
@@ -255,8 +265,10 @@ def _build(cls, table: dict, where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
-                         f"valid keys in [{where}]: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
+            f"valid keys in [{where}]: {', '.join(sorted(known))}"
+        )
     kw = {}
     for key, value in table.items():
         sub = known[key].default
@@ -279,8 +291,11 @@ def from_dict(d: dict, source: str = "config") -> Config:
         kw = {}
         for key, value in tables.items():
             default = top[key].default
-            kw[key] = (_build(type(default), value, key) if dataclasses.is_dataclass(default)
-                       else _typed(Config, key, value, key))
+            kw[key] = (
+                _build(type(default), value, key)
+                if dataclasses.is_dataclass(default)
+                else _typed(Config, key, value, key)
+            )
         return Config(**kw).validate()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from None
@@ -321,8 +336,9 @@ def resolve_source(name_or_path: str) -> Path:
         return path
     preset = CONFIG_DIR / f"{name_or_path}.toml"
     if not preset.is_file():
-        raise FileNotFoundError(f"no preset named {name_or_path!r}; presets: {', '.join(list_presets())} "
-                                f"(or pass a path to a .toml file)")
+        raise FileNotFoundError(
+            f"no preset named {name_or_path!r}; presets: {', '.join(list_presets())} (or pass a path to a .toml file)"
+        )
     return preset
 
 

@@ -11,6 +11,7 @@ permutation, so no clip of a validation gesture is ever trained on. Augmentation
 function of (seed, epoch, item index): a resumed run sees exactly the augmentations an
 uninterrupted one would, whatever the number of DataLoader workers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,11 +36,12 @@ def open_dataset(data: DataConfig, root, train: bool):
     return events.NMNIST(root, train=train)
 
 
-def augment(frames: np.ndarray, label: int, aug: AugmentConfig, rng: np.random.Generator,
-            time_flip_labels: dict[int, int]) -> tuple[np.ndarray, int]:
+def augment(
+    frames: np.ndarray, label: int, aug: AugmentConfig, rng: np.random.Generator, time_flip_labels: dict[int, int]
+) -> tuple[np.ndarray, int]:
     """One random augmentation of ``frames`` (T, P, H, W); see ``AugmentConfig`` for what each does."""
     if aug.time_flip and rng.random() < aug.time_flip:
-        frames = frames[::-1, ::-1]                   # reversed time: ON and OFF swap too
+        frames = frames[::-1, ::-1]  # reversed time: ON and OFF swap too
         label = time_flip_labels.get(label, label)
     if aug.polarity_flip and rng.random() < aug.polarity_flip:
         frames = frames[:, ::-1]
@@ -55,8 +57,8 @@ def shift(frames: np.ndarray, dy: int, dx: int) -> np.ndarray:
     h, w = frames.shape[-2:]
     if abs(dy) >= h or abs(dx) >= w:
         return out
-    src = frames[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-    out[..., max(0, dy):max(0, dy) + src.shape[-2], max(0, dx):max(0, dx) + src.shape[-1]] = src
+    src = frames[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+    out[..., max(0, dy) : max(0, dy) + src.shape[-2], max(0, dx) : max(0, dx) + src.shape[-1]] = src
     return out
 
 
@@ -67,8 +69,17 @@ class FrameSet(Dataset):
     be combined per gesture. ``set_epoch(e)`` selects the augmentations of epoch ``e``.
     """
 
-    def __init__(self, items, groups: np.ndarray, labels: np.ndarray, *, index: np.ndarray | None = None,
-                 augmentation: AugmentConfig | None = None, seed: int = 0, time_flip_labels=None):
+    def __init__(
+        self,
+        items,
+        groups: np.ndarray,
+        labels: np.ndarray,
+        *,
+        index: np.ndarray | None = None,
+        augmentation: AugmentConfig | None = None,
+        seed: int = 0,
+        time_flip_labels=None,
+    ):
         self.items = items
         self.index = np.arange(len(items)) if index is None else np.asarray(index)
         self.groups = np.asarray(groups)[self.index]
@@ -115,8 +126,9 @@ def _cached_items(cached, spec: events.FrameSpec):
 
 def test_set(data: DataConfig, root, cache_dir, *, progress: bool = True) -> FrameSet:
     """The data set's test split as a ``FrameSet`` (no augmentation)."""
-    cached = events.FrameCache(Path(cache_dir)).get(open_dataset(data, root, train=False), data.frame_spec(),
-                                                    progress=progress)
+    cached = events.FrameCache(Path(cache_dir)).get(
+        open_dataset(data, root, train=False), data.frame_spec(), progress=progress
+    )
     return FrameSet(*_cached_items(cached, data.frame_spec()))
 
 
@@ -128,8 +140,16 @@ def validation_samples(n_samples: int, fraction: float, seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(seed).permutation(n_samples)[:k])
 
 
-def load_data(data: DataConfig, root, cache_dir, *, augmentation: AugmentConfig | None = None, seed: int = 0,
-              with_test: bool = True, progress: bool = True) -> Splits:
+def load_data(
+    data: DataConfig,
+    root,
+    cache_dir,
+    *,
+    augmentation: AugmentConfig | None = None,
+    seed: int = 0,
+    with_test: bool = True,
+    progress: bool = True,
+) -> Splits:
     """Open, bin (through the cache) and split the data set named by ``data`` under ``root``."""
     spec = data.frame_spec()
     cache = events.FrameCache(Path(cache_dir))
@@ -137,13 +157,22 @@ def load_data(data: DataConfig, root, cache_dir, *, augmentation: AugmentConfig 
     cached = cache.get(train_ds, spec, progress=progress)
     items, groups, labels = _cached_items(cached, spec)
     if len(items) == 0:
-        raise ValueError(f"{root}: the training set yields no {'clips' if spec.frames_per_clip else 'samples'} "
-                         f"with {spec} (recordings shorter than a clip?)")
+        raise ValueError(
+            f"{root}: the training set yields no {'clips' if spec.frames_per_clip else 'samples'} "
+            f"with {spec} (recordings shorter than a clip?)"
+        )
     held = validation_samples(len(cached), data.val_fraction, seed)
     is_val = np.isin(groups, held)
     flips = TIME_FLIP_LABELS[data.dataset]
-    train = FrameSet(items, groups, labels, index=np.flatnonzero(~is_val), augmentation=augmentation, seed=seed,
-                     time_flip_labels=flips)
+    train = FrameSet(
+        items,
+        groups,
+        labels,
+        index=np.flatnonzero(~is_val),
+        augmentation=augmentation,
+        seed=seed,
+        time_flip_labels=flips,
+    )
     val = FrameSet(items, groups, labels, index=np.flatnonzero(is_val)) if is_val.any() else None
     test = test_set(data, root, cache_dir, progress=progress) if with_test else None
     p, h, w = spec.output_shape(train_ds.sensor_size)

@@ -15,6 +15,7 @@ Each step prints the ``nsm`` command that does the same and runs it through the 
 ``--out`` (``runs/demo`` by default); steps whose results are already there are reused, so a
 second run is quick. On a machine with a GPU, training and evaluation use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ from .replay import replay
 from .runs import RunFolder, read_records
 from .train import train
 
-PRESET = "gestures-allconv18"     # the network the demo trains
-TWIN = "dcnn"                     # the neuron kind of its deterministic twin
+PRESET = "gestures-allconv18"  # the network the demo trains
+TWIN = "dcnn"  # the neuron kind of its deterministic twin
 
 
 def _step(argv: list) -> str:
@@ -54,8 +55,12 @@ def held_out_recording(data: Path) -> tuple[Path, Path]:
 
 def twin_table(m: dict, twin: dict) -> str:
     """Markdown: per-clip and per-gesture accuracy of the NSM's predictors beside its deterministic twin's."""
-    rows = [(f"NSM, {m['predictor']}", m), ("NSM, 1 sample", m["single_sample"]),
-            ("NSM, deterministic network", m["deterministic"]), (f"twin ({twin['neuron']})", twin)]
+    rows = [
+        (f"NSM, {m['predictor']}", m),
+        ("NSM, 1 sample", m["single_sample"]),
+        ("NSM, deterministic network", m["deterministic"]),
+        (f"twin ({twin['neuron']})", twin),
+    ]
     lines = ["| network | per clip | per gesture |", "|---|---|---|"]
     for name, r in rows:
         gesture = f"{r['gesture_accuracy']:.1%}" if r.get("gesture_accuracy") is not None else "-"
@@ -71,51 +76,89 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
     s = json.loads((stream_dir / "summary.json").read_text())
     chance = 1 / m["classes"]
     last = history[-1]
-    rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()   # noqa: E731
+    rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     lines = [
-        "# nsm demo report", "",
+        "# nsm demo report",
+        "",
         f"Finished in {seconds:.0f} s. Everything below was produced by the `nsm` commands printed during the run, "
-        f"on simulated DVS-Gesture-style recordings (11 gestures, chance = {chance:.1%}).", "",
-        f"## Training (`nsm train --config {PRESET}`)", "",
+        f"on simulated DVS-Gesture-style recordings (11 gestures, chance = {chance:.1%}).",
+        "",
+        f"## Training (`nsm train --config {PRESET}`)",
+        "",
         f"{last['epoch']} epochs of the `{PRESET}` preset ({m['model']}, {m['neuron']} units). Last epoch: training "
         f"loss {last['train_loss']:.3f}, training accuracy {last['train_accuracy']:.1%}"
-        + (f", validation accuracy {last['val_accuracy']:.1%} (held-out training gestures)"
-           if last.get("val_accuracy") is not None else "")
-        + f", {last['samples_per_s']:.0f} clips/s.", "",
-        f"![training curves]({rel(run / 'curves.png')})", "",
-        "## Evaluation on the held-out users (`nsm evaluate`)", "",
+        + (
+            f", validation accuracy {last['val_accuracy']:.1%} (held-out training gestures)"
+            if last.get("val_accuracy") is not None
+            else ""
+        )
+        + f", {last['samples_per_s']:.0f} clips/s.",
+        "",
+        f"![training curves]({rel(run / 'curves.png')})",
+        "",
+        "## Evaluation on the held-out users (`nsm evaluate`)",
+        "",
         f"Each 96 ms clip (six 16 ms frames) of the test users' gestures is classified ({m['n']} clips). "
         "*Accuracy* is the share of clips whose most probable class is right; *NLL* the mean negative log "
         "probability of the true class (lower is better); *Brier* the mean squared error of the probability "
         "vector; *ECE* the expected calibration error: the gap between confidence and accuracy, averaged over "
         "15 confidence bins (0 = perfectly calibrated). Monte Carlo averages the softmax of several stochastic "
-        "passes; the deterministic network is the mean-field one that export writes out.", "",
+        "passes; the deterministic network is the mean-field one that export writes out.",
+        "",
         predictor_table(m),
     ]
     if "gesture_accuracy" in m:
-        lines += ["", f"Combining all clips of a gesture (averaging their probabilities), {m['gesture_accuracy']:.1%} "
-                      f"of the {m['gestures']} test gestures are recognised."]
-    lines += ["", f"![reliability diagram]({rel(run / 'reliability.png')})", "",
-              "The reliability diagram plots accuracy against confidence per bin: points on the diagonal are "
-              "calibrated, above it under-confident, below it over-confident.", "",
-              "## Beside its deterministic twin", "",
-              f"The same network with real-valued ReLU units and batch normalization (`--set model.neuron="
-              f"{t['neuron']}`), trained the same way and evaluated on the same clips:", "", twin_table(m, t), "",
-              "## Streaming a held-out recording (`nsm stream`)", "",
-              f"`{s.get('source', 'the recording')}` replayed in chunks as a camera would deliver it: "
-              f"{s['windows']} windows ({s['empty_windows']} empty), mean {s['mean_samples']:.1f} MC samples a window, "
-              + (f"per-window accuracy {s['window_accuracy']:.1%} on windows inside a labelled gesture, per-gesture "
-                 f"accuracy {s['gesture_accuracy']:.1%}, " if s.get("window_accuracy") is not None else "")
-              + (f"real-time factor {s['real_time_factor']:.1f} (recording time / processing time), "
-                 if s.get("real_time_factor") is not None else "")
-              + (f"latency p50 {s['latency_ms_p50']:.1f} ms / p99 {s['latency_ms_p99']:.1f} ms per window."
-                 if s.get("latency_ms_p50") is not None else ""), "",
-              f"![timeline]({rel(stream_dir / 'timeline.png')})", "",
-              "The timeline shows each class's probability per window; shaded bands are the true gestures.", "",
-              "## Export to neuromorphic hardware (`nsm export --check`)", "",
-              f"The deterministic network was written as a binary spike graph to `{rel(nir_path)}` (NIR, HDF5), "
-              "read back, imported with norse and run sample by sample; the check passed (same top class as the "
-              "PyTorch model on every input checked, logits equal within float tolerance).", ""]
+        lines += [
+            "",
+            f"Combining all clips of a gesture (averaging their probabilities), {m['gesture_accuracy']:.1%} "
+            f"of the {m['gestures']} test gestures are recognised.",
+        ]
+    lines += [
+        "",
+        f"![reliability diagram]({rel(run / 'reliability.png')})",
+        "",
+        "The reliability diagram plots accuracy against confidence per bin: points on the diagonal are "
+        "calibrated, above it under-confident, below it over-confident.",
+        "",
+        "## Beside its deterministic twin",
+        "",
+        f"The same network with real-valued ReLU units and batch normalization (`--set model.neuron="
+        f"{t['neuron']}`), trained the same way and evaluated on the same clips:",
+        "",
+        twin_table(m, t),
+        "",
+        "## Streaming a held-out recording (`nsm stream`)",
+        "",
+        f"`{s.get('source', 'the recording')}` replayed in chunks as a camera would deliver it: "
+        f"{s['windows']} windows ({s['empty_windows']} empty), mean {s['mean_samples']:.1f} MC samples a window, "
+        + (
+            f"per-window accuracy {s['window_accuracy']:.1%} on windows inside a labelled gesture, per-gesture "
+            f"accuracy {s['gesture_accuracy']:.1%}, "
+            if s.get("window_accuracy") is not None
+            else ""
+        )
+        + (
+            f"real-time factor {s['real_time_factor']:.1f} (recording time / processing time), "
+            if s.get("real_time_factor") is not None
+            else ""
+        )
+        + (
+            f"latency p50 {s['latency_ms_p50']:.1f} ms / p99 {s['latency_ms_p99']:.1f} ms per window."
+            if s.get("latency_ms_p50") is not None
+            else ""
+        ),
+        "",
+        f"![timeline]({rel(stream_dir / 'timeline.png')})",
+        "",
+        "The timeline shows each class's probability per window; shaded bands are the true gestures.",
+        "",
+        "## Export to neuromorphic hardware (`nsm export --check`)",
+        "",
+        f"The deterministic network was written as a binary spike graph to `{rel(nir_path)}` (NIR, HDF5), "
+        "read back, imported with norse and run sample by sample; the check passed (same top class as the "
+        "PyTorch model on every input checked, logits equal within float tolerance).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -145,11 +188,32 @@ def run_demo(out, *, epochs: int | None = None, seed: int = 0) -> Path:
 
     recording, labels = held_out_recording(data)
     print(f"[4/6] streaming the held-out recording {recording.name}", flush=True)
-    stream = dict(predictions=stream_dir / "predictions.jsonl", timeline=stream_dir / "timeline.png",
-                  summary_path=stream_dir / "summary.json")
-    _step(["stream", "--checkpoint", run_dir.best, "--events", recording, "--labels", labels, "--adaptive", "--decay",
-           "0.9", "--out", stream["predictions"], "--timeline", stream["timeline"], "--summary",
-           stream["summary_path"], "--quiet"])
+    stream = dict(
+        predictions=stream_dir / "predictions.jsonl",
+        timeline=stream_dir / "timeline.png",
+        summary_path=stream_dir / "summary.json",
+    )
+    _step(
+        [
+            "stream",
+            "--checkpoint",
+            run_dir.best,
+            "--events",
+            recording,
+            "--labels",
+            labels,
+            "--adaptive",
+            "--decay",
+            "0.9",
+            "--out",
+            stream["predictions"],
+            "--timeline",
+            stream["timeline"],
+            "--summary",
+            stream["summary_path"],
+            "--quiet",
+        ]
+    )
     replay(run_dir.best, recording, labels=labels, mc={"adaptive": True}, decay=0.9, progress=False, **stream)
 
     print("[5/6] exporting to NIR and checking the file in norse", flush=True)
@@ -160,10 +224,13 @@ def run_demo(out, *, epochs: int | None = None, seed: int = 0) -> Path:
 
     seconds = time.perf_counter() - started
     write_text_atomic(out / "report.md", report(out, run_dir.out, twin_dir.out, stream_dir, nir_path, seconds))
-    print(f"\n[6/6] report: {out / 'report.md'}\n"
-          f"  run folder (checkpoints, metrics, curves.png, health.png, reliability.png): {run_dir.out}\n"
-          f"  the deterministic twin's run folder: {twin_dir.out}\n"
-          f"  streaming predictions and timeline.png: {stream_dir}\n"
-          f"  NIR graph: {nir_path}\n  simulated data: {data}   frame cache: {cache}\n"
-          f"finished in {seconds:.0f} s", flush=True)
+    print(
+        f"\n[6/6] report: {out / 'report.md'}\n"
+        f"  run folder (checkpoints, metrics, curves.png, health.png, reliability.png): {run_dir.out}\n"
+        f"  the deterministic twin's run folder: {twin_dir.out}\n"
+        f"  streaming predictions and timeline.png: {stream_dir}\n"
+        f"  NIR graph: {nir_path}\n  simulated data: {data}   frame cache: {cache}\n"
+        f"finished in {seconds:.0f} s",
+        flush=True,
+    )
     return out / "report.md"

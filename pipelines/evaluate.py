@@ -14,6 +14,7 @@ two predictors, the reliability bins and, for DVS Gesture, the per-gesture accur
 a gesture combined by averaging its probabilities). ``reliability.png`` draws all three. Noise is
 drawn from a generator seeded by ``--seed``, so an evaluation repeats exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,35 +37,62 @@ from .files import write_text_atomic
 from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
 
 
-def predict(model, loader, *, samples: int = 16, adaptive: bool = False, threshold: float = 0.9,
-            min_samples: int = 4, max_samples: int = 64, seed: int = 0, device=torch.device("cpu"),
-            progress: bool = True) -> dict[str, np.ndarray]:
+def predict(
+    model,
+    loader,
+    *,
+    samples: int = 16,
+    adaptive: bool = False,
+    threshold: float = 0.9,
+    min_samples: int = 4,
+    max_samples: int = 64,
+    seed: int = 0,
+    device=torch.device("cpu"),
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
     """Probabilities of the three predictors for every item of ``loader``, with labels and samples used."""
     stochastic = any(u.mode != "deterministic" for u in stochastic_units(model))
     generator = torch.Generator(device=device).manual_seed(seed)
-    mc = dict(adaptive=True, threshold=threshold, min_samples=min_samples, max_samples=max_samples) \
-        if adaptive else dict(samples=samples)
-    if not stochastic:                       # a deterministic network: one pass is the prediction
+    mc = (
+        dict(adaptive=True, threshold=threshold, min_samples=min_samples, max_samples=max_samples)
+        if adaptive
+        else dict(samples=samples)
+    )
+    if not stochastic:  # a deterministic network: one pass is the prediction
         mc = dict(samples=1)
     out = {k: [] for k in ("mc", "single", "deterministic", "labels", "samples_used")}
     model.eval()
     with torch.inference_mode(), nsm.using_generator(model, generator):
         for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             x = x.to(device)
-            res = nsm.mc_predict(model, x, generator=generator, **mc)   # mc_predict sets the units' generator
+            res = nsm.mc_predict(model, x, generator=generator, **mc)  # mc_predict sets the units' generator
             out["mc"].append(res.probs.float().cpu())
             out["samples_used"].append(res.samples_used.cpu())
-            out["single"].append(nsm.mc_predict(model, x, samples=1, generator=generator).probs.float().cpu()
-                                 if stochastic else res.probs.float().cpu())
+            out["single"].append(
+                nsm.mc_predict(model, x, samples=1, generator=generator).probs.float().cpu()
+                if stochastic
+                else res.probs.float().cpu()
+            )
             with nsm.using_mode(model, "deterministic"):
                 out["deterministic"].append(torch.softmax(model(x).float(), dim=1).cpu())
             out["labels"].append(y)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, adaptive: bool | None = None,
-             threshold: float | None = None, max_samples: int | None = None, seed: int = 0,
-             cache_dir=DEFAULT_CACHE, device: str = "auto", progress: bool = True) -> dict:
+def evaluate(
+    checkpoint,
+    data_root,
+    out=None,
+    *,
+    samples: int | None = None,
+    adaptive: bool | None = None,
+    threshold: float | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    cache_dir=DEFAULT_CACHE,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     """Evaluate ``checkpoint`` on the test split under ``data_root``; write metrics.json and reliability.png."""
     ck = load_checkpoint(checkpoint)
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
@@ -83,38 +111,60 @@ def evaluate(checkpoint, data_root, out=None, *, samples: int | None = None, ada
     if len(test) == 0:
         raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
     loader = DataLoader(test, batch_size=ev.batch_size)
-    p = predict(model, loader, samples=samples, adaptive=adaptive, threshold=threshold,
-                min_samples=min(ev.min_samples, max_samples), max_samples=max_samples, seed=seed, device=dev,
-                progress=progress)
+    p = predict(
+        model,
+        loader,
+        samples=samples,
+        adaptive=adaptive,
+        threshold=threshold,
+        min_samples=min(ev.min_samples, max_samples),
+        max_samples=max_samples,
+        seed=seed,
+        device=dev,
+        progress=progress,
+    )
     labels = p["labels"]
     mc_name = f"MC adaptive ({threshold:g})" if adaptive else f"MC {samples}"
     metrics = {
-        "checkpoint": str(checkpoint), "epoch": ck.epoch, "model": ck.model.spec["name"],
-        "neuron": ck.model.spec["neuron"], "split": "test", "classes": len(ck.classes), "predictor": mc_name,
+        "checkpoint": str(checkpoint),
+        "epoch": ck.epoch,
+        "model": ck.model.spec["name"],
+        "neuron": ck.model.spec["neuron"],
+        "split": "test",
+        "classes": len(ck.classes),
+        "predictor": mc_name,
         **classification_metrics(p["mc"], labels),
         "mean_samples": float(p["samples_used"].mean()),
     }
     metrics["single_sample"] = classification_metrics(p["single"], labels)
     metrics["deterministic"] = classification_metrics(p["deterministic"], labels)
     if cfg.data.dataset == "dvsgesture" and cfg.data.frames_per_clip:
-        for part, key in ((metrics, "mc"), (metrics["single_sample"], "single"),
-                          (metrics["deterministic"], "deterministic")):
+        for part, key in (
+            (metrics, "mc"),
+            (metrics["single_sample"], "single"),
+            (metrics["deterministic"], "deterministic"),
+        ):
             part["gesture_accuracy"] = group_accuracy(p[key], labels, test.groups)
         metrics["gestures"] = int(len(np.unique(test.groups)))
     conf = p["mc"].max(1)
     metrics["reliability"] = reliability_bins(conf, p["mc"].argmax(1) == labels).to_dict()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / EVALUATION, json.dumps(metrics, indent=2) + "\n")
-    plot_reliability({"1 sample": (p["single"], labels), mc_name: (p["mc"], labels),
-                      "deterministic": (p["deterministic"], labels)}, out / RELIABILITY,
-                     title=f"{metrics['model']} ({metrics['neuron']}), {len(labels)} test items")
+    plot_reliability(
+        {"1 sample": (p["single"], labels), mc_name: (p["mc"], labels), "deterministic": (p["deterministic"], labels)},
+        out / RELIABILITY,
+        title=f"{metrics['model']} ({metrics['neuron']}), {len(labels)} test items",
+    )
     return metrics
 
 
 def predictor_table(metrics: dict) -> str:
     """A Markdown table of the three predictors of ``metrics.json``."""
-    rows = [(metrics["predictor"], metrics, f"{metrics['mean_samples']:.1f}"),
-            ("1 sample", metrics["single_sample"], "1"), ("deterministic", metrics["deterministic"], "1")]
+    rows = [
+        (metrics["predictor"], metrics, f"{metrics['mean_samples']:.1f}"),
+        ("1 sample", metrics["single_sample"], "1"),
+        ("deterministic", metrics["deterministic"], "1"),
+    ]
     lines = ["| prediction | accuracy | NLL | Brier | ECE | mean samples |", "|---|---|---|---|---|---|"]
     for name, m, k in rows:
         lines.append(f"| {name} | {m['accuracy']:.1%} | {m['nll']:.3f} | {m['brier']:.3f} | {m['ece']:.3f} | {k} |")
@@ -125,6 +175,8 @@ def summary(metrics: dict) -> str:
     """The predictor table, and the per-gesture accuracy when there is one."""
     text = predictor_table(metrics)
     if "gesture_accuracy" in metrics:
-        text += f"\n\nper-gesture accuracy ({metrics['gestures']} gestures, clips combined): " \
-                f"{metrics['gesture_accuracy']:.1%}"
+        text += (
+            f"\n\nper-gesture accuracy ({metrics['gestures']} gestures, clips combined): "
+            f"{metrics['gesture_accuracy']:.1%}"
+        )
     return text

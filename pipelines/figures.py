@@ -5,6 +5,7 @@ backend switch, no display needed). Every PNG is written atomically: rendered to
 the destination folder, then renamed over the destination, so a reader never sees a half-written
 image and a failure leaves any previous file in place. Parent folders are created.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,6 +21,7 @@ from .calibration import DEFAULT_BINS, check_probs, reliability_bins
 from .files import atomic_file
 from .health import DEAD_RATE, SATURATED_SHARE, SATURATION_P
 from .runs import read_records
+
 
 def new_figure(width: float, height: float) -> Figure:
     """A figure bound to an Agg canvas."""
@@ -65,8 +67,13 @@ def plot_reliability(results: dict, path, n_bins: int = DEFAULT_BINS, title: str
     width = (edges[1] - edges[0]) / (len(binned) + 1)
     for k, (name, rb) in enumerate(binned.items()):
         full = rb.counts > 0
-        line, = top.plot(rb.confidence[full], rb.accuracy[full], marker="o", markersize=4,
-                         label=f"{name} (ECE {rb.ece():.3f}, n={rb.n})")
+        (line,) = top.plot(
+            rb.confidence[full],
+            rb.accuracy[full],
+            marker="o",
+            markersize=4,
+            label=f"{name} (ECE {rb.ece():.3f}, n={rb.n})",
+        )
         offset = (k - (len(binned) - 1) / 2) * width
         bottom.bar(centers + offset, rb.counts / rb.n, width=width, color=line.get_color(), alpha=0.8)
     top.set_xlim(0, 1)
@@ -125,8 +132,12 @@ def plot_curves(records, path) -> Path:
     records, source = _epoch_records(records)
     fig = new_figure(12.0, 3.6)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    for ax, key, label in ((ax_loss, "train_loss", "train"), (ax_loss, "val_loss", "validation"),
-                           (ax_acc, "train_accuracy", "train"), (ax_acc, "val_accuracy", "validation")):
+    for ax, key, label in (
+        (ax_loss, "train_loss", "train"),
+        (ax_loss, "val_loss", "validation"),
+        (ax_acc, "train_accuracy", "train"),
+        (ax_acc, "val_accuracy", "validation"),
+    ):
         x, y = _series(records, key, source)
         if len(x):
             ax.plot(x, y, marker="o", markersize=3, label=label)
@@ -146,10 +157,12 @@ def plot_curves(records, path) -> Path:
     return save_png(fig, path)
 
 
-HEALTH_PANELS = (("firing_rate", "firing rate (share of outputs on)"),
-                 ("saturated", f"saturated share (P < {SATURATION_P:g} or > {1 - SATURATION_P:g})"),
-                 ("pool_rate", "max-pool rate (share of outputs on)"),
-                 ("grad_norm", "weight gradient norm"))
+HEALTH_PANELS = (
+    ("firing_rate", "firing rate (share of outputs on)"),
+    ("saturated", f"saturated share (P < {SATURATION_P:g} or > {1 - SATURATION_P:g})"),
+    ("pool_rate", "max-pool rate (share of outputs on)"),
+    ("grad_norm", "weight gradient norm"),
+)
 
 
 def plot_health(records, path) -> Path:
@@ -166,14 +179,14 @@ def plot_health(records, path) -> Path:
     from matplotlib import colormaps
 
     records, source = _epoch_records(records)
-    labels: dict[str, str] = {}                  # module name -> legend label, in forward order
+    labels: dict[str, str] = {}  # module name -> legend label, in forward order
     for i, r in enumerate(records):
         health = r.get("health") or {}
         if not isinstance(health, dict) or not all(isinstance(e, dict) for e in health.values()):
             raise ValueError(f"{source}: record {i + 1}: 'health' must map layer names to dicts")
         for name, entry in health.items():
             labels.setdefault(name, f"{name} {entry.get('module', '')}".rstrip())
-    if len(labels) <= 20:                        # tab20's ten dark colours first, then their light pairs
+    if len(labels) <= 20:  # tab20's ten dark colours first, then their light pairs
         colors = {name: colormaps["tab20"](2 * (k % 10) + k // 10) for k, name in enumerate(labels)}
     else:
         colors = {name: colormaps["turbo"](k / (len(labels) - 1)) for k, name in enumerate(labels)}
@@ -186,12 +199,16 @@ def plot_health(records, path) -> Path:
             xs, ys = [], []
             for r in records:
                 value = (r.get("health") or {}).get(name, {}).get(key)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-                        and (key != "grad_norm" or value > 0):
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and (key != "grad_norm" or value > 0)
+                ):
                     xs.append(r["epoch"])
                     ys.append(float(value))
             if xs:
-                handles[name], = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=colors[name])
+                (handles[name],) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, color=colors[name])
         ax.set_title(title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -201,13 +218,16 @@ def plot_health(records, path) -> Path:
         else:
             ax.set_ylim(-0.03, 1.03)
         if not ax.lines:
-            empty = ("no firing probabilities (only NSM units have them)" if key == "saturated" and handles
-                     else "no values recorded")
+            empty = (
+                "no firing probabilities (only NSM units have them)"
+                if key == "saturated" and handles
+                else "no values recorded"
+            )
             ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="0.5")
     for ax in axes[2:]:
         ax.set_xlabel("epoch")
     epochs = [r["epoch"] for r in records if r.get("health")]
-    if epochs and min(epochs) == max(epochs):       # one epoch: an integer tick, not a zoom around it
+    if epochs and min(epochs) == max(epochs):  # one epoch: an integer tick, not a zoom around it
         axes[0].set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
         axes[0].set_xticks([epochs[0]])
     for limit in (DEAD_RATE, 1 - DEAD_RATE):
@@ -215,14 +235,29 @@ def plot_health(records, path) -> Path:
     axes[1].axhline(SATURATED_SHARE, color="0.4", linestyle="--", linewidth=1)
     if handles:
         names = [name for name in labels if name in handles]
-        fig.legend([handles[n] for n in names], [labels[n] for n in names], loc="outside right upper",
-                   fontsize="small", title="layer", ncol=1 if len(names) <= 16 else 2)
+        fig.legend(
+            [handles[n] for n in names],
+            [labels[n] for n in names],
+            loc="outside right upper",
+            fontsize="small",
+            title="layer",
+            ncol=1 if len(names) <= 16 else 2,
+        )
     fig.suptitle("training health per layer (means over each epoch's recorded steps; dashed: warning limits)")
     return save_png(fig, path)
 
 
-def plot_timeline(path, ends_us: np.ndarray, probs: np.ndarray, *, origin_us: int, classes=None,
-                  labels=None, accumulated_confidence: np.ndarray | None = None, title: str = "") -> Path:
+def plot_timeline(
+    path,
+    ends_us: np.ndarray,
+    probs: np.ndarray,
+    *,
+    origin_us: int,
+    classes=None,
+    labels=None,
+    accumulated_confidence: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
     """Class probabilities of each window (at its end time) over the recording, labelled gestures shaded,
     and the accumulated evidence's confidence (dashed) when given. Written atomically."""
     from matplotlib import colormaps
@@ -236,8 +271,16 @@ def plot_timeline(path, ends_us: np.ndarray, probs: np.ndarray, *, origin_us: in
     for c, s, e in labels or []:
         k = int(c) - 1
         ax.axvspan((s - origin_us) * 1e-6, (e - origin_us) * 1e-6, color=colors(k % colors.N), alpha=0.18, lw=0)
-        ax.text(((s + e) / 2 - origin_us) * 1e-6, 1.02, names[k] if k < len(names) else str(k), ha="center",
-                va="bottom", fontsize=7, rotation=30, color=colors(k % colors.N))
+        ax.text(
+            ((s + e) / 2 - origin_us) * 1e-6,
+            1.02,
+            names[k] if k < len(names) else str(k),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=30,
+            color=colors(k % colors.N),
+        )
     for k in range(n_classes):
         ax.plot(t, probs[:, k], lw=1.0, color=colors(k % colors.N), label=names[k] if k < len(names) else str(k))
     if accumulated_confidence is not None:

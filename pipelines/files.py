@@ -2,6 +2,7 @@
 records) is written to a temporary file beside its destination and renamed over it, so a crash
 leaves either the old file or the new one, never half of one. Built on ``events.formats.atomic_write``
 (temporary files ``.<name>.<pid>.<random>.tmp`` with the umask's permissions)."""
+
 from __future__ import annotations
 
 import os
@@ -36,4 +37,3 @@ def write_text_atomic(path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically."""
     with atomic_file(path, "w") as f:
         f.write(text)
-

@@ -39,6 +39,7 @@ that is dead (firing rate below DEAD_RATE or above 1 - DEAD_RATE: its output is 
 layer that is saturated (saturated share above SATURATED_SHARE), and a training loss that sat at the
 class prior on every step of the epoch (``loss_sat_at_prior``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,9 +54,9 @@ from nsm.layers import EXPECTATION_MODES
 
 from .activity import weight_units
 
-DEAD_RATE = 0.02            # a layer on for less than this share of its outputs (or off for less) is dead
-SATURATION_P = 0.02         # an output with P(+1) below this or above 1 - this is saturated
-SATURATED_SHARE = 0.9       # a layer with more than this share of saturated outputs is saturated
+DEAD_RATE = 0.02  # a layer on for less than this share of its outputs (or off for less) is dead
+SATURATION_P = 0.02  # an output with P(+1) below this or above 1 - this is saturated
+SATURATED_SHARE = 0.9  # a layer with more than this share of saturated outputs is saturated
 PRIOR_LOSS_TOLERANCE = 0.02  # relative to the label entropy: see loss_sat_at_prior
 
 UNIT_FIELDS = ("firing_rate", "saturated", "grad_norm")
@@ -109,13 +110,17 @@ def layer_warnings(summary: dict) -> list[str]:
         rate, saturated = entry.get("firing_rate"), entry.get("saturated")
         layer = f"layer {name} ({entry['module']})"
         if rate is not None and not DEAD_RATE <= rate <= 1 - DEAD_RATE:
-            lines.append(f"warning: {layer} is dead: it fired (+1, or > 0) on {100 * rate:.1f} % of its outputs "
-                         f"this epoch (a live layer: {100 * DEAD_RATE:g} % to {100 * (1 - DEAD_RATE):g} %), so its "
-                         f"output is all but constant and the layers above it get nothing from the input")
+            lines.append(
+                f"warning: {layer} is dead: it fired (+1, or > 0) on {100 * rate:.1f} % of its outputs "
+                f"this epoch (a live layer: {100 * DEAD_RATE:g} % to {100 * (1 - DEAD_RATE):g} %), so its "
+                f"output is all but constant and the layers above it get nothing from the input"
+            )
         if saturated is not None and saturated > SATURATED_SHARE:
-            lines.append(f"warning: {layer} is saturated: {100 * saturated:.1f} % of its outputs had a "
-                         f"firing probability P < {SATURATION_P:g} or P > {1 - SATURATION_P:g} this epoch (limit "
-                         f"{100 * SATURATED_SHARE:g} %), where the gradient erf'(v) all but vanishes")
+            lines.append(
+                f"warning: {layer} is saturated: {100 * saturated:.1f} % of its outputs had a "
+                f"firing probability P < {SATURATION_P:g} or P > {1 - SATURATION_P:g} this epoch (limit "
+                f"{100 * SATURATED_SHARE:g} %), where the gradient erf'(v) all but vanishes"
+            )
     return lines
 
 
@@ -152,8 +157,9 @@ class HealthMonitor:
         self._step: dict[str, dict] = {}
         self._records: list[dict[str, dict]] = []
         self._losses: list[torch.Tensor] = []
-        self._hooks = ([m.register_forward_hook(partial(self._measure, name)) for name, m in self.layers]
-                       if enabled else [])
+        self._hooks = (
+            [m.register_forward_hook(partial(self._measure, name)) for name, m in self.layers] if enabled else []
+        )
 
     def _measure(self, name: str, module: nn.Module, inputs, output) -> None:
         if not self._armed:
@@ -210,8 +216,10 @@ class HealthMonitor:
             fields = UNIT_FIELDS if name in self.units else POOL_FIELDS
             seen = [r[name] for r in self._records if name in r]
             if seen:
-                summary[name] = {"module": type(module).__name__,
-                                 **{f: _mean([r.get(f) for r in seen]) for f in fields}}
+                summary[name] = {
+                    "module": type(module).__name__,
+                    **{f: _mean([r.get(f) for r in seen]) for f in fields},
+                }
         warnings = layer_warnings(summary)
         if self._losses:
             losses, prior_losses = torch.stack(self._losses).cpu().numpy().T
@@ -220,7 +228,8 @@ class HealthMonitor:
                     f"warning: the training loss sat at the class prior all epoch: on every step ({len(losses)}) "
                     f"it was within {PRIOR_LOSS_TOLERANCE * self.entropy:.3f} nats ({100 * PRIOR_LOSS_TOLERANCE:g} % "
                     f"of the label entropy, {self.entropy:.3f}) of the loss of predicting the training labels' "
-                    f"frequencies, so the network ignores its input")
+                    f"frequencies, so the network ignores its input"
+                )
         self._records, self._losses = [], []
         return EpochHealth(summary, warnings)
 

@@ -1,6 +1,7 @@
 """Replay an event file through a trained network as a live camera would feed it: the predictions as JSON
 lines, a summary (windows, real-time factor, latency, and accuracy against DVS Gesture labels) and a timeline
 figure (``nsm stream``; the classifier itself: ``pipelines.stream``)."""
+
 from __future__ import annotations
 
 import array
@@ -58,12 +59,16 @@ class LabelScorer:
         predicted = self.sums[scored].argmax(axis=1) if scored.any() else np.zeros(0, dtype=np.int64)
         correct = int((predicted == self.classes[scored]).sum())
         n = int(scored.sum())
-        return {"gestures": len(self.classes), "gestures_scored": n, "gestures_correct": correct,
-                "gesture_accuracy": correct / n if n else None,
-                "windows_scored": self.windows_scored, "windows_correct": self.windows_correct,
-                "window_accuracy": self.windows_correct / self.windows_scored if self.windows_scored else None,
-                "windows_ambiguous": self.windows_ambiguous}
-
+        return {
+            "gestures": len(self.classes),
+            "gestures_scored": n,
+            "gestures_correct": correct,
+            "gesture_accuracy": correct / n if n else None,
+            "windows_scored": self.windows_scored,
+            "windows_correct": self.windows_correct,
+            "window_accuracy": self.windows_correct / self.windows_scored if self.windows_scored else None,
+            "windows_ambiguous": self.windows_ambiguous,
+        }
 
 
 def _pieces(chunk: np.ndarray, clf: StreamingClassifier):
@@ -73,11 +78,25 @@ def _pieces(chunk: np.ndarray, clf: StreamingClassifier):
     return [chunk] if i <= 0 else [chunk[:i], chunk[i:]]
 
 
-
-def replay(checkpoint, recording, *, labels=None, window_us: int | None = None, hop_us: int | None = None,
-           mc: dict | None = None, decay: float = 1.0, seed: int = 0, downsample: int | None = None, crop=None,
-           sort_chunks: bool = False, chunk_events: int = DEFAULT_CHUNK_EVENTS, predictions=None, timeline=None,
-           summary_path=None, progress: bool = True) -> dict:
+def replay(
+    checkpoint,
+    recording,
+    *,
+    labels=None,
+    window_us: int | None = None,
+    hop_us: int | None = None,
+    mc: dict | None = None,
+    decay: float = 1.0,
+    seed: int = 0,
+    downsample: int | None = None,
+    crop=None,
+    sort_chunks: bool = False,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    predictions=None,
+    timeline=None,
+    summary_path=None,
+    progress: bool = True,
+) -> dict:
     """Stream the event file ``recording`` through ``checkpoint``'s network in chunks of ``chunk_events`` and
     return the summary (also printed; written as JSON to ``summary_path``).
 
@@ -93,24 +112,46 @@ def replay(checkpoint, recording, *, labels=None, window_us: int | None = None, 
     labels = parse_labels(labels) if labels else None
     with events.reader(recording) as reader:
         clf = StreamingClassifier.from_checkpoint(
-            checkpoint, sensor_size=reader.sensor_size, window_us=window_us, hop_us=hop_us, decay=decay,
-            seed=seed, downsample=downsample, crop=crop, sort_chunks=sort_chunks, source=str(recording), **mc)
+            checkpoint,
+            sensor_size=reader.sensor_size,
+            window_us=window_us,
+            hop_us=hop_us,
+            decay=decay,
+            seed=seed,
+            downsample=downsample,
+            crop=crop,
+            sort_chunks=sort_chunks,
+            source=str(recording),
+            **mc,
+        )
         n_classes = int(clf.model.spec["num_classes"])
         scorer = LabelScorer(labels, n_classes) if labels is not None else None
         fs = clf.frame_spec
-        print(f"streaming {recording} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
-              f"through {clf.model.spec['name']}: {clf.window_us / 1e3:g} ms windows every {clf.hop_us / 1e3:g} ms, "
-              f"{clf.n_frames} frames, crop {fs.crop or 'none'}, downsample {fs.downsample}, "
-              + (f"adaptive {clf.mc['min_samples']}-{clf.mc['max_samples']} samples" if clf.mc.get("adaptive")
-                 else f"{clf.mc['samples']} samples"), flush=True)
+        print(
+            f"streaming {recording} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
+            f"through {clf.model.spec['name']}: {clf.window_us / 1e3:g} ms windows every {clf.hop_us / 1e3:g} ms, "
+            f"{clf.n_frames} frames, crop {fs.crop or 'none'}, downsample {fs.downsample}, "
+            + (
+                f"adaptive {clf.mc['min_samples']}-{clf.mc['max_samples']} samples"
+                if clf.mc.get("adaptive")
+                else f"{clf.mc['samples']} samples"
+            ),
+            flush=True,
+        )
         stats = _Stats(n_classes, keep_probs=bool(timeline))
         if predictions:
             Path(predictions).parent.mkdir(parents=True, exist_ok=True)
         out = open(predictions, "w", encoding="utf-8") if predictions else None
         started = time.perf_counter()
-        bar = tqdm(desc="stream", unit="s rec", disable=not progress, bar_format=(
-            "{desc}: {n:.2f} s of recording [{elapsed}, {rate_fmt}]{postfix}"), mininterval=0.5)
+        bar = tqdm(
+            desc="stream",
+            unit="s rec",
+            disable=not progress,
+            bar_format=("{desc}: {n:.2f} s of recording [{elapsed}, {rate_fmt}]{postfix}"),
+            mininterval=0.5,
+        )
         try:
+
             def emit(preds):
                 for pred in preds:
                     stats.add(pred)
@@ -121,9 +162,12 @@ def replay(checkpoint, recording, *, labels=None, window_us: int | None = None, 
                         out.flush()
                 if preds:
                     last = preds[-1]
-                    bar.set_postfix_str(f"{last.class_name or last.top_class} {last.confidence:.2f} | accumulated "
-                                        f"{last.accumulated_class_name or last.accumulated_class} "
-                                        f"{last.accumulated_confidence or 0:.2f}", refresh=False)
+                    bar.set_postfix_str(
+                        f"{last.class_name or last.top_class} {last.confidence:.2f} | accumulated "
+                        f"{last.accumulated_class_name or last.accumulated_class} "
+                        f"{last.accumulated_confidence or 0:.2f}",
+                        refresh=False,
+                    )
 
             for chunk in reader.iter_chunks(chunk_events):
                 for piece in _pieces(chunk, clf):
@@ -148,10 +192,17 @@ def replay(checkpoint, recording, *, labels=None, window_us: int | None = None, 
         print(f"summary: {summary_path}")
     if timeline:
         ends, probs, acc_conf = stats.timeline()
-        plot_timeline(timeline, ends, probs, origin_us=origin if origin is not None else 0,
-                      classes=clf.classes, labels=labels, accumulated_confidence=acc_conf,
-                      title=f"{Path(recording).name}: {clf.model.spec['name']}, "
-                            f"{clf.window_us / 1e3:g} ms windows, hop {clf.hop_us / 1e3:g} ms")
+        plot_timeline(
+            timeline,
+            ends,
+            probs,
+            origin_us=origin if origin is not None else 0,
+            classes=clf.classes,
+            labels=labels,
+            accumulated_confidence=acc_conf,
+            title=f"{Path(recording).name}: {clf.model.spec['name']}, "
+            f"{clf.window_us / 1e3:g} ms windows, hop {clf.hop_us / 1e3:g} ms",
+        )
         print(f"timeline: {timeline}")
     if predictions:
         print(f"predictions: {predictions}")
@@ -188,11 +239,16 @@ class _Stats:
     def summary(self, wall_s: float) -> dict:
         lat = np.asarray(self.latency, dtype=np.float64)
         span = 0 if self.n == 0 else (self.last_end - self.first_start) * 1e-6
-        return {"windows": self.n, "empty_windows": self.empty,
-                "mean_samples": self.samples / self.n if self.n else None,
-                "recording_s": span, "wall_s": wall_s, "real_time_factor": span / wall_s if wall_s > 0 else None,
-                "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
-                "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None}
+        return {
+            "windows": self.n,
+            "empty_windows": self.empty,
+            "mean_samples": self.samples / self.n if self.n else None,
+            "recording_s": span,
+            "wall_s": wall_s,
+            "real_time_factor": span / wall_s if wall_s > 0 else None,
+            "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+            "latency_ms_p99": float(np.percentile(lat, 99)) if len(lat) else None,
+        }
 
     def timeline(self):
         probs = np.asarray(self.probs, dtype=np.float32).reshape(-1, self.num_classes)
@@ -203,13 +259,18 @@ def _print_summary(s: dict) -> None:
     def fmt(v, spec):
         return "n/a" if v is None else format(v, spec)
 
-    print(f"windows: {s['windows']} ({s['empty_windows']} empty), mean samples {fmt(s['mean_samples'], '.1f')}, "
-          f"{s['recording_s']:.2f} s of recording in {s['wall_s']:.2f} s "
-          f"(real-time factor {fmt(s['real_time_factor'], '.2f')}), latency p50 {fmt(s['latency_ms_p50'], '.1f')} ms, "
-          f"p99 {fmt(s['latency_ms_p99'], '.1f')} ms")
+    print(
+        f"windows: {s['windows']} ({s['empty_windows']} empty), mean samples {fmt(s['mean_samples'], '.1f')}, "
+        f"{s['recording_s']:.2f} s of recording in {s['wall_s']:.2f} s "
+        f"(real-time factor {fmt(s['real_time_factor'], '.2f')}), latency p50 {fmt(s['latency_ms_p50'], '.1f')} ms, "
+        f"p99 {fmt(s['latency_ms_p99'], '.1f')} ms"
+    )
     if "gestures" in s:
-        print(f"gesture accuracy: {fmt(s['gesture_accuracy'], '.3f')} ({s['gestures_correct']}/{s['gestures_scored']} "
-              f"gestures with a window inside; {s['gestures']} labelled)")
-        print(f"window accuracy: {fmt(s['window_accuracy'], '.3f')} ({s['windows_correct']}/{s['windows_scored']} "
-              f"windows inside a gesture; {s['windows_ambiguous']} in overlapping gestures left out)")
-
+        print(
+            f"gesture accuracy: {fmt(s['gesture_accuracy'], '.3f')} ({s['gestures_correct']}/{s['gestures_scored']} "
+            f"gestures with a window inside; {s['gestures']} labelled)"
+        )
+        print(
+            f"window accuracy: {fmt(s['window_accuracy'], '.3f')} ({s['windows_correct']}/{s['windows_scored']} "
+            f"windows inside a gesture; {s['windows_ambiguous']} in overlapping gestures left out)"
+        )

@@ -17,6 +17,7 @@ A run folder holds:
   metrics.json    ``nsm evaluate``'s figures (written beside the checkpoint unless --out says otherwise)
   reliability.png ``nsm evaluate``'s reliability diagram
 """
+
 from __future__ import annotations
 
 import json

@@ -15,7 +15,8 @@ downsample`` first (:func:`events.stream.fit_frame_spec`); one that cannot fill 
 
 Prediction: Monte Carlo over the network's noise, ``samples=K`` passes or adaptive sampling (stop
 once the running mean's top probability reaches ``threshold``, between ``min_samples`` and
-``max_samples`` passes, drawn in at most two rounds: the minimum, then the rest). Each window draws its noise from its own ``torch.Generator`` seeded from
+``max_samples`` passes, drawn in at most two rounds: the minimum, then the rest). Each window draws its noise from
+its own ``torch.Generator`` seeded from
 ``(seed, window index)``, so a window's result depends only on its events, the model and the seed:
 pushing a recording at once, in chunks of any size, or windowing it offline with
 :func:`predict_recording` gives identical predictions.
@@ -30,6 +31,7 @@ Memory: the classifier holds the events of the windows not yet predicted (about 
 chunk being pushed), never the recording. Replaying a file (``pipelines.replay``, ``nsm stream``) additionally
 keeps a few numbers a window for its summary and one running sum per labelled gesture.
 """
+
 from __future__ import annotations
 
 import time
@@ -46,10 +48,10 @@ from events.types import check_in_bounds
 
 from .checkpoint import load_checkpoint
 
-DEFAULT_SAMPLES = 8          # fixed K when neither samples nor adaptive is given
-DEFAULT_MIN_SAMPLES = 4      # adaptive sampling: at least this many passes ...
-DEFAULT_MAX_SAMPLES = 16     # ... and at most this many, which bounds a window's latency
-DEFAULT_CHUNK_EVENTS = 8_192     # events read per chunk by nsm stream (about 0.4 s of a DVS Gesture recording)
+DEFAULT_SAMPLES = 8  # fixed K when neither samples nor adaptive is given
+DEFAULT_MIN_SAMPLES = 4  # adaptive sampling: at least this many passes ...
+DEFAULT_MAX_SAMPLES = 16  # ... and at most this many, which bounds a window's latency
+DEFAULT_CHUNK_EVENTS = 8_192  # events read per chunk by nsm stream (about 0.4 s of a DVS Gesture recording)
 TIMING_FIELDS = ("latency_ms", "compute_ms")  # the Prediction fields that differ from run to run
 
 
@@ -99,20 +101,31 @@ class Prediction:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; probabilities rounded to 1e-6, times in µs and ms."""
+
         def probs(p):
             return None if p is None else [round(float(v), 6) for v in p]
 
         return {
-            "index": self.index, "start_us": self.start_us, "end_us": self.end_us, "n_events": self.n_events,
-            "empty": self.empty, "top_class": self.top_class, "class_name": self.class_name,
-            "confidence": round(self.confidence, 6), "entropy": round(self.entropy, 6), "samples": self.samples,
-            "probs": probs(self.probs), "accumulated_class": self.accumulated_class,
+            "index": self.index,
+            "start_us": self.start_us,
+            "end_us": self.end_us,
+            "n_events": self.n_events,
+            "empty": self.empty,
+            "top_class": self.top_class,
+            "class_name": self.class_name,
+            "confidence": round(self.confidence, 6),
+            "entropy": round(self.entropy, 6),
+            "samples": self.samples,
+            "probs": probs(self.probs),
+            "accumulated_class": self.accumulated_class,
             "accumulated_class_name": self.accumulated_class_name,
-            "accumulated_confidence": None if self.accumulated_confidence is None
+            "accumulated_confidence": None
+            if self.accumulated_confidence is None
             else round(self.accumulated_confidence, 6),
             "accumulated_probs": probs(self.accumulated_probs),
             "accumulated_windows": round(self.accumulated_windows, 6),
-            "latency_ms": round(self.latency_ms, 3), "compute_ms": round(self.compute_ms, 3),
+            "latency_ms": round(self.latency_ms, 3),
+            "compute_ms": round(self.compute_ms, 3),
         }
 
 
@@ -135,12 +148,28 @@ class StreamingClassifier:
     of the parameters are noticed at once, edits through ``.data`` after :meth:`reset` (or :meth:`flush`).
     """
 
-    def __init__(self, model: nn.Module, frame_spec, sensor_size=None, *, window_us: int | None = None,
-                 hop_us: int | None = None, samples: int | None = None, adaptive: bool = False,
-                 threshold: float = 0.9, min_samples: int = DEFAULT_MIN_SAMPLES,
-                 max_samples: int = DEFAULT_MAX_SAMPLES, decay: float = 1.0, seed: int = 0,
-                 classes=None, downsample: int | None = None, crop=None, origin_us: int | None = None,
-                 sort_chunks: bool = False, source=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        frame_spec,
+        sensor_size=None,
+        *,
+        window_us: int | None = None,
+        hop_us: int | None = None,
+        samples: int | None = None,
+        adaptive: bool = False,
+        threshold: float = 0.9,
+        min_samples: int = DEFAULT_MIN_SAMPLES,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
+        decay: float = 1.0,
+        seed: int = 0,
+        classes=None,
+        downsample: int | None = None,
+        crop=None,
+        origin_us: int | None = None,
+        sort_chunks: bool = False,
+        source=None,
+    ):
         spec_dict = getattr(model, "spec", None)
         if not spec_dict or "in_channels" not in spec_dict or "input_size" not in spec_dict:
             raise ValueError("model must be built by models.create_model (its spec gives in_channels and input_size)")
@@ -148,35 +177,54 @@ class StreamingClassifier:
             raise ValueError("a frame spec is needed (the checkpoint has none: pass frame_spec=...)")
         spec = frame_spec if isinstance(frame_spec, events.FrameSpec) else events.FrameSpec.from_dict(frame_spec)
         if spec.overlap:
-            raise ValueError(f"streaming bins windows into back-to-back frames; the spec's overlap={spec.overlap} "
-                             "is not supported")
+            raise ValueError(
+                f"streaming bins windows into back-to-back frames; the spec's overlap={spec.overlap} is not supported"
+            )
         in_channels, input_size = int(spec_dict["in_channels"]), tuple(int(s) for s in spec_dict["input_size"])
         if in_channels % spec.channels:
-            raise ValueError(f"the model's {in_channels} input channels are not a multiple of the spec's "
-                             f"{spec.channels} polarity channel(s)")
+            raise ValueError(
+                f"the model's {in_channels} input channels are not a multiple of the spec's "
+                f"{spec.channels} polarity channel(s)"
+            )
         n_frames = in_channels // spec.channels
         if spec.frames_per_clip is not None and spec.frames_per_clip != n_frames:
-            raise ValueError(f"the spec's frames_per_clip={spec.frames_per_clip} does not match the model's "
-                             f"{in_channels} input channels / {spec.channels} polarity channel(s) = {n_frames}")
+            raise ValueError(
+                f"the spec's frames_per_clip={spec.frames_per_clip} does not match the model's "
+                f"{in_channels} input channels / {spec.channels} polarity channel(s) = {n_frames}"
+            )
         if sensor_size is None:  # the sensor the spec implies
             f = spec.downsample if downsample is None else downsample
-            sensor_size = crop if crop is not None else spec.crop if spec.crop is not None else \
-                (input_size[1] * f, input_size[0] * f)
-        self.sensor_size = events.SensorSize(int(sensor_size[0]), int(sensor_size[1]),
-                                             int(sensor_size[2]) if len(sensor_size) > 2 else 2)
-        self.frame_spec = fit_frame_spec(spec, self.sensor_size, input_size, downsample=downsample,
-                                         crop=None if crop is None else tuple(crop))
+            sensor_size = (
+                crop
+                if crop is not None
+                else spec.crop
+                if spec.crop is not None
+                else (input_size[1] * f, input_size[0] * f)
+            )
+        self.sensor_size = events.SensorSize(
+            int(sensor_size[0]), int(sensor_size[1]), int(sensor_size[2]) if len(sensor_size) > 2 else 2
+        )
+        self.frame_spec = fit_frame_spec(
+            spec, self.sensor_size, input_size, downsample=downsample, crop=None if crop is None else tuple(crop)
+        )
         self.n_frames = n_frames
         if window_us is None:
             if spec.time_window_us is None:
                 raise ValueError(f"the spec slices by {spec.mode}; give window_us for streaming")
             window_us = n_frames * spec.time_window_us
         if not isinstance(window_us, (int, np.integer)) or window_us < n_frames or window_us % n_frames:
-            raise ValueError(f"window_us={window_us!r} must be a whole number of µs that splits into "
-                             f"{n_frames} frames of whole µs")
+            raise ValueError(
+                f"window_us={window_us!r} must be a whole number of µs that splits into {n_frames} frames of whole µs"
+            )
         hop_us = int(window_us) // 2 if hop_us is None else hop_us
-        self.windows = SlidingWindows(int(window_us), hop_us, origin_us=origin_us, sensor_size=self.sensor_size,
-                                      sort_chunks=sort_chunks, source=source)
+        self.windows = SlidingWindows(
+            int(window_us),
+            hop_us,
+            origin_us=origin_us,
+            sensor_size=self.sensor_size,
+            sort_chunks=sort_chunks,
+            source=source,
+        )
         if samples is not None and adaptive:
             raise ValueError("give either samples=K or adaptive=True, not both")
         if not adaptive:
@@ -191,8 +239,13 @@ class StreamingClassifier:
                 raise ValueError(f"need 1 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
             # Two rounds at most: the minimum, then the rest for a window still undecided. A window's latency is
             # then at most two forward passes; with a small network (overhead-bound) this is also the fastest.
-            self.mc = {"adaptive": True, "threshold": float(threshold), "min_samples": int(min_samples),
-                       "max_samples": int(max_samples), "step": max(1, int(max_samples) - int(min_samples))}
+            self.mc = {
+                "adaptive": True,
+                "threshold": float(threshold),
+                "min_samples": int(min_samples),
+                "max_samples": int(max_samples),
+                "step": max(1, int(max_samples) - int(min_samples)),
+            }
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -205,7 +258,7 @@ class StreamingClassifier:
         self.reset_evidence()
 
     @classmethod
-    def from_checkpoint(cls, path, **overrides) -> "StreamingClassifier":
+    def from_checkpoint(cls, path, **overrides) -> StreamingClassifier:
         """A classifier for the network of a checkpoint (``pipelines.checkpoint``), with its classes and
         frame spec; keyword arguments override any constructor argument (``frame_spec`` and ``classes`` too)."""
         ck = load_checkpoint(path)
@@ -254,8 +307,9 @@ class StreamingClassifier:
 
     def model_input(self, window: Window) -> torch.Tensor:
         """The float32 tensor ``(1, T, P, H, W)`` of event counts the network sees for ``window``."""
-        frames = window_frames(window.events, self.sensor_size, self.frame_spec, window.start_us, window.end_us,
-                               self.n_frames)
+        frames = window_frames(
+            window.events, self.sensor_size, self.frame_spec, window.start_us, window.end_us, self.n_frames
+        )
         return torch.from_numpy(frames).unsqueeze(0)
 
     def predict_window(self, window: Window, called: float | None = None) -> Prediction:
@@ -277,13 +331,25 @@ class StreamingClassifier:
         acc_top = None if acc is None else int(acc.argmax())
         done = time.perf_counter()
         return Prediction(
-            index=window.index, start_us=window.start_us, end_us=window.end_us, n_events=len(window.events),
-            empty=window.empty, probs=probs, top_class=top, class_name=self._name(top),
-            confidence=float(probs[top]), entropy=_entropy(probs), samples=int(res.samples_used[0]),
-            accumulated_probs=acc, accumulated_class=acc_top, accumulated_class_name=self._name(acc_top),
+            index=window.index,
+            start_us=window.start_us,
+            end_us=window.end_us,
+            n_events=len(window.events),
+            empty=window.empty,
+            probs=probs,
+            top_class=top,
+            class_name=self._name(top),
+            confidence=float(probs[top]),
+            entropy=_entropy(probs),
+            samples=int(res.samples_used[0]),
+            accumulated_probs=acc,
+            accumulated_class=acc_top,
+            accumulated_class_name=self._name(acc_top),
             accumulated_confidence=None if acc is None else float(acc[acc_top]),
-            accumulated_windows=self._acc_weight, latency_ms=(done - called) * 1e3,
-            compute_ms=(done - started) * 1e3)
+            accumulated_windows=self._acc_weight,
+            latency_ms=(done - called) * 1e3,
+            compute_ms=(done - started) * 1e3,
+        )
 
     def _name(self, k: int | None) -> str | None:
         if k is None or self.classes is None or k >= len(self.classes):
@@ -291,8 +357,9 @@ class StreamingClassifier:
         return self.classes[k]
 
 
-def predict_recording(model: nn.Module, events_array: np.ndarray, frame_spec, sensor_size=None, *,
-                      end_us: int | None = None, **kw) -> list[Prediction]:
+def predict_recording(
+    model: nn.Module, events_array: np.ndarray, frame_spec, sensor_size=None, *, end_us: int | None = None, **kw
+) -> list[Prediction]:
     """Offline: window a whole time-ordered recording with :func:`events.stream.iter_windows` and predict
     every window as :class:`StreamingClassifier` would (same arguments; ``end_us`` as in ``flush``).
 
@@ -301,5 +368,7 @@ def predict_recording(model: nn.Module, events_array: np.ndarray, frame_spec, se
     """
     clf = StreamingClassifier(model, frame_spec, sensor_size, **kw)
     check_in_bounds(events_array, clf.sensor_size, kw.get("source"))
-    return [clf.predict_window(w) for w in iter_windows(events_array, clf.window_us, clf.hop_us,
-                                                         origin_us=kw.get("origin_us"), end_us=end_us)]
+    return [
+        clf.predict_window(w)
+        for w in iter_windows(events_array, clf.window_us, clf.hop_us, origin_us=kw.get("origin_us"), end_us=end_us)
+    ]

@@ -20,6 +20,7 @@ single process on the whole batch (for units without sampling noise and batch st
 units draw different noise per process, and batch-normalized logits use each process's share of the
 batch). Only rank 0 writes files and shows progress.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,8 @@ from .health import HealthMonitor
 from .runs import DEFAULT_CACHE, RunFolder, select_device, write_records
 from .warmstart import warm_start
 
-VAL_SAMPLES = 8          # Monte Carlo samples per validation prediction
-INIT_ITEMS = 256         # training items whose statistics initialise a fresh run (train.init = "data")
+VAL_SAMPLES = 8  # Monte Carlo samples per validation prediction
+INIT_ITEMS = 256  # training items whose statistics initialise a fresh run (train.init = "data")
 
 
 class TrainingDiverged(ValueError):
@@ -89,9 +90,16 @@ def start_process(device_name: str) -> Process:
 
 def build_model(cfg: configs.Config, splits: Splits):
     m = cfg.model
-    return models.create_model(m.name, in_channels=splits.in_channels, input_size=splits.input_size,
-                               num_classes=len(splits.classes), neuron=m.neuron, noise_p=m.noise_p,
-                               noise_sigma=m.noise_sigma, **m.options)
+    return models.create_model(
+        m.name,
+        in_channels=splits.in_channels,
+        input_size=splits.input_size,
+        num_classes=len(splits.classes),
+        neuron=m.neuron,
+        noise_p=m.noise_p,
+        noise_sigma=m.noise_sigma,
+        **m.options,
+    )
 
 
 def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
@@ -154,12 +162,15 @@ def validate(model, loader, device, samples: int = VAL_SAMPLES) -> dict:
     return {"val_accuracy": correct / n, "val_loss": nll / n}
 
 
-def prepare_run(cfg: configs.Config, run: RunFolder, resume: bool, saved_epochs: int | None) -> tuple[configs.Config, dict | None]:
+def prepare_run(
+    cfg: configs.Config, run: RunFolder, resume: bool, saved_epochs: int | None
+) -> tuple[configs.Config, dict | None]:
     """Check the run folder against ``resume``; return the configuration to use and the checkpoint state."""
     if not resume:
         if run.checkpoint.exists():
-            raise ValueError(f"{run.out} already holds a run (checkpoint.pt): pass --resume to continue it, "
-                             f"or choose another --out")
+            raise ValueError(
+                f"{run.out} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another --out"
+            )
         return cfg, None
     if not run.checkpoint.is_file():
         raise FileNotFoundError(f"{run.out}: nothing to resume (no checkpoint.pt); start the run without --resume")
@@ -182,23 +193,43 @@ def flushing_denormals():
         torch.set_flush_denormal(False)
 
 
-def train(cfg: configs.Config, data_root, out, *, cache_dir=DEFAULT_CACHE, resume: bool = False,
-          epochs: int | None = None, progress: bool = True, init_from=None) -> dict:
+def train(
+    cfg: configs.Config,
+    data_root,
+    out,
+    *,
+    cache_dir=DEFAULT_CACHE,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    init_from=None,
+) -> dict:
     """Train ``cfg`` on the data under ``data_root`` into run folder ``out``; return the last epoch's metrics.
 
     ``init_from``: a checkpoint whose network (same architecture, any neuron kind) a fresh run starts from
     (``pipelines.warmstart``); every checkpoint of the run records it as ``init_from``. Subnormal numbers are
     flushed to zero while it runs (``flushing_denormals``)."""
     with flushing_denormals():
-        return _train(cfg, data_root, out, cache_dir=cache_dir, resume=resume, epochs=epochs, progress=progress,
-                      init_from=init_from)
+        return _train(
+            cfg,
+            data_root,
+            out,
+            cache_dir=cache_dir,
+            resume=resume,
+            epochs=epochs,
+            progress=progress,
+            init_from=init_from,
+        )
 
 
-def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epochs: int | None, progress: bool,
-           init_from) -> dict:
+def _train(
+    cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epochs: int | None, progress: bool, init_from
+) -> dict:
     if resume and init_from is not None:
-        raise ValueError("--init-from starts a fresh run from another run's weights; a resumed run continues from "
-                         "its own checkpoint.pt (drop --init-from or --resume)")
+        raise ValueError(
+            "--init-from starts a fresh run from another run's weights; a resumed run continues from "
+            "its own checkpoint.pt (drop --init-from or --resume)"
+        )
     proc = start_process(cfg.train.device)
     run = RunFolder(out, proc.main)
     if not resume and epochs is not None:
@@ -206,23 +237,31 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
     cfg, state = prepare_run(cfg, run, resume, epochs)
     tc = cfg.train
     if tc.batch_size % proc.world:
-        raise ValueError(f"train.batch_size {tc.batch_size} is the global batch; it must divide evenly over "
-                         f"{proc.world} processes")
+        raise ValueError(
+            f"train.batch_size {tc.batch_size} is the global batch; it must divide evenly over {proc.world} processes"
+        )
 
-    splits = load_data(cfg.data, data_root, cache_dir, augmentation=tc.augment, seed=tc.seed, with_test=False,
-                       progress=progress and proc.main)
+    splits = load_data(
+        cfg.data,
+        data_root,
+        cache_dir,
+        augmentation=tc.augment,
+        seed=tc.seed,
+        with_test=False,
+        progress=progress and proc.main,
+    )
     torch.manual_seed(tc.seed)
     model = build_model(cfg, splits).to(proc.device)
-    first = init_batch(splits.train, proc.device, tc.seed) if state is None else None   # fresh runs' statistics
-    if init_from is not None:                       # warm start (--init-from): fresh runs only, before the optimizer
+    first = init_batch(splits.train, proc.device, tc.seed) if state is None else None  # fresh runs' statistics
+    if init_from is not None:  # warm start (--init-from): fresh runs only, before the optimizer
         report = warm_start(model, init_from, classes=splits.classes)
         init_from = report.source
         if proc.main:
             print(report, flush=True)
-    elif state is None and tc.init == "data":       # a fresh run; DDP then copies rank 0's parameters to all
-        with training_mode(model, 0, tc):   # initialised in the mode its first epoch trains in
+    elif state is None and tc.init == "data":  # a fresh run; DDP then copies rank 0's parameters to all
+        with training_mode(model, 0, tc):  # initialised in the mode its first epoch trains in
             data_init(model, first)
-    norm = None                                     # batch-normalized logits (a resumed run: as it began)
+    norm = None  # batch-normalized logits (a resumed run: as it began)
     if state is None and tc.logit_norm == "batch" and LogitNormalization.units_of(model):
         with training_mode(model, 0, tc):
             norm = LogitNormalization.attach(model, first)
@@ -231,7 +270,7 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
     autocast, scaler = autocast_for(proc.device, tc.amp)
     start_epoch, best = 0, -math.inf
     if state is not None:
-        if state.get("logit_norm") is not None:     # the parameters as trained, and the running moments
+        if state.get("logit_norm") is not None:  # the parameters as trained, and the running moments
             model.load_state_dict(state["train_model_state"])
             norm = LogitNormalization.resume(model, state["logit_norm"])
         else:
@@ -248,25 +287,39 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
     history = run.records(run.metrics, start_epoch)
     if proc.main:
         run.out.mkdir(parents=True, exist_ok=True)
-        remove_dead_temps(run.out)           # left by a run killed in the middle of writing a file
+        remove_dead_temps(run.out)  # left by a run killed in the middle of writing a file
         write_text_atomic(run.config, cfg.to_toml())
     net = DistributedDataParallel(model) if proc.world > 1 else model
 
-    sampler = DistributedSampler(splits.train, num_replicas=proc.world, rank=proc.rank, shuffle=True, seed=tc.seed,
-                                 drop_last=True)
-    loader = DataLoader(splits.train, batch_size=tc.batch_size // proc.world, sampler=sampler,
-                        num_workers=tc.workers, persistent_workers=False, drop_last=False,
-                        pin_memory=proc.device.type == "cuda")
-    val_loader = (DataLoader(splits.val, batch_size=cfg.eval.batch_size, num_workers=tc.workers)
-                  if splits.val is not None else None)
+    sampler = DistributedSampler(
+        splits.train, num_replicas=proc.world, rank=proc.rank, shuffle=True, seed=tc.seed, drop_last=True
+    )
+    loader = DataLoader(
+        splits.train,
+        batch_size=tc.batch_size // proc.world,
+        sampler=sampler,
+        num_workers=tc.workers,
+        persistent_workers=False,
+        drop_last=False,
+        pin_memory=proc.device.type == "cuda",
+    )
+    val_loader = (
+        DataLoader(splits.val, batch_size=cfg.eval.batch_size, num_workers=tc.workers)
+        if splits.val is not None
+        else None
+    )
     recorder = ActivityRecorder(model, cfg.model.neuron, run.activity if proc.main else None)
     health = HealthMonitor(model, splits.train.labels, len(splits.classes), enabled=proc.main)
-    meta = dict(classes=splits.classes, frame_spec=splits.frame_spec.to_dict(), config=cfg.to_dict(),
-                init_from=init_from)
+    meta = dict(
+        classes=splits.classes, frame_spec=splits.frame_spec.to_dict(), config=cfg.to_dict(), init_from=init_from
+    )
     if proc.main:
-        print(f"training {cfg.model.name} ({cfg.model.neuron}) on {len(splits.train)} items "
-              f"({len(splits.val) if splits.val else 0} held out for validation), {tc.epochs} epochs, "
-              f"{proc.world} process(es) on {proc.device}; run folder {run.out}", flush=True)
+        print(
+            f"training {cfg.model.name} ({cfg.model.neuron}) on {len(splits.train)} items "
+            f"({len(splits.val) if splits.val else 0} held out for validation), {tc.epochs} epochs, "
+            f"{proc.world} process(es) on {proc.device}; run folder {run.out}",
+            flush=True,
+        )
     metrics: dict = {}
     steps_per_epoch = len(loader)
     for epoch in range(start_epoch, tc.epochs):
@@ -275,8 +328,13 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
         net.train()
         started = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch", disable=not (progress and proc.main),
-                   leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            unit="batch",
+            disable=not (progress and proc.main),
+            leave=False,
+        )
         for step, (x, y) in enumerate(bar):
             x, y = x.to(proc.device, non_blocking=True), y.to(proc.device, non_blocking=True)
             global_step = epoch * steps_per_epoch + step
@@ -289,7 +347,7 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
             check_finite(loss, proc, epoch, step, run)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            health.record_gradients(scaler)             # before the step: the gradients that made it
+            health.record_gradients(scaler)  # before the step: the gradients that made it
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -304,15 +362,23 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
         bar.close()
         seconds = time.perf_counter() - started
         epoch_health = health.end_epoch()
-        if proc.world > 1:                      # the epoch's loss and accuracy over every process's share
+        if proc.world > 1:  # the epoch's loss and accuracy over every process's share
             totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=proc.device)
             dist.all_reduce(totals)
             loss_sum, correct, seen = totals[0].item(), int(totals[1].item()), int(totals[2].item())
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                   "val_loss": None, "val_accuracy": None, "lr": lr, "seconds": round(seconds, 3),
-                   "samples_per_s": seen / seconds, "health": epoch_health.summary}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": None,
+            "val_accuracy": None,
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "samples_per_s": seen / seconds,
+            "health": epoch_health.summary,
+        }
         if val_loader is not None:
             metrics.update(validate(model, val_loader, proc.device))
         score = metrics["val_accuracy"] if metrics["val_accuracy"] is not None else -metrics["train_loss"]
@@ -323,20 +389,35 @@ def _train(cfg: configs.Config, data_root, out, *, cache_dir, resume: bool, epoc
             write_records(run.metrics, history)
             # checkpoints hold the plain NSM; checkpoint.pt also the normalized parameters that --resume continues
             plain = dict(model_state=norm.folded_state_dict()) if norm is not None else {}
-            if improved:                        # before checkpoint.pt: a kill in between redoes this epoch
+            if improved:  # before checkpoint.pt: a kill in between redoes this epoch
                 save_checkpoint(run.best, model, epoch=epoch + 1, **plain, **meta)
-            save_checkpoint(run.checkpoint, model, epoch=epoch + 1, optimizer_state=optimizer.state_dict(),
-                            scheduler_state=scheduler.state_dict(), rng_state=rng_state(), best_accuracy=best,
-                            scaler_state=scaler.state_dict() if scaler is not None else None,
-                            logit_norm=norm.state_dict() if norm is not None else None,
-                            train_model_state=model.state_dict() if norm is not None else None, **plain, **meta)
+            save_checkpoint(
+                run.checkpoint,
+                model,
+                epoch=epoch + 1,
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+                rng_state=rng_state(),
+                best_accuracy=best,
+                scaler_state=scaler.state_dict() if scaler is not None else None,
+                logit_norm=norm.state_dict() if norm is not None else None,
+                train_model_state=model.state_dict() if norm is not None else None,
+                **plain,
+                **meta,
+            )
             plot_curves(history, run.curves)
             plot_health(history, run.health)
-            val = (f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"
-                   if metrics["val_accuracy"] is not None else "")
-            print(f"epoch {epoch + 1}/{tc.epochs}: loss {metrics['train_loss']:.3f}, accuracy "
-                  f"{metrics['train_accuracy']:.1%}{val}, {metrics['samples_per_s']:.0f} samples/s"
-                  f"{' (best)' if improved else ''}", flush=True)
+            val = (
+                f", val loss {metrics['val_loss']:.3f}, val accuracy {metrics['val_accuracy']:.1%}"
+                if metrics["val_accuracy"] is not None
+                else ""
+            )
+            print(
+                f"epoch {epoch + 1}/{tc.epochs}: loss {metrics['train_loss']:.3f}, accuracy "
+                f"{metrics['train_accuracy']:.1%}{val}, {metrics['samples_per_s']:.0f} samples/s"
+                f"{' (best)' if improved else ''}",
+                flush=True,
+            )
             for warning in epoch_health.warnings:
                 print(warning, flush=True)
     recorder.close()
@@ -352,7 +433,12 @@ def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: 
     if proc.world > 1:
         dist.all_reduce(bad)
     if bad.item():
-        kept = (f"{run.checkpoint} still holds epoch {epoch}, the last good one"
-                if run.checkpoint.exists() else "no epoch had completed, so there is no checkpoint")
-        raise TrainingDiverged(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-                               f"training stopped and {kept}. Try a lower train.lr (now in {run.config}).")
+        kept = (
+            f"{run.checkpoint} still holds epoch {epoch}, the last good one"
+            if run.checkpoint.exists()
+            else "no epoch had completed, so there is no checkpoint"
+        )
+        raise TrainingDiverged(
+            f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+            f"training stopped and {kept}. Try a lower train.lr (now in {run.config})."
+        )

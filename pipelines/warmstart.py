@@ -42,6 +42,7 @@ Between a real-valued (sn, dcnn) and a binary kind only the first layer reads th
 +-1 of ``Binarize``, with the border padded by 0 in one and -1 in the other); deeper layers read ReLU
 outputs in one and +-1 states in the other, which the fine-tuning reconciles.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,11 +93,13 @@ class WarmStartReport:
         def counted(items: Counter) -> str:
             return "; ".join(f"{what} ({n} layer{'s' * (n != 1)})" for what, n in items.items()) or "nothing"
 
-        return [f"warm start from {self.source} (epoch {self.epoch}): {self.source_arch} -> {self.target_arch}",
-                "  mapped: " + ", ".join(f"{n} {kind}" for kind, n in self.mapped.items()),
-                *(f"  rule: {r}" for r in self.rules),
-                f"  folded: {counted(self.folded)}",
-                f"  dropped: {counted(self.dropped)}"]
+        return [
+            f"warm start from {self.source} (epoch {self.epoch}): {self.source_arch} -> {self.target_arch}",
+            "  mapped: " + ", ".join(f"{n} {kind}" for kind, n in self.mapped.items()),
+            *(f"  rule: {r}" for r in self.rules),
+            f"  folded: {counted(self.folded)}",
+            f"  dropped: {counted(self.dropped)}",
+        ]
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
@@ -115,8 +118,7 @@ def layer_signature(layer: nn.Module | None) -> str:
     bias = "" if getattr(layer, "bias", None) is not None else " without bias"
     if isinstance(layer, AffineConv2d):
         (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-        return (f"conv {layer.in_channels}->{layer.out_channels} {kh}x{kw} stride {sh}x{sw} padding {ph}x{pw}"
-                f"{bias}")
+        return f"conv {layer.in_channels}->{layer.out_channels} {kh}x{kw} stride {sh}x{sw} padding {ph}x{pw}{bias}"
     if isinstance(layer, AffineLinear):
         return f"linear {layer.in_features}->{layer.out_features}{bias}"
     if isinstance(layer, Readout):
@@ -129,12 +131,16 @@ def layer_signature(layer: nn.Module | None) -> str:
 def architecture_mismatch(source: Network, target: Network) -> str | None:
     """Why ``target`` cannot take ``source``'s parameters (the spec's sizes, then the first different layer),
     or None when only the neuron kind differs."""
-    reasons = [f"{key} {source.spec[key]} in the checkpoint, {target.spec[key]} here" for key in SIZE_KEYS
-               if source.spec[key] != target.spec[key]]
+    reasons = [
+        f"{key} {source.spec[key]} in the checkpoint, {target.spec[key]} here"
+        for key in SIZE_KEYS
+        if source.spec[key] != target.spec[key]
+    ]
     for i, (a, b) in enumerate(zip_longest(source, target)):
         if layer_signature(a) != layer_signature(b):
-            reasons.append(f"first different layer: {i}, {layer_signature(a)} in the checkpoint, "
-                           f"{layer_signature(b)} here")
+            reasons.append(
+                f"first different layer: {i}, {layer_signature(a)} in the checkpoint, {layer_signature(b)} here"
+            )
             break
     return "; ".join(reasons) or None
 
@@ -152,8 +158,9 @@ def fold_batch_norm(unit: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 def preactivation_map(unit: nn.Module, kind: str, report: WarmStartReport):
     """(w', b'): the affine map of its input that a source ``unit`` of ``kind`` thresholds (module docstring)."""
     if isinstance(unit, NSM_UNITS):
-        report.folded[f"{kind}'s beta and noise scale into w' = beta w/||w||, b' = b/(sqrt(2) s ||w||) "
-                      f"(the firing logit)"] += 1
+        report.folded[
+            f"{kind}'s beta and noise scale into w' = beta w/||w||, b' = b/(sqrt(2) s ||w||) (the firing logit)"
+        ] += 1
         report.dropped[f"{kind}'s synapse noise {unit.noise}"] += 1
         return unit.effective_weight()
     if isinstance(unit, REAL_UNITS):
@@ -168,8 +175,14 @@ def preactivation_map(unit: nn.Module, kind: str, report: WarmStartReport):
     return unit.weight, unit.bias
 
 
-def set_from_map(unit: nn.Module, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, source_kind: str,
-                 report: WarmStartReport) -> None:
+def set_from_map(
+    unit: nn.Module,
+    kind: str,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    source_kind: str,
+    report: WarmStartReport,
+) -> None:
     """Give a target ``unit`` of ``kind`` the pre-activation map (weight, bias) (module docstring)."""
     unit.weight.copy_(weight)
     names = ["weight"]
@@ -180,9 +193,11 @@ def set_from_map(unit: nn.Module, kind: str, weight: torch.Tensor, bias: torch.T
         beta = 1.0 / (math.sqrt(2.0) * unit.noise.std)
         unit.beta.fill_(beta)
         names.append("beta")
-        report.rule(f"{kind}: weight = w', bias = b', beta = 1/(sqrt(2) s) = {beta:.4g}, so the firing logit "
-                    f"v = (w'.z + b')/(sqrt(2) s ||w'||) is the source's pre-activation u = w'.x + b' over a "
-                    f"positive factor")
+        report.rule(
+            f"{kind}: weight = w', bias = b', beta = 1/(sqrt(2) s) = {beta:.4g}, so the firing logit "
+            f"v = (w'.z + b')/(sqrt(2) s ||w'||) is the source's pre-activation u = w'.x + b' over a "
+            f"positive factor"
+        )
     elif isinstance(unit, SIGN_UNITS) and unit.g is not None:
         unit.g.copy_(nsmf.weight_norm(weight))
         names.append("g")
@@ -191,9 +206,11 @@ def set_from_map(unit: nn.Module, kind: str, weight: torch.Tensor, bias: torch.T
         report.rule(f"{kind}: weight = w', bias = b' (pre-activation u = w'.x + b', the source's)")
     if isinstance(unit, REAL_UNITS):
         unit.norm.reset_parameters()
-        report.dropped[f"{kind}'s batch norm, which a {source_kind} source lacks: reset to identity (running mean 0, "
-                       f"variance 1, gamma 1, beta 0; exact in evaluation, re-centred by batch statistics in "
-                       f"training)"] += 1
+        report.dropped[
+            f"{kind}'s batch norm, which a {source_kind} source lacks: reset to identity (running mean 0, "
+            f"variance 1, gamma 1, beta 0; exact in evaluation, re-centred by batch statistics in "
+            f"training)"
+        ] += 1
     report.mapped.update(names)
 
 
@@ -209,8 +226,10 @@ def map_unit(source: nn.Module, target: nn.Module, kinds: tuple[str, str], repor
             target.bias.copy_(source.bias * ratio)
             names.append("bias")
         report.mapped.update(names)
-        report.rule(f"{source_kind} -> {target_kind}: weight and beta copied, bias times s_target/s_source = "
-                    f"{ratio:.4g}, so the firing logit v and P(z = +1) are the source's")
+        report.rule(
+            f"{source_kind} -> {target_kind}: weight and beta copied, bias times s_target/s_source = "
+            f"{ratio:.4g}, so the firing logit v and P(z = +1) are the source's"
+        )
     elif source_kind == target_kind:
         state = source.state_dict()
         target.load_state_dict(state)
@@ -235,15 +254,20 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
     source, path = ck.model, Path(checkpoint).resolve()
     mismatch = architecture_mismatch(source, model)
     if mismatch:
-        raise ValueError(f"{path}: cannot warm-start {describe(model.spec)} from this checkpoint's "
-                         f"{describe(source.spec)}: {mismatch}. A warm start needs the same architecture; "
-                         f"only the neuron kind may differ")
+        raise ValueError(
+            f"{path}: cannot warm-start {describe(model.spec)} from this checkpoint's "
+            f"{describe(source.spec)}: {mismatch}. A warm start needs the same architecture; "
+            f"only the neuron kind may differ"
+        )
     if classes is not None and list(classes) != ck.classes:
-        raise ValueError(f"{path}: the checkpoint's classes {ck.classes} are not this run's {list(classes)}; "
-                         f"its readout would score other labels")
+        raise ValueError(
+            f"{path}: the checkpoint's classes {ck.classes} are not this run's {list(classes)}; "
+            f"its readout would score other labels"
+        )
     kinds = (source.neuron, model.neuron)
-    report = WarmStartReport(source=str(path), epoch=ck.epoch, source_arch=describe(source.spec),
-                             target_arch=describe(model.spec))
+    report = WarmStartReport(
+        source=str(path), epoch=ck.epoch, source_arch=describe(source.spec), target_arch=describe(model.spec)
+    )
     with torch.no_grad():
         for src, tgt in zip(source, model):
             if isinstance(src, Readout):

@@ -22,6 +22,7 @@ batch normalization does, beta then unused; ``renorm``: batch-normalize, then ma
     python scripts/training_study.py signal --data g12 --cache cache --gain 1 2 3 5
     python scripts/training_study.py run --data g12 --cache cache --neuron bn --epochs 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,20 @@ PRESET = "gestures-allconv18"
 def setup(args, with_test: bool):
     """(the data splits, a function building a fresh model with the run's seed)."""
     cfg = configs.load_config(PRESET, [f"model.neuron={args.neuron}", f"model.options.width={args.width}"])
-    splits = load_data(cfg.data, args.data, args.cache, augmentation=cfg.train.augment, seed=args.seed,
-                       with_test=with_test, progress=False)
+    splits = load_data(
+        cfg.data,
+        args.data,
+        args.cache,
+        augmentation=cfg.train.augment,
+        seed=args.seed,
+        with_test=with_test,
+        progress=False,
+    )
 
     def fresh_model():
         torch.manual_seed(args.seed)
         return build_model(cfg, splits)
+
     return splits, fresh_model
 
 
@@ -73,7 +82,7 @@ def signal(args) -> None:
                 if h.dim() == 4 and not isinstance(layer, nsm.Binarize):
                     z = h.reshape(k, len(items), *h.shape[1:])
                     total = z.var(dim=(0, 1)).mean()
-                    across = (z.mean(0).var(dim=0) - z.var(dim=0).mean(0) / k).mean()   # finite-K corrected
+                    across = (z.mean(0).var(dim=0) - z.var(dim=0).mean(0) / k).mean()  # finite-K corrected
                     pool = "pool " if isinstance(layer, torch.nn.MaxPool2d) else ""
                     shares.append(f"{pool}{float(across / total):.2f}")
                     rates.append(f"{pool}{float((z > 0).float().mean()):.2f}")
@@ -95,7 +104,7 @@ class ExpectedOrPool(torch.nn.Module):
         with torch.no_grad():
             z = nsmf.draw_states(v) if self.unit.mode != "deterministic" else nsmf.sign_states(v)
             pooled = F.max_pool2d(z, 2)
-        log_off = F.avg_pool2d(torch.log(0.5 * torch.erfc(v).clamp_min(1e-12)), 2) * 4   # log prod(1 - P_k)
+        log_off = F.avg_pool2d(torch.log(0.5 * torch.erfc(v).clamp_min(1e-12)), 2) * 4  # log prod(1 - P_k)
         expected = 1 - 2 * torch.exp(log_off)
         return pooled + expected - expected.detach()
 
@@ -172,7 +181,9 @@ def renormalize_logits(unit, momentum: float = 0.1) -> None:
                 unit.moments[0].lerp_(mean, momentum)
                 unit.moments[1].lerp_(var, momentum)
         run_mean, run_var = unit.moments
-        n = (a - mean.reshape(shape)) * ((run_var + 1e-5) / (var + 1e-5)).sqrt().reshape(shape) + run_mean.reshape(shape)
+        n = (a - mean.reshape(shape)) * ((run_var + 1e-5) / (var + 1e-5)).sqrt().reshape(shape) + run_mean.reshape(
+            shape
+        )
         v = n * unit.beta.reshape(shape)
         return v if b_eff is None else v + b_eff.reshape(shape)
 
@@ -214,8 +225,11 @@ def run(args) -> None:
                 renormalize_logits(unit)
     elif args.center != "none":
         means = {}
-        hooks = [u.register_forward_hook(lambda m, i, o: means.__setitem__(m, m.logit(i[0]).mean((0, 2, 3))))
-                 for u in model if hasattr(u, "logit")]
+        hooks = [
+            u.register_forward_hook(lambda m, i, o: means.__setitem__(m, m.logit(i[0]).mean((0, 2, 3))))
+            for u in model
+            if hasattr(u, "logit")
+        ]
         with torch.no_grad():
             model(x)
         for h in hooks:
@@ -254,8 +268,11 @@ def run(args) -> None:
         mc, det = accuracy(model, splits.test, samples=0 if args.neuron == "bn" else 8)
         mc = det if args.neuron == "bn" else mc
         log.append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), mc8=mc, deterministic=det))
-        print(f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out MC8 {mc:.3f}, deterministic {det:.3f} "
-              f"({time.perf_counter() - started:.0f} s); +1 rates {' '.join(rates)}", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out MC8 {mc:.3f}, deterministic {det:.3f} "
+            f"({time.perf_counter() - started:.0f} s); +1 rates {' '.join(rates)}",
+            flush=True,
+        )
     print(json.dumps(dict(vars(args), log=log)))
 
 
@@ -269,10 +286,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=("data", "none"), default="data")
     p.add_argument("--gain", type=float, nargs="+", default=[1.0])
-    p.add_argument("--pool-rate", type=float, default=0.5, help="data init: OR-pool output rate sought (15/16 is "
-                   "what units firing half the time give)")
-    p.add_argument("--weight-scale", type=float, default=1.0, help="run: multiply the initial weights (their norm "
-                   "sets how far Adam turns their direction per step)")
+    p.add_argument(
+        "--pool-rate",
+        type=float,
+        default=0.5,
+        help="data init: OR-pool output rate sought (15/16 is what units firing half the time give)",
+    )
+    p.add_argument(
+        "--weight-scale",
+        type=float,
+        default=1.0,
+        help="run: multiply the initial weights (their norm sets how far Adam turns their direction per step)",
+    )
     p.add_argument("--draws", type=int, default=8, help="signal: noise draws per input")
     p.add_argument("--warmup", type=int, default=0, help="run: epochs with deterministic forward passes")
     p.add_argument("--epochs", type=int, default=2)

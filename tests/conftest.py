@@ -3,6 +3,7 @@
 A small simulated DVS-Gesture-style set and a ``tiny`` network trained on it are built once per test
 session (under pytest-xdist, once for all workers: a file lock lets the first build while the others wait).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -48,6 +49,7 @@ def shared_once(tmp_path_factory, name: str, build) -> Path:
 
 def simulated_gestures(tmp_path_factory) -> tuple[Path, Path]:
     """(data folder, frame cache folder) of the session's simulated gesture set, binned for ``tiny``."""
+
     def build(folder):
         data = events.simulate_gestures(folder / "data", seed=0, users=4, per_class=1, progress=False)
         spec = configs.load_config("tiny").data.frame_spec()

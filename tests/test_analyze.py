@@ -1,4 +1,5 @@
 """``nsm analyze``: figures and analysis.json from synthetic activity.jsonl files of three runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,23 @@ def make_records(neuron, n=7, seed=0, spread_growth=0.0):
         width = 1.0 + spread_growth * i
         weights = rng.normal(centre, 0.1 * width, 2000)
         counts, edges = np.histogram(weights, bins=20)
-        records.append({
-            "epoch": round(i / 3, 6), "step": 10 * i, "neuron": neuron,
-            "last_hidden": {"layer": "features.16", "percentiles": {k: centre + z[k] * width for k in ("15", "50", "85")}},
-            "third_layer": {"layer": "features.2", "percentiles": {k: centre + 0.1 * z[k] * width for k in z},
-                            "hist_edges": edges.tolist(), "hist_counts": counts.tolist()},
-        })
+        records.append(
+            {
+                "epoch": round(i / 3, 6),
+                "step": 10 * i,
+                "neuron": neuron,
+                "last_hidden": {
+                    "layer": "features.16",
+                    "percentiles": {k: centre + z[k] * width for k in ("15", "50", "85")},
+                },
+                "third_layer": {
+                    "layer": "features.2",
+                    "percentiles": {k: centre + 0.1 * z[k] * width for k in z},
+                    "hist_edges": edges.tolist(),
+                    "hist_counts": counts.tolist(),
+                },
+            }
+        )
     return records
 
 
@@ -44,8 +56,11 @@ def write_run(folder, records, extra_lines=()):
 def compare_out(tmp_path):
     """An ``nsm compare`` output folder with runs/bnsm, runs/sn and runs/dcnn."""
     out = tmp_path / "compare"
-    data = {"bnsm": make_records("bnsm", seed=1), "sn": make_records("sn", seed=2, spread_growth=0.5),
-            "dcnn": make_records("dcnn", n=4, seed=3)}
+    data = {
+        "bnsm": make_records("bnsm", seed=1),
+        "sn": make_records("sn", seed=2, spread_growth=0.5),
+        "dcnn": make_records("dcnn", n=4, seed=3),
+    }
     for kind, records in data.items():
         write_run(out / "runs" / kind, records)
     return out, data
@@ -90,12 +105,17 @@ def test_analyze_compare_folder_writes_figures_and_numbers(compare_out, tmp_path
         first, last = records[0], records[-1]
         s = r["summary"]
         assert s["input_spread_15_85"] == pytest.approx(
-            [rec["last_hidden"]["percentiles"]["85"] - rec["last_hidden"]["percentiles"]["15"] for rec in (first, last)])
+            [rec["last_hidden"]["percentiles"]["85"] - rec["last_hidden"]["percentiles"]["15"] for rec in (first, last)]
+        )
         assert s["weight_spread_5_95"] == pytest.approx(
-            [rec["third_layer"]["percentiles"]["95"] - rec["third_layer"]["percentiles"]["5"] for rec in (first, last)])
+            [rec["third_layer"]["percentiles"]["95"] - rec["third_layer"]["percentiles"]["5"] for rec in (first, last)]
+        )
     labels = {r["neuron"]: r["label"] for r in result["runs"]}
-    assert labels == {"bnsm": "Bernoulli NSM", "dcnn": "CNN with batch normalization (dCNN)",
-                      "sn": "stochastic network, no normalization (SN)"}
+    assert labels == {
+        "bnsm": "Bernoulli NSM",
+        "dcnn": "CNN with batch normalization (dCNN)",
+        "sn": "stochastic network, no normalization (SN)",
+    }
     printed = capsys.readouterr().out
     assert "| bnsm | Bernoulli NSM | 7 |" in printed
     sn = next(r for r in result["runs"] if r["neuron"] == "sn")["summary"]["input_spread_15_85"]
@@ -106,14 +126,16 @@ def test_analyze_through_the_parser_with_run_folders_and_checkpoint(compare_out,
     out_dir, _ = compare_out
     parser = argparse.ArgumentParser(prog="nsm")
     analyze.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["analyze", "--run", str(out_dir / "runs" / "sn"), str(out_dir / "runs" / "bnsm"),
-                              "--out", str(tmp_path / "a")])
+    args = parser.parse_args(
+        ["analyze", "--run", str(out_dir / "runs" / "sn"), str(out_dir / "runs" / "bnsm"), "--out", str(tmp_path / "a")]
+    )
     assert args.func(args) == 0
     result = json.loads((tmp_path / "a" / "analysis.json").read_text())
-    assert [r["neuron"] for r in result["runs"]] == ["sn", "bnsm"]          # the order given
+    assert [r["neuron"] for r in result["runs"]] == ["sn", "bnsm"]  # the order given
 
-    args = parser.parse_args(["analyze", "--checkpoint", str(out_dir / "runs" / "dcnn" / "checkpoint.pt"),
-                              "--out", str(tmp_path / "b")])
+    args = parser.parse_args(
+        ["analyze", "--checkpoint", str(out_dir / "runs" / "dcnn" / "checkpoint.pt"), "--out", str(tmp_path / "b")]
+    )
     assert args.func(args) == 0
     result = json.loads((tmp_path / "b" / "analysis.json").read_text())
     assert [r["name"] for r in result["runs"]] == ["dcnn"]
@@ -123,8 +145,11 @@ def test_analyze_through_the_parser_with_run_folders_and_checkpoint(compare_out,
 def test_parser_requires_out_and_one_source(tmp_path):
     parser = argparse.ArgumentParser(prog="nsm")
     analyze.add_parser(parser.add_subparsers(dest="command"))
-    for argv in (["analyze", "--run", "x"], ["analyze", "--out", "o"],
-                 ["analyze", "--run", "x", "--checkpoint", "y", "--out", "o"]):
+    for argv in (
+        ["analyze", "--run", "x"],
+        ["analyze", "--out", "o"],
+        ["analyze", "--run", "x", "--checkpoint", "y", "--out", "o"],
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
 
@@ -188,21 +213,24 @@ def bad_third_layer(**change):
     return json.dumps(record)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (good_line(step=1.5), "step must be an integer"),
-    (good_line(epoch="one"), "epoch must be a number"),
-    (good_line(epoch=float("nan")), "epoch must be finite"),
-    (json.dumps({"epoch": 0, "step": 1, "neuron": "bnsm", "third_layer": {}}), "missing field 'last_hidden'"),
-    (good_line(last_hidden={"layer": "f", "percentiles": {"15": 0.0, "50": 1.0}}), "lacks the 85th percentile"),
-    (good_line(last_hidden={"layer": "f", "percentiles": {"15": 2.0, "50": 1.0, "85": 3.0}}), "not non-decreasing"),
-    (good_line(last_hidden={"percentiles": {"15": 0.0, "50": 1.0, "85": 3.0}}), "layer must be"),
-    (bad_third_layer(hist_counts=[1, 2]), "hist_edges"),
-    (bad_third_layer(hist_edges=[0.0, 0.0, 1.0], hist_counts=[1, 2]), "strictly increasing"),
-    (bad_third_layer(hist_edges=[0.0, 0.5, 1.0], hist_counts=[1, -2]), "must be a count"),
-    (good_line(neuron="sn"), "several neuron kinds"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (good_line(step=1.5), "step must be an integer"),
+        (good_line(epoch="one"), "epoch must be a number"),
+        (good_line(epoch=float("nan")), "epoch must be finite"),
+        (json.dumps({"epoch": 0, "step": 1, "neuron": "bnsm", "third_layer": {}}), "missing field 'last_hidden'"),
+        (good_line(last_hidden={"layer": "f", "percentiles": {"15": 0.0, "50": 1.0}}), "lacks the 85th percentile"),
+        (good_line(last_hidden={"layer": "f", "percentiles": {"15": 2.0, "50": 1.0, "85": 3.0}}), "not non-decreasing"),
+        (good_line(last_hidden={"percentiles": {"15": 0.0, "50": 1.0, "85": 3.0}}), "layer must be"),
+        (bad_third_layer(hist_counts=[1, 2]), "hist_edges"),
+        (bad_third_layer(hist_edges=[0.0, 0.0, 1.0], hist_counts=[1, 2]), "strictly increasing"),
+        (bad_third_layer(hist_edges=[0.0, 0.5, 1.0], hist_counts=[1, -2]), "must be a count"),
+        (good_line(neuron="sn"), "several neuron kinds"),
+    ],
+)
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     first = good_line(step=0)
     run = write_run(tmp_path / "run", [], extra_lines=[first, "", line.replace('"step": 0', '"step": 5')])

@@ -1,4 +1,5 @@
 """events.cache: build, hit, stale and corrupt detection, atomic builds, lazy per-process reading."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import events.cache as cache_mod
-from events.cache import CacheError, CachedFrames, FrameCache
+from events.cache import CachedFrames, CacheError, FrameCache
 from events.frames import FrameSpec, frames_from_spec, split_clips
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
@@ -32,9 +33,9 @@ class FakeDataset:
         self.split = split
         self.transform = None
         self.reads = 0
-        self.fail_at = None     # index whose read raises (a crash mid-build)
-        self.kill_at = None     # index whose read kills the process (SIGKILL)
-        self.bad_at = None      # index whose events lie off the sensor
+        self.fail_at = None  # index whose read raises (a crash mid-build)
+        self.kill_at = None  # index whose read kills the process (SIGKILL)
+        self.bad_at = None  # index whose events lie off the sensor
         self.files = [root / f"rec{k}.bin" for k in range(n_files)]
         for k, f in enumerate(self.files):
             if not f.exists():
@@ -72,8 +73,13 @@ class FakeDataset:
 
     def sample_info(self, i):
         _, label, start, end = self._samples[i]
-        return {"file": str(self.files[i % len(self.files)]), "index": i, "start_us": start, "end_us": end,
-                "label": label}
+        return {
+            "file": str(self.files[i % len(self.files)]),
+            "index": i,
+            "start_us": start,
+            "end_us": end,
+            "label": label,
+        }
 
 
 def expected(ds, i, spec=SPEC):
@@ -114,6 +120,7 @@ def cache(tmp_path):
 
 
 # ---------------------------------------------------------------- build and hit
+
 
 def test_build_stores_every_sample(ds, cache):
     cf = cache.get(ds, SPEC, progress=False)
@@ -169,6 +176,7 @@ def test_clips_are_read_per_clip(ds, cache):
 
 
 # ---------------------------------------------------------------- stale keys
+
 
 def test_touched_source_file_rebuilds(ds, cache, caplog):
     cache.get(ds, SPEC, progress=False)
@@ -235,26 +243,28 @@ def test_frame_cap_keeps_the_first_frames_and_is_part_of_the_key(ds, cache):
     full = cache.get(ds, uncapped, progress=False)
     ds.reads = 0
     cf = cache.get(ds, capped, progress=False)
-    assert ds.reads == len(ds) and cf.path != full.path        # not the uncapped file
+    assert ds.reads == len(ds) and cf.path != full.path  # not the uncapped file
     assert cf.spec == capped
     assert_matches(cf, ds, capped)
-    assert (full.lengths > 6).any()                             # the cap cuts real samples short
+    assert (full.lengths > 6).any()  # the cap cuts real samples short
     for i in range(len(ds)):
         np.testing.assert_array_equal(cf[i][0], full[i][0][:6])
     clips = cf.clips()
     assert np.bincount(clips.sample_index, minlength=len(ds)).max() == 6 // 2
     assert len(clips) < len(full.clips())
     ds.reads = 0
-    other = cache.get(ds, FrameSpec(time_window_us=5_000, frames_per_clip=2, span="sample", max_frames=4),
-                      progress=False)
-    assert ds.reads == len(ds) and other.path not in (cf.path, full.path)   # another cap, another file
+    other = cache.get(
+        ds, FrameSpec(time_window_us=5_000, frames_per_clip=2, span="sample", max_frames=4), progress=False
+    )
+    assert ds.reads == len(ds) and other.path not in (cf.path, full.path)  # another cap, another file
     assert other.lengths.max() == 4
     ds.reads = 0
-    assert cache.get(ds, capped, progress=False).path == cf.path and ds.reads == 0   # each still a hit
+    assert cache.get(ds, capped, progress=False).path == cf.path and ds.reads == 0  # each still a hit
     assert cache.get(ds, uncapped, progress=False).path == full.path and ds.reads == 0
 
 
 # ---------------------------------------------------------------- corrupt files
+
 
 def _garbage(path):
     path.write_bytes(b"this is not an HDF5 file" * 10)
@@ -285,11 +295,18 @@ def _bad_offsets(path):
         f["offsets"][-1] = f["offsets"][-1] + 5
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (_garbage, "cannot be read"), (_truncate, "cannot be read"), (_drop_labels, "missing dataset"),
-    (_bad_version, "format version 999"), (_incomplete, "not marked complete"), (_bad_offsets, "offsets"),
-    (lambda p: p.write_bytes(b""), "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (_garbage, "cannot be read"),
+        (_truncate, "cannot be read"),
+        (_drop_labels, "missing dataset"),
+        (_bad_version, "format version 999"),
+        (_incomplete, "not marked complete"),
+        (_bad_offsets, "offsets"),
+        (lambda p: p.write_bytes(b""), "cannot be read"),
+    ],
+)
 def test_corrupt_file_is_detected_and_rebuilt(ds, cache, caplog, damage, reason):
     path = cache.get(ds, SPEC, progress=False).path
     damage(path)
@@ -346,6 +363,7 @@ def test_cached_frames_refuses_a_broken_file(tmp_path, ds, cache):
 
 # ---------------------------------------------------------------- atomic builds
 
+
 def test_crash_mid_build_keeps_old_cache_and_leaves_no_file(ds, cache):
     path = cache.get(ds, SPEC, progress=False).path
     old = digest(path)
@@ -398,6 +416,7 @@ def test_killed_build_is_never_taken_as_valid(ds, cache):
 
 
 # ---------------------------------------------------------------- readers in other processes
+
 
 def _read_all(cf):
     return [(cf[i][0].sum(dtype=np.int64), cf[i][1], cf.info(i)["index"]) for i in range(len(cf))]

@@ -1,4 +1,5 @@
 """Calibration metrics (pipelines.calibration) and the figures (pipelines.figures)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ import torch.nn.functional as F
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
-from pipelines.calibration import (NLL_EPS, check_probs, classification_metrics, expected_calibration_error,
-                                   group_accuracy, reliability_bins)
+from pipelines.calibration import (
+    NLL_EPS,
+    check_probs,
+    classification_metrics,
+    expected_calibration_error,
+    group_accuracy,
+    reliability_bins,
+)
 from pipelines.figures import plot_curves, plot_reliability
 from pipelines.files import atomic_file
 
@@ -43,7 +50,7 @@ def test_ece_matches_sklearn_calibration_curve():
     rng = np.random.default_rng(0)
     probs = random_probs(rng, 3000, 10, sharpness=1.5)
     labels = rng.integers(0, 10, 3000)
-    labels[:1500] = probs[:1500].argmax(axis=1)                 # a mix of right and wrong predictions
+    labels[:1500] = probs[:1500].argmax(axis=1)  # a mix of right and wrong predictions
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(int)
     edges = np.linspace(0, 1, 16)
@@ -115,7 +122,7 @@ def test_ece_small_for_labels_drawn_from_the_predictions():
     bound = float(np.sum(rb.counts[full] / rb.n * 4 * sigma))
     ece = classification_metrics(probs, labels)["ece"]
     assert ece <= bound
-    assert bound < 0.05                                          # the bound itself is tight at this N
+    assert bound < 0.05  # the bound itself is tight at this N
 
 
 def test_ece_detects_overconfidence():
@@ -147,7 +154,7 @@ def test_brier_is_twice_sklearn_binary_brier():
     p1 = rng.random(400)
     probs = np.stack([1 - p1, p1], axis=1)
     labels = (rng.random(400) < 0.5).astype(int)
-    binary = brier_score_loss(labels, p1)                        # mean (p1 - y)^2, the binary convention
+    binary = brier_score_loss(labels, p1)  # mean (p1 - y)^2, the binary convention
     assert classification_metrics(probs, labels)["brier"] == pytest.approx(2 * binary, rel=1e-12)
 
 
@@ -193,7 +200,7 @@ def test_group_accuracy_averages_probabilities_within_groups():
     labels = np.array([1, 1, 1, 0])
     groups = np.array(["a", "a", "a", "b"])
     assert group_accuracy(probs, labels, groups) == 1.0
-    assert classification_metrics(probs, labels)["accuracy"] == 0.5   # per clip: only 2 of 4
+    assert classification_metrics(probs, labels)["accuracy"] == 0.5  # per clip: only 2 of 4
 
 
 def test_group_accuracy_counts_groups_not_items():
@@ -216,19 +223,22 @@ def test_group_accuracy_rejects_wrong_length_groups():
 # ---------------------------------------------------------------- input checks
 
 
-@pytest.mark.parametrize("probs, labels, message", [
-    (np.zeros((0, 3)), np.zeros(0, int), "empty"),
-    (np.full(3, 1 / 3), [0], "two-dimensional"),
-    (np.array([[0.5, np.nan]]), [0], "non-finite"),
-    (np.array([[1.5, -0.5]]), [0], "negative"),
-    (np.array([[0.5, 0.6]]), [0], "sum to 1"),
-    (np.array([[2.0, 1.0]]), [0], "logits"),
-    (np.array([[0.5, 0.5]]), [2], r"\[0, 2\)"),
-    (np.array([[0.5, 0.5]]), [-1], r"\[0, 2\)"),
-    (np.array([[0.5, 0.5]]), [0.5], "integer"),
-    (np.array([[0.5, 0.5]]), [0, 1], "2 entries but there are 1"),
-    (np.array([[0.5, 0.5]]), [[0]], "one-dimensional"),
-])
+@pytest.mark.parametrize(
+    "probs, labels, message",
+    [
+        (np.zeros((0, 3)), np.zeros(0, int), "empty"),
+        (np.full(3, 1 / 3), [0], "two-dimensional"),
+        (np.array([[0.5, np.nan]]), [0], "non-finite"),
+        (np.array([[1.5, -0.5]]), [0], "negative"),
+        (np.array([[0.5, 0.6]]), [0], "sum to 1"),
+        (np.array([[2.0, 1.0]]), [0], "logits"),
+        (np.array([[0.5, 0.5]]), [2], r"\[0, 2\)"),
+        (np.array([[0.5, 0.5]]), [-1], r"\[0, 2\)"),
+        (np.array([[0.5, 0.5]]), [0.5], "integer"),
+        (np.array([[0.5, 0.5]]), [0, 1], "2 entries but there are 1"),
+        (np.array([[0.5, 0.5]]), [[0]], "one-dimensional"),
+    ],
+)
 def test_bad_probabilities_or_labels_raise_clear_errors(probs, labels, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(probs, labels)
@@ -239,13 +249,16 @@ def test_check_probs_accepts_integral_float_labels():
     assert labels.dtype == np.int64 and labels.tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("conf, correct, message", [
-    ([], [], "empty"),
-    ([0.5, 1.2], [1, 0], r"\[0, 1\]"),
-    ([0.5, np.inf], [1, 0], "finite"),
-    ([0.5, 0.7], [1], "shape"),
-    ([0.5, 0.7], [1, 2], "0/1"),
-])
+@pytest.mark.parametrize(
+    "conf, correct, message",
+    [
+        ([], [], "empty"),
+        ([0.5, 1.2], [1, 0], r"\[0, 1\]"),
+        ([0.5, np.inf], [1, 0], "finite"),
+        ([0.5, 0.7], [1], "shape"),
+        ([0.5, 0.7], [1, 2], "0/1"),
+    ],
+)
 def test_bad_confidence_raises_clear_errors(conf, correct, message):
     with pytest.raises(ValueError, match=message):
         expected_calibration_error(np.asarray(conf, dtype=float), np.asarray(correct))
@@ -273,12 +286,15 @@ def test_plot_reliability_writes_a_png_atomically(tmp_path):
     labels = sample_labels(rng, probs)
     flat = np.full_like(probs, 1 / 11)
     out = tmp_path / "deep" / "er" / "reliability.png"
-    written = plot_reliability({"MC 16": (probs, labels), "1 sample": (torch.from_numpy(probs), labels),
-                                "uniform": (flat, labels)}, out, title="test")
+    written = plot_reliability(
+        {"MC 16": (probs, labels), "1 sample": (torch.from_numpy(probs), labels), "uniform": (flat, labels)},
+        out,
+        title="test",
+    )
     assert written == out
     assert_png(out)
     before = out.read_bytes()
-    plot_reliability({"MC 16": (probs, labels)}, out)                   # replaces the previous figure
+    plot_reliability({"MC 16": (probs, labels)}, out)  # replaces the previous figure
     assert_png(out)
     assert out.read_bytes() != before
 
@@ -310,9 +326,19 @@ def test_atomic_file_keeps_the_old_file_on_error_and_follows_umask(tmp_path):
 
 
 def curve_records():
-    return [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.5 + 0.05 * e,
-             "val_loss": None if e == 2 else 2.2 / e, "val_accuracy": None if e == 2 else 0.45 + 0.05 * e,
-             "lr": 0.01 * 0.5 ** e, "seconds": 3.0, "samples_per_s": 100.0} for e in range(1, 6)]
+    return [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_accuracy": 0.5 + 0.05 * e,
+            "val_loss": None if e == 2 else 2.2 / e,
+            "val_accuracy": None if e == 2 else 0.45 + 0.05 * e,
+            "lr": 0.01 * 0.5**e,
+            "seconds": 3.0,
+            "samples_per_s": 100.0,
+        }
+        for e in range(1, 6)
+    ]
 
 
 def test_plot_curves_from_records_and_from_jsonl(tmp_path):

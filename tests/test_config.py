@@ -1,11 +1,12 @@
 """Run configuration (``pipelines.config``): presets, the paper's set-up, ``--set`` overrides, errors and
 the config.toml round trip. Pure Python: no data, no training."""
+
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 
 import pytest
+import tomllib
 
 import models
 import nsm
@@ -26,8 +27,14 @@ def test_presets_load_into_frozen_dataclasses(preset):
     assert set(PRESETS) <= set(configs.list_presets())
     cfg = configs.load_config(preset)
     assert cfg.name == preset and cfg.description
-    expected = [configs.Config, configs.DataConfig, configs.ModelConfig, configs.TrainConfig,
-                configs.AugmentConfig, configs.EvalConfig]
+    expected = [
+        configs.Config,
+        configs.DataConfig,
+        configs.ModelConfig,
+        configs.TrainConfig,
+        configs.AugmentConfig,
+        configs.EvalConfig,
+    ]
     for part, cls in zip(parts(cfg), expected):
         assert type(part) is cls
         assert cls.__dataclass_params__.frozen
@@ -67,7 +74,10 @@ def test_nmnist_preset_holds_the_original_codes_protocol():
     assert (m.name, m.neuron, m.noise_p, m.options) == ("nmnist_cnn", "bnsm", 0.5, {"conv_noise_p": 0.25})
     net = models.create_model(m.name, neuron=m.neuron, noise_p=m.noise_p, noise_sigma=m.noise_sigma, **m.options)
     assert [(type(u).__name__, u.noise.p) for u in net if isinstance(u, (nsm.NSMConv2d, nsm.NSMLinear))] == [
-        ("NSMConv2d", 0.25), ("NSMConv2d", 0.25), ("NSMLinear", 0.5)]
+        ("NSMConv2d", 0.25),
+        ("NSMConv2d", 0.25),
+        ("NSMLinear", 0.5),
+    ]
 
 
 def test_tiny_presets_keep_their_frames_and_one_noise():
@@ -78,15 +88,18 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         assert "conv_noise_p" not in cfg.model.options and cfg.model.noise_p == 0.5, preset
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.options.conv_noise_p=1.5", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=1.5)"),
-    ("model.options.conv_noise_p=0", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=0)"),
-    ("data.max_frames=4", "max_frames=4 holds no clip of frames_per_clip=6 frames"),
-    ("data.max_frames=0", "max_frames must be None or an integer >= 1"),
-    ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
-    ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
-    ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.options.conv_noise_p=1.5", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=1.5)"),
+        ("model.options.conv_noise_p=0", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=0)"),
+        ("data.max_frames=4", "max_frames=4 holds no clip of frames_per_clip=6 frames"),
+        ("data.max_frames=0", "max_frames must be None or an integer >= 1"),
+        ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
+        ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
+        ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
+    ],
+)
 def test_protocol_options_are_checked_when_the_config_loads(override, message):
     with pytest.raises(ValueError) as err:
         configs.load_config("dvsgesture-allconv18", [override])
@@ -94,19 +107,22 @@ def test_protocol_options_are_checked_when_the_config_loads(override, message):
 
 
 def test_set_overrides_parse_values_as_toml():
-    cfg = configs.load_config("tiny", [
-        "train.lr=1e-3",                       # float
-        "train.epochs=5",                      # int
-        "train.amp=false",                     # bool
-        "model.neuron=gnsm",                   # a bare word is a string
-        'model.name="nmnist_cnn"',             # a quoted TOML string
-        "data.crop=[96, 96]",                  # array
-        "train.augment.jitter_px=3",           # nested table
-        "train.augment.time_flip=0.5",
-        "model.options.channels=[8, 16]",      # the open table handed to the model builder
-        "model.options.hidden=64",
-        "description=changed",                 # a top-level key
-    ])
+    cfg = configs.load_config(
+        "tiny",
+        [
+            "train.lr=1e-3",  # float
+            "train.epochs=5",  # int
+            "train.amp=false",  # bool
+            "model.neuron=gnsm",  # a bare word is a string
+            'model.name="nmnist_cnn"',  # a quoted TOML string
+            "data.crop=[96, 96]",  # array
+            "train.augment.jitter_px=3",  # nested table
+            "train.augment.time_flip=0.5",
+            "model.options.channels=[8, 16]",  # the open table handed to the model builder
+            "model.options.hidden=64",
+            "description=changed",  # a top-level key
+        ],
+    )
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 5 and isinstance(cfg.train.epochs, int)
     assert cfg.train.amp is False
@@ -118,39 +134,77 @@ def test_set_overrides_parse_values_as_toml():
     # untouched keys keep the preset's values, and the preset itself is not changed
     fresh = configs.load_config("tiny")
     assert cfg.train.batch_size == fresh.train.batch_size == 32
-    assert fresh.train.lr == 1e-3 and fresh.train.epochs == 8 and fresh.model.options == {"channels": [16, 32],
-                                                                                            "hidden": 256}
+    assert (
+        fresh.train.lr == 1e-3
+        and fresh.train.epochs == 8
+        and fresh.model.options == {"channels": [16, 32], "hidden": 256}
+    )
     assert fresh.train.augment.jitter_px == 1
 
 
 def test_cli_collects_repeated_set_options():
-    args = cli.build_parser().parse_args(["train", "--config", "tiny", "--data", "d", "--out", "o",
-                                          "--set", "train.lr=2e-3", "--set", "model.options.hidden=32"])
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--set",
+            "train.lr=2e-3",
+            "--set",
+            "model.options.hidden=32",
+        ]
+    )
     cfg = configs.load_config(args.config, args.set)
     assert cfg.train.lr == 2e-3 and cfg.model.options["hidden"] == 32
 
 
-@pytest.mark.parametrize("override, names, valid", [
-    ("train.lrr=1", ["train.lrr"], ["adam_eps", "amp", "augment", "batch_size", "epochs", "lr", "lr_gamma",
-                                    "lr_step_epochs", "record_every", "seed", "weight_decay", "workers"]),
-    ("train.augment.flip=0.5", ["train.augment.flip"], ["jitter_px", "polarity_flip", "time_flip"]),
-    ("data.frames=6", ["data.frames"], ["dataset", "downsample", "frames_per_clip", "n_time_bins",
-                                        "time_window_us", "val_fraction"]),
-    ("eval.k=3", ["eval.k"], ["adaptive", "max_samples", "min_samples", "samples", "threshold"]),
-    ("optim.lr=1", ["optim"], ["data", "eval", "model", "train"]),
-])
+@pytest.mark.parametrize(
+    "override, names, valid",
+    [
+        (
+            "train.lrr=1",
+            ["train.lrr"],
+            [
+                "adam_eps",
+                "amp",
+                "augment",
+                "batch_size",
+                "epochs",
+                "lr",
+                "lr_gamma",
+                "lr_step_epochs",
+                "record_every",
+                "seed",
+                "weight_decay",
+                "workers",
+            ],
+        ),
+        ("train.augment.flip=0.5", ["train.augment.flip"], ["jitter_px", "polarity_flip", "time_flip"]),
+        (
+            "data.frames=6",
+            ["data.frames"],
+            ["dataset", "downsample", "frames_per_clip", "n_time_bins", "time_window_us", "val_fraction"],
+        ),
+        ("eval.k=3", ["eval.k"], ["adaptive", "max_samples", "min_samples", "samples", "threshold"]),
+        ("optim.lr=1", ["optim"], ["data", "eval", "model", "train"]),
+    ],
+)
 def test_unknown_keys_and_tables_are_errors_listing_the_valid_ones(override, names, valid):
     with pytest.raises(ValueError) as err:
         configs.load_config("tiny", [override])
     message = str(err.value)
-    assert "tiny.toml" in message                          # names the configuration it came from
+    assert "tiny.toml" in message  # names the configuration it came from
     for name in names + valid:
         assert name in message
 
 
 def test_unknown_key_in_a_toml_file_is_an_error(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('[train]\nepochs = 3\nlearning_rate = 0.1\n')
+    path.write_text("[train]\nepochs = 3\nlearning_rate = 0.1\n")
     with pytest.raises(ValueError, match=r"train\.learning_rate.*valid keys in \[train\]:.*\blr\b") as err:
         configs.load_config(str(path))
     assert str(path) in str(err.value)
@@ -171,15 +225,18 @@ def test_malformed_overrides_and_values_are_clear_errors():
         configs.load_config("no-such-preset")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs=2.5", "train.epochs must be of type int, got 2.5"),
-    ("train.lr=fast", "train.lr must be of type float, got 'fast'"),
-    ("train.amp=1", "train.amp must be of type bool, got 1"),
-    ("train.augment.jitter_px=true", "train.augment.jitter_px must be of type int, got True"),
-    ("data.crop=[1.5, 2]", "data.crop must be of type list[int] | None, got [1.5, 2]"),
-    ("model.options=3", "model.options must be of type dict"),
-    ("description=[1]", "description must be of type str"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=2.5", "train.epochs must be of type int, got 2.5"),
+        ("train.lr=fast", "train.lr must be of type float, got 'fast'"),
+        ("train.amp=1", "train.amp must be of type bool, got 1"),
+        ("train.augment.jitter_px=true", "train.augment.jitter_px must be of type int, got True"),
+        ("data.crop=[1.5, 2]", "data.crop must be of type list[int] | None, got [1.5, 2]"),
+        ("model.options=3", "model.options must be of type dict"),
+        ("description=[1]", "description must be of type str"),
+    ],
+)
 def test_values_of_the_wrong_type_are_errors_naming_key_and_type(override, message):
     with pytest.raises(ValueError) as err:
         configs.load_config("tiny", [override])
@@ -192,14 +249,26 @@ def test_an_integer_is_accepted_for_a_float():
     assert cfg.data.val_fraction == 0.0 and isinstance(cfg.data.val_fraction, float)
 
 
-@pytest.mark.parametrize("preset, overrides", [
-    ("tiny", []),
-    ("tiny-digits", []),
-    ("dvsgesture-allconv18", []),
-    ("nmnist-cnn", []),
-    ("tiny", ["data.crop=[96, 96]", "train.augment.time_flip=0.5", "model.options.channels=[4, 8]",
-              "model.neuron=gnsm", "train.lr=2.5e-4", "eval.adaptive=true"]),
-])
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("tiny", []),
+        ("tiny-digits", []),
+        ("dvsgesture-allconv18", []),
+        ("nmnist-cnn", []),
+        (
+            "tiny",
+            [
+                "data.crop=[96, 96]",
+                "train.augment.time_flip=0.5",
+                "model.options.channels=[4, 8]",
+                "model.neuron=gnsm",
+                "train.lr=2.5e-4",
+                "eval.adaptive=true",
+            ],
+        ),
+    ],
+)
 def test_resolved_config_round_trips_through_toml(preset, overrides, tmp_path):
     cfg = configs.load_config(preset, overrides)
     text = cfg.to_toml()

@@ -1,5 +1,6 @@
 """The data bridge (``pipelines.data``) with the paper presets' protocol options: the frame cap and a single
 polarity decide what every item holds and the input the model is built for. Simulated digits, seconds."""
+
 from __future__ import annotations
 
 import numpy as np

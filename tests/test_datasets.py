@@ -1,4 +1,5 @@
 """Offline data sets on tiny layouts written in tmp_path with the project's own writers."""
+
 from __future__ import annotations
 
 import pickle
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import events
-from events.datasets import DVSGESTURE_URL, NMNIST_URL, DatasetNotFoundError, DVSGesture, NMNIST
+from events.datasets import DVSGESTURE_URL, NMNIST, NMNIST_URL, DatasetNotFoundError, DVSGesture
 from events.formats.aedat3 import write_aedat3
 from events.formats.nmnist import write_nmnist
 from events.io import read
@@ -19,11 +20,13 @@ from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
 
 def random_events(n, width, height, t0, t1, seed):
     rng = np.random.default_rng(seed)
-    return make_events(rng.integers(0, width, n), rng.integers(0, height, n),
-                       np.sort(rng.integers(t0, t1, n)), rng.integers(0, 2, n))
+    return make_events(
+        rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(t0, t1, n)), rng.integers(0, 2, n)
+    )
 
 
 # ---------------------------------------------------------------- N-MNIST
+
 
 @pytest.fixture
 def nmnist_root(tmp_path):
@@ -152,7 +155,12 @@ def test_dvsgesture_original_layout_samples(gesture_root):
     assert len(ds) == 5
     infos = [ds.sample_info(i) for i in range(len(ds))]
     assert [(i["user"], i["lighting"], i["label"]) for i in infos] == [
-        (1, "fluorescent", 10), (1, "fluorescent", 1), (1, "fluorescent", 4), (2, "led", 2), (2, "led", 0)]
+        (1, "fluorescent", 10),
+        (1, "fluorescent", 1),
+        (1, "fluorescent", 4),
+        (2, "led", 2),
+        (2, "led", 0),
+    ]
     for i, info in enumerate(infos):
         ev, label = ds[i]
         full = recs[Path(info["file"]).stem]
@@ -163,8 +171,10 @@ def test_dvsgesture_original_layout_samples(gesture_root):
     assert root / "trials_to_train.txt" in files and root / "user01_fluorescent.aedat" in files
     assert root / "user02_led_labels.csv" in files and root / "user24_natural.aedat" not in files
     test = DVSGesture(root.parent, train=False, transform=len)  # root/DvsGesture is found too
-    assert len(test) == 1 and test[0] == (len(recs["user24_natural"][
-        (recs["user24_natural"]["t"] >= 500000) & (recs["user24_natural"]["t"] < 700000)]), 6)
+    assert len(test) == 1 and test[0] == (
+        len(recs["user24_natural"][(recs["user24_natural"]["t"] >= 500000) & (recs["user24_natural"]["t"] < 700000)]),
+        6,
+    )
     clone = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(clone[3][0], ds[3][0])
 
@@ -193,16 +203,19 @@ def test_dvsgesture_overlapping_intervals_share_events(tmp_path):
     np.testing.assert_array_equal(b[b["t"] < 3000000], overlap)
 
 
-@pytest.mark.parametrize("csv, line, problem", [
-    ("cls,start,end\n1,0,10\n", 1, "header"),
-    (HEADER + "1,0,10\n1,zero,10\n", 3, "three integers"),
-    (HEADER + "1,0,10,4\n", 2, "three integers"),
-    (HEADER + "12,0,10\n", 2, "class 12"),
-    (HEADER + "0,0,10\n", 2, "class 0"),
-    (HEADER + "3,10,10\n", 2, "empty or negative"),
-    (HEADER + "3,-5,10\n", 2, "empty or negative"),
-    ("", None, "empty labels file"),
-])
+@pytest.mark.parametrize(
+    "csv, line, problem",
+    [
+        ("cls,start,end\n1,0,10\n", 1, "header"),
+        (HEADER + "1,0,10\n1,zero,10\n", 3, "three integers"),
+        (HEADER + "1,0,10,4\n", 2, "three integers"),
+        (HEADER + "12,0,10\n", 2, "class 12"),
+        (HEADER + "0,0,10\n", 2, "class 0"),
+        (HEADER + "3,10,10\n", 2, "empty or negative"),
+        (HEADER + "3,-5,10\n", 2, "empty or negative"),
+        ("", None, "empty labels file"),
+    ],
+)
 def test_dvsgesture_malformed_csv_names_file_and_line(tmp_path, csv, line, problem):
     make_gesture_root(tmp_path, {"user03_led": csv}, ["user03_led"], [])
     with pytest.raises(EventFormatError, match=problem) as err:
@@ -253,6 +266,7 @@ def test_dvsgesture_sample_read_uses_packet_index(gesture_root, monkeypatch):
 
 # ---------------------------------------------------------------- DVS Gesture, tonic's .npy layout
 
+
 def test_dvsgesture_tonic_npy_layout(tmp_path):
     rng = np.random.default_rng(11)
     want = {}
@@ -260,8 +274,15 @@ def test_dvsgesture_tonic_npy_layout(tmp_path):
         (tmp_path / "ibmGestureTrain" / folder).mkdir(parents=True)
         for c in classes:
             n = 20 + c
-            arr = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
-                            np.sort(rng.integers(0, 6000, n))], axis=1).astype(np.float64)
+            arr = np.stack(
+                [
+                    rng.integers(0, 128, n),
+                    rng.integers(0, 128, n),
+                    rng.integers(0, 2, n),
+                    np.sort(rng.integers(0, 6000, n)),
+                ],
+                axis=1,
+            ).astype(np.float64)
             np.save(tmp_path / "ibmGestureTrain" / folder / f"{c}.npy", arr)
             want[(folder, c)] = make_events(arr[:, 0], arr[:, 1], arr[:, 3].astype(np.int64) * 1000, arr[:, 2])
     ds = DVSGesture(tmp_path)

@@ -1,4 +1,5 @@
 """``nsm demo`` end to end (on the session's small simulated gesture set, two epochs)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
     data, _ = gestures
     out = tmp_path / "demo"
     out.mkdir()
-    (out / "data").symlink_to(data, target_is_directory=True)      # the demo reuses simulated data it finds
+    (out / "data").symlink_to(data, target_is_directory=True)  # the demo reuses simulated data it finds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -25,11 +26,16 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
     printed = capsys.readouterr().out
     for step in ("nsm train", "nsm evaluate", "nsm stream", "nsm export", "report.md"):
         assert step in printed
-    for png in ("run/curves.png", "run/health.png", "run/reliability.png", "twin/reliability.png",
-                "stream/timeline.png"):
+    for png in (
+        "run/curves.png",
+        "run/health.png",
+        "run/reliability.png",
+        "twin/reliability.png",
+        "stream/timeline.png",
+    ):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert (out / "model.nir").stat().st_size > 0
-    assert "-> OK" in printed                                        # the norse check passed
+    assert "-> OK" in printed  # the norse check passed
     report = (out / "report.md").read_text()
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", report):
         assert (out / link).is_file(), link
@@ -41,8 +47,10 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
     twin = json.loads((out / "twin/metrics.json").read_text())
     assert metrics["model"] == twin["model"] == "allconvnet18"
     assert (metrics["neuron"], twin["neuron"]) == ("bnsm", "dcnn")
-    assert (f"| NSM, deterministic network | {metrics['deterministic']['accuracy']:.1%} "
-            f"| {metrics['deterministic']['gesture_accuracy']:.1%} |") in report
+    assert (
+        f"| NSM, deterministic network | {metrics['deterministic']['accuracy']:.1%} "
+        f"| {metrics['deterministic']['gesture_accuracy']:.1%} |"
+    ) in report
     assert f"| twin (dcnn) | {twin['accuracy']:.1%} | {twin['gesture_accuracy']:.1%} |" in report
     for run in ("run", "twin"):
         assert [json.loads(line)["epoch"] for line in (out / run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

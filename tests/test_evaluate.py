@@ -1,5 +1,6 @@
 """``nsm evaluate`` on a ``tiny`` network trained for a few epochs on the session's simulated gesture set
 (the conftest fixtures ``gestures`` and ``tiny_run``: 3 training users, 1 test user, 11 classes)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,26 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def evaluate(gestures, run, out, *extra) -> dict:
     data, cache = gestures
-    assert cli.main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--cache", str(cache),
-                     "--out", str(out), "--device", "cpu", "--quiet", *extra]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--data",
+                str(data),
+                "--cache",
+                str(cache),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--quiet",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -43,10 +62,19 @@ def test_evaluate_writes_metrics_and_reliability_figure(evaluated, clip_labels):
     out, m = evaluated
     assert (out / "reliability.png").read_bytes()[:8] == PNG_MAGIC
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    for key in ("accuracy", "nll", "brier", "ece", "mean_samples", "gesture_accuracy", "single_sample",
-                "deterministic", "reliability"):
+    for key in (
+        "accuracy",
+        "nll",
+        "brier",
+        "ece",
+        "mean_samples",
+        "gesture_accuracy",
+        "single_sample",
+        "deterministic",
+        "reliability",
+    ):
         assert key in m, key
-    assert m["predictor"] == "MC 16" and m["mean_samples"] == 16.0          # tiny's eval.samples
+    assert m["predictor"] == "MC 16" and m["mean_samples"] == 16.0  # tiny's eval.samples
     assert m["n"] == len(clip_labels) and m["classes"] == N_CLASSES and m["gestures"] == 11
     assert (m["model"], m["neuron"], m["split"]) == ("nmnist_cnn", "bnsm", "test")
     for block in (m, m["single_sample"], m["deterministic"]):
@@ -91,12 +119,12 @@ def test_ece_equals_a_recomputation_from_the_saved_bins(evaluated):
 
 
 def test_evaluation_repeats_exactly_with_the_same_seed(gestures, tiny_run, evaluated, tmp_path):
-    _, first = evaluated                                        # --seed 0, the default
+    _, first = evaluated  # --seed 0, the default
     again = evaluate(gestures, tiny_run, tmp_path / "again", "--seed", "0")
     assert again == first
     other = evaluate(gestures, tiny_run, tmp_path / "other", "--seed", "1")
     assert other["nll"] != first["nll"], "the seed does not reach the sampling noise"
-    assert other["deterministic"] == first["deterministic"]     # the mean-field network has no noise
+    assert other["deterministic"] == first["deterministic"]  # the mean-field network has no noise
 
 
 def test_trained_tiny_model_is_well_above_chance(evaluated, clip_labels):

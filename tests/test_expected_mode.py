@@ -6,6 +6,7 @@ inputs are independent states with given means; E erf(v) for Gaussian v; the OR 
 batch moments a sampling pass sees. The one approximation of the mode, taking the logit as Gaussian, is not
 asserted here: its effect is what docs/training-study.md measures.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -82,17 +83,17 @@ def test_unit_expected_mode_outputs_erf_of_the_moments_and_mean_input_mode_erf_o
 def test_expected_or_pool_is_the_mean_of_the_or_of_independent_states():
     pool = nsm.BinaryMaxPool2d(2)
     m = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2 - 1
-    m[0, 0, 0, 0] = 1.0                                         # a surely-on input: the window is on
+    m[0, 0, 0, 0] = 1.0  # a surely-on input: the window is on
     pool.mode = "mean-input"
     mean_input = pool(m)
     pool.mode = "expected"
     expected = pool(m)
-    assert torch.equal(mean_input, expected)                    # the pools' rule is the same in both modes
+    assert torch.equal(mean_input, expected)  # the pools' rule is the same in both modes
     z = draw(m, M, seed=5)
     ors = F.max_pool2d(z.flatten(0, 1), 2).reshape(M, 2, 3, 2, 3)
     assert expected[0, 0, 0, 0] == 1.0
     assert_mean_within_error(ors, expected)
-    assert torch.equal(pool.__class__(2)(m.sign()), F.max_pool2d(m.sign(), 2))   # other modes: max-pooling
+    assert torch.equal(pool.__class__(2)(m.sign()), F.max_pool2d(m.sign(), 2))  # other modes: max-pooling
 
 
 def test_expected_or_has_finite_gradients_at_surely_on_inputs():
@@ -116,7 +117,7 @@ def test_normalized_unit_tracks_the_moments_a_sampling_pass_sees():
     z = draw(m, 400, seed=7)
     with torch.no_grad():
         a = torch.stack([unit.affine(zk, nsmf.unit_direction(unit.weight)) for zk in z])
-    per_unit = a.transpose(0, 2).flatten(1)                     # (units, draws x batch x positions)
+    per_unit = a.transpose(0, 2).flatten(1)  # (units, draws x batch x positions)
     n = m.shape[0] * 25
     torch.testing.assert_close(unit.logit_norm.mean, per_unit.mean(dim=1), atol=0.02, rtol=0)
     torch.testing.assert_close(unit.logit_norm.var, per_unit.var(dim=1) * n / (n - 1), atol=0.03, rtol=0.03)
@@ -125,14 +126,15 @@ def test_normalized_unit_tracks_the_moments_a_sampling_pass_sees():
 
 def test_folded_network_computes_the_normalized_expected_mode():
     torch.manual_seed(0)
-    model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="bnsm",
-                                width=0.25).double()
+    model = models.create_model(
+        "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="bnsm", width=0.25
+    ).double()
     x = (torch.rand(6, 6, 16, 16, dtype=torch.float64) < 0.2).double()
     norm = LogitNormalization.attach(model, x)
     nsm.set_mode(model, "expected")
     model.train()
     for _ in range(3):
-        model(x)                                                # moves the running moments
+        model(x)  # moves the running moments
     model.eval()
     normalized = model(x)
     norm.fold()
@@ -140,13 +142,22 @@ def test_folded_network_computes_the_normalized_expected_mode():
 
 
 def test_set_mode_reaches_the_pools_and_kinds_say_whether_they_take_expectations():
-    for kind, takes in [("bnsm", True), ("gnsm", True), ("ste", False), ("bn", False), ("bd", False), ("sn", False),
-                        ("dcnn", False)]:
-        model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=kind,
-                                    width=0.25)
+    for kind, takes in [
+        ("bnsm", True),
+        ("gnsm", True),
+        ("ste", False),
+        ("bn", False),
+        ("bd", False),
+        ("sn", False),
+        ("dcnn", False),
+    ]:
+        model = models.create_model(
+            "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=kind, width=0.25
+        )
         assert takes_expectations(model) == takes, kind
-    model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="bnsm",
-                                width=0.25)
+    model = models.create_model(
+        "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="bnsm", width=0.25
+    )
     nsm.set_mode(model, "expected")
     assert {m.mode for m in model.modules() if isinstance(m, (nsm.BinaryMaxPool2d, nsm.NSMConv2d))} == {"expected"}
     with nsm.using_mode(model, "deterministic"):
@@ -155,8 +166,9 @@ def test_set_mode_reaches_the_pools_and_kinds_say_whether_they_take_expectations
 
 
 def test_modes_without_an_expectation_say_so():
-    sn = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="sn",
-                             width=0.25)
+    sn = models.create_model(
+        "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron="sn", width=0.25
+    )
     nsm.set_mode(sn, "expected")
     with pytest.raises(ValueError, match="no expected mode"):
         sn(torch.zeros(1, 6, 16, 16))

@@ -1,4 +1,5 @@
 """NIR export of binary spike networks, the NIR runtime, quantization and the ``nsm export`` job."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,13 +15,30 @@ import torch
 import models
 import nsm
 from pipelines.checkpoint import project_version, save_checkpoint
-from pipelines.export import (INTEGER_THRESHOLD, MARGIN, TAU, ExportError, NIRRuntime, as_float64, check_inputs,
-                              compare_logits, decode_metadata, deterministic_logits, norse_logits, norse_module,
-                              quantization_report, quantize, read_nir, target_report, to_nir, write_nir)
 from pipelines.commands.export import add_parser, run
+from pipelines.export import (
+    INTEGER_THRESHOLD,
+    MARGIN,
+    TAU,
+    ExportError,
+    NIRRuntime,
+    as_float64,
+    check_inputs,
+    compare_logits,
+    decode_metadata,
+    deterministic_logits,
+    norse_logits,
+    norse_module,
+    quantization_report,
+    quantize,
+    read_nir,
+    target_report,
+    to_nir,
+    write_nir,
+)
 
-SMALL = (2, 32, 32)           # untrained allconvnet18, width 0.25
-TASK = (2, 18, 18)            # trained nmnist_cnn: 18 -> 14 -> 7 -> 3 -> 1
+SMALL = (2, 32, 32)  # untrained allconvnet18, width 0.25
+TASK = (2, 18, 18)  # trained nmnist_cnn: 18 -> 14 -> 7 -> 3 -> 1
 CLASSES = ["up", "down", "left", "right"]
 
 
@@ -33,14 +51,17 @@ def quadrant_task(n: int, seed: int, shape=TASK):
     hh, ww = h // 2, w // 2
     for i in range(n):
         r, q = divmod(int(y[i]), 2)
-        x[i, :, r * hh:(r + 1) * hh, q * ww:(q + 1) * ww] += torch.poisson(torch.full((c, hh, ww), 0.5), generator=g)
+        x[i, :, r * hh : (r + 1) * hh, q * ww : (q + 1) * ww] += torch.poisson(
+            torch.full((c, hh, ww), 0.5), generator=g
+        )
     return x, y
 
 
 def small_nmnist(neuron="bnsm", seed=0):
     torch.manual_seed(seed)
-    return models.create_model("nmnist_cnn", in_channels=TASK[0], input_size=TASK[1:], num_classes=4,
-                               neuron=neuron, channels=(4, 8), hidden=32)
+    return models.create_model(
+        "nmnist_cnn", in_channels=TASK[0], input_size=TASK[1:], num_classes=4, neuron=neuron, channels=(4, 8), hidden=32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +149,7 @@ def test_runtime_mc_of_the_trained_tiny_preset_matches_mc_predict(tiny_run, gest
     k = 64
     ours = runtime.mc_predict(x, samples=k, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(2)
-    singles = torch.stack([torch.softmax(model(x), 1) for _ in range(k)])       # (K, N, classes)
+    singles = torch.stack([torch.softmax(model(x), 1) for _ in range(k)])  # (K, N, classes)
     ref = singles.mean(0)
     se = (2 * singles.var(0) / k).sqrt().clamp_min(1e-3)
     assert torch.all((ours.probs - ref).abs() < 5 * se + 1e-6), (ours.probs - ref).abs().max()
@@ -147,7 +168,7 @@ def test_negative_beta_flips_units_and_export_still_matches(trained, task_inputs
     for name, beta in flipped.items():
         w_pos, w_neg = g_pos.nodes[f"syn{name}"].weight, g_neg.nodes[f"syn{name}"].weight
         neg = (beta < 0).numpy()
-        np.testing.assert_array_equal(w_neg[neg], -w_pos[neg])       # the unit's sign is flipped
+        np.testing.assert_array_equal(w_neg[neg], -w_pos[neg])  # the unit's sign is flipped
         np.testing.assert_array_equal(w_neg[~neg], w_pos[~neg])
         np.testing.assert_array_equal(decode_metadata(g_neg.nodes[f"lif{name}"].metadata)["beta"], beta.numpy())
     x, _ = task_inputs
@@ -183,11 +204,20 @@ def test_exact_tie_fires_like_the_nsm_unit_despite_strict_threshold():
     spikes = NIRRuntime(graph).forward(x, until="lif1")
     torch.testing.assert_close(spikes, ((z + 1) / 2).double())
     # norse's LIF is strict (fires when v > threshold): at threshold 0 the tie would be lost.
-    lif = nir.LIF(tau=np.full(3, TAU, np.float32), r=np.ones(3, np.float32), v_leak=np.zeros(3, np.float32),
-                  v_threshold=np.array([0.0, -MARGIN, -MARGIN], np.float32))
-    g = nir.NIRGraph(nodes={"input": nir.Input(input_type={"input": np.array([3])}), "lif": lif,
-                            "output": nir.Output(output_type={"output": np.array([3])})},
-                     edges=[("input", "lif"), ("lif", "output")])
+    lif = nir.LIF(
+        tau=np.full(3, TAU, np.float32),
+        r=np.ones(3, np.float32),
+        v_leak=np.zeros(3, np.float32),
+        v_threshold=np.array([0.0, -MARGIN, -MARGIN], np.float32),
+    )
+    g = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([3])}),
+            "lif": lif,
+            "output": nir.Output(output_type={"output": np.array([3])}),
+        },
+        edges=[("input", "lif"), ("lif", "output")],
+    )
     out, _ = norse_module(g)(torch.tensor([0.0, 0.0, -1e-30]))
     assert out.tolist() == [0.0, 1.0, 0.0]
 
@@ -261,7 +291,7 @@ def test_default_allconvnet18_graph_structure():
     assert graph.nodes["readout"].weight.shape == (11, 256)
     lif = graph.nodes["lif1"]
     assert np.all(lif.tau == TAU) and np.all(lif.r == 1) and np.all(lif.v_leak == 0) and np.all(lif.v_reset == 0)
-    w = as_float64(model)[1].effective_weight()[0].detach().numpy()      # export computes in float64
+    w = as_float64(model)[1].effective_weight()[0].detach().numpy()  # export computes in float64
     np.testing.assert_array_equal(graph.nodes["syn1"].weight, 2 * w)
     np.testing.assert_allclose(graph.nodes["syn1"].bias, -w.reshape(w.shape[0], -1).sum(1), rtol=1e-5, atol=1e-6)
     report = target_report(graph)
@@ -274,8 +304,9 @@ def test_default_allconvnet18_graph_structure():
 
 @pytest.mark.parametrize("neuron", ["dcnn", "sn", "plain"])
 def test_refuses_non_binary_networks_naming_the_layer(neuron):
-    model = models.create_model("allconvnet18", in_channels=2, input_size=(16, 16), num_classes=4, width=0.25,
-                                neuron=neuron)
+    model = models.create_model(
+        "allconvnet18", in_channels=2, input_size=(16, 16), num_classes=4, width=0.25, neuron=neuron
+    )
     with pytest.raises(ExportError, match=r"layer 1 \((Real|NoisyRectifier|Plain)Conv2d") as err:
         to_nir(model, (2, 16, 16))
     assert "not a binary spike layer" in str(err.value)
@@ -301,13 +332,26 @@ def test_metadata_holds_each_layers_own_noise(tmp_path):
     """``conv_noise_p`` (the original N-MNIST code's p = 0.25 in the convolutions, 0.5 in the fully
     connected layer) reaches the file: each unit node carries its layer's noise, and the spec the option."""
     torch.manual_seed(0)
-    model = models.create_model("nmnist_cnn", in_channels=TASK[0], input_size=TASK[1:], num_classes=4,
-                                channels=(4, 8), hidden=32, noise_p=0.5, conv_noise_p=0.25)
+    model = models.create_model(
+        "nmnist_cnn",
+        in_channels=TASK[0],
+        input_size=TASK[1:],
+        num_classes=4,
+        channels=(4, 8),
+        hidden=32,
+        noise_p=0.5,
+        conv_noise_p=0.25,
+    )
     back = read_nir(write_nir(to_nir(model, TASK), tmp_path / "noise.nir"))
-    units = sorted((decode_metadata(n.metadata) for n in back.nodes.values()
-                    if (n.metadata or {}).get("role") == "unit"), key=lambda u: int(u["layer"]))
+    units = sorted(
+        (decode_metadata(n.metadata) for n in back.nodes.values() if (n.metadata or {}).get("role") == "unit"),
+        key=lambda u: int(u["layer"]),
+    )
     assert [(type(model[int(u["layer"])]).__name__, u["noise"]["p"]) for u in units] == [
-        ("NSMConv2d", 0.25), ("NSMConv2d", 0.25), ("NSMLinear", 0.5)]
+        ("NSMConv2d", 0.25),
+        ("NSMConv2d", 0.25),
+        ("NSMLinear", 0.5),
+    ]
     assert decode_metadata(back.metadata)["model_spec"]["conv_noise_p"] == 0.25
 
 
@@ -315,7 +359,7 @@ def test_write_is_atomic_and_bad_files_are_named(trained, tmp_path):
     path = tmp_path / "m.nir"
     path.write_bytes(b"previous")
     write_nir(to_nir(trained, TASK), path)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.nir"]          # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["m.nir"]  # no temporary file left behind
     bad = tmp_path / "bad.nir"
     bad.write_bytes(b"\x89HDF\r\n" + b"\0" * 10)
     with pytest.raises(ValueError, match="bad.nir"):
@@ -341,7 +385,7 @@ def test_quantization_is_integer_exact_and_reports_accuracy(trained, task_inputs
     report = quantization_report(graph, q8, x, y)
     acc = float((deterministic_logits(trained, x).argmax(1) == y).float().mean())
     assert report.accuracy_before == pytest.approx(acc) and report.n == 200 and report.bits == 8
-    assert report.agreement >= 0.95                       # 8 bits barely perturbs this model
+    assert report.agreement >= 0.95  # 8 bits barely perturbs this model
     assert abs(report.accuracy_after - report.accuracy_before) <= 1 - report.agreement + 1e-9
     q2 = quantize(graph, 2)
     assert set(np.unique(q2.nodes["syn1"].weight)) <= {-1.0, 0.0, 1.0}
@@ -372,16 +416,29 @@ def test_cli_export_check_from_checkpoint(trained, tmp_path, capsys):
     meta = decode_metadata(read_nir(out).metadata)
     assert meta["classes"] == CLASSES and meta["frame_spec"] == {"n_time_bins": 2}
 
-    args = _parse(["export", "--checkpoint", str(ck), "--out", str(tmp_path / "q.nir"), "--check",
-                   "--check-samples", "50", "--quantize-bits", "6"])
+    args = _parse(
+        [
+            "export",
+            "--checkpoint",
+            str(ck),
+            "--out",
+            str(tmp_path / "q.nir"),
+            "--check",
+            "--check-samples",
+            "50",
+            "--quantize-bits",
+            "6",
+        ]
+    )
     assert run(args) == 0
     text = capsys.readouterr().out
     assert "quantization to 6-bit weights" in text and "top class equal on 50/50" in text
 
 
 def test_cli_refuses_dcnn_checkpoint(tmp_path):
-    model = models.create_model("nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron="dcnn",
-                                channels=(4, 8), hidden=32)
+    model = models.create_model(
+        "nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron="dcnn", channels=(4, 8), hidden=32
+    )
     ck = tmp_path / "dcnn.pt"
     save_checkpoint(ck, model, classes=CLASSES)
     with pytest.raises(ExportError, match="layer 1"):

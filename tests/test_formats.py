@@ -1,5 +1,6 @@
 """Event file formats: writers round-trip, readers match tonic / hand-built bytes, bad input is
 reported with the file and byte offset."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
 
 def random_events(n, width, height, t_max, seed=0):
     rng = np.random.default_rng(seed)
-    return make_events(rng.integers(0, width, n), rng.integers(0, height, n),
-                       np.sort(rng.integers(0, t_max, n)), rng.integers(0, 2, n))
+    return make_events(
+        rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(0, t_max, n)), rng.integers(0, 2, n)
+    )
 
 
 def tonic_io():
@@ -33,6 +35,7 @@ def no_temp_files(folder: Path) -> bool:
 
 
 # ---------------------------------------------------------------- N-MNIST
+
 
 def test_nmnist_real_sample_matches_tonic(real_data):
     tio = tonic_io()
@@ -133,15 +136,15 @@ def test_aedat3_hand_built_packets(tmp_path):
     p1 = packet(1, pol(1, 2, 1, 10) + pol(3, 4, 0, 11, valid=0) + pol(127, 127, 0, 12), 3, capacity=100, valid=2)
     imu = packet(3, b"\xff" * 72, 2, size=36, ts_offset=32)  # IMU6 events: skipped
     special = packet(0, struct.pack("<Ii", 0xFFFFFFFF, 5), 1)  # special event: skipped
-    p2 = packet(1, pol(5, 6, 1, 0x7FFFFFF0) + pol(0, 0, 1, 3), 2, overflow=0) + \
-        packet(1, pol(7, 8, 0, 3), 1, overflow=1)  # time wraps: overflow counter goes to 1
+    p2 = packet(1, pol(5, 6, 1, 0x7FFFFFF0) + pol(0, 0, 1, 3), 2, overflow=0) + packet(
+        1, pol(7, 8, 0, 3), 1, overflow=1
+    )  # time wraps: overflow counter goes to 1
     empty = packet(1, b"", 0, capacity=8)
     path = tmp_path / "hand.aedat"
     path.write_bytes(HEADER + p1 + imu + special + empty + p2)
     rec = read(path)
     assert rec.sensor_size == SensorSize(128, 128, 2)
-    expect = make_events([1, 127, 5, 0, 7], [2, 127, 6, 0, 8],
-                         [10, 12, 0x7FFFFFF0, 3, (1 << 31) | 3], [1, 0, 1, 1, 0])
+    expect = make_events([1, 127, 5, 0, 7], [2, 127, 6, 0, 8], [10, 12, 0x7FFFFFF0, 3, (1 << 31) | 3], [1, 0, 1, 1, 0])
     np.testing.assert_array_equal(rec.events, expect)
 
 
@@ -158,10 +161,13 @@ def test_aedat3_round_trip_with_overflow_and_sensor_header(tmp_path):
     assert no_temp_files(tmp_path)
 
 
-@pytest.mark.parametrize("header, problem", [
-    (b"#!AER-DAT3.1\r\n#no end\r\n", "END-HEADER"),
-    (b"#!AER-DAT3.1\r\nplain text\r\n#!END-HEADER\r\n", "does not start"),
-])
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        (b"#!AER-DAT3.1\r\n#no end\r\n", "END-HEADER"),
+        (b"#!AER-DAT3.1\r\nplain text\r\n#!END-HEADER\r\n", "does not start"),
+    ],
+)
 def test_aedat3_bad_header(tmp_path, header, problem):
     path = tmp_path / "h.aedat"
     path.write_bytes(header)
@@ -170,16 +176,19 @@ def test_aedat3_bad_header(tmp_path, header, problem):
     assert err.value.path == str(path) and err.value.offset is not None
 
 
-@pytest.mark.parametrize("pkt, problem", [
-    (packet(1, pol(1, 1, 1, 1) * 2, 2, size=4), "eventSize 4"),
-    (packet(1, pol(1, 1, 1, 1), 1, ts_offset=0), "eventTSOffset 0"),
-    (packet(1, pol(1, 1, 1, 1), 2, capacity=2), "truncated packet"),
-    (packet(1, pol(1, 1, 1, 1), 1, capacity=0), "eventCapacity"),
-    (packet(1, pol(1, 1, 1, 1), 1, valid=2), "eventValid"),
-    (packet(1, pol(1, 1, 1, 1), 1, overflow=-1), "eventTSOverflow"),
-    (packet(-3, pol(1, 1, 1, 1), 1), "negative eventType"),
-    (packet(1, pol(1, 1, 1, 1), 1)[:20], "truncated packet header"),
-])
+@pytest.mark.parametrize(
+    "pkt, problem",
+    [
+        (packet(1, pol(1, 1, 1, 1) * 2, 2, size=4), "eventSize 4"),
+        (packet(1, pol(1, 1, 1, 1), 1, ts_offset=0), "eventTSOffset 0"),
+        (packet(1, pol(1, 1, 1, 1), 2, capacity=2), "truncated packet"),
+        (packet(1, pol(1, 1, 1, 1), 1, capacity=0), "eventCapacity"),
+        (packet(1, pol(1, 1, 1, 1), 1, valid=2), "eventValid"),
+        (packet(1, pol(1, 1, 1, 1), 1, overflow=-1), "eventTSOverflow"),
+        (packet(-3, pol(1, 1, 1, 1), 1), "negative eventType"),
+        (packet(1, pol(1, 1, 1, 1), 1)[:20], "truncated packet header"),
+    ],
+)
 def test_aedat3_bad_packet_header_names_offset(tmp_path, pkt, problem):
     good = packet(1, pol(9, 9, 1, 5), 1)
     path = tmp_path / "p.aedat"
@@ -192,11 +201,14 @@ def test_aedat3_bad_packet_header_names_offset(tmp_path, pkt, problem):
     np.testing.assert_array_equal(np.concatenate(got), make_events([9], [9], [5], [1]))
 
 
-@pytest.mark.parametrize("bad_event, problem", [
-    (pol(128, 0, 1, 7), "x=128"),
-    (pol(0, 200, 1, 7), "y=200"),
-    (pol(0, 0, 1, -5), "negative timestamp"),
-])
+@pytest.mark.parametrize(
+    "bad_event, problem",
+    [
+        (pol(128, 0, 1, 7), "x=128"),
+        (pol(0, 200, 1, 7), "y=200"),
+        (pol(0, 0, 1, -5), "negative timestamp"),
+    ],
+)
 def test_aedat3_bad_event_names_offset(tmp_path, bad_event, problem):
     body = pol(1, 1, 1, 1) + pol(2, 2, 0, 2) + bad_event
     path = tmp_path / "e.aedat"
@@ -237,8 +249,14 @@ def test_aedat3_time_range_read_equals_filtering_full_read(tmp_path):
     assert index.n_events == len(ev) and len(index.offsets) > 70
     rng = np.random.default_rng(6)
     t = ev["t"]
-    ranges = [(int(t[0]), int(t[-1]) + 1), (int(t[500]), int(t[500])), (int(t[123]), int(t[9000])),
-              (-10, 0), (int(t[-1]) + 1, int(t[-1]) + 100), (2**31 - 10, 2**31 + 2_000_000)]
+    ranges = [
+        (int(t[0]), int(t[-1]) + 1),
+        (int(t[500]), int(t[500])),
+        (int(t[123]), int(t[9000])),
+        (-10, 0),
+        (int(t[-1]) + 1, int(t[-1]) + 100),
+        (2**31 - 10, 2**31 + 2_000_000),
+    ]
     ranges += [tuple(sorted(rng.integers(0, int(t[-1]) + 2, 2).tolist())) for _ in range(10)]
     for a, b in ranges:
         want = ev[(t >= a) & (t < b)]
@@ -267,6 +285,7 @@ def test_aedat3_time_range_decodes_only_overlapping_packets(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------- AEDAT 4
+
 
 def test_aedat4_real_sample(real_data):
     path = real_data / "davis346_sample.aedat4"
@@ -298,6 +317,7 @@ def test_aedat4_truncated_copy_raises_format_error(real_data, tmp_path):
 
 # ---------------------------------------------------------------- tonic DVS Gesture .npy
 
+
 def test_gesture_npy_float_ms_to_us(tmp_path):
     arr = np.array([[1, 2, 0, 0.5], [127, 0, 1, 1.234], [5, 6, 1, 2000.0]], dtype=np.float64)
     path = tmp_path / "0.npy"
@@ -311,8 +331,10 @@ def test_gesture_npy_float_ms_to_us(tmp_path):
 def test_gesture_npy_int_chunks_and_fortran_order(tmp_path):
     rng = np.random.default_rng(8)
     n = 1000
-    arr = np.stack([rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n),
-                    np.sort(rng.integers(0, 6000, n))], axis=1).astype(np.int32)
+    arr = np.stack(
+        [rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n), np.sort(rng.integers(0, 6000, n))],
+        axis=1,
+    ).astype(np.int32)
     expect = make_events(arr[:, 0], arr[:, 1], arr[:, 3].astype(np.int64) * 1000, arr[:, 2])
     for name, a in (("c.npy", arr), ("f.npy", np.asfortranarray(arr))):
         np.save(tmp_path / name, a)
@@ -321,13 +343,16 @@ def test_gesture_npy_int_chunks_and_fortran_order(tmp_path):
         np.testing.assert_array_equal(np.concatenate(chunks), expect)
 
 
-@pytest.mark.parametrize("arr, problem", [
-    (np.zeros((3, 3)), "shape"),
-    (np.array([[1, 1, 2, 5.0]]), "p is not"),
-    (np.array([[1, 1, 1, 5.0], [1.5, 1, 1, 6.0]]), "x is not"),
-    (np.array([[1, 1, 1, np.nan]]), "t is not"),
-    (np.array(["a", "b", "c", "d"]).reshape(1, 4), "dtype"),
-])
+@pytest.mark.parametrize(
+    "arr, problem",
+    [
+        (np.zeros((3, 3)), "shape"),
+        (np.array([[1, 1, 2, 5.0]]), "p is not"),
+        (np.array([[1, 1, 1, 5.0], [1.5, 1, 1, 6.0]]), "x is not"),
+        (np.array([[1, 1, 1, np.nan]]), "t is not"),
+        (np.array(["a", "b", "c", "d"]).reshape(1, 4), "dtype"),
+    ],
+)
 def test_gesture_npy_bad_content(tmp_path, arr, problem):
     path = tmp_path / "bad.npy"
     np.save(path, arr)
@@ -350,6 +375,7 @@ def test_gesture_npy_bad_row_offset_and_truncation(tmp_path):
 
 
 # ---------------------------------------------------------------- project HDF5
+
 
 def test_hdf5_round_trip_and_chunks(tmp_path):
     ev = random_events(5000, 200, 100, 10**9, seed=9)
@@ -404,6 +430,7 @@ def test_hdf5_writer_is_atomic_on_failure(tmp_path):
 
 
 # ---------------------------------------------------------------- detection and the public entry points
+
 
 def test_detect_format_and_public_names(tmp_path):
     ev = random_events(20, 34, 34, 1000)

@@ -1,13 +1,14 @@
 """events.frames: identity with tonic.transforms.ToFrame, the extensions (polarity, crop, downsample,
 binary, fixed windows, the frame cap, clips), FrameSpec and input checking."""
+
 from __future__ import annotations
 
 import json
-import tomllib
 
 import numpy as np
 import pytest
 import tomli_w
+import tomllib
 
 import events.frames as frames_mod
 from events.frames import FrameSpec, bench_binning, frames_from_spec, split_clips, to_frames
@@ -16,8 +17,7 @@ from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 ToFrame = pytest.importorskip("tonic.transforms").ToFrame
 
 
-def random_events(seed: int, n: int, width: int, height: int, duration_us: int = 100_000,
-                  t0: int = 0) -> np.ndarray:
+def random_events(seed: int, n: int, width: int, height: int, duration_us: int = 100_000, t0: int = 0) -> np.ndarray:
     """Sorted random events; repeated timestamps occur on purpose (edges land on events)."""
     rng = np.random.default_rng(seed)
     ev = np.empty(n, dtype=EVENT_DTYPE)
@@ -43,10 +43,12 @@ def assert_same(ours: np.ndarray, theirs: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- identity with tonic
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("sensor", SENSORS)
-@pytest.mark.parametrize("window,overlap,incomplete", [(10_000, 0, False), (7_000, 0, True),
-                                                       (10_000, 2_500, False), (3_000, 1_000, True)])
+@pytest.mark.parametrize(
+    "window,overlap,incomplete", [(10_000, 0, False), (7_000, 0, True), (10_000, 2_500, False), (3_000, 1_000, True)]
+)
 def test_time_window_identical_to_tonic(seed, sensor, window, overlap, incomplete):
     ev = random_events(seed, 3000, *sensor)
     ours = to_frames(ev, sensor, time_window_us=window, overlap=overlap, include_incomplete=incomplete)
@@ -56,8 +58,9 @@ def test_time_window_identical_to_tonic(seed, sensor, window, overlap, incomplet
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("sensor", SENSORS)
-@pytest.mark.parametrize("count,overlap,incomplete", [(500, 0, False), (700, 0, True), (400, 150, False),
-                                                      (450, 100, True), (5000, 0, False)])
+@pytest.mark.parametrize(
+    "count,overlap,incomplete", [(500, 0, False), (700, 0, True), (400, 150, False), (450, 100, True), (5000, 0, False)]
+)
 def test_event_count_identical_to_tonic(seed, sensor, count, overlap, incomplete):
     ev = random_events(seed, 3000, *sensor)
     ours = to_frames(ev, sensor, event_count=count, overlap=overlap, include_incomplete=incomplete)
@@ -76,19 +79,22 @@ def test_n_time_bins_identical_to_tonic(seed, sensor, bins, overlap):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("start,end,incomplete", [(-20_000, 150_000, False), (5_000, 60_000, True),
-                                                  (30_000, 35_000, False), (0, 96_000, False)])
+@pytest.mark.parametrize(
+    "start,end,incomplete",
+    [(-20_000, 150_000, False), (5_000, 60_000, True), (30_000, 35_000, False), (0, 96_000, False)],
+)
 def test_fixed_window_identical_to_tonic(seed, start, end, incomplete):
     ev = random_events(seed, 2000, 64, 48, duration_us=100_000)
-    ours = to_frames(ev, (64, 48), time_window_us=16_000, start_us=start, end_us=end,
-                     include_incomplete=incomplete)
-    theirs = tonic_frames(ev, (64, 48), time_window=16_000, start_time=start, end_time=end,
-                          include_incomplete=incomplete)
+    ours = to_frames(ev, (64, 48), time_window_us=16_000, start_us=start, end_us=end, include_incomplete=incomplete)
+    theirs = tonic_frames(
+        ev, (64, 48), time_window=16_000, start_time=start, end_time=end, include_incomplete=incomplete
+    )
     assert_same(ours, theirs)
 
 
 def test_real_nmnist_sample_identical_to_tonic(real_data):
     import tonic.io
+
     dtype = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
     ev = tonic.io.read_mnist_file(str(real_data / "nmnist_sample.bin"), dtype=dtype)
     assert len(ev) == 4325
@@ -98,6 +104,7 @@ def test_real_nmnist_sample_identical_to_tonic(real_data):
 
 
 # ---------------------------------------------------------------- empty input
+
 
 def test_empty_input_shapes():
     ev = np.zeros(0, dtype=EVENT_DTYPE)
@@ -123,6 +130,7 @@ def test_quiet_period_gives_zero_frames_in_fixed_window():
 
 
 # ---------------------------------------------------------------- polarity, crop, downsample, binary
+
 
 @pytest.mark.parametrize("mode", [{"time_window_us": 9_000}, {"event_count": 333}, {"n_time_bins": 4}])
 def test_polarity_modes(mode):
@@ -185,10 +193,10 @@ def test_crop_is_centre_window_applied_before_downsampling():
     full = to_frames(ev, (w, h), event_count=800)
     crop = to_frames(ev, (w, h), event_count=800, crop=(21, 10))
     x0, y0 = (w - 21) // 2, (h - 10) // 2
-    np.testing.assert_array_equal(crop, full[:, :, y0:y0 + 10, x0:x0 + 21])
+    np.testing.assert_array_equal(crop, full[:, :, y0 : y0 + 10, x0 : x0 + 21])
     both = to_frames(ev, (w, h), event_count=800, crop=(20, 10), downsample=2)
     x0 = (w - 20) // 2
-    expect = full[:, :, y0:y0 + 10, x0:x0 + 20].astype(np.int64).reshape(-1, 2, 5, 2, 10, 2).sum(axis=(3, 5))
+    expect = full[:, :, y0 : y0 + 10, x0 : x0 + 20].astype(np.int64).reshape(-1, 2, 5, 2, 10, 2).sum(axis=(3, 5))
     np.testing.assert_array_equal(both, expect)
     with pytest.raises(ValueError, match="larger than"):
         to_frames(ev, (w, h), event_count=800, crop=(41, 10))
@@ -196,8 +204,16 @@ def test_crop_is_centre_window_applied_before_downsampling():
 
 def test_paper_gesture_input_shape():
     ev = random_events(8, 5000, 128, 128, duration_us=96_000)
-    f = to_frames(ev, SensorSize(128, 128, 2), time_window_us=16_000, start_us=0, end_us=96_000,
-                  polarity="on", downsample=2, binary=True)
+    f = to_frames(
+        ev,
+        SensorSize(128, 128, 2),
+        time_window_us=16_000,
+        start_us=0,
+        end_us=96_000,
+        polarity="on",
+        downsample=2,
+        binary=True,
+    )
     assert f.shape == (6, 1, 64, 64)
 
 
@@ -224,18 +240,27 @@ def test_other_dtypes_and_strided_views():
     other = np.empty(len(ev), dtype=dt)
     for n in "txyp":
         other[n] = ev[n]
-    np.testing.assert_array_equal(to_frames(other, (25, 25), time_window_us=5000),
-                                  to_frames(ev, (25, 25), time_window_us=5000))
+    np.testing.assert_array_equal(
+        to_frames(other, (25, 25), time_window_us=5000), to_frames(ev, (25, 25), time_window_us=5000)
+    )
     view = ev[::3]
-    np.testing.assert_array_equal(to_frames(view, (25, 25), n_time_bins=3),
-                                  to_frames(view.copy(), (25, 25), n_time_bins=3))
+    np.testing.assert_array_equal(
+        to_frames(view, (25, 25), n_time_bins=3), to_frames(view.copy(), (25, 25), n_time_bins=3)
+    )
 
 
 # ---------------------------------------------------------------- threads
 
-@pytest.mark.parametrize("mode", [{"time_window_us": 4_000}, {"time_window_us": 6_000, "overlap": 2_500},
-                                  {"event_count": 97, "overlap": 30, "include_incomplete": True},
-                                  {"n_time_bins": 9, "overlap": 0.4}])
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"time_window_us": 4_000},
+        {"time_window_us": 6_000, "overlap": 2_500},
+        {"event_count": 97, "overlap": 30, "include_incomplete": True},
+        {"n_time_bins": 9, "overlap": 0.4},
+    ],
+)
 def test_threads_do_not_change_the_result(mode):
     ev = random_events(13, 5000, 33, 21)
     one = to_frames(ev, (33, 21), threads=1, **mode)
@@ -260,6 +285,7 @@ def test_threaded_binning_checks_every_event(where):
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def test_bad_events_raise_event_format_error():
     ev = random_events(11, 100, 10, 10)
@@ -287,26 +313,29 @@ def test_bad_events_raise_event_format_error():
         to_frames(np.zeros(3, dtype=[("x", int), ("t", int)]), (10, 10), n_time_bins=1)
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({}, "exactly one"),
-    ({"n_time_bins": 3, "event_count": 4}, "exactly one"),
-    ({"time_window_us": 0}, "positive integer"),
-    ({"time_window_us": 1.5}, "positive integer"),
-    ({"n_time_bins": True}, "positive integer"),
-    ({"event_count": 5, "polarity": "split"}, r"polarity must be one of \('both', 'on', 'off', 'merge'\)"),
-    ({"event_count": 5, "downsample": 0}, "downsample"),
-    ({"event_count": 5, "crop": (3,)}, "crop"),
-    ({"event_count": 5, "overlap": 5}, "overlap"),
-    ({"time_window_us": 100, "overlap": -1}, "overlap"),
-    ({"n_time_bins": 5, "overlap": 1.0}, "overlap"),
-    ({"n_time_bins": 5, "include_incomplete": True}, "include_incomplete"),
-    ({"event_count": 5, "frames_per_clip": 0}, "frames_per_clip"),
-    ({"event_count": 5, "span": "sample"}, "span"),
-    ({"event_count": 5, "binary": 1}, "binary"),
-    ({"event_count": 5, "max_frames": 0}, "max_frames must be None or an integer >= 1"),
-    ({"event_count": 5, "max_frames": 2.0}, "max_frames must be None or an integer >= 1"),
-    ({"time_window_us": 5, "frames_per_clip": 6, "max_frames": 5}, "max_frames=5 holds no clip"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({}, "exactly one"),
+        ({"n_time_bins": 3, "event_count": 4}, "exactly one"),
+        ({"time_window_us": 0}, "positive integer"),
+        ({"time_window_us": 1.5}, "positive integer"),
+        ({"n_time_bins": True}, "positive integer"),
+        ({"event_count": 5, "polarity": "split"}, r"polarity must be one of \('both', 'on', 'off', 'merge'\)"),
+        ({"event_count": 5, "downsample": 0}, "downsample"),
+        ({"event_count": 5, "crop": (3,)}, "crop"),
+        ({"event_count": 5, "overlap": 5}, "overlap"),
+        ({"time_window_us": 100, "overlap": -1}, "overlap"),
+        ({"n_time_bins": 5, "overlap": 1.0}, "overlap"),
+        ({"n_time_bins": 5, "include_incomplete": True}, "include_incomplete"),
+        ({"event_count": 5, "frames_per_clip": 0}, "frames_per_clip"),
+        ({"event_count": 5, "span": "sample"}, "span"),
+        ({"event_count": 5, "binary": 1}, "binary"),
+        ({"event_count": 5, "max_frames": 0}, "max_frames must be None or an integer >= 1"),
+        ({"event_count": 5, "max_frames": 2.0}, "max_frames must be None or an integer >= 1"),
+        ({"time_window_us": 5, "frames_per_clip": 6, "max_frames": 5}, "max_frames=5 holds no clip"),
+    ],
+)
 def test_frame_spec_validation(kw, message):
     with pytest.raises(ValueError, match=message):
         FrameSpec(**kw)
@@ -324,11 +353,24 @@ def test_window_arguments_are_checked():
 
 # ---------------------------------------------------------------- FrameSpec
 
+
 def test_frame_spec_round_trips_through_json_and_toml():
-    specs = [FrameSpec(time_window_us=16_000, polarity="on", downsample=2, crop=(120, 100), binary=True,
-                       frames_per_clip=6, overlap=1_000, include_incomplete=True, span="sample", max_frames=108),
-             FrameSpec(n_time_bins=10, overlap=0.25),
-             FrameSpec(event_count=3000)]
+    specs = [
+        FrameSpec(
+            time_window_us=16_000,
+            polarity="on",
+            downsample=2,
+            crop=(120, 100),
+            binary=True,
+            frames_per_clip=6,
+            overlap=1_000,
+            include_incomplete=True,
+            span="sample",
+            max_frames=108,
+        ),
+        FrameSpec(n_time_bins=10, overlap=0.25),
+        FrameSpec(event_count=3000),
+    ]
     for spec in specs:
         d = spec.to_dict()
         assert FrameSpec.from_dict(d) == spec
@@ -344,18 +386,20 @@ def test_frame_spec_key_is_stable_and_covers_every_field():
     # the key is part of cache file names: it must not change between runs or releases unnoticed
     assert base.key() == "175ecbbccef439a0"
     assert FrameSpec(time_window_us=16_000, frames_per_clip=6).key() == base.key()
-    variants = [FrameSpec(time_window_us=16_001, frames_per_clip=6),
-                FrameSpec(time_window_us=16_000, frames_per_clip=5),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, polarity="on"),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, downsample=2),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, crop=(10, 10)),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, binary=True),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, overlap=1),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, include_incomplete=True),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, span="sample"),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, polarity="off"),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=108),
-                FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=12)]
+    variants = [
+        FrameSpec(time_window_us=16_001, frames_per_clip=6),
+        FrameSpec(time_window_us=16_000, frames_per_clip=5),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, polarity="on"),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, downsample=2),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, crop=(10, 10)),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, binary=True),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, overlap=1),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, include_incomplete=True),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, span="sample"),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, polarity="off"),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=108),
+        FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=12),
+    ]
     keys = {v.key() for v in variants}
     assert len(keys) == len(variants) and base.key() not in keys
 
@@ -385,18 +429,21 @@ def test_max_frames_gives_exactly_the_first_frames_of_the_uncapped_stack(mode, w
     ev = random_events(13, 3000, 40, 23)
     full = frames_from_spec(ev, (40, 23), FrameSpec(polarity="merge", **mode), **window)
     capped = frames_from_spec(ev, (40, 23), FrameSpec(polarity="merge", max_frames=cap, **mode), **window)
-    assert full.shape[0] > 4                      # the caps 1 and 4 cut something off
+    assert full.shape[0] > 4  # the caps 1 and 4 cut something off
     assert capped.shape == (min(cap, full.shape[0]), *full.shape[1:])
     np.testing.assert_array_equal(capped, full[:cap])
-    np.testing.assert_array_equal(to_frames(ev, (40, 23), polarity="merge", max_frames=cap, **mode, **window),
-                                  capped)
+    np.testing.assert_array_equal(to_frames(ev, (40, 23), polarity="merge", max_frames=cap, **mode, **window), capped)
 
 
 def test_max_frames_caps_empty_input_too():
     ev = np.zeros(0, dtype=EVENT_DTYPE)
     assert to_frames(ev, (34, 34), n_time_bins=10, max_frames=3).shape == (3, 2, 34, 34)
-    assert to_frames(ev, (34, 34), time_window_us=16_000, start_us=0, end_us=960_000,
-                     max_frames=4).shape == (4, 2, 34, 34)
+    assert to_frames(ev, (34, 34), time_window_us=16_000, start_us=0, end_us=960_000, max_frames=4).shape == (
+        4,
+        2,
+        34,
+        34,
+    )
     assert FrameSpec(n_time_bins=10, max_frames=3).frames_per_sample == 3
     assert FrameSpec(n_time_bins=10, max_frames=30).frames_per_sample == 10
     assert FrameSpec(n_time_bins=10).frames_per_sample == 10
@@ -422,6 +469,7 @@ def test_max_frames_bins_only_the_frames_it_keeps(monkeypatch):
 
 # ---------------------------------------------------------------- clips
 
+
 def test_split_clips():
     frames = np.arange(14 * 2 * 3 * 3, dtype=np.uint16).reshape(14, 2, 3, 3)
     clips = split_clips(frames, 6)
@@ -440,6 +488,7 @@ def test_split_clips():
 
 
 # ---------------------------------------------------------------- benchmark entry point
+
 
 def test_bench_binning_reports_both_sides():
     r = bench_binning(n_events=20_000, repeats=1)

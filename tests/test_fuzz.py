@@ -1,5 +1,6 @@
 """Mutation fuzzing of the readers: every damaged file either raises EventFormatError or reads as
 a valid recording (events on the sensor, polarity 0/1). Seeded, a few hundred files in all."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
         return bytes(buf)
     n = int(rng.integers(1, 65))
     i = int(rng.integers(0, max(1, len(buf) - n)))
-    buf[i:i + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    buf[i : i + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
     return bytes(buf[: len(data)])
 
 
@@ -63,8 +64,9 @@ def fuzz(tmp_path, name, data, n, seed, extra=None):
 
 def small_events(n, w, h, seed, t_max=2**31 + 10**6):
     rng = np.random.default_rng(seed)
-    return make_events(rng.integers(0, w, n), rng.integers(0, h, n),
-                       np.sort(rng.integers(0, t_max, n)), rng.integers(0, 2, n))
+    return make_events(
+        rng.integers(0, w, n), rng.integers(0, h, n), np.sort(rng.integers(0, t_max, n)), rng.integers(0, 2, n)
+    )
 
 
 @pytest.mark.timeout(120)
@@ -103,8 +105,15 @@ def test_fuzz_hdf5(tmp_path):
 @pytest.mark.timeout(120)
 def test_fuzz_gesture_npy(tmp_path):
     rng = np.random.default_rng(4)
-    arr = np.stack([rng.integers(0, 128, 100), rng.integers(0, 128, 100), rng.integers(0, 2, 100),
-                    np.sort(rng.integers(0, 6000, 100))], axis=1).astype(np.float64)
+    arr = np.stack(
+        [
+            rng.integers(0, 128, 100),
+            rng.integers(0, 128, 100),
+            rng.integers(0, 2, 100),
+            np.sort(rng.integers(0, 6000, 100)),
+        ],
+        axis=1,
+    ).astype(np.float64)
     src = tmp_path / "src.npy"
     np.save(src, arr)
     fuzz(tmp_path, "m.npy", src.read_bytes(), 150, seed=4)

@@ -4,6 +4,7 @@ The monitor is tested on small networks of every registered model and neuron kin
 time, and once through a one-epoch ``nsm train`` run of the ``tiny`` preset on the session's simulated
 gestures (``conftest.simulated_gestures``), on the CPU with one torch thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ from pipelines.data import load_data
 from pipelines.figures import plot_health
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PRIOR = np.array([0.6, 0.3, 0.1])             # unbalanced, so that uniform logits are not the prior
+PRIOR = np.array([0.6, 0.3, 0.1])  # unbalanced, so that uniform logits are not the prior
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,17 +35,19 @@ def small_model(name: str = "nmnist_cnn", neuron: str = "bnsm"):
     """``name`` with few channels, for 2-channel 16 x 16 (allconvnet) or 20 x 20 (nmnist_cnn) input, 3 classes."""
     torch.manual_seed(0)
     if name.startswith("allconvnet"):
-        return models.create_model(name, in_channels=2, input_size=(16, 16), num_classes=3, neuron=neuron,
-                                   width=0.125), (16, 16)
-    return models.create_model(name, in_channels=2, input_size=(20, 20), num_classes=3, neuron=neuron,
-                               channels=[4, 8], hidden=16), (20, 20)
+        return models.create_model(
+            name, in_channels=2, input_size=(16, 16), num_classes=3, neuron=neuron, width=0.125
+        ), (16, 16)
+    return models.create_model(
+        name, in_channels=2, input_size=(20, 20), num_classes=3, neuron=neuron, channels=[4, 8], hidden=16
+    ), (20, 20)
 
 
 def prior_labels(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).choice(len(PRIOR), size=n, p=PRIOR))
 
 
-PRIOR_LABELS = prior_labels(1000).numpy()            # the training labels the monitors' prior comes from
+PRIOR_LABELS = prior_labels(1000).numpy()  # the training labels the monitors' prior comes from
 
 
 def training_steps(model, size, monitor, steps: int = 1, batch: int = 8) -> health.EpochHealth:
@@ -71,7 +74,7 @@ def expected_layers(model) -> tuple[list[str], list[str]]:
 
 def assert_valid_summary(summary: dict, model, neuron: str) -> None:
     units, pools = expected_layers(model)
-    assert list(summary) == [n for n, _ in model.named_modules() if n in units or n in pools]   # forward order
+    assert list(summary) == [n for n, _ in model.named_modules() if n in units or n in pools]  # forward order
     modules = dict(model.named_modules())
     for name in units:
         entry = summary[name]
@@ -79,7 +82,7 @@ def assert_valid_summary(summary: dict, model, neuron: str) -> None:
         assert entry["module"] == type(modules[name]).__name__
         assert 0 <= entry["firing_rate"] <= 1
         assert math.isfinite(entry["grad_norm"]) and entry["grad_norm"] > 0
-        if neuron in ("bnsm", "gnsm", "ste", "bn"):                      # NSM units: a firing probability
+        if neuron in ("bnsm", "gnsm", "ste", "bn"):  # NSM units: a firing probability
             assert 0 <= entry["saturated"] <= 1
         else:
             assert entry["saturated"] is None
@@ -91,6 +94,7 @@ def assert_valid_summary(summary: dict, model, neuron: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # the monitor on every model and neuron kind
 # ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", models.list_models())
 @pytest.mark.parametrize("neuron", NEURON_KINDS)
@@ -131,7 +135,7 @@ def test_summary_is_the_mean_over_the_epochs_recorded_steps_only():
         for key, value in entry.items():
             if key != "module":
                 assert value == pytest.approx((only_a[name][key] + only_b[name][key]) / 2, rel=1e-6), (name, key)
-    assert monitor.end_epoch().summary == {}                # an epoch without recorded steps
+    assert monitor.end_epoch().summary == {}  # an epoch without recorded steps
 
 
 def test_a_disabled_monitor_installs_no_hooks_and_records_nothing():
@@ -150,8 +154,11 @@ def test_expected_mode_records_the_expected_rates_and_saturation():
     model, size = small_model("allconvnet18", "bnsm")
     nsm.set_mode(model, "expected")
     outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o.detach()))
-             for name, m in model.named_modules() if name in ("1", "4")]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o.detach()))
+        for name, m in model.named_modules()
+        if name in ("1", "4")
+    ]
     monitor = health.HealthMonitor(model, PRIOR_LABELS, len(PRIOR))
     epoch = training_steps(model, size, monitor)
     for h in hooks:
@@ -168,8 +175,10 @@ def test_expected_mode_records_the_expected_rates_and_saturation():
 # warnings
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("neuron, bias, rate", [("bnsm", -1e4, 0.0), ("bnsm", 1e4, 1.0), ("bn", -1e4, 0.0),
-                                                ("sn", -1e3, 0.0)])
+
+@pytest.mark.parametrize(
+    "neuron, bias, rate", [("bnsm", -1e4, 0.0), ("bnsm", 1e4, 1.0), ("bn", -1e4, 0.0), ("sn", -1e3, 0.0)]
+)
 def test_dead_layer_warning_names_the_dead_layer(neuron, bias, rate):
     """The first hidden layer's bias set far beyond its inputs' reach: it never fires (or always does)."""
     model, size = small_model(neuron=neuron)
@@ -182,7 +191,7 @@ def test_dead_layer_warning_names_the_dead_layer(neuron, bias, rate):
     assert dead and dead[0].startswith(f"warning: layer 1 ({type(model[1]).__name__}) is dead: it fired")
     assert f"{100 * rate:.1f} %" in dead[0]
     saturated = [w for w in epoch.warnings if "layer 1 " in w and "is saturated" in w]
-    if neuron == "sn":                                      # no firing probability, so never saturated
+    if neuron == "sn":  # no firing probability, so never saturated
         assert epoch.summary["1"]["saturated"] is None and not saturated
     else:
         assert epoch.summary["1"]["saturated"] == 1.0 and saturated
@@ -193,8 +202,9 @@ def test_no_layer_warning_for_a_healthy_network(neuron):
     model, size = small_model(neuron=neuron)
     monitor = health.HealthMonitor(model, PRIOR_LABELS, len(PRIOR))
     epoch = training_steps(model, size, monitor, steps=2)
-    assert all(health.DEAD_RATE < e["firing_rate"] < 1 - health.DEAD_RATE for e in epoch.summary.values()
-               if "firing_rate" in e)
+    assert all(
+        health.DEAD_RATE < e["firing_rate"] < 1 - health.DEAD_RATE for e in epoch.summary.values() if "firing_rate" in e
+    )
     assert not [w for w in epoch.warnings if "is dead" in w or "is saturated" in w], epoch.warnings
 
 
@@ -203,11 +213,17 @@ def test_layer_warnings_at_the_thresholds():
         return {"module": "NSMConv2d", "firing_rate": rate, "saturated": saturated, "grad_norm": 1.0}
 
     d, s = health.DEAD_RATE, health.SATURATED_SHARE
-    summary = {"a": entry(d, s), "b": entry(1 - d, None), "c": entry(d / 2, s + 0.01), "d": entry(1 - d / 2, 0.0),
-               "p": {"module": "BinaryMaxPool2d", "pool_rate": 0.0}}
+    summary = {
+        "a": entry(d, s),
+        "b": entry(1 - d, None),
+        "c": entry(d / 2, s + 0.01),
+        "d": entry(1 - d / 2, 0.0),
+        "p": {"module": "BinaryMaxPool2d", "pool_rate": 0.0},
+    }
     lines = health.layer_warnings(summary)
     assert [line.split(" is ")[0] for line in lines] == ["warning: layer c (NSMConv2d)"] * 2 + [
-        "warning: layer d (NSMConv2d)"]
+        "warning: layer d (NSMConv2d)"
+    ]
     assert "is dead" in lines[0] and "is saturated" in lines[1] and "is dead" in lines[2]
 
 
@@ -246,7 +262,7 @@ def test_no_loss_at_prior_warning_for_a_model_that_learned_something():
     monitor = health.HealthMonitor(model, PRIOR_LABELS, len(PRIOR))
     for step in range(3):
         y = prior_labels(8, seed=step)
-        informed = torch.log(torch.from_numpy(PRIOR).float()) + 3.0 * F.one_hot(y, 3)   # leans to the right class
+        informed = torch.log(torch.from_numpy(PRIOR).float()) + 3.0 * F.one_hot(y, 3)  # leans to the right class
         monitor.observe_loss(F.cross_entropy(informed, y), y)
     assert prior_warnings(monitor.end_epoch()) == []
 
@@ -257,7 +273,7 @@ def test_loss_at_prior_uses_every_step_not_the_mean():
     tolerance = health.PRIOR_LOSS_TOLERANCE * h
     assert health.loss_sat_at_prior(prior_losses + 0.9 * tolerance, prior_losses, h)
     assert health.loss_sat_at_prior(prior_losses - 0.9 * tolerance, prior_losses, h)
-    swinging = prior_losses + np.where(np.arange(10) % 2, 5, -5) * tolerance          # mean exactly at the prior
+    swinging = prior_losses + np.where(np.arange(10) % 2, 5, -5) * tolerance  # mean exactly at the prior
     assert not health.loss_sat_at_prior(swinging, prior_losses, h)
     one_off = prior_losses.copy()
     one_off[7] += 2 * tolerance
@@ -269,12 +285,24 @@ def test_loss_at_prior_uses_every_step_not_the_mean():
 # health.png
 # ----------------------------------------------------------------------------------------------
 
+
 def test_plot_health_draws_many_layers_and_skips_records_without_health(tmp_path):
-    layers = {str(k): {"module": "NSMConv2d", "firing_rate": 0.5, "saturated": None if k % 2 else 0.1,
-                       "grad_norm": 0.0 if k == 3 else 10.0 ** -k} for k in range(14)}
+    layers = {
+        str(k): {
+            "module": "NSMConv2d",
+            "firing_rate": 0.5,
+            "saturated": None if k % 2 else 0.1,
+            "grad_norm": 0.0 if k == 3 else 10.0**-k,
+        }
+        for k in range(14)
+    }
     layers["pool"] = {"module": "BinaryMaxPool2d", "pool_rate": 0.9}
-    records = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "health": layers}, {"epoch": 3, "health": None},
-               {"epoch": 4, "health": layers}]
+    records = [
+        {"epoch": 1, "train_loss": 1.0},
+        {"epoch": 2, "health": layers},
+        {"epoch": 3, "health": None},
+        {"epoch": 4, "health": layers},
+    ]
     path = plot_health(records, tmp_path / "sub" / "health.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -285,6 +313,7 @@ def test_plot_health_draws_many_layers_and_skips_records_without_health(tmp_path
 # ----------------------------------------------------------------------------------------------
 # nsm train
 # ----------------------------------------------------------------------------------------------
+
 
 def test_train_writes_health_records_and_figure(gestures, tmp_path, capsys):
     data, cache = gestures

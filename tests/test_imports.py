@@ -1,4 +1,5 @@
 """Imports flow one way: events -> nsm -> models -> pipelines, and events never imports torch."""
+
 from __future__ import annotations
 
 import ast
@@ -10,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["events", "nsm", "models", "pipelines"]
-FORBIDDEN = {pkg: set(ORDER[i + 1:]) for i, pkg in enumerate(ORDER)}
+FORBIDDEN = {pkg: set(ORDER[i + 1 :]) for i, pkg in enumerate(ORDER)}
 FORBIDDEN["events"] |= {"torch", "torchvision"}
 for pkg in ORDER[1:]:
     FORBIDDEN[pkg].add("torchvision")
@@ -37,8 +38,11 @@ def test_package_imports_only_earlier_packages(pkg):
 
 
 def test_events_runs_without_loading_torch():
-    modules = sorted("events." + ".".join(p.relative_to(ROOT / "events").with_suffix("").parts)
-                     for p in (ROOT / "events").rglob("*.py") if p.name != "__init__.py")
+    modules = sorted(
+        "events." + ".".join(p.relative_to(ROOT / "events").with_suffix("").parts)
+        for p in (ROOT / "events").rglob("*.py")
+        if p.name != "__init__.py"
+    )
     code = "import sys, importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     code += "bad = [m for m in ('torch', 'nsm', 'models', 'pipelines') if m in sys.modules]\nassert not bad, bad\n"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -65,7 +69,7 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(parts + ([base] if base else []))
             targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
     found = set()
@@ -80,14 +84,14 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
 def test_no_module_imports_in_a_circle():
     modules = project_modules()
     graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
-    state: dict[str, int] = {}          # 1: on the current path, 2: finished
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
     circles = []
 
     def visit(name: str, path: list[str]) -> None:
         state[name] = 1
         for nxt in sorted(graph[name]):
             if state.get(nxt) == 1:
-                circles.append(path[path.index(nxt):] + [nxt] if nxt in path else [name, nxt])
+                circles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [name, nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[name] = 2

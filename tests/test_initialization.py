@@ -1,4 +1,5 @@
 """Data-dependent initialisation (``nsm.initialization.data_init``) of every neuron kind."""
+
 from __future__ import annotations
 
 import math
@@ -10,17 +11,18 @@ import torch.nn.functional as F
 import models
 import nsm
 from nsm.initialization import data_init
-from nsm.neurons import BINARY_KINDS, NEURON_KINDS
+from nsm.neurons import NEURON_KINDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RESCALED_KINDS = [k for k in NEURON_KINDS if k != "dcnn"]      # dcnn's batch norm standardizes on its own
+RESCALED_KINDS = [k for k in NEURON_KINDS if k != "dcnn"]  # dcnn's batch norm standardizes on its own
 
 
 def small(kind: str, seed: int = 0):
     torch.manual_seed(seed)
-    return models.create_model("allconvnet18", in_channels=2, input_size=(16, 16), num_classes=3, width=0.25,
-                               neuron=kind)
+    return models.create_model(
+        "allconvnet18", in_channels=2, input_size=(16, 16), num_classes=3, width=0.25, neuron=kind
+    )
 
 
 def sparse_events(n: int = 64, seed: int = 1) -> torch.Tensor:
@@ -45,11 +47,11 @@ def test_every_kind_but_batch_norm_is_initialised(kind):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert data_init(model, sparse_events()) == (12 if kind in RESCALED_KINDS else 0)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    if kind == "dcnn":                       # nothing to do: not even batch norm's running statistics move
+    if kind == "dcnn":  # nothing to do: not even batch norm's running statistics move
         assert changed == set()
     else:
         assert changed and all(k.endswith(("beta", "bias", "weight", ".g")) for k in changed), changed
-    assert model.training                    # the caller's training flag is restored
+    assert model.training  # the caller's training flag is restored
 
 
 @pytest.mark.parametrize("kind", RESCALED_KINDS)
@@ -63,8 +65,9 @@ def test_scale_preactivation_is_an_affine_change_of_the_preactivation(kind):
         shift = torch.randn(unit.out_channels)
         unit.scale_preactivation(scale, shift)
         after = unit.preactivation(z)
-    torch.testing.assert_close(after, before * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        after, before * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("kind", ["bn", "bd", "wbd", "sn"])
@@ -113,8 +116,11 @@ def test_sampling_or_pools_emit_plus_one_in_half_their_windows(kind):
     torch.manual_seed(3)
     data_init(model, x)
     pooled = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: pooled.append((o > 0).float().mean().item()))
-             for m in model if isinstance(m, torch.nn.MaxPool2d)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: pooled.append((o > 0).float().mean().item()))
+        for m in model
+        if isinstance(m, torch.nn.MaxPool2d)
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:

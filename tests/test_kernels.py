@@ -6,6 +6,7 @@ directly must give the same states bit for bit: the kernel's erf approximation o
 error bound makes it certain, and logits placed right at each element's decision boundary make it
 hand over to erf itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def boundary_logits(u):
 
 def tricky_logits(n, rng, u):
     """Logits on their elements' decision boundaries (a quarter), tails, zeros, non-finite values, random."""
-    at_boundary = boundary_logits(u[:n // 4])
+    at_boundary = boundary_logits(u[: n // 4])
     special = np.array([0.0, -0.0, 6.0, -6.0, 6.001, -6.001, 9.0, -9.0, 1e30, -1e30, np.inf, -np.inf, np.nan])
     rest = rng.normal(scale=1.5, size=n - at_boundary.size - special.size)
     return np.concatenate([at_boundary, special, rest]).astype(np.float32)
@@ -52,7 +53,7 @@ def tricky_logits(n, rng, u):
 
 def expected_states(v, u):
     p = np.array([0.5 * (1.0 + math.erf(x)) if not math.isnan(x) else np.nan for x in v.astype(np.float64)])
-    return np.where(u < p, 1.0, -1.0).astype(np.float32)        # u < NaN is False: NaN never fires
+    return np.where(u < p, 1.0, -1.0).astype(np.float32)  # u < NaN is False: NaN never fires
 
 
 def test_kernel_states_equal_direct_comparison_with_erf():
@@ -64,7 +65,7 @@ def test_kernel_states_equal_direct_comparison_with_erf():
     expected = expected_states(v, u)
     assert np.array_equal(z, expected)
     # The boundary quarter really tested both outcomes of the exact comparison.
-    assert 0.2 < (expected[:n // 4] > 0).mean() < 0.8
+    assert 0.2 < (expected[: n // 4] > 0).mean() < 0.8
 
 
 def test_erf_approximation_error_is_inside_the_kernel_margin():

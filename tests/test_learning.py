@@ -6,6 +6,7 @@ loss ln 11 = 2.40 every epoch and 8.8 % on the held-out clips (train.init = "non
 With them it reaches 32.9 % (MC 8) training on expected states, the default (29.6 % with train.forward =
 "sampled"); docs/training-study.md, sections 3 and 7, has these figures and the set-up's dependence on the seed.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,9 +28,17 @@ REQUIRED = CHANCE + 2 * (CHANCE * (1 - CHANCE) / 11) ** 0.5
 def test_allconvnet18_of_nsm_units_learns_from_scratch(gestures, tmp_path):
     """width 0.25 at 32x32, 6 epochs of batch 8 on three simulated users; the fourth user is held out."""
     data, cache = gestures
-    cfg = configs.load_config("gestures-allconv18", [
-        "model.options.width=0.25", "data.val_fraction=0", f"train.epochs={EPOCHS}", "train.batch_size=8",
-        "train.lr_step_epochs=100", "train.device=cpu"])
+    cfg = configs.load_config(
+        "gestures-allconv18",
+        [
+            "model.options.width=0.25",
+            "data.val_fraction=0",
+            f"train.epochs={EPOCHS}",
+            "train.batch_size=8",
+            "train.lr_step_epochs=100",
+            "train.device=cpu",
+        ],
+    )
     assert cfg.model.neuron == "bnsm" and cfg.train.init == "data" and cfg.train.warmup_epochs == 1
     history = train(cfg, data, tmp_path / "run", cache_dir=cache, progress=False)
     assert history["epoch"] == EPOCHS

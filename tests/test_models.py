@@ -1,4 +1,5 @@
 """Every registered model with every neuron kind, at two input sizes, forward and backward."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,7 +37,7 @@ def test_allconvnet18_layout():
     assert [c.kernel_size[0] for c in convs] == [3] * 10 + [1, 1]
     assert sum(isinstance(m, nsm.BinaryMaxPool2d) for m in net) == 3
     assert isinstance(net[0], nsm.Binarize) and isinstance(net[-1], nsm.Readout)
-    assert len(net) + 1 == 18          # the 17 modules plus the global average pooling inside Readout
+    assert len(net) + 1 == 18  # the 17 modules plus the global average pooling inside Readout
     assert net.spec["in_channels"] == 6 and net.spec["input_size"] == [64, 64] and net.spec["num_classes"] == 11
     assert all(bool((c.beta == 1.0).all()) for c in convs)
 

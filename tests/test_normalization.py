@@ -1,5 +1,6 @@
 """Batch-normalized firing logits (nsm.normalization): exact conversions both ways, the batch-norm arithmetic
 checked against an explicit formula, running moments, and the errors."""
+
 import pytest
 import torch
 
@@ -23,8 +24,9 @@ def batch(seed: int = 1, n: int = 64) -> torch.Tensor:
 def unit_inputs(net, x) -> dict:
     """Each NSM unit's input on one deterministic evaluation pass over ``x``."""
     taken = {}
-    hooks = [u.register_forward_pre_hook(lambda m, i: taken.setdefault(m, i[0])) for _, u in
-             LogitNormalization.units_of(net)]
+    hooks = [
+        u.register_forward_pre_hook(lambda m, i: taken.setdefault(m, i[0])) for _, u in LogitNormalization.units_of(net)
+    ]
     net.eval()
     with torch.no_grad(), nsm.using_mode(net, "deterministic"):
         net(x)
@@ -47,7 +49,7 @@ def test_attach_keeps_every_logit_on_its_batch(kind):
     before = logits(net, inputs, training=False)
     with nsm.using_mode(net, "deterministic"):
         LogitNormalization.attach(net, x)
-    for training in (False, True):           # running moments = the batch's moments: the same logits
+    for training in (False, True):  # running moments = the batch's moments: the same logits
         for b, a in zip(before, logits(net, inputs, training)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
@@ -56,16 +58,17 @@ def test_training_logit_is_the_batch_norm_formula():
     net, x = small_net("bnsm"), batch()
     norm = LogitNormalization.attach(net, x)
     with torch.no_grad():
-        for p in net.parameters():                       # move away from the converted values
+        for p in net.parameters():  # move away from the converted values
             p.add_(0.1 * torch.randn_like(p))
     inputs = unit_inputs(net, batch(seed=2))
     for (_, unit), v in zip(LogitNormalization.units_of(net), logits(net, inputs, training=True)):
         z = inputs[unit]
         w_hat = unit.weight / unit.weight.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
-        a = torch.nn.functional.conv2d(torch.nn.functional.pad(z, (1,) * 4 if unit.padding[0] else (0,) * 4,
-                                                               value=-1.0), w_hat)
+        a = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(z, (1,) * 4 if unit.padding[0] else (0,) * 4, value=-1.0), w_hat
+        )
         mu, var = a.mean((0, 2, 3), keepdim=True), a.var((0, 2, 3), unbiased=False, keepdim=True)
-        b_eff = unit.bias / (2 ** 0.5 * unit.noise.std * unit.weight.flatten(1).norm(dim=1))
+        b_eff = unit.bias / (2**0.5 * unit.noise.std * unit.weight.flatten(1).norm(dim=1))
         expected = unit.beta.reshape(1, -1, 1, 1) * (a - mu) / (var + EPS).sqrt() + b_eff.reshape(1, -1, 1, 1)
         torch.testing.assert_close(v, expected.detach(), atol=1e-4, rtol=1e-4)
     assert norm.units
@@ -79,7 +82,7 @@ def test_training_forward_moves_the_running_moments_and_logit_does_not():
     other = batch(seed=3)
     net.train()
     with torch.no_grad():
-        unit.logit(net[0](other))                        # a diagnostic read: no side effect
+        unit.logit(net[0](other))  # a diagnostic read: no side effect
     torch.testing.assert_close(unit.logit_norm.mean, mean0, rtol=0, atol=0)
     with torch.no_grad():
         net(other)
@@ -94,7 +97,7 @@ def test_folded_network_is_the_plain_nsm_of_evaluation_mode(kind):
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
     y = torch.randint(0, 11, (len(x),), generator=torch.Generator().manual_seed(0))
     net.train()
-    for _ in range(3):                                   # parameters and moments move away from the attach values
+    for _ in range(3):  # parameters and moments move away from the attach values
         loss = torch.nn.functional.cross_entropy(net(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -109,9 +112,9 @@ def test_folded_network_is_the_plain_nsm_of_evaluation_mode(kind):
         got = [plain_units[name].logit(inputs[unit]) for name, unit in LogitNormalization.units_of(net)]
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
-    norm.fold()                                          # in place: the same plain NSM, nothing attached
+    norm.fold()  # in place: the same plain NSM, nothing attached
     assert all(unit.logit_norm is None for _, unit in LogitNormalization.units_of(net))
-    for e, g in zip(expected, logits(net, inputs, training=True)):   # a plain unit: training mode is the same map
+    for e, g in zip(expected, logits(net, inputs, training=True)):  # a plain unit: training mode is the same map
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 
 
@@ -123,8 +126,9 @@ def test_state_dict_and_resume_reproduce_the_normalization():
     again.load_state_dict(saved_params)
     LogitNormalization.resume(again, saved_norm)
     inputs = unit_inputs(net, x)
-    again_inputs = {u2: inputs[u1] for (_, u1), (_, u2) in zip(LogitNormalization.units_of(net),
-                                                               LogitNormalization.units_of(again))}
+    again_inputs = {
+        u2: inputs[u1] for (_, u1), (_, u2) in zip(LogitNormalization.units_of(net), LogitNormalization.units_of(again))
+    }
     for training in (False, True):
         for a, b in zip(logits(net, inputs, training), logits(again, again_inputs, training)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -4,10 +4,10 @@ Statistical tests draw M samples of each unit and compare the firing frequency f
 probability P: f has standard deviation sqrt(P (1 - P) / M), and every unit must lie within 5 of
 those (a false alarm has probability < 1e-6 per unit; seeds are fixed, so results are repeatable).
 """
+
 from __future__ import annotations
 
 import contextlib
-
 import math
 
 import numpy as np
@@ -40,7 +40,7 @@ def make_linear(noise, n_in=60, n_out=12, seed=0):
     torch.manual_seed(seed)
     layer = nsm.NSMLinear(n_in, n_out, noise=noise)
     with torch.no_grad():
-        layer.beta.copy_(torch.linspace(-1.5, 2.0, n_out))      # negative beta flips a unit
+        layer.beta.copy_(torch.linspace(-1.5, 2.0, n_out))  # negative beta flips a unit
         layer.bias.copy_(torch.linspace(-0.3, 0.4, n_out))
     return layer
 
@@ -58,8 +58,7 @@ def assert_within_sampling_error(freq, p, samples, extra=0.0):
     assert float(worst.max()) <= Z_SIGMAS, f"frequency off by {float(worst.max()):.1f} sampling sd"
 
 
-@pytest.mark.parametrize("noise", [nsm.BernoulliNoise(0.5), nsm.BernoulliNoise(0.2), nsm.GaussianNoise(0.7)],
-                         ids=str)
+@pytest.mark.parametrize("noise", [nsm.BernoulliNoise(0.5), nsm.BernoulliNoise(0.2), nsm.GaussianNoise(0.7)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "torch"])
 def test_probability_mode_fires_with_probability_P(noise, dtype):
     torch.manual_seed(1)
@@ -149,8 +148,8 @@ def test_conv_synapse_mode_marginals_include_the_border():
         freq = (conv(z.expand(samples, -1, -1, -1)) > 0).double().mean(dim=0)
     padded = F.pad(z, (1, 1, 1, 1), value=-1.0)[0]
     rng = np.random.default_rng(11)
-    for (y, x) in [(0, 0), (0, 2), (2, 2), (4, 3)]:
-        patch = padded[:, y:y + 3, x:x + 3].reshape(-1)
+    for y, x in [(0, 0), (0, 2), (2, 2), (4, 3)]:
+        patch = padded[:, y : y + 3, x : x + 3].reshape(-1)
         ref = explicit_eq4_frequency(conv.weight.flatten(1), conv.bias, conv.beta, noise, patch, samples, rng)
         ours = freq[:, y, x]
         pooled = (ours + ref) / 2
@@ -161,8 +160,10 @@ def test_conv_synapse_mode_marginals_include_the_border():
 @pytest.mark.parametrize("c", [1e-3, 0.37, 5.0, 1e4])
 def test_probability_is_invariant_to_scaling_w_and_b(c):
     torch.manual_seed(12)
-    for layer, z in [(make_linear(nsm.BernoulliNoise(0.4)), random_states(5, 60)),
-                     (nsm.NSMConv2d(2, 3, 3, padding=1, noise=nsm.GaussianNoise(0.5)), random_states(2, 2, 6, 6))]:
+    for layer, z in [
+        (make_linear(nsm.BernoulliNoise(0.4)), random_states(5, 60)),
+        (nsm.NSMConv2d(2, 3, 3, padding=1, noise=nsm.GaussianNoise(0.5)), random_states(2, 2, 6, 6)),
+    ]:
         with torch.no_grad():
             layer.bias.uniform_(-0.5, 0.5)
             before = layer.firing_probability(z)
@@ -180,10 +181,14 @@ def test_beta_and_a_are_inverse():
         assert torch.allclose(a, math.sqrt(2) * noise.std * beta - noise.mean)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: (make_linear(nsm.BernoulliNoise(0.5)), random_states(7, 60)),
-    lambda: (nsm.NSMConv2d(3, 5, 3, padding=1, noise=nsm.GaussianNoise(0.6)), random_states(2, 3, 6, 6)),
-], ids=["linear", "conv"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (make_linear(nsm.BernoulliNoise(0.5)), random_states(7, 60)),
+        lambda: (nsm.NSMConv2d(3, 5, 3, padding=1, noise=nsm.GaussianNoise(0.6)), random_states(2, 3, 6, 6)),
+    ],
+    ids=["linear", "conv"],
+)
 def test_gradient_of_sample_equals_gradient_of_2P_minus_1(make):
     """d/dtheta <g, sample> == d/dtheta <g, 2P - 1> with P from the independent analytic expression."""
     torch.manual_seed(13)
@@ -196,7 +201,7 @@ def test_gradient_of_sample_equals_gradient_of_2P_minus_1(make):
     def analytic(weight, bias, beta, zin):
         m, s = layer.noise.mean, layer.noise.std
         a = math.sqrt(2.0) * s * beta - m
-        pre = layer.affine(zin, weight)                           # w.z with the layer's -1 padding
+        pre = layer.affine(zin, weight)  # w.z with the layer's -1 padding
         norm = weight.flatten(1).norm(dim=1)
         shape = (1, -1) + (1,) * (pre.dim() - 2)
         mean = (m + a).reshape(shape) * pre + bias.reshape(shape)
@@ -267,7 +272,9 @@ def test_noise_laws_validate_and_round_trip():
     assert abs(float(xi.mean()) - 0.25) <= Z_SIGMAS * math.sqrt(0.25 * 0.75 / 200_000)
 
 
-@pytest.mark.parametrize("k,p,h,w", [(3, 1, 8, 8), (3, 1, 3, 5), (5, 2, 7, 9), (5, 2, 4, 9), (3, 1, 2, 2), (3, 0, 6, 6)])
+@pytest.mark.parametrize(
+    "k,p,h,w", [(3, 1, 8, 8), (3, 1, 3, 5), (5, 2, 7, 9), (5, 2, 4, 9), (3, 1, 2, 2), (3, 0, 6, 6)]
+)
 def test_convolution_equals_explicit_minus_one_padding(k, p, h, w):
     """The layer's convolution == convolution of the -1 padded input: without autograd (zero-padded
     convolution plus border correction) and with it (padded input), values and weight gradients."""
@@ -282,7 +289,9 @@ def test_convolution_equals_explicit_minus_one_padding(k, p, h, w):
     ours = conv.affine(z, weight)
     assert torch.allclose(ours, ref)
     g = torch.randn_like(ref)
-    assert torch.allclose(torch.autograd.grad((g * ours).sum(), weight)[0], torch.autograd.grad((g * ref).sum(), weight)[0])
+    assert torch.allclose(
+        torch.autograd.grad((g * ours).sum(), weight)[0], torch.autograd.grad((g * ref).sum(), weight)[0]
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["kernel", "torch"])
@@ -314,7 +323,7 @@ def test_weight_cache_follows_every_tracked_parameter_change():
     with torch.no_grad(), nsm.WeightCache(model), counting(nsmf, "effective_weight", calls):
         assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)
         conv.logit(z)
-        assert len(calls) == 1 + 1                      # one for the layer (twice), one for fresh()
+        assert len(calls) == 1 + 1  # one for the layer (twice), one for fresh()
         conv.weight.mul_(-1.0).add_(0.3)
         conv.bias.add_(0.5)
         assert torch.allclose(conv.logit(z), fresh(z), atol=1e-6)

@@ -1,4 +1,5 @@
 """Modes and Monte Carlo prediction."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,9 @@ import nsm
 
 def small_net(neuron="bnsm"):
     torch.manual_seed(0)
-    return models.create_model("allconvnet18", in_channels=2, input_size=(16, 16), num_classes=5,
-                               neuron=neuron, width=0.125)
+    return models.create_model(
+        "allconvnet18", in_channels=2, input_size=(16, 16), num_classes=5, neuron=neuron, width=0.125
+    )
 
 
 def test_set_mode_switches_every_stochastic_unit_and_using_mode_restores():
@@ -62,7 +64,7 @@ def test_first_logits_computed_once_per_input_give_exactly_the_repeated_input_sa
     first.register_forward_hook(lambda module, inp, out: seen.append(inp[0].shape[0]))
     with torch.inference_mode(), nsm.using_generator(net, torch.Generator().manual_seed(9)):
         shared = nsm.sample_probabilities(net, x, 5)
-    assert seen == []                              # the unit's full forward (on K copies) never ran
+    assert seen == []  # the unit's full forward (on K copies) never ran
     with torch.inference_mode(), nsm.using_generator(net, torch.Generator().manual_seed(9)):
         repeated = torch.softmax(net(x.repeat(5, 1, 1, 1)), 1).reshape(5, 3, -1)
     assert torch.equal(shared, repeated)
@@ -117,8 +119,9 @@ def test_adaptive_stops_at_the_first_confident_running_mean():
             j = torch.arange(start, start + n, dtype=torch.float32)
             return torch.stack([j, torch.zeros(n)], dim=1)
 
-    res = nsm.mc_predict(Rising(), torch.zeros(1, 1), adaptive=True, threshold=0.8, min_samples=2,
-                         max_samples=50, step=8)
+    res = nsm.mc_predict(
+        Rising(), torch.zeros(1, 1), adaptive=True, threshold=0.8, min_samples=2, max_samples=50, step=8
+    )
     sm = torch.softmax(torch.stack([torch.arange(50.0), torch.zeros(50)], dim=1), dim=1)[:, 0]
     running = sm.cumsum(0) / torch.arange(1, 51)
     first = int(((running >= 0.8) & (torch.arange(1, 51) >= 2)).nonzero()[0]) + 1

@@ -2,6 +2,7 @@
 
 Statistical checks fix their seeds and state their tolerance from the sampling error.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from events import io
-from events.datasets import DVSGesture, NMNIST
+from events.datasets import NMNIST, DVSGesture
 from events.sim_scenes import GESTURE_CLASSES, LIGHTINGS
 from events.simulate import EventCameraModel, simulate_digits, simulate_gestures
 from events.types import EVENT_DTYPE
@@ -47,7 +48,7 @@ def test_static_scene_gives_only_background_events_at_the_configured_rate():
 def test_shot_noise_scales_with_darkness_and_has_both_polarities():
     w, h, rate, seconds = 64, 32, 3.0, 2.0
     frame = np.zeros((h, w))
-    frame[:, w // 2:] = 1.0  # left half black (full shot-noise rate), right half white (none)
+    frame[:, w // 2 :] = 1.0  # left half black (full shot-noise rate), right half white (none)
     cam = EventCameraModel(w, h, background_rate_hz=0.0, shot_noise_rate_hz=rate, seed=5)
     ev = cam.simulate(lambda t: np.broadcast_to(frame, (len(t), h, w)), duration_us=int(seconds * 1e6))
     expected = (w // 2) * h * rate * seconds  # 6144 in the black half; sd 78
@@ -59,8 +60,16 @@ def test_shot_noise_scales_with_darkness_and_has_both_polarities():
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_brightness_step_of_k_thresholds_gives_k_events_per_pixel(k):
     w, h, c = 40, 30, 0.2
-    exact = EventCameraModel(w, h, contrast_threshold=c, threshold_mismatch=0.0, refractory_us=0,
-                             background_rate_hz=0.0, shot_noise_rate_hz=0.0, seed=0)
+    exact = EventCameraModel(
+        w,
+        h,
+        contrast_threshold=c,
+        threshold_mismatch=0.0,
+        refractory_us=0,
+        background_rate_hz=0.0,
+        shot_noise_rate_hz=0.0,
+        seed=0,
+    )
     f0 = np.full((h, w), 0.3)
     f1 = (f0 + exact.eps) * np.exp((k + 0.5) * c) - exact.eps  # log step of (k + 1/2) thresholds
     up = exact.simulate(np.stack([f0, f1]), [0, 1000])
@@ -73,8 +82,16 @@ def test_brightness_step_of_k_thresholds_gives_k_events_per_pixel(k):
     down = exact.simulate(np.stack([f1, f0]), [0, 1000])
     assert len(down) == k * w * h and np.all(down["p"] == 0)
     # with threshold mismatch each pixel fires floor(step / its own threshold) times: about k
-    cam = EventCameraModel(w, h, contrast_threshold=c, threshold_mismatch=0.03, refractory_us=0,
-                           background_rate_hz=0.0, shot_noise_rate_hz=0.0, seed=1)
+    cam = EventCameraModel(
+        w,
+        h,
+        contrast_threshold=c,
+        threshold_mismatch=0.03,
+        refractory_us=0,
+        background_rate_hz=0.0,
+        shot_noise_rate_hz=0.0,
+        seed=1,
+    )
     ev = cam.simulate(np.stack([f0, f1]), [0, 1000])
     counts = np.bincount(ev["y"].astype(np.int64) * w + ev["x"], minlength=w * h)
     step = np.log(f1 + cam.eps) - np.log(f0 + cam.eps)
@@ -87,8 +104,7 @@ def test_refractory_period_is_respected():
     w, h, refractory = 32, 24, 700
     rng = np.random.default_rng(0)
     frames = rng.uniform(0.05, 1.0, (400, h, w))  # violent flicker: every pixel wants to fire often
-    cam = EventCameraModel(w, h, refractory_us=refractory, background_rate_hz=20.0,
-                           shot_noise_rate_hz=20.0, seed=2)
+    cam = EventCameraModel(w, h, refractory_us=refractory, background_rate_hz=20.0, shot_noise_rate_hz=20.0, seed=2)
     ev = cam.simulate(frames, np.arange(400) * 250)
     assert len(ev) > 10 * w * h
     pix, t = _per_pixel_sorted(ev, w)
@@ -198,8 +214,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_gesture_layout_trials_and_metadata(gestures):
     aedat = sorted(p.name for p in gestures.glob("*.aedat"))
-    assert aedat == ["user01_fluorescent.aedat", "user02_fluorescent_led.aedat", "user03_lab.aedat",
-                     "user04_led.aedat"]
+    assert aedat == ["user01_fluorescent.aedat", "user02_fluorescent_led.aedat", "user03_lab.aedat", "user04_led.aedat"]
     for name in aedat:
         assert (gestures / name.replace(".aedat", "_labels.csv")).is_file()
     train = (gestures / "trials_to_train.txt").read_text().split()
@@ -265,8 +280,11 @@ def test_gesture_dataset_loads_and_classes_differ_as_described(gestures):
     samples = {**_gesture_events(train), **_gesture_events(test)}
     for user in range(1, 5):
         # left/right variants differ by side (the person faces the camera: right hand on the image's left)
-        for right, left in (("right_hand_wave", "left_hand_wave"), ("right_arm_clockwise", "left_arm_clockwise"),
-                            ("right_arm_counter_clockwise", "left_arm_counter_clockwise")):
+        for right, left in (
+            ("right_hand_wave", "left_hand_wave"),
+            ("right_arm_clockwise", "left_arm_clockwise"),
+            ("right_arm_counter_clockwise", "left_arm_counter_clockwise"),
+        ):
             assert samples[user, right]["x"].mean() + 10 < samples[user, left]["x"].mean()
         # clockwise / counter-clockwise differ by the direction of rotation
         for side in ("right", "left"):

@@ -3,6 +3,7 @@
 Small untrained networks and one short simulated DVS Gesture recording keep this file fast; every
 equality here is exact (same window, same seed, same noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,19 @@ def json_result(line: dict) -> dict:
 
 def tiny_net(input_size=(16, 16), in_channels=6):
     torch.manual_seed(0)
-    return models.create_model("allconvnet18", in_channels=in_channels, input_size=input_size, num_classes=11,
-                               width=0.125)
+    return models.create_model(
+        "allconvnet18", in_channels=in_channels, input_size=input_size, num_classes=11, width=0.125
+    )
 
 
 def random_events(n, duration_us, width=128, height=128, seed=0, t0=1_000_000):
     rng = np.random.default_rng(seed)
-    return events.make_events(rng.integers(0, width, n), rng.integers(0, height, n),
-                              np.sort(rng.integers(t0, t0 + duration_us, n)), rng.integers(0, 2, n))
+    return events.make_events(
+        rng.integers(0, width, n),
+        rng.integers(0, height, n),
+        np.sort(rng.integers(t0, t0 + duration_us, n)),
+        rng.integers(0, 2, n),
+    )
 
 
 def random_chunks(ev, rng, n_cuts):
@@ -63,8 +69,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def gestures(tmp_path_factory):
     """A simulated DVS Gesture recording cut to its first 6 s (its labels CSV still lists all 11 gestures)."""
-    root = events.simulate_gestures(tmp_path_factory.mktemp("gestures"), seed=0, users=1, per_class=1,
-                                    gesture_s=(0.55, 0.6), progress=False)
+    root = events.simulate_gestures(
+        tmp_path_factory.mktemp("gestures"), seed=0, users=1, per_class=1, gesture_s=(0.55, 0.6), progress=False
+    )
     aedat = next(root.glob("*.aedat"))
     rec = events.read(aedat)
     ev = rec.events[rec.events["t"] < rec.events["t"][0] + 6_000_000]
@@ -90,10 +97,11 @@ def checkpoint(tmp_path_factory):
 # events.stream: windows
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("window_us,hop_us", [(96_000, 48_000), (50_000, 50_000), (30_000, 70_000)])
 def test_sliding_windows_equal_offline_windowing_for_any_chunking(window_us, hop_us):
     ev = random_events(4000, 2_000_000, seed=1)
-    ev = ev[(ev["t"] < 1_600_000) | (ev["t"] > 1_900_000)]   # a quiet gap: empty windows
+    ev = ev[(ev["t"] < 1_600_000) | (ev["t"] > 1_900_000)]  # a quiet gap: empty windows
     offline = list(iter_windows(ev, window_us, hop_us))
     assert offline[-1].end_us <= int(ev["t"][-1]) + 1 < offline[-1].end_us + hop_us
     assert any(w.empty for w in offline)
@@ -116,7 +124,7 @@ def test_sliding_windows_keep_only_events_of_pending_windows():
     for chunk in np.array_split(ev, 500):
         sw.push(chunk)
         next_start = sw.origin_us + sw.next_index * sw.hop_us
-        assert sw.buffered == np.count_nonzero(ev["t"][:sw.events_seen] >= next_start)
+        assert sw.buffered == np.count_nonzero(ev["t"][: sw.events_seen] >= next_start)
         assert next_start + sw.window_us > sw.last_t  # the next window is not complete yet
     assert sw.buffered < 20_000 * 96_000 / 5_000_000 * 1.5  # about one window of events, not the stream
 
@@ -124,14 +132,14 @@ def test_sliding_windows_keep_only_events_of_pending_windows():
 def test_window_completes_only_when_time_has_passed_its_end():
     ev = events.make_events([1, 2, 3], [1, 1, 1], [0, 99, 100], [1, 1, 1])
     sw = SlidingWindows(100, 50)
-    assert sw.push(ev[:2]) == []                    # t=99: window [0, 100) may still get events at 99
-    (w,) = sw.push(ev[2:])                          # t=100 proves [0, 100) complete
+    assert sw.push(ev[:2]) == []  # t=99: window [0, 100) may still get events at 99
+    (w,) = sw.push(ev[2:])  # t=100 proves [0, 100) complete
     assert (w.start_us, w.end_us, len(w.events)) == (0, 100, 2)
     assert [(x.start_us, x.end_us) for x in sw.push(ev[:0], now_us=250)] == [(50, 150), (100, 200), (150, 250)]
     assert [(x.start_us, x.end_us, x.empty) for x in sw.flush(end_us=300)] == [(200, 300, True)]
     sw2 = SlidingWindows(100, 50)
     assert len(sw2.push(ev)) == 1
-    assert sw2.flush() == []   # the stream ends at 101 µs: [50, 150) never completes
+    assert sw2.flush() == []  # the stream ends at 101 µs: [50, 150) never completes
 
 
 def test_read_windows_streams_a_file_in_chunks(short, tmp_path):
@@ -149,8 +157,9 @@ def test_window_frames_equal_whole_recording_frames_cut_into_clips(short):
     hop = 48_000
     windows = list(iter_windows(ev, 96_000, hop))
     origin, end = windows[0].start_us, windows[-1].end_us
-    whole = events.to_frames(ev, sensor, time_window_us=16_000, polarity="merge", downsample=8, start_us=origin,
-                             end_us=end)
+    whole = events.to_frames(
+        ev, sensor, time_window_us=16_000, polarity="merge", downsample=8, start_us=origin, end_us=end
+    )
     clips = events.split_clips(whole, 6, stride=hop // 16_000)
     assert len(clips) == len(windows)
     for w, clip in zip(windows, clips):
@@ -176,6 +185,7 @@ def test_fit_frame_spec_crops_a_larger_sensor_and_rejects_a_smaller_one():
 # ------------------------------------------------------------------------------------------------
 # StreamingClassifier
 # ------------------------------------------------------------------------------------------------
+
 
 def test_predictions_are_identical_for_any_chunking_and_equal_offline(short):
     ev, sensor = short
@@ -219,8 +229,7 @@ def test_prediction_fields_and_model_input(short):
 def test_adaptive_sampling_and_evidence_accumulation_with_decay(short):
     ev, sensor = short
     net = tiny_net()
-    clf = StreamingClassifier(net, SPEC, sensor, adaptive=True, threshold=0.9, min_samples=2, max_samples=6,
-                              decay=0.8)
+    clf = StreamingClassifier(net, SPEC, sensor, adaptive=True, threshold=0.9, min_samples=2, max_samples=6, decay=0.8)
     preds = clf.push(ev)
     assert all(2 <= p.samples <= 6 for p in preds)
     total, weight = np.zeros(11), 0.0
@@ -271,8 +280,7 @@ def test_out_of_order_timestamps_error_or_sort_within_chunks(short):
 
     sorting = StreamingClassifier(net, SPEC, sensor, samples=2, sort_chunks=True)
     shuffled = [c[np.random.default_rng(i).permutation(len(c))] for i, c in enumerate(chunks)]
-    assert [result(p) for c in shuffled for p in sorting.push(c)] + \
-        [result(p) for p in sorting.flush()] == reference
+    assert [result(p) for c in shuffled for p in sorting.push(c)] + [result(p) for p in sorting.flush()] == reference
 
     sorting.push(chunks[0])
     with pytest.raises(EventFormatError, match="after the windows up to \\d+ µs were fixed"):
@@ -309,8 +317,9 @@ def test_larger_sensor_is_centre_cropped_and_downsampled(real_data):
 
 def test_from_checkpoint_uses_its_spec_and_classes_with_overrides(checkpoint, short):
     ev, sensor = short
-    clf = StreamingClassifier.from_checkpoint(checkpoint, sensor_size=sensor, samples=2, window_us=60_000,
-                                              hop_us=20_000)
+    clf = StreamingClassifier.from_checkpoint(
+        checkpoint, sensor_size=sensor, samples=2, window_us=60_000, hop_us=20_000
+    )
     assert (clf.window_us, clf.hop_us, clf.n_frames) == (60_000, 20_000, 6)
     assert clf.classes == list(GESTURE_CLASSES) and clf.frame_spec.downsample == 8
     preds = clf.push(ev)
@@ -327,15 +336,15 @@ def test_label_scorer_counts_gestures_and_windows():
         probs = np.asarray(probs, dtype=float)
         return argparse.Namespace(start_us=start, end_us=end, probs=probs, top_class=int(probs.argmax()))
 
-    scorer.add(pred(0, 100, [0.6, 0.3, 0.1]))      # gesture 1, correct
-    scorer.add(pred(100, 200, [0.1, 0.5, 0.4]))    # gesture 1, wrong
-    scorer.add(pred(200, 300, [0.1, 0.5, 0.4]))    # gesture 1 only (ends at 300 <= 300), wrong
-    scorer.add(pred(260, 290, [0.2, 0.7, 0.1]))    # inside 1 and 2: ambiguous for windows, counts for both
-    scorer.add(pred(300, 400, [0.1, 0.8, 0.1]))    # gesture 2, correct
-    scorer.add(pred(650, 750, [1.0, 0.0, 0.0]))    # outside every gesture
+    scorer.add(pred(0, 100, [0.6, 0.3, 0.1]))  # gesture 1, correct
+    scorer.add(pred(100, 200, [0.1, 0.5, 0.4]))  # gesture 1, wrong
+    scorer.add(pred(200, 300, [0.1, 0.5, 0.4]))  # gesture 1 only (ends at 300 <= 300), wrong
+    scorer.add(pred(260, 290, [0.2, 0.7, 0.1]))  # inside 1 and 2: ambiguous for windows, counts for both
+    scorer.add(pred(300, 400, [0.1, 0.8, 0.1]))  # gesture 2, correct
+    scorer.add(pred(650, 750, [1.0, 0.0, 0.0]))  # outside every gesture
     r = scorer.result()
-    assert r["gestures"] == 3 and r["gestures_scored"] == 2           # gesture 3 has no window inside
-    assert r["gestures_correct"] == 1       # gesture 1's mean favours index 1 (wrong), gesture 2's index 1 (right)
+    assert r["gestures"] == 3 and r["gestures_scored"] == 2  # gesture 3 has no window inside
+    assert r["gestures_correct"] == 1  # gesture 1's mean favours index 1 (wrong), gesture 2's index 1 (right)
     assert (r["windows_scored"], r["windows_correct"], r["windows_ambiguous"]) == (4, 2, 1)
     assert r["window_accuracy"] == 0.5 and r["gesture_accuracy"] == 0.5
 
@@ -344,16 +353,31 @@ def test_label_scorer_counts_gestures_and_windows():
 # nsm stream
 # ------------------------------------------------------------------------------------------------
 
+
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--checkpoint", "--events", "--labels", "--window-ms", "--hop-ms", "--samples", "--adaptive",
-                   "--threshold", "--decay", "--out", "--timeline", "--sort-chunks", "--chunk-events", "--seed"):
+    for option in (
+        "--checkpoint",
+        "--events",
+        "--labels",
+        "--window-ms",
+        "--hop-ms",
+        "--samples",
+        "--adaptive",
+        "--threshold",
+        "--decay",
+        "--out",
+        "--timeline",
+        "--sort-chunks",
+        "--chunk-events",
+        "--seed",
+    ):
         assert option in text
     parser = argparse.ArgumentParser(prog="nsm")
-    add_parser(parser.add_subparsers(dest="command"))   # as pipelines.cli registers it
+    add_parser(parser.add_subparsers(dest="command"))  # as pipelines.cli registers it
     with pytest.raises(SystemExit):
         parser.parse_args(["stream", "--help"])
     assert "--checkpoint" in capsys.readouterr().out
@@ -362,15 +386,37 @@ def test_cli_help(capsys):
 def test_cli_end_to_end_with_labels_summary_and_timeline(gestures, checkpoint, tmp_path, capsys):
     aedat, labels_csv, rec = gestures
     out, timeline = tmp_path / "preds.jsonl", tmp_path / "timeline.png"
-    assert main(["--checkpoint", str(checkpoint), "--events", str(aedat), "--labels", str(labels_csv),
-                 "--samples", "2", "--seed", "3", "--chunk-events", "5000", "--out", str(out),
-                 "--timeline", str(timeline), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--events",
+                str(aedat),
+                "--labels",
+                str(labels_csv),
+                "--samples",
+                "2",
+                "--seed",
+                "3",
+                "--chunk-events",
+                "5000",
+                "--out",
+                str(out),
+                "--timeline",
+                str(timeline),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = predict_recording(tiny_net(), rec.events, SPEC, rec.sensor_size, samples=2, seed=3,
-                                 classes=GESTURE_CLASSES)
+    expected = predict_recording(
+        tiny_net(), rec.events, SPEC, rec.sensor_size, samples=2, seed=3, classes=GESTURE_CLASSES
+    )
     assert [json_result(line) for line in lines] == [json_result(p.to_dict()) for p in expected]
     assert timeline.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp file left behind
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
     scorer = LabelScorer(parse_labels(labels_csv), 11)
     for p in expected:
         scorer.add(p)
@@ -379,8 +425,10 @@ def test_cli_end_to_end_with_labels_summary_and_timeline(gestures, checkpoint, t
     inside = sum(end <= rec.events["t"][-1] for _, _, end in labels)
     assert r["gestures"] == 11 and r["gestures_scored"] == inside >= 3 and r["windows_scored"] > 20
     text = capsys.readouterr().out
-    assert (f"gesture accuracy: {r['gesture_accuracy']:.3f} ({r['gestures_correct']}/{r['gestures_scored']} "
-            "gestures with a window inside; 11 labelled)") in text
+    assert (
+        f"gesture accuracy: {r['gesture_accuracy']:.3f} ({r['gestures_correct']}/{r['gestures_scored']} "
+        "gestures with a window inside; 11 labelled)"
+    ) in text
     assert f"window accuracy: {r['window_accuracy']:.3f} ({r['windows_correct']}/{r['windows_scored']} " in text
     assert f"windows: {len(expected)} ({sum(p.empty for p in expected)} empty)" in text
 
@@ -392,16 +440,32 @@ def test_cli_truncated_file_keeps_every_earlier_prediction(short, checkpoint, tm
     data_offset = Aedat3Reader(path).data_offset
     packet = 28 + 1000 * 8
     n_good_packets = len(ev) // 1000 // 2
-    size = data_offset + n_good_packets * packet + 28 + 300 * 8   # the next packet cut short
+    size = data_offset + n_good_packets * packet + 28 + 300 * 8  # the next packet cut short
     path.write_bytes(path.read_bytes()[:size])
     out = tmp_path / "preds.jsonl"
     with pytest.raises(EventFormatError, match="truncated packet") as exc:
-        main(["--checkpoint", str(checkpoint), "--events", str(path), "--samples", "2", "--out", str(out),
-              "--chunk-events", "700", "--quiet"])
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--events",
+                str(path),
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+                "--chunk-events",
+                "700",
+                "--quiet",
+            ]
+        )
     assert str(path) in str(exc.value)
     last_good_t = int(ev["t"][n_good_packets * 1000 - 1])
-    expected = [p for p in predict_recording(tiny_net(), ev, SPEC, sensor, samples=2, classes=GESTURE_CLASSES)
-                if p.end_us <= last_good_t]
+    expected = [
+        p
+        for p in predict_recording(tiny_net(), ev, SPEC, sensor, samples=2, classes=GESTURE_CLASSES)
+        if p.end_us <= last_good_t
+    ]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(expected) > 10
     assert [json_result(line) for line in lines] == [json_result(p.to_dict()) for p in expected]
@@ -415,13 +479,25 @@ def test_cli_out_of_order_file_writes_predictions_before_the_disorder(short, che
     path = tmp_path / "disorder.aedat"
     write_aedat3(path, bad, sensor)
     out = tmp_path / "preds.jsonl"
-    args = ["--checkpoint", str(checkpoint), "--events", str(path), "--samples", "2", "--out", str(out), "--quiet",
-            "--chunk-events", str(len(ev))]   # one chunk: its good part is still predicted
+    args = [
+        "--checkpoint",
+        str(checkpoint),
+        "--events",
+        str(path),
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        "--chunk-events",
+        str(len(ev)),
+    ]  # one chunk: its good part is still predicted
     with pytest.raises(EventFormatError, match=rf"{path.name}.*t={int(bad['t'][k + 1])} µs after"):
         main(args)
     # the good part bad[:k + 1] is in order; its windows that end by its last event are out
-    expected = predict_recording(tiny_net(), bad[:k + 1], SPEC, sensor, samples=2, classes=GESTURE_CLASSES,
-                                 end_us=int(bad["t"][k]))
+    expected = predict_recording(
+        tiny_net(), bad[: k + 1], SPEC, sensor, samples=2, classes=GESTURE_CLASSES, end_us=int(bad["t"][k])
+    )
     assert len(expected) > 10
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [json_result(line) for line in lines] == [json_result(p.to_dict()) for p in expected]
@@ -433,8 +509,17 @@ def test_cli_bad_sensor_fit_is_a_clear_error(real_data, checkpoint, tmp_path):
     # the checkpoint's 16x16 input at downsample 8 needs 128x128: the 320x240 sensor is cropped, fine;
     # at downsample 16 it would need 256x256, more than the sensor's 240 rows
     with pytest.raises(ValueError, match="cannot fill the model's input height"):
-        main(["--checkpoint", str(checkpoint), "--events", str(real_data / "davis346_sample.aedat4"),
-              "--downsample", "16", "--quiet"])
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--events",
+                str(real_data / "davis346_sample.aedat4"),
+                "--downsample",
+                "16",
+                "--quiet",
+            ]
+        )
 
 
 def test_bench_streams_a_checkpoint_with_adaptive_sampling(checkpoint):

@@ -6,6 +6,7 @@ is simulated once per test session and shared by this module and test_evaluate.p
 torch thread count is fixed at 1, in this process and in the subprocesses, so that runs in different
 processes compute bit for bit the same thing and two test workers do not oversubscribe two cores.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,11 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 import events
@@ -29,8 +30,9 @@ import models
 import nsm
 from events.datasets import GESTURE_CLASSES
 from nsm.layers import EXPECTATION_MODES
-from pipelines import cli, train as training
+from pipelines import cli
 from pipelines import config as configs
+from pipelines import train as training
 from pipelines.analyze import read_activity
 from pipelines.checkpoint import load_checkpoint
 from pipelines.data import TIME_FLIP_LABELS, augment, load_data, shift, validation_samples
@@ -40,15 +42,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 3
 # augmentation on (tiny's 1-pixel jitter plus time flips), CPU, no loader workers
 SETS = [f"train.epochs={EPOCHS}", "train.workers=0", "train.device=cpu", "train.augment.time_flip=0.5"]
-TIMING = ("seconds", "samples_per_s")          # metrics that depend on the machine, not on the run
+TIMING = ("seconds", "samples_per_s")  # metrics that depend on the machine, not on the run
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_args(data, cache, out, *extra):
-    return ["train", "--config", "tiny", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet",
-            *[a for s in SETS for a in ("--set", s)], *extra]
+    return [
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--quiet",
+        *[a for s in SETS for a in ("--set", s)],
+        *extra,
+    ]
 
 
 def subprocess_env() -> dict:
@@ -105,6 +119,7 @@ def reference_run(gestures, build_once):
 # the data bridge
 # ----------------------------------------------------------------------------------------------
 
+
 def test_validation_holds_out_whole_gestures(gestures):
     data, cache = gestures
     cfg = configs.load_config("tiny", ["data.val_fraction=0.2"])
@@ -133,10 +148,10 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_and_index(gestures):
     b = load_data(cfg.data, data, cache, augmentation=aug, seed=3, with_test=False, progress=False).train
     order = [5, 0, 17, 5, 40]
     first = {i: a[i] for i in order}
-    for i in reversed(order):                    # other object, other order: same tensors
+    for i in reversed(order):  # other object, other order: same tensors
         x, y = b[i]
         assert torch.equal(x, first[i][0]) and y == first[i][1]
-    assert all(torch.equal(a[i][0], first[i][0]) for i in order)      # same item twice
+    assert all(torch.equal(a[i][0], first[i][0]) for i in order)  # same item twice
     a.set_epoch(1)
     changed = [i for i in range(20) if not torch.equal(a[i][0], b[i][0]) or a[i][1] != b[i][1]]
     assert changed, "epoch 1 gave every item the augmentation of epoch 0"
@@ -155,7 +170,7 @@ def test_time_flip_maps_rotation_direction_and_reverses_time_and_polarity(gestur
     for label in range(len(GESTURE_CLASSES)):
         out, new = augment(frames, label, always, np.random.default_rng(label), flips)
         assert new == flips.get(label, label)
-        np.testing.assert_array_equal(out, frames[::-1, ::-1])          # time reversed, ON <-> OFF
+        np.testing.assert_array_equal(out, frames[::-1, ::-1])  # time reversed, ON <-> OFF
     # through the data set: every training clip reversed in time, rotations relabelled
     data, cache = gestures
     cfg = configs.load_config("tiny")
@@ -182,8 +197,7 @@ def test_jitter_shifts_with_empty_fill():
     shifts = set()
     for seed in range(40):
         out, label = augment(frames, 7, aug, np.random.default_rng(seed), {})
-        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                 if np.array_equal(out, shift(frames, dy, dx))]
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if np.array_equal(out, shift(frames, dy, dx))]
         assert match and label == 7
         shifts.add(match[0])
     assert len(shifts) > 10
@@ -192,6 +206,7 @@ def test_jitter_shifts_with_empty_fill():
 # ----------------------------------------------------------------------------------------------
 # nsm train: the run folder
 # ----------------------------------------------------------------------------------------------
+
 
 def test_train_writes_the_run_folder(reference_run, gestures):
     run = reference_run
@@ -208,7 +223,7 @@ def test_train_writes_the_run_folder(reference_run, gestures):
         assert m["lr"] == cfg.train.lr
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck.epoch == EPOCHS and ck.config == cfg.to_dict() and ck.classes == list(GESTURE_CLASSES)
-    best_epoch = 1 + int(np.argmax([m["val_accuracy"] for m in metrics]))      # first epoch of the best
+    best_epoch = 1 + int(np.argmax([m["val_accuracy"] for m in metrics]))  # first epoch of the best
     assert load_checkpoint(run / "best.pt").epoch == best_epoch
     # activity: one record every record_every steps, readable by nsm analyze
     data, cache = gestures
@@ -217,7 +232,7 @@ def test_train_writes_the_run_folder(reference_run, gestures):
     activity = read_activity(run)
     assert activity.neuron == "bnsm"
     assert activity.steps == list(range(0, steps, cfg.train.record_every))
-    assert [r["step"] for r in activity_lines(run)] == activity.steps          # no duplicate lines
+    assert [r["step"] for r in activity_lines(run)] == activity.steps  # no duplicate lines
 
 
 def test_train_refuses_to_overwrite_a_run(reference_run, gestures, capsys):
@@ -231,7 +246,7 @@ def test_train_refuses_to_overwrite_a_run(reference_run, gestures, capsys):
 
 def test_resume_without_a_run_is_an_error(gestures, tmp_path, capsys):
     data, cache = gestures
-    for out in (tmp_path / "missing", tmp_path):                  # no folder; a folder without a checkpoint
+    for out in (tmp_path / "missing", tmp_path):  # no folder; a folder without a checkpoint
         assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache)]) == 2
         err = capsys.readouterr().err
         assert "nothing to resume" in err and "without --resume" in err
@@ -241,6 +256,7 @@ def test_resume_without_a_run_is_an_error(gestures, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 # resuming
 # ----------------------------------------------------------------------------------------------
+
 
 def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(reference_run, gestures, tmp_path, monkeypatch):
     """Interrupted (Ctrl-C) after epoch 1 of 3, then ``--resume``: bnsm noise and augmentation repeat."""
@@ -256,8 +272,9 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(reference_ru
     assert cli.main(train_args(data, cache, out)) == 130
     assert state(out / "checkpoint.pt")["epoch"] == 1
     monkeypatch.setattr(training, "plot_curves", plot)
-    assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
+    )
     assert_same_training_state(state(out / "checkpoint.pt"), state(reference_run / "checkpoint.pt"))
     assert without_timing(metric_lines(out)) == without_timing(metric_lines(reference_run))
     assert activity_lines(out) == activity_lines(reference_run)
@@ -284,8 +301,13 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(reference_run, ge
     log = tmp_path / "train.log"
     checkpoint = out / "checkpoint.pt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *train_args(data, cache, out)], cwd=REPO,
-                                env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *train_args(data, cache, out)],
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 300
         while not checkpoint.exists():
@@ -300,10 +322,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(reference_run, ge
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(checkpoint).epoch          # still a whole, loadable checkpoint
+    killed_at = load_checkpoint(checkpoint).epoch  # still a whole, loadable checkpoint
     assert epoch <= killed_at < EPOCHS
-    assert cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
+    )
     assert_same_training_state(state(checkpoint), state(reference_run / "checkpoint.pt"))
     metrics = metric_lines(out)
     assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1)), "metrics lines duplicated or lost"
@@ -314,6 +337,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_parameters(reference_run, ge
 # ----------------------------------------------------------------------------------------------
 # several processes
 # ----------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -339,7 +363,8 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
 
     The noise-free binary kind ``bn`` is used, without batch-normalized logits: noisy kinds (bnsm, gnsm, ste, sn)
     draw different noise in each process, and batch normalization (dcnn's, and the NSM units' normalized logits)
-    sees per-process batch statistics, so neither can match a single process. The training set has an even number of clips, so the sampler's even split drops nothing, and
+    sees per-process batch statistics, so neither can match a single process. The training set has an even number of
+    clips, so the sampler's even split drops nothing, and
     each global batch is the same set of clips in both runs.
 
     Tolerance: the runs differ only in float32 rounding (the gradient of a batch summed in one pass, or as
@@ -353,19 +378,39 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     """
     data, cache = gestures
     split, n_train = even_split(data, cache)
-    sets = ["model.neuron=bn", "train.logit_norm=none", "train.epochs=1", f"train.batch_size={n_train // 2}", "train.adam_eps=1e-4", split]
+    sets = [
+        "model.neuron=bn",
+        "train.logit_norm=none",
+        "train.epochs=1",
+        f"train.batch_size={n_train // 2}",
+        "train.adam_eps=1e-4",
+        split,
+    ]
     extra = [a for s in sets for a in ("--set", s)]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "pipelines.cli",
-           *train_args(data, cache, ddp, *extra)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "pipelines.cli",
+        *train_args(data, cache, ddp, *extra),
+    ]
     env = subprocess_env()
-    if sys.platform == "linux":                 # gloo on the loopback device, whatever the host name resolves to
+    if sys.platform == "linux":  # gloo on the loopback device, whatever the host name resolves to
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "2 process(es)" in res.stdout
-    assert res.stdout.count("epoch 1/1:") == 1                      # only rank 0 reports
+    assert res.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
     assert cli.main(train_args(data, cache, single, *extra)) == 0
 
     got, want = state(ddp / "checkpoint.pt"), state(single / "checkpoint.pt")
@@ -381,41 +426,48 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     # only rank 0 wrote: one metrics line per epoch, one activity line per record
     ddp_metrics, single_metrics = metric_lines(ddp), metric_lines(single)
     assert [m["epoch"] for m in ddp_metrics] == [m["epoch"] for m in single_metrics] == [1]
-    for a, b in zip(ddp_metrics, single_metrics):          # over the whole epoch, not rank 0's half
+    for a, b in zip(ddp_metrics, single_metrics):  # over the whole epoch, not rank 0's half
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["train_accuracy"] == b["train_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
     assert [r["step"] for r in activity_lines(ddp)] == [r["step"] for r in activity_lines(single)]
     assert not [p.name for p in ddp.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("neuron, forward, modes", [
-    ("bnsm", "expected", ["deterministic", "expected", "expected"]),
-    ("gnsm", "expected", ["deterministic", "expected", "expected"]),
-    ("bnsm", "mean-input", ["deterministic", "mean-input", "mean-input"]),
-    ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
-    ("ste", "expected", ["deterministic", "probability", "probability"]),       # its gradient is another rule
-    ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
-])
+@pytest.mark.parametrize(
+    "neuron, forward, modes",
+    [
+        ("bnsm", "expected", ["deterministic", "expected", "expected"]),
+        ("gnsm", "expected", ["deterministic", "expected", "expected"]),
+        ("bnsm", "mean-input", ["deterministic", "mean-input", "mean-input"]),
+        ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
+        ("ste", "expected", ["deterministic", "probability", "probability"]),  # its gradient is another rule
+        ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
+    ],
+)
 def test_units_train_deterministic_in_the_warmup_then_in_the_mode_train_forward_picks(neuron, forward, modes):
-    cfg = configs.load_config("gestures-allconv18", [f"model.neuron={neuron}", f"train.forward={forward}",
-                                                     "train.warmup_epochs=1"])
-    model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron,
-                                width=0.25)
+    cfg = configs.load_config(
+        "gestures-allconv18", [f"model.neuron={neuron}", f"train.forward={forward}", "train.warmup_epochs=1"]
+    )
+    model = models.create_model(
+        "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron, width=0.25
+    )
     for epoch, mode in enumerate(modes):
         with training.training_mode(model, epoch, cfg.train):
             assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {mode}
             pools = {m.mode for m in model.modules() if isinstance(m, nsm.BinaryMaxPool2d)}
             if mode in EXPECTATION_MODES:
-                assert pools == {mode}                           # the OR-pools take expectations with the units
+                assert pools == {mode}  # the OR-pools take expectations with the units
             else:
                 assert not pools & set(EXPECTATION_MODES)
-    assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {"deterministic" if neuron == "bn"
-                                                                                 else "probability"}
+    assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {
+        "deterministic" if neuron == "bn" else "probability"
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # divergence
 # ----------------------------------------------------------------------------------------------
+
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tmp_path, monkeypatch):
     data, cache = gestures
@@ -425,7 +477,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tm
 
     def nan_from_second_epoch(logits, labels):
         loss = compute_loss(logits, labels)
-        if (out / "checkpoint.pt").exists():                 # epoch 1 is done: we are in epoch 2
+        if (out / "checkpoint.pt").exists():  # epoch 1 is done: we are in epoch 2
             kept.setdefault("checkpoint", digest(out / "checkpoint.pt"))
             kept.setdefault("best", digest(out / "best.pt"))
             return loss * float("nan")
@@ -494,9 +546,8 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
 
 
-
 def test_flushing_denormals_flushes_inside_and_restores_after():
-    tiny = torch.tensor([1e-39], dtype=torch.float32)          # subnormal in float32 (below 2^-126)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # subnormal in float32 (below 2^-126)
     assert (tiny * 1.0).item() != 0.0
     with training.flushing_denormals():
         assert (tiny * 1.0).item() == 0.0

@@ -5,6 +5,7 @@ Sources are small ``allconvnet18`` networks (2 input channels, 16 x 16, 3 classe
 betas, g and batch-norm statistics are randomised, so that every conversion rule has something to convert.
 The expected maps below are written from the module docstring's equations, independently of the module.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -92,21 +93,32 @@ def close(a, b) -> bool:
     return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-PAIRS = [("bd", "bnsm"), ("dcnn", "bnsm"), ("wbd", "gnsm"), ("sn", "ste"), ("bnsm", "bd"), ("gnsm", "bnsm"),
-         ("bnsm", "wbd"), ("bd", "dcnn"), ("bn", "sn"), ("dcnn", "dcnn"), ("wbd", "wbd")]
+PAIRS = [
+    ("bd", "bnsm"),
+    ("dcnn", "bnsm"),
+    ("wbd", "gnsm"),
+    ("sn", "ste"),
+    ("bnsm", "bd"),
+    ("gnsm", "bnsm"),
+    ("bnsm", "wbd"),
+    ("bd", "dcnn"),
+    ("bn", "sn"),
+    ("dcnn", "dcnn"),
+    ("wbd", "wbd"),
+]
 
 
 @pytest.mark.parametrize("source_kind,target_kind", PAIRS)
 def test_every_parameter_maps_by_its_rule(tmp_path, source_kind, target_kind):
     source, path = source_checkpoint(tmp_path, source_kind)
-    target = randomised(network(target_kind), seed=1)          # nothing right by chance, batch norm included
+    target = randomised(network(target_kind), seed=1)  # nothing right by chance, batch norm included
     warm_start(target, path)
     for i, (s, t) in enumerate(zip(units(source), units(target))):
         where = f"unit {i} ({source_kind} -> {target_kind})"
-        if source_kind in NSM_KINDS and target_kind in NSM_KINDS:        # same firing logit
+        if source_kind in NSM_KINDS and target_kind in NSM_KINDS:  # same firing logit
             assert torch.equal(t.weight, s.weight) and torch.equal(t.beta, s.beta), where
             assert close(t.bias, s.bias * t.noise.std / s.noise.std), where
-        elif source_kind == target_kind:                                  # copied as is
+        elif source_kind == target_kind:  # copied as is
             for key, value in s.state_dict().items():
                 assert torch.equal(t.state_dict()[key], value), f"{where}: {key}"
         else:
@@ -144,8 +156,10 @@ def deterministic(model):
 FLOAT32_MARGIN = 1e-5
 
 
-@pytest.mark.parametrize("source_kind,target_kind", [("bd", "bnsm"), ("wbd", "bn"), ("bnsm", "bd"),
-                                                     ("gnsm", "bnsm"), ("bnsm", "wbd"), ("ste", "gnsm")])
+@pytest.mark.parametrize(
+    "source_kind,target_kind",
+    [("bd", "bnsm"), ("wbd", "bn"), ("bnsm", "bd"), ("gnsm", "bnsm"), ("bnsm", "wbd"), ("ste", "gnsm")],
+)
 @torch.no_grad()
 def test_binary_source_gives_the_same_states_layer_by_layer(tmp_path, source_kind, target_kind):
     """Fed the source's states, every target layer emits the source layer's states (float64 evaluation), except
@@ -208,14 +222,20 @@ def test_warm_start_leaves_the_global_rng_as_it_was(tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("target,mismatch", [
-    (dict(width=0.5), "first different layer: 1, conv 2->16 3x3 stride 1x1 padding 1x1 in the checkpoint, "
-                      "conv 2->32 3x3 stride 1x1 padding 1x1 here"),
-    (dict(name="allconvnet12"), "name allconvnet18 in the checkpoint, allconvnet12 here; first different layer: 1"),
-    (dict(num_classes=4), "num_classes 3 in the checkpoint, 4 here; first different layer: 16, readout 64->3"),
-    (dict(input_size=(32, 32)), "input_size [16, 16] in the checkpoint, [32, 32] here"),
-    (dict(in_channels=6), "in_channels 2 in the checkpoint, 6 here; first different layer: 1"),
-])
+@pytest.mark.parametrize(
+    "target,mismatch",
+    [
+        (
+            dict(width=0.5),
+            "first different layer: 1, conv 2->16 3x3 stride 1x1 padding 1x1 in the checkpoint, "
+            "conv 2->32 3x3 stride 1x1 padding 1x1 here",
+        ),
+        (dict(name="allconvnet12"), "name allconvnet18 in the checkpoint, allconvnet12 here; first different layer: 1"),
+        (dict(num_classes=4), "num_classes 3 in the checkpoint, 4 here; first different layer: 16, readout 64->3"),
+        (dict(input_size=(32, 32)), "input_size [16, 16] in the checkpoint, [32, 32] here"),
+        (dict(in_channels=6), "in_channels 2 in the checkpoint, 6 here; first different layer: 1"),
+    ],
+)
 def test_a_different_architecture_is_refused(tmp_path, target, mismatch):
     _, path = source_checkpoint(tmp_path, "dcnn")
     model = network("bnsm", **target)
@@ -224,8 +244,10 @@ def test_a_different_architecture_is_refused(tmp_path, target, mismatch):
         warm_start(model, path)
     message = str(err.value)
     assert mismatch in message
-    assert "from this checkpoint's allconvnet18(in_channels=2, input_size=[16, 16], num_classes=3, width=0.25) " \
-           "with dcnn units" in message
+    assert (
+        "from this checkpoint's allconvnet18(in_channels=2, input_size=[16, 16], num_classes=3, width=0.25) "
+        "with dcnn units" in message
+    )
     assert f"cannot warm-start {model.spec['name']}(" in message and "with bnsm units" in message
     assert "only the neuron kind may differ" in message
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "a refused warm start changed it"
@@ -244,8 +266,16 @@ def test_missing_unreadable_or_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_init_from_with_resume_is_refused(tmp_path, capsys):
-    args = ["train", "--resume", "--init-from", str(tmp_path / "other" / "best.pt"), "--data", str(tmp_path),
-            "--out", str(tmp_path / "run")]
+    args = [
+        "train",
+        "--resume",
+        "--init-from",
+        str(tmp_path / "other" / "best.pt"),
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "--init-from starts a fresh run" in err and "--resume" in err and "Traceback" not in err
@@ -258,15 +288,48 @@ def test_nsm_train_init_from_starts_from_the_checkpoint(gestures, tmp_path, caps
     normalized logits: their running moments move in the epoch (and with them the folded biases) even when the
     parameters do not."""
     data, cache = gestures
-    source = randomised(models.create_model("nmnist_cnn", in_channels=6, input_size=(32, 32), num_classes=11,
-                                            neuron="dcnn", channels=[16, 32], hidden=256))
+    source = randomised(
+        models.create_model(
+            "nmnist_cnn",
+            in_channels=6,
+            input_size=(32, 32),
+            num_classes=11,
+            neuron="dcnn",
+            channels=[16, 32],
+            hidden=256,
+        )
+    )
     ck = tmp_path / "dcnn.pt"
     save_checkpoint(ck, source, classes=GESTURE_CLASSES, epoch=3)
     out = tmp_path / "run"
-    sets = ["train.epochs=1", "train.workers=0", "train.device=cpu", "train.lr=1e-12", "model.neuron=bnsm",
-            "train.logit_norm=none"]
-    assert cli.main(["train", "--config", "tiny", "--data", str(data), "--out", str(out), "--cache", str(cache),
-                     "--quiet", *[a for s in sets for a in ("--set", s)], "--init-from", str(ck)]) == 0
+    sets = [
+        "train.epochs=1",
+        "train.workers=0",
+        "train.device=cpu",
+        "train.lr=1e-12",
+        "model.neuron=bnsm",
+        "train.logit_norm=none",
+    ]
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--cache",
+                str(cache),
+                "--quiet",
+                *[a for s in sets for a in ("--set", s)],
+                "--init-from",
+                str(ck),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"warm start from {ck.resolve()} (epoch 3)" in printed and "batch-norm statistics folded" in printed
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)

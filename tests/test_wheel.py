@@ -6,6 +6,7 @@ The fresh environment has no packages of its own besides the wheel (installed wi
 dependencies (torch, numpy, ...) come from the test's own interpreter through a path file, which adds
 directories to ``sys.path`` but not the project's editable-install hook, so every project module is the
 wheel's copy. The test checks that, then runs the commands from a folder outside the checkout."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def installed(tmp_path_factory) -> Path:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, source / name)
     dist = root / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
-        cwd=root)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", dist, source],
+        cwd=root,
+    )
     wheel = next(dist.glob("nsm_events-*.whl"))
     venv = root / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=root)
@@ -57,9 +60,14 @@ def installed(tmp_path_factory) -> Path:
 
 
 def test_wheel_modules_are_the_installed_copies(installed):
-    out = run([installed / "bin" / "python", "-c",
-               f"import {', '.join(PACKAGES)}; print('\\n'.join(m.__file__ for m in ({', '.join(PACKAGES)})))"],
-              cwd=installed.parent)
+    out = run(
+        [
+            installed / "bin" / "python",
+            "-c",
+            f"import {', '.join(PACKAGES)}; print('\\n'.join(m.__file__ for m in ({', '.join(PACKAGES)})))",
+        ],
+        cwd=installed.parent,
+    )
     for path in out.split():
         assert Path(path).is_relative_to(installed), f"{path} is not the wheel's copy"
 
@@ -70,8 +78,28 @@ def test_wheel_lists_presets_and_trains_and_exports(installed):
     work.mkdir()
     assert "gestures-allconv18" in run([nsm, "train", "--help"], cwd=work)
     run([nsm, "simulate", "gestures", "--out", "data", "--users", "3", "--per-class", "1", "--quiet"], cwd=work)
-    run([nsm, "train", "--config", "tiny", "--data", "data", "--out", "run", "--cache", "cache", "--epochs", "1",
-         "--quiet", "--set", "train.workers=0", "--set", "train.device=cpu"], cwd=work)
+    run(
+        [
+            nsm,
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            "data",
+            "--out",
+            "run",
+            "--cache",
+            "cache",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--set",
+            "train.workers=0",
+            "--set",
+            "train.device=cpu",
+        ],
+        cwd=work,
+    )
     run([nsm, "export", "--checkpoint", "run/best.pt", "--out", "net.nir"], cwd=work)
     assert (work / "run" / "metrics.jsonl").is_file()
     assert (work / "net.nir").stat().st_size > 0

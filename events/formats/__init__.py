@@ -15,6 +15,7 @@ order. Corruption met mid-file is reported only after every good event before it
 yielded, so a streaming consumer can act on the good prefix first. ``events.io`` picks the
 reader from the file's content and name; this package imports no format module by itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,7 @@ class EventFileReader:
         """The whole file as a :class:`~events.types.Recording` (holds every event in memory)."""
         parts = list(self.iter_chunks())
         events = np.concatenate(parts) if parts else empty_events()
-        return Recording(events=events, sensor_size=self.sensor_size, path=str(self.path),
-                         meta={"format": self.format})
+        return Recording(events=events, sensor_size=self.sensor_size, path=str(self.path), meta={"format": self.format})
 
     def close(self) -> None:
         """Release open handles (readers that hold none need not override this)."""
@@ -110,7 +110,7 @@ class Batcher:
         joined = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
         n_full = len(joined) // self.size * self.size
         for start in range(0, n_full, self.size):
-            yield joined[start:start + self.size]
+            yield joined[start : start + self.size]
         rest = joined[n_full:]
         self._parts = [rest] if len(rest) else []
         self.pending = len(rest)
@@ -193,8 +193,12 @@ def remove_dead_temps(folder, name: str | None = None) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(".*.tmp"):
         m = _TEMP_NAME.match(tmp.name)
-        if m and (name is None or m.group(1) == name) and int(m.group(2)) != os.getpid() \
-                and not pid_alive(int(m.group(2))):
+        if (
+            m
+            and (name is None or m.group(1) == name)
+            and int(m.group(2)) != os.getpid()
+            and not pid_alive(int(m.group(2)))
+        ):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

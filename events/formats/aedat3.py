@@ -29,6 +29,7 @@ end of the file, a negative timestamp, or an event outside the sensor.
 :func:`read_time_range` reads one interval ``[start, end)`` by decoding only the packets whose
 time span meets it (DVS Gesture reads one labelled gesture this way).
 """
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,18 @@ from events.formats import EventFileReader, as_event_array, atomic_write
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
 DEFAULT_SENSOR = SensorSize(128, 128, 2)
-PACKET_HEADER = np.dtype([
-    ("type", "<i2"), ("source", "<i2"), ("size", "<i4"), ("ts_offset", "<i4"),
-    ("ts_overflow", "<i4"), ("capacity", "<i4"), ("number", "<i4"), ("valid", "<i4"),
-])
+PACKET_HEADER = np.dtype(
+    [
+        ("type", "<i2"),
+        ("source", "<i2"),
+        ("size", "<i4"),
+        ("ts_offset", "<i4"),
+        ("ts_overflow", "<i4"),
+        ("capacity", "<i4"),
+        ("number", "<i4"),
+        ("valid", "<i4"),
+    ]
+)
 HEADER_BYTES = PACKET_HEADER.itemsize  # 28
 POLARITY_TYPE = 1
 POLARITY_EVENT = np.dtype([("data", "<u4"), ("ts", "<i4")])
@@ -103,8 +112,7 @@ class Aedat3Reader(EventFileReader):
                     ev_off = off + HEADER_BYTES + first * POLARITY_EVENT.itemsize
                     fh.seek(ev_off)
                     buf = fh.read(m * POLARITY_EVENT.itemsize)
-                    yield from _decode_polarity(buf, int(hdr["ts_overflow"]), self.sensor_size,
-                                                str(self.path), ev_off)
+                    yield from _decode_polarity(buf, int(hdr["ts_overflow"]), self.sensor_size, str(self.path), ev_off)
 
     def packet_index(self) -> PacketIndex:
         """Scan the file once (one packet in memory at a time) and index its polarity packets."""
@@ -143,8 +151,7 @@ def _parse_header(fh, path: str):
     """Read the ``#`` header lines; returns (lines without '#' and CRLF, data offset, sensor size)."""
     first = fh.readline(256)
     if not re.match(rb"^#!AER-DAT3\.\d+\r?\n$", first):
-        raise EventFormatError(f"not an AEDAT 3.x file: first line is {first[:40]!r}, "
-                               "expected '#!AER-DAT3.1'", path, 0)
+        raise EventFormatError(f"not an AEDAT 3.x file: first line is {first[:40]!r}, expected '#!AER-DAT3.1'", path, 0)
     lines = [first]
     pos = len(first)
     while True:
@@ -152,15 +159,15 @@ def _parse_header(fh, path: str):
         if not line:
             raise EventFormatError("header has no '#!END-HEADER' line", path, pos)
         if not line.startswith(b"#") or not line.endswith(b"\n"):
-            raise EventFormatError(f"header line {len(lines) + 1} does not start with '#' and end a line: "
-                                   f"{line[:40]!r}", path, pos)
+            raise EventFormatError(
+                f"header line {len(lines) + 1} does not start with '#' and end a line: {line[:40]!r}", path, pos
+            )
         lines.append(line)
         pos += len(line)
         if line.rstrip(b"\r\n") == END_HEADER:
             break
         if pos > MAX_HEADER_BYTES:
-            raise EventFormatError(f"header longer than {MAX_HEADER_BYTES} bytes without '#!END-HEADER'",
-                                   path, pos)
+            raise EventFormatError(f"header longer than {MAX_HEADER_BYTES} bytes without '#!END-HEADER'", path, pos)
     sensor = DEFAULT_SENSOR
     for line in lines:
         m = _SIZE_LINE.match(line.rstrip(b"\r\n"))
@@ -195,7 +202,10 @@ def _iter_packets(fh, data_offset: int, path: str) -> Iterator[tuple[int, np.voi
         if off + HEADER_BYTES + payload > size:
             raise EventFormatError(
                 f"truncated packet: eventNumber {int(hdr['number'])} x eventSize {int(hdr['size'])} = "
-                f"{payload} bytes, only {size - off - HEADER_BYTES} left in the file", path, off)
+                f"{payload} bytes, only {size - off - HEADER_BYTES} left in the file",
+                path,
+                off,
+            )
         yield off, hdr
         off += HEADER_BYTES + payload
 
@@ -222,8 +232,7 @@ def _check_header(hdr, path: str, off: int) -> None:
         raise EventFormatError(f"bad packet header: {problem}", path, off)
 
 
-def _decode_polarity(buf: bytes, overflow: int, sensor: SensorSize, path: str,
-                     offset: int) -> Iterator[np.ndarray]:
+def _decode_polarity(buf: bytes, overflow: int, sensor: SensorSize, path: str, offset: int) -> Iterator[np.ndarray]:
     """Decode polarity events at byte ``offset``; yields the valid ones before any bad event, then
     raises for the bad one."""
     raw = np.frombuffer(buf, dtype=POLARITY_EVENT)
@@ -243,8 +252,11 @@ def _decode_polarity(buf: bytes, overflow: int, sensor: SensorSize, path: str,
     if len(out):
         yield out
     if bad_i is not None:
-        what = (f"negative timestamp {int(ts[bad_i])}" if ts[bad_i] < 0 else
-                f"x={int(x[bad_i])}, y={int(y[bad_i])} outside the {sensor.width}x{sensor.height} sensor")
+        what = (
+            f"negative timestamp {int(ts[bad_i])}"
+            if ts[bad_i] < 0
+            else f"x={int(x[bad_i])}, y={int(y[bad_i])} outside the {sensor.width}x{sensor.height} sensor"
+        )
         raise EventFormatError(f"polarity event: {what}", path, offset + bad_i * POLARITY_EVENT.itemsize)
 
 
@@ -258,13 +270,16 @@ def _build_index(path, data_offset: int, sensor: SensorSize) -> PacketIndex:
             n = int(hdr["number"])
             fh.seek(off + HEADER_BYTES)
             buf = fh.read(n * POLARITY_EVENT.itemsize)
-            t = np.concatenate(list(_decode_polarity(buf, int(hdr["ts_overflow"]), sensor, str(path),
-                                                     off + HEADER_BYTES)) or [empty_events()])["t"]
+            t = np.concatenate(
+                list(_decode_polarity(buf, int(hdr["ts_overflow"]), sensor, str(path), off + HEADER_BYTES))
+                or [empty_events()]
+            )["t"]
             if len(t):
                 rows.append((off + HEADER_BYTES, n, int(hdr["ts_overflow"]), int(t.min()), int(t.max()), len(t)))
     cols = np.array(rows, dtype=np.int64).reshape(-1, 6)
-    return PacketIndex(sensor, data_offset, *(cols[:, j].copy() for j in range(6)),
-                       file_size=st.st_size, mtime_ns=st.st_mtime_ns)
+    return PacketIndex(
+        sensor, data_offset, *(cols[:, j].copy() for j in range(6)), file_size=st.st_size, mtime_ns=st.st_mtime_ns
+    )
 
 
 def write_aedat3(path, events, sensor_size: SensorSize = DEFAULT_SENSOR, packet_events: int = 4096) -> None:
@@ -287,14 +302,17 @@ def write_aedat3(path, events, sensor_size: SensorSize = DEFAULT_SENSOR, packet_
     if len(t) and (t.min() < 0 or t.max() >= 1 << 62):
         raise ValueError("AEDAT 3.1 timestamps must satisfy 0 <= t < 2**62")
     overflow = t >> 31
-    data = ((ev["x"].astype(np.uint32) << 17) | (ev["y"].astype(np.uint32) << 2)
-            | (ev["p"].astype(np.uint32) << 1) | np.uint32(1))
+    data = (
+        (ev["x"].astype(np.uint32) << 17)
+        | (ev["y"].astype(np.uint32) << 2)
+        | (ev["p"].astype(np.uint32) << 1)
+        | np.uint32(1)
+    )
     body = np.empty(len(ev), dtype=POLARITY_EVENT)
     body["data"] = data
     body["ts"] = (t & 0x7FFFFFFF).astype(np.int32)
     # Packet boundaries: every packet_events events and wherever the overflow counter changes.
-    cuts = np.union1d(np.arange(0, len(ev), int(packet_events)),
-                      np.flatnonzero(np.diff(overflow)) + 1).astype(np.int64)
+    cuts = np.union1d(np.arange(0, len(ev), int(packet_events)), np.flatnonzero(np.diff(overflow)) + 1).astype(np.int64)
     bounds = np.append(cuts, len(ev))
     header = ["#!AER-DAT3.1", "#Format: RAW", f"#Sensor-Size: {sensor_size.width}x{sensor_size.height}"]
     if (sensor_size.width, sensor_size.height) == (128, 128):
@@ -304,7 +322,8 @@ def write_aedat3(path, events, sensor_size: SensorSize = DEFAULT_SENSOR, packet_
         fh.write("".join(line + "\r\n" for line in header).encode("ascii"))
         for a, b in zip(bounds[:-1], bounds[1:]):
             n = int(b - a)
-            hdr = np.array([(POLARITY_TYPE, 1, POLARITY_EVENT.itemsize, 4, int(overflow[a]), n, n, n)],
-                           dtype=PACKET_HEADER)
+            hdr = np.array(
+                [(POLARITY_TYPE, 1, POLARITY_EVENT.itemsize, 4, int(overflow[a]), n, n, n)], dtype=PACKET_HEADER
+            )
             fh.write(hdr.tobytes())
             fh.write(body[a:b].tobytes())

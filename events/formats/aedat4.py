@@ -12,6 +12,7 @@ packet batch with bounded memory. Any error the ``aedat`` package raises (includ
 on damaged input) becomes ``EventFormatError``; the package reports no byte offsets, so errors
 name the packet number instead. Events off the sensor or timestamps beyond int64 are rejected.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -87,9 +88,11 @@ class Aedat4Reader(EventFileReader):
             out["t"] = t[:stop]
             out["p"] = raw["on"][:stop]
             for start in range(0, stop, max_events):
-                yield out[start:start + max_events]
+                yield out[start : start + max_events]
             if stop < len(raw):
                 e = raw[stop]
                 raise EventFormatError(
                     f"packet {n_packet - 1}, event {stop}: x={int(e['x'])}, y={int(e['y'])}, t={int(e['t'])} "
-                    f"outside the {w}x{h} sensor or the int64 time range", path)
+                    f"outside the {w}x{h} sensor or the int64 time range",
+                    path,
+                )

@@ -12,6 +12,7 @@ header, a dtype that is not plain integer/float, a shape other than ``(n, 4)``, 
 or longer than its header says, and any row with a non-finite or non-integral x/y/p, x or y off
 the sensor, p not 0/1, or t negative or beyond the int64 µs range.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,19 +41,27 @@ class GestureNpyReader(EventFileReader):
             size = os.fstat(fh.fileno()).st_size
         expect = self.data_offset + self.shape[0] * 4 * self.dtype.itemsize
         if size != expect:
-            raise EventFormatError(f"file is {size} bytes but its header describes {expect} "
-                                   f"({self.shape[0]} rows of 4 {self.dtype})", self.path,
-                                   min(size, expect))
+            raise EventFormatError(
+                f"file is {size} bytes but its header describes {expect} ({self.shape[0]} rows of 4 {self.dtype})",
+                self.path,
+                min(size, expect),
+            )
         self.n_events = self.shape[0]
 
     def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
         if self.n_events == 0:
             return
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset,
-                       shape=self.shape, order="F" if self.fortran else "C")
+        mm = np.memmap(
+            self.path,
+            dtype=self.dtype,
+            mode="r",
+            offset=self.data_offset,
+            shape=self.shape,
+            order="F" if self.fortran else "C",
+        )
         try:
             for start in range(0, self.n_events, max_events):
-                block = np.array(mm[start:start + max_events])
+                block = np.array(mm[start : start + max_events])
                 out, bad = _convert(block)
                 if len(out):
                     yield out
@@ -97,8 +106,7 @@ def _convert(block: np.ndarray):
     x, y, p, t = (block[:, j] for j in range(4))
     floaty = block.dtype.kind == "f"
     checks = []
-    for j, (col, top, name) in enumerate(((x, SENSOR_SIZE.width, "x"), (y, SENSOR_SIZE.height, "y"),
-                                          (p, 2, "p"))):
+    for j, (col, top, name) in enumerate(((x, SENSOR_SIZE.width, "x"), (y, SENSOR_SIZE.height, "y"), (p, 2, "p"))):
         bad = (col < 0) | (col >= top)
         if floaty:
             bad |= ~np.isfinite(col) | (np.floor(col) != col)

@@ -16,6 +16,7 @@ read, a missing or mis-shaped column, a bad sensor attribute, or an event off th
 a polarity other than 0/1 raises ``EventFormatError`` (with the byte offset of the offending
 value where HDF5 stores it contiguously).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -61,12 +62,14 @@ class HDF5EventReader(EventFileReader):
         if isinstance(marker, bytes):
             marker = marker.decode("utf-8", "replace")
         if marker != FORMAT_MARKER:
-            raise EventFormatError(f"HDF5 file is not a project event file (attribute format={marker!r}, "
-                                   f"expected {FORMAT_MARKER!r})", path)
+            raise EventFormatError(
+                f"HDF5 file is not a project event file (attribute format={marker!r}, expected {FORMAT_MARKER!r})", path
+            )
         version = f.attrs.get("format_version")
         if version != FORMAT_VERSION:
-            raise EventFormatError(f"unsupported event file version {version!r} (this reader knows "
-                                   f"{FORMAT_VERSION})", path)
+            raise EventFormatError(
+                f"unsupported event file version {version!r} (this reader knows {FORMAT_VERSION})", path
+            )
         dims = []
         for name, top in (("width", 1 << 15), ("height", 1 << 15), ("polarities", 2)):
             v = f.attrs.get(name)
@@ -82,12 +85,14 @@ class HDF5EventReader(EventFileReader):
             if ds is None or not hasattr(ds, "shape"):
                 raise EventFormatError(f"no dataset '/{GROUP}/{name}'", path)
             if ds.ndim != 1 or ds.dtype.kind not in "iu":
-                raise EventFormatError(f"'/{GROUP}/{name}' must be a 1-D integer dataset, got shape "
-                                       f"{ds.shape} dtype {ds.dtype}", path)
+                raise EventFormatError(
+                    f"'/{GROUP}/{name}' must be a 1-D integer dataset, got shape {ds.shape} dtype {ds.dtype}", path
+                )
             cols.append(ds)
         if len({len(c) for c in cols}) != 1:
-            raise EventFormatError("event columns differ in length: "
-                                   + ", ".join(f"{n}={len(c)}" for n, c in zip(COLUMNS, cols)), path)
+            raise EventFormatError(
+                "event columns differ in length: " + ", ".join(f"{n}={len(c)}" for n, c in zip(COLUMNS, cols)), path
+            )
         return SensorSize(*dims), cols
 
     def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
@@ -103,8 +108,9 @@ class HDF5EventReader(EventFileReader):
                 try:
                     col = ds[start:stop]
                 except Exception as err:
-                    raise EventFormatError(f"cannot read '/{GROUP}/{name}' events {start}..{stop} "
-                                           f"({type(err).__name__}: {err})", self.path) from err
+                    raise EventFormatError(
+                        f"cannot read '/{GROUP}/{name}' events {start}..{stop} ({type(err).__name__}: {err})", self.path
+                    ) from err
                 if name in limits:
                     bad = (col < 0) | (col >= limits[name])
                 elif col.dtype == np.uint64:  # t: every other integer type fits int64
@@ -123,9 +129,10 @@ class HDF5EventReader(EventFileReader):
             if i:
                 yield out[:i]
             raise EventFormatError(
-                f"event {start + i}: {name}={value} out of range ({w}x{h} sensor, polarities 0/1, "
-                f"t within int64)",
-                self.path, _byte_offset(ds, start + i))
+                f"event {start + i}: {name}={value} out of range ({w}x{h} sensor, polarities 0/1, t within int64)",
+                self.path,
+                _byte_offset(ds, start + i),
+            )
 
     def close(self) -> None:
         if self._file is not None:

@@ -18,6 +18,7 @@ non-marker record whose x or y lies outside the 34 x 34 sensor. Events come back
 A recording with no events is stored as a single overflow marker (5 bytes), not as an empty
 file.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,8 +60,7 @@ def decode_nmnist_bytes(data: bytes, path: str | None = None) -> np.ndarray:
     return np.concatenate(parts) if parts else empty_events()
 
 
-def iter_records(read: Callable[[int], bytes], size: int, path: str | None,
-                 max_records: int) -> Iterator[np.ndarray]:
+def iter_records(read: Callable[[int], bytes], size: int, path: str | None, max_records: int) -> Iterator[np.ndarray]:
     """Decode ``size`` bytes delivered by ``read(n)`` in slices of at most ``max_records`` records."""
     if size == 0:
         raise EventFormatError("empty file (0 bytes): no N-MNIST records", path, 0)
@@ -71,8 +71,7 @@ def iter_records(read: Callable[[int], bytes], size: int, path: str | None,
         n = min(max_records, n_full - rec)
         buf = read(n * RECORD_BYTES)
         if len(buf) != n * RECORD_BYTES:
-            raise EventFormatError(f"file ended early (expected {size} bytes)", path,
-                                   rec * RECORD_BYTES + len(buf))
+            raise EventFormatError(f"file ended early (expected {size} bytes)", path, rec * RECORD_BYTES + len(buf))
         events, overflows, bad = _decode(buf, overflows)
         if len(events):
             yield events
@@ -80,12 +79,18 @@ def iter_records(read: Callable[[int], bytes], size: int, path: str | None,
             i, x, y = bad
             raise EventFormatError(
                 f"record {rec + i} has x={x}, y={y}: outside the 34x34 sensor and not an "
-                f"overflow marker (y={OVERFLOW_Y})", path, (rec + i) * RECORD_BYTES)
+                f"overflow marker (y={OVERFLOW_Y})",
+                path,
+                (rec + i) * RECORD_BYTES,
+            )
         rec += n
     if size % RECORD_BYTES:
         raise EventFormatError(
             f"truncated record: {size % RECORD_BYTES} trailing bytes of a {RECORD_BYTES}-byte event "
-            f"(file length {size} is not a multiple of {RECORD_BYTES})", path, n_full * RECORD_BYTES)
+            f"(file length {size} is not a multiple of {RECORD_BYTES})",
+            path,
+            n_full * RECORD_BYTES,
+        )
 
 
 def _decode(buf: bytes, overflows: int):
@@ -108,7 +113,7 @@ def _decode(buf: bytes, overflows: int):
     out["x"] = x[keep]
     out["y"] = y[keep]
     out["t"] = (ts + cum * OVERFLOW_US)[keep]
-    out["p"] = (b2[keep] >> 7)
+    out["p"] = b2[keep] >> 7
     return out, int(cum[-1]) if len(cum) else overflows, first_bad
 
 
@@ -133,8 +138,9 @@ def write_nmnist(path, events) -> None:
     stored = t - k * OVERFLOW_US
     if len(t) and stored.min() < 0:
         i = int(np.argmax(stored < 0))
-        raise ValueError(f"event {i}: t={int(t[i])} lies more than 2**23 us before an earlier event; "
-                         "N-MNIST cannot encode it")
+        raise ValueError(
+            f"event {i}: t={int(t[i])} lies more than 2**23 us before an earlier event; N-MNIST cannot encode it"
+        )
     n_markers = int(k[-1]) if len(k) else 1
     rec = np.zeros((len(ev) + n_markers, RECORD_BYTES), dtype=np.uint8)
     rec[:, 1] = OVERFLOW_Y  # every row not overwritten below is a marker

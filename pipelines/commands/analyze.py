@@ -1,4 +1,5 @@
 """``nsm analyze``: weight-normalization figures of training runs (``pipelines.analyze``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,16 +12,24 @@ from ..runs import ACTIVITY
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="weight-normalization figures (input percentiles, weight evolution) of runs",
-                       description=analysis.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "analyze",
+        help="weight-normalization figures (input percentiles, weight evolution) of runs",
+        description=analysis.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", nargs="+", metavar="RUN",
-                       help="run folders (holding activity.jsonl) or an 'nsm compare' output folder (uses OUT/runs/*)")
-    which.add_argument("--checkpoint", nargs="+", metavar="CK",
-                       help="checkpoints; each stands for the run folder it lies in")
+    which.add_argument(
+        "--run",
+        nargs="+",
+        metavar="RUN",
+        help="run folders (holding activity.jsonl) or an 'nsm compare' output folder (uses OUT/runs/*)",
+    )
+    which.add_argument(
+        "--checkpoint", nargs="+", metavar="CK", help="checkpoints; each stands for the run folder it lies in"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and analysis.json")
     p.set_defaults(func=run)
-
 
 
 def resolve_runs(args) -> list[Path]:

@@ -1,4 +1,5 @@
 """``nsm bench``: speed measured side by side with reference implementations (``pipelines.bench``)."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -9,21 +10,29 @@ from ..files import write_text_atomic
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure speed against reference implementations",
-                       description="Run each benchmark side by side with its reference in one process and print "
-                                   "a Markdown table of throughputs and ratios (higher is better).")
+    p = sub.add_parser(
+        "bench",
+        help="measure speed against reference implementations",
+        description="Run each benchmark side by side with its reference in one process and print "
+        "a Markdown table of throughputs and ratios (higher is better).",
+    )
     p.add_argument("--quick", action="store_true", help="fewer rounds and smaller inputs (about a minute)")
     p.add_argument("--out", help="also write the table to this Markdown file")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="CK",
-                   help="also stream this trained checkpoint (from nsm train) over the simulated recording with "
-                        "adaptive sampling; repeat for several")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="CK",
+        help="also stream this trained checkpoint (from nsm train) over the simulated recording with "
+        "adaptive sampling; repeat for several",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     print(f"machine: {benchmarks.machine()}", flush=True)
     rows = []
-    for path in args.checkpoint:           # fail before the long run, not after it
+    for path in args.checkpoint:  # fail before the long run, not after it
         if not Path(path).is_file():
             raise FileNotFoundError(f"--checkpoint {path}: no such file")
     sections = [(section.__name__, section) for section in benchmarks.SECTIONS]

@@ -1,4 +1,5 @@
 """``nsm compare``: one preset trained and evaluated with every neuron kind (``pipelines.compare``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,20 @@ from ..runs import DEFAULT_CACHE
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compare", help="train one preset with every neuron kind and tabulate error, ECE, NLL",
-                       description=comparison.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "compare",
+        help="train one preset with every neuron kind and tabulate error, ECE, NLL",
+        description=comparison.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help=f"preset ({', '.join(configs.list_presets())}) or TOML file")
     p.add_argument("--data", required=True, help="data set folder")
     p.add_argument("--out", required=True, help="output folder (runs/<kind>/, comparison.md, comparison.json)")
-    p.add_argument("--neurons", default=",".join(NEURON_KINDS),
-                   help=f"comma-separated neuron kinds (default: {','.join(NEURON_KINDS)})")
+    p.add_argument(
+        "--neurons",
+        default=",".join(NEURON_KINDS),
+        help=f"comma-separated neuron kinds (default: {','.join(NEURON_KINDS)})",
+    )
     p.add_argument("--epochs", type=int, help="epochs per run (overrides train.epochs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a configuration key")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
@@ -33,5 +41,7 @@ def run(args) -> int:
     rows = comparison.compare(cfg, args.data, args.out, kinds, cache_dir=args.cache, progress=not args.quiet)
     print()
     print(comparison.table(rows))
-    print(f"\nwrote {Path(args.out) / 'comparison.md'}; figures: nsm analyze --run {args.out} --out {args.out}/analysis")
+    print(
+        f"\nwrote {Path(args.out) / 'comparison.md'}; figures: nsm analyze --run {args.out} --out {args.out}/analysis"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``nsm demo``: simulate, train, evaluate, stream and export end to end in a few minutes (``pipelines.demo``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,12 @@ from .. import demo
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="simulate, train, evaluate, stream and export end to end in a few minutes",
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="simulate, train, evaluate, stream and export end to end in a few minutes",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--epochs", type=int, help=f"training epochs (default: the {demo.PRESET} preset's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")

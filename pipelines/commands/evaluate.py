@@ -1,4 +1,5 @@
 """``nsm evaluate``: accuracy and calibration of a checkpoint on the test split (``pipelines.evaluate``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,19 @@ from ..runs import DEFAULT_CACHE, EVALUATION, RELIABILITY
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy and calibration (ECE, NLL, Brier) with Monte Carlo sampling",
-                       description=evaluation.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and calibration (ECE, NLL, Brier) with Monte Carlo sampling",
+        description=evaluation.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt or RUN/best.pt")
     p.add_argument("--data", required=True, help="the data set folder the run was trained on")
     p.add_argument("--out", help="folder for metrics.json and reliability.png (default: the checkpoint's folder)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--samples", type=int, help="fixed number of Monte Carlo samples K (default: the run's eval.samples)")
+    how.add_argument(
+        "--samples", type=int, help="fixed number of Monte Carlo samples K (default: the run's eval.samples)"
+    )
     how.add_argument("--adaptive", action="store_true", default=None, help="adaptive sampling per input")
     p.add_argument("--threshold", type=float, help="adaptive: stop once the top probability reaches this (default 0.9)")
     p.add_argument("--max-samples", type=int, help="adaptive: at most this many samples (default 64)")
@@ -28,9 +35,19 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     adaptive = True if args.adaptive else (False if args.samples is not None else None)
-    metrics = evaluation.evaluate(args.checkpoint, args.data, args.out, samples=args.samples, adaptive=adaptive,
-                       threshold=args.threshold, max_samples=args.max_samples, seed=args.seed, cache_dir=args.cache,
-                       device=args.device, progress=not args.quiet)
+    metrics = evaluation.evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        samples=args.samples,
+        adaptive=adaptive,
+        threshold=args.threshold,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        cache_dir=args.cache,
+        device=args.device,
+        progress=not args.quiet,
+    )
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     print(evaluation.summary(metrics))
     print(f"\nchance is {1 / metrics['classes']:.1%}; wrote {out / EVALUATION} and {out / RELIABILITY}")

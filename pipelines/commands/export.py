@@ -1,4 +1,5 @@
 """``nsm export``: write a checkpoint's binary network as a NIR spike graph, optionally quantized and checked."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,30 +11,46 @@ from ..export.write import export_checkpoint
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a trained binary network as a NIR spike graph",
+        "export",
+        help="write a trained binary network as a NIR spike graph",
         description="Write the deterministic network of a checkpoint in the {0,1} spike domain as a NIR graph "
-                    "(HDF5): binarized input, each binary unit layer as Conv2d/Affine + a memoryless LIF, "
-                    "max-pools as SumPool2d + an OR neuron, the readout as sum pool + Affine. NSM noise and beta "
-                    "are kept in node metadata so pipelines.export.runtime can run the stochastic network. Prints "
-                    "a target report (nodes, neurons, synapses, which importers accept the graph). Only binary "
-                    "neuron kinds export: " + ", ".join(BINARY_KINDS) + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "(HDF5): binarized input, each binary unit layer as Conv2d/Affine + a memoryless LIF, "
+        "max-pools as SumPool2d + an OR neuron, the readout as sum pool + Affine. NSM noise and beta "
+        "are kept in node metadata so pipelines.export.runtime can run the stochastic network. Prints "
+        "a target report (nodes, neurons, synapses, which importers accept the graph). Only binary "
+        "neuron kinds export: " + ", ".join(BINARY_KINDS) + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/checkpoint.pt or RUN/best.pt)")
     p.add_argument("--out", required=True, help="NIR file to write (written atomically)")
-    p.add_argument("--check", action="store_true",
-                   help="read the file back, import it with norse.torch.from_nir and compare its top class and "
-                        "logits with the deterministic PyTorch model (or, with --quantize-bits, with the "
-                        "quantized graph's reference runtime) on random event frames")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="read the file back, import it with norse.torch.from_nir and compare its top class and "
+        "logits with the deterministic PyTorch model (or, with --quantize-bits, with the "
+        "quantized graph's reference runtime) on random event frames",
+    )
     p.add_argument("--check-samples", type=int, default=200, help="number of random inputs for --check")
-    p.add_argument("--quantize-bits", type=int, default=None, metavar="N",
-                   help="write integer weights of N bits (2..16) and integer biases (unit thresholds -1/2, between two "
-                        "integer pre-activations: exact on any target) and report the accuracy change on the check "
-                        "inputs (labels: the float model's own predictions)")
+    p.add_argument(
+        "--quantize-bits",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write integer weights of N bits (2..16) and integer biases (unit thresholds -1/2, between two "
+        "integer pre-activations: exact on any target) and report the accuracy change on the check "
+        "inputs (labels: the float model's own predictions)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    result = export_checkpoint(args.checkpoint, args.out, check=args.check, check_samples=args.check_samples,
-                               quantize_bits=args.quantize_bits, seed=args.seed)
+    result = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        check=args.check,
+        check_samples=args.check_samples,
+        quantize_bits=args.quantize_bits,
+        seed=args.seed,
+    )
     return 0 if result is None or result.ok else 1

@@ -1,5 +1,6 @@
 """``nsm stream``: classify an event recording window by window with calibrated confidence
 (``pipelines.replay``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,37 +38,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mc.add_argument("--samples", type=int, help=f"Monte Carlo passes per window (default {DEFAULT_SAMPLES})")
     mc.add_argument("--adaptive", action="store_true", help="adaptive sampling: stop once confident")
     p.add_argument("--threshold", type=float, default=0.9, help="adaptive: top-probability threshold (0.9)")
-    p.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES,
-                   help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})")
-    p.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
-                   help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})")
-    p.add_argument("--decay", type=float, default=1.0,
-                   help="evidence weight kept per window, in (0, 1] (1: running mean of all windows)")
+    p.add_argument(
+        "--min-samples", type=int, default=DEFAULT_MIN_SAMPLES, help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})"
+    )
+    p.add_argument(
+        "--max-samples", type=int, default=DEFAULT_MAX_SAMPLES, help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})"
+    )
+    p.add_argument(
+        "--decay",
+        type=float,
+        default=1.0,
+        help="evidence weight kept per window, in (0, 1] (1: running mean of all windows)",
+    )
     p.add_argument("--out", help="write one JSON line per prediction here (flushed line by line)")
     p.add_argument("--timeline", help="write a PNG of class probabilities over time (labels shaded)")
     p.add_argument("--summary", help="write the final summary (windows, accuracy, real-time factor, latency) as JSON")
-    p.add_argument("--sort-chunks", action="store_true", help="sort each chunk by time instead of rejecting "
-                                                              "out-of-order timestamps")
-    p.add_argument("--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS,
-                   help=f"events read per chunk ({DEFAULT_CHUNK_EVENTS})")
+    p.add_argument(
+        "--sort-chunks",
+        action="store_true",
+        help="sort each chunk by time instead of rejecting out-of-order timestamps",
+    )
+    p.add_argument(
+        "--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS, help=f"events read per chunk ({DEFAULT_CHUNK_EVENTS})"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed (0); the same seed gives the same predictions")
     p.add_argument("--downsample", type=int, help="override the checkpoint's downsampling factor")
     p.add_argument("--crop", type=_crop_arg, help="override the centre crop, WIDTHxHEIGHT (before downsampling)")
-    p.add_argument("--threads", type=int, help="torch threads for inference (default: torch's own choice; "
-                                               "1 is often faster for small networks or on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for inference (default: torch's own choice; "
+        "1 is often faster for small networks or on a busy machine)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "stream", help="classify an event recording window by window with calibrated confidence",
+        "stream",
+        help="classify an event recording window by window with calibrated confidence",
         description="Replay an event file in chunks through a trained network: one prediction per hop once "
-                    "its window is complete (per-window and accumulated class probabilities, confidence, "
-                    "entropy, samples, latency), a live progress line, JSON lines, a summary (accuracy with "
-                    "--labels) and an optional timeline PNG.")
+        "its window is complete (per-window and accumulated class probabilities, confidence, "
+        "entropy, samples, latency), a live progress line, JSON lines, a summary (accuracy with "
+        "--labels) and an optional timeline PNG.",
+    )
     add_arguments(p)
     p.set_defaults(func=run)
-
 
 
 def run(args) -> int:
@@ -76,12 +92,34 @@ def run(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    mc = ({"adaptive": True, "threshold": args.threshold, "min_samples": args.min_samples,
-           "max_samples": args.max_samples} if args.adaptive else {"samples": args.samples})
-    replay(args.checkpoint, args.events, labels=args.labels, window_us=window_us, hop_us=hop_us, mc=mc,
-           decay=args.decay, seed=args.seed, downsample=args.downsample, crop=args.crop,
-           sort_chunks=args.sort_chunks, chunk_events=args.chunk_events, predictions=args.out,
-           timeline=args.timeline, summary_path=args.summary, progress=not args.quiet)
+    mc = (
+        {
+            "adaptive": True,
+            "threshold": args.threshold,
+            "min_samples": args.min_samples,
+            "max_samples": args.max_samples,
+        }
+        if args.adaptive
+        else {"samples": args.samples}
+    )
+    replay(
+        args.checkpoint,
+        args.events,
+        labels=args.labels,
+        window_us=window_us,
+        hop_us=hop_us,
+        mc=mc,
+        decay=args.decay,
+        seed=args.seed,
+        downsample=args.downsample,
+        crop=args.crop,
+        sort_chunks=args.sort_chunks,
+        chunk_events=args.chunk_events,
+        predictions=args.out,
+        timeline=args.timeline,
+        summary_path=args.summary,
+        progress=not args.quiet,
+    )
     return 0
 
 
@@ -94,4 +132,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

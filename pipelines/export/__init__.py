@@ -3,8 +3,10 @@
 ``metadata``: the graph's contract (spike domain, threshold rule, metadata) and NIR file I/O; ``graph``: the
 network as a graph (``to_nir``); ``runtime``: runs a graph without the checkpoint, deterministically or
 sampling; ``quantize``: integer weights; ``check``: agreement with norse's import; ``targets``: the report of
-which importers accept a graph; ``write``: a checkpoint exported (what ``nsm export`` runs). Each module imports only ``metadata`` and the modules before it in this list.
+which importers accept a graph; ``write``: a checkpoint exported (what ``nsm export`` runs). Each module imports
+only ``metadata`` and the modules before it in this list.
 The ``nsm export`` command is ``pipelines.commands.export``."""
+
 from .check import CheckResult, check_inputs, compare_logits, deterministic_logits, norse_logits, norse_module
 from .graph import as_float64, to_nir
 from .metadata import MARGIN, TAU, ExportError, decode_metadata, read_nir, write_nir
@@ -13,7 +15,27 @@ from .runtime import NIRRuntime
 from .targets import IMPORTERS, target_report
 from .write import export_checkpoint
 
-__all__ = ["CheckResult", "ExportError", "IMPORTERS", "INTEGER_THRESHOLD", "MARGIN", "NIRRuntime",
-           "QuantizationReport", "TAU", "as_float64", "check_inputs", "compare_logits", "decode_metadata",
-           "deterministic_logits", "export_checkpoint", "norse_logits", "norse_module", "quantization_report", "quantize", "read_nir",
-           "target_report", "to_nir", "write_nir"]
+__all__ = [
+    "CheckResult",
+    "ExportError",
+    "IMPORTERS",
+    "INTEGER_THRESHOLD",
+    "MARGIN",
+    "NIRRuntime",
+    "QuantizationReport",
+    "TAU",
+    "as_float64",
+    "check_inputs",
+    "compare_logits",
+    "decode_metadata",
+    "deterministic_logits",
+    "export_checkpoint",
+    "norse_logits",
+    "norse_module",
+    "quantization_report",
+    "quantize",
+    "read_nir",
+    "target_report",
+    "to_nir",
+    "write_nir",
+]

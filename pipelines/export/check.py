@@ -1,5 +1,6 @@
 """``nsm export --check``: run a written graph through norse's NIR import and compare it with the PyTorch
 network's deterministic logits on seeded random event frames."""
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ def deterministic_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) ->
     """Float64 logits of the deterministic (mean-field) network, ``nsm.using_mode(model, "deterministic")``."""
     model = as_float64(model).eval()
     with torch.inference_mode(), using_mode(model, "deterministic"):
-        return torch.cat([model(x[i:i + batch].double()) for i in range(0, x.shape[0], batch)])
+        return torch.cat([model(x[i : i + batch].double()) for i in range(0, x.shape[0], batch)])
 
 
 def norse_module(graph: nir.NIRGraph) -> nn.Module:
@@ -40,8 +41,9 @@ def norse_module(graph: nir.NIRGraph) -> nn.Module:
     import warnings
 
     from norse.torch import from_nir
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)   # nirtorch.load's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)  # nirtorch.load's deprecation notice
         return from_nir(graph, dt=TAU).double()
 
 
@@ -71,8 +73,10 @@ class CheckResult:
         return self.top_class_agree == self.n and self.logits_close
 
     def __str__(self) -> str:
-        return (f"norse check on {self.n} inputs: top class equal on {self.top_class_agree}/{self.n}, "
-                f"max |logit difference| {self.max_abs_logit_diff:.3g} -> {'OK' if self.ok else 'FAILED'}")
+        return (
+            f"norse check on {self.n} inputs: top class equal on {self.top_class_agree}/{self.n}, "
+            f"max |logit difference| {self.max_abs_logit_diff:.3g} -> {'OK' if self.ok else 'FAILED'}"
+        )
 
 
 def compare_logits(got: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-4) -> CheckResult:

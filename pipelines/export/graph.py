@@ -1,5 +1,6 @@
 """The deterministic binary network as a NIR spike graph: ``to_nir`` (the mapping: ``metadata``'s docstring and
 docs/design.md section 6)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,14 @@ def _lif(shape, threshold: np.ndarray | float, metadata: dict) -> nir.LIF:
     """A memoryless LIF of ``shape``: tau = TAU, r = 1, v_leak = v_reset = 0, given threshold."""
     shape = tuple(int(s) for s in shape)
     theta = np.broadcast_to(np.asarray(threshold, dtype=np.float32), shape).copy()
-    return nir.LIF(tau=np.full(shape, TAU, dtype=np.float32), r=np.ones(shape, dtype=np.float32),
-                   v_leak=np.zeros(shape, dtype=np.float32), v_threshold=theta,
-                   v_reset=np.zeros(shape, dtype=np.float32), metadata=metadata)
+    return nir.LIF(
+        tau=np.full(shape, TAU, dtype=np.float32),
+        r=np.ones(shape, dtype=np.float32),
+        v_leak=np.zeros(shape, dtype=np.float32),
+        v_threshold=theta,
+        v_reset=np.zeros(shape, dtype=np.float32),
+        metadata=metadata,
+    )
 
 
 def _spec(model: nn.Module) -> dict:
@@ -36,14 +42,16 @@ def _unit_kind(name: str, layer: nn.Module) -> str:
     """The neuron kind the unit was built as (``nsm.neuron_kind`` tags each unit with it)."""
     kind = getattr(layer, "neuron", None)
     if kind not in BINARY_KINDS:
-        raise ExportError(f"layer {name} ({type(layer).__name__}) has neuron kind {kind!r}; export needs units built "
-                          f"by nsm.neuron_kind (models.create_model) of a binary kind: {', '.join(BINARY_KINDS)}")
+        raise ExportError(
+            f"layer {name} ({type(layer).__name__}) has neuron kind {kind!r}; export needs units built "
+            f"by nsm.neuron_kind (models.create_model) of a binary kind: {', '.join(BINARY_KINDS)}"
+        )
     return kind
 
 
 def _unit_nodes(name: str, layer: nn.Module, shape: tuple) -> tuple[list, tuple]:
     """(Conv2d or Affine, LIF) of one binary unit layer, and its output shape."""
-    with torch.no_grad():                                  # ``layer`` is float64 here (see ``to_nir``)
+    with torch.no_grad():  # ``layer`` is float64 here (see ``to_nir``)
         if isinstance(layer, (NSMConv2d, NSMLinear)):
             w_eff, b_eff = layer.effective_weight()
             beta = layer.beta.detach().numpy()
@@ -52,43 +60,61 @@ def _unit_nodes(name: str, layer: nn.Module, shape: tuple) -> tuple[list, tuple]
             beta = None
         w = w_eff.detach().numpy()
         b = np.zeros(w.shape[0]) if b_eff is None else b_eff.detach().numpy()
-    weight2 = 2.0 * w                                                        # exact: a power-of-two scale
+    weight2 = 2.0 * w  # exact: a power-of-two scale
     bias = b - w.reshape(w.shape[0], -1).sum(axis=1)
     kind = _unit_kind(name, layer)
     if isinstance(layer, (NSMConv2d, SignConv2d)):
         if len(shape) != 3 or shape[0] != layer.in_channels:
-            raise ExportError(f"layer {name} ({type(layer).__name__}) expects {layer.in_channels} input channels "
-                              f"of a 2-d map, but receives shape {shape}")
-        syn = nir.Conv2d(input_shape=tuple(int(s) for s in shape[1:]), weight=weight2,
-                         stride=tuple(layer.stride), padding=tuple(layer.padding), dilation=(1, 1), groups=1,
-                         bias=bias, metadata={"role": "synapses", "layer": name})
+            raise ExportError(
+                f"layer {name} ({type(layer).__name__}) expects {layer.in_channels} input channels "
+                f"of a 2-d map, but receives shape {shape}"
+            )
+        syn = nir.Conv2d(
+            input_shape=tuple(int(s) for s in shape[1:]),
+            weight=weight2,
+            stride=tuple(layer.stride),
+            padding=tuple(layer.padding),
+            dilation=(1, 1),
+            groups=1,
+            bias=bias,
+            metadata={"role": "synapses", "layer": name},
+        )
         out_shape = tuple(int(s) for s in syn.output_type["output"])
         threshold = -MARGIN
     else:
         if len(shape) != 1 or shape[0] != layer.in_features:
-            raise ExportError(f"layer {name} ({type(layer).__name__}) expects {layer.in_features} input "
-                              f"features, but receives shape {shape}")
+            raise ExportError(
+                f"layer {name} ({type(layer).__name__}) expects {layer.in_features} input "
+                f"features, but receives shape {shape}"
+            )
         syn = nir.Affine(weight=weight2, bias=bias, metadata={"role": "synapses", "layer": name})
         out_shape = (int(weight2.shape[0]),)
         threshold = -MARGIN
     c = out_shape[0]
-    meta = {"role": "unit", "layer": name, "neuron": kind,
-            "mode": "probability" if KINDS[kind].samples else "deterministic",
-            "noise": json.dumps(layer.noise.to_dict()) if beta is not None else "",
-            "beta": (beta if beta is not None else np.ones(c)).astype(np.float32),
-            "logit_offset": np.zeros(c, dtype=np.float32),
-            "logit_scale": np.ones(c, dtype=np.float32)}
+    meta = {
+        "role": "unit",
+        "layer": name,
+        "neuron": kind,
+        "mode": "probability" if KINDS[kind].samples else "deterministic",
+        "noise": json.dumps(layer.noise.to_dict()) if beta is not None else "",
+        "beta": (beta if beta is not None else np.ones(c)).astype(np.float32),
+        "logit_offset": np.zeros(c, dtype=np.float32),
+        "logit_scale": np.ones(c, dtype=np.float32),
+    }
     return [syn, _lif(out_shape, threshold, meta)], out_shape
 
 
 def _pool_nodes(name: str, layer: nn.MaxPool2d, shape: tuple) -> tuple[list, tuple]:
     k, s, p, d = (_pair(getattr(layer, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
     if p != (0, 0) or d != (1, 1) or layer.ceil_mode:
-        raise ExportError(f"layer {name} (BinaryMaxPool2d) uses padding={p}, dilation={d}, ceil_mode="
-                          f"{layer.ceil_mode}; only unpadded, undilated, floor-mode pools export as SumPool2d")
+        raise ExportError(
+            f"layer {name} (BinaryMaxPool2d) uses padding={p}, dilation={d}, ceil_mode="
+            f"{layer.ceil_mode}; only unpadded, undilated, floor-mode pools export as SumPool2d"
+        )
     out = (shape[0],) + tuple((shape[1 + i] - k[i]) // s[i] + 1 for i in range(2))
-    pool = nir.SumPool2d(kernel_size=np.array(k), stride=np.array(s), padding=np.array(p),
-                         metadata={"role": "pool", "layer": name})
+    pool = nir.SumPool2d(
+        kernel_size=np.array(k), stride=np.array(s), padding=np.array(p), metadata={"role": "pool", "layer": name}
+    )
     return [pool, _lif(out, OR_THRESHOLD, {"role": "or", "layer": name})], out
 
 
@@ -101,11 +127,18 @@ def _readout_nodes(name: str, layer: Readout, shape: tuple) -> list:
     if len(shape) == 3:
         area = shape[1] * shape[2]
         hw = np.array(shape[1:])
-        return [nir.SumPool2d(kernel_size=hw, stride=hw, padding=np.array([0, 0]),
-                              metadata={"role": "readout_pool", "layer": name}),
-                nir.Flatten(input_type={"input": np.array([shape[0], 1, 1])}, start_dim=0, end_dim=-1,
-                            metadata={"role": "readout_flatten", "layer": name}),
-                nir.Affine(weight=2.0 * a / area, bias=bias, metadata=meta)]
+        return [
+            nir.SumPool2d(
+                kernel_size=hw, stride=hw, padding=np.array([0, 0]), metadata={"role": "readout_pool", "layer": name}
+            ),
+            nir.Flatten(
+                input_type={"input": np.array([shape[0], 1, 1])},
+                start_dim=0,
+                end_dim=-1,
+                metadata={"role": "readout_flatten", "layer": name},
+            ),
+            nir.Affine(weight=2.0 * a / area, bias=bias, metadata=meta),
+        ]
     return [nir.Affine(weight=2.0 * a, bias=bias, metadata=meta)]
 
 
@@ -118,8 +151,10 @@ def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | No
     graph metadata. Raises ``ExportError`` naming the first layer that is not a binary spike layer.
     """
     if not isinstance(model, nn.Sequential):
-        raise ExportError(f"{type(model).__name__} is not a sequence of layers; export reads models.Network "
-                          "(Binarize -> binary units and pools -> Readout)")
+        raise ExportError(
+            f"{type(model).__name__} is not a sequence of layers; export reads models.Network "
+            "(Binarize -> binary units and pools -> Readout)"
+        )
     model = as_float64(model)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
@@ -145,16 +180,23 @@ def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | No
         elif isinstance(layer, nn.Flatten):
             if layer.start_dim != 1 or layer.end_dim != -1:
                 raise ExportError(f"layer {name} (Flatten) must flatten every non-batch dimension")
-            new = [nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1,
-                               metadata={"role": "flatten", "layer": name})]
+            new = [
+                nir.Flatten(
+                    input_type={"input": np.array(shape)},
+                    start_dim=0,
+                    end_dim=-1,
+                    metadata={"role": "flatten", "layer": name},
+                )
+            ]
             shape = (int(np.prod(shape)),)
             tags = ["flatten"]
         elif isinstance(layer, Readout):
             if shape[0] != layer.linear.in_features:
-                raise ExportError(f"layer {name} (Readout) reads {layer.linear.in_features} features, "
-                                  f"receives shape {shape}")
+                raise ExportError(
+                    f"layer {name} (Readout) reads {layer.linear.in_features} features, receives shape {shape}"
+                )
             new = _readout_nodes(name, layer, shape)
-            tags = ["readout_pool", "readout_flatten", "readout"][-len(new):]
+            tags = ["readout_pool", "readout_flatten", "readout"][-len(new) :]
             shape = (int(layer.linear.out_features),)
             done = True
         else:
@@ -162,7 +204,8 @@ def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | No
             raise ExportError(
                 f"layer {name} ({type(layer).__name__}, neuron kind {kind!r}) is not a binary spike layer; "
                 f"export supports networks of {', '.join(BINARY_KINDS)} units (Binarize, NSM/sign units, "
-                "BinaryMaxPool2d, Flatten, Readout)")
+                "BinaryMaxPool2d, Flatten, Readout)"
+            )
         for tag, node in zip(tags, new):
             key = f"{tag}{name}" if tag != "readout" else "readout"
             nodes[key] = node
@@ -184,11 +227,12 @@ def _graph_metadata(model, classes, frame_spec) -> dict:
         "classes": json.dumps(list(classes) if classes is not None else []),
         "frame_spec": json.dumps(frame_spec),
         "project_version": project_version(),
-        "input_encoding": "spikes s = 1 where an (input channel, y, x) bin holds >= 1 event, else 0; unbatched (C, H, W)",
+        "input_encoding": (
+            "spikes s = 1 where an (input channel, y, x) bin holds >= 1 event, else 0; unbatched (C, H, W)"
+        ),
         "threshold_rule": "strict: a LIF fires when v > v_threshold; unit thresholds are -FLT_MIN, i.e. v >= 0",
         "dt": TAU,
     }
-
 
 
 def as_float64(model: nn.Module) -> nn.Module:
@@ -199,4 +243,3 @@ def as_float64(model: nn.Module) -> nn.Module:
     (relative) of its threshold, instead of float32's 1e-7.
     """
     return copy.deepcopy(model).double()
-

@@ -75,6 +75,7 @@ NIR metadata is flat (strings, numbers, arrays); structured values are JSON stri
 v = (I + logit_offset) / logit_scale for the LIF's input current I (0 and 1 for float graphs), and a
 sampling unit fires with P = 1/2 (1 + erf(v)) (``pipelines.export.runtime``). Pool LIFs: role "or".
 """
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,7 @@ import numpy as np
 
 from ..files import atomic_path
 
-TAU = 2.0 ** -10
+TAU = 2.0**-10
 """Time constant and time step (s, about 1 ms) of the memoryless neurons; import with ``dt = TAU``."""
 
 FORMAT = "nsm-events-spike-graph"
@@ -97,7 +98,6 @@ OR_THRESHOLD = 0.5
 
 class ExportError(ValueError):
     """The network cannot be written as a binary spike graph (the message names the layer)."""
-
 
 
 def decode_metadata(metadata: dict) -> dict:
@@ -132,4 +132,3 @@ def read_nir(path) -> nir.NIRGraph:
         return nir.read(path)
     except Exception as err:  # h5py and nir raise several types for foreign or damaged files
         raise ValueError(f"{path}: not a readable NIR graph ({type(err).__name__}: {err})") from None
-

@@ -17,6 +17,7 @@ the logits are preserved up to rounding); k is stored as the readout's ``output_
 Each unit's ``logit_scale`` metadata becomes k_i, so ``pipelines.export.runtime`` still recovers the
 ±1-domain logit v = I / k_i for stochastic runs.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ from .metadata import decode_metadata
 from .runtime import NIRRuntime
 
 INTEGER_THRESHOLD = -0.5
-_EXACT_LIMIT = 2 ** 24       # integers up to this magnitude are exact in float32
+_EXACT_LIMIT = 2**24  # integers up to this magnitude are exact in float32
 
 
 def _per_unit_scale(w: np.ndarray, c: np.ndarray, q: int) -> np.ndarray:
@@ -52,16 +53,23 @@ def _with(node, **changes):
     meta = dict(node.metadata or {})
     meta.update(changes.pop("metadata", {}))
     if isinstance(node, nir.Conv2d):
-        return nir.Conv2d(input_shape=node.input_shape, weight=changes.get("weight", node.weight), stride=node.stride,
-                          padding=node.padding, dilation=node.dilation, groups=node.groups,
-                          bias=changes.get("bias", node.bias), metadata=meta)
+        return nir.Conv2d(
+            input_shape=node.input_shape,
+            weight=changes.get("weight", node.weight),
+            stride=node.stride,
+            padding=node.padding,
+            dilation=node.dilation,
+            groups=node.groups,
+            bias=changes.get("bias", node.bias),
+            metadata=meta,
+        )
     if isinstance(node, nir.Affine):
-        return nir.Affine(weight=changes.get("weight", node.weight), bias=changes.get("bias", node.bias),
-                          metadata=meta)
+        return nir.Affine(weight=changes.get("weight", node.weight), bias=changes.get("bias", node.bias), metadata=meta)
     if isinstance(node, nir.LIF):
         theta = changes.get("v_threshold", node.v_threshold)
-        return nir.LIF(tau=node.tau, r=node.r, v_leak=node.v_leak, v_threshold=theta, v_reset=node.v_reset,
-                       metadata=meta)
+        return nir.LIF(
+            tau=node.tau, r=node.r, v_leak=node.v_leak, v_threshold=theta, v_reset=node.v_reset, metadata=meta
+        )
     raise TypeError(type(node).__name__)
 
 
@@ -74,7 +82,7 @@ def quantize(graph: nir.NIRGraph, bits: int) -> nir.NIRGraph:
     if not 2 <= int(bits) <= 16:
         raise ValueError(f"quantization needs 2 <= bits <= 16 (got {bits})")
     q = 2 ** (int(bits) - 1) - 1
-    runtime = NIRRuntime(graph)          # validates the chain and gives the order
+    runtime = NIRRuntime(graph)  # validates the chain and gives the order
     order = runtime.order
     nodes = dict(graph.nodes)
     for pre, post in zip(order[:-1], order[1:]):
@@ -87,12 +95,16 @@ def quantize(graph: nir.NIRGraph, bits: int) -> nir.NIRGraph:
             w, c = _scaled(syn.weight, syn.bias, k)
             bound = float(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max() + np.abs(c).max())
             if bound >= _EXACT_LIMIT:
-                raise ValueError(f"layer {unit_meta.get('layer')}: {bits}-bit pre-activations reach {bound:.3g} "
-                                 f">= 2^24, beyond exact float32 integers; use fewer bits")
+                raise ValueError(
+                    f"layer {unit_meta.get('layer')}: {bits}-bit pre-activations reach {bound:.3g} "
+                    f">= 2^24, beyond exact float32 integers; use fewer bits"
+                )
             nodes[pre] = _with(syn, weight=w, bias=c, metadata={"quantized_bits": int(bits)})
-            nodes[post] = _with(unit, v_threshold=np.full_like(unit.v_threshold, INTEGER_THRESHOLD),
-                                metadata={"logit_scale": k.astype(np.float32),
-                                          "logit_offset": np.zeros_like(k, dtype=np.float32)})
+            nodes[post] = _with(
+                unit,
+                v_threshold=np.full_like(unit.v_threshold, INTEGER_THRESHOLD),
+                metadata={"logit_scale": k.astype(np.float32), "logit_offset": np.zeros_like(k, dtype=np.float32)},
+            )
         elif isinstance(syn, nir.Affine) and decode_metadata(syn.metadata or {}).get("role") == "readout":
             wmax = float(np.abs(syn.weight).max())
             k = q / wmax if wmax > 0 else 1.0
@@ -122,26 +134,37 @@ class QuantizationReport:
     label_source: str = "labels"
 
     def __str__(self) -> str:
-        return (f"quantization to {self.bits}-bit weights ({self.bias_bits}-bit biases/thresholds) on {self.n} "
-                f"inputs (labels: {self.label_source}): accuracy {100 * self.accuracy_before:.2f}% -> "
-                f"{100 * self.accuracy_after:.2f}% ({100 * (self.accuracy_after - self.accuracy_before):+.2f} "
-                f"points), top class agreement {100 * self.agreement:.2f}%")
+        return (
+            f"quantization to {self.bits}-bit weights ({self.bias_bits}-bit biases/thresholds) on {self.n} "
+            f"inputs (labels: {self.label_source}): accuracy {100 * self.accuracy_before:.2f}% -> "
+            f"{100 * self.accuracy_after:.2f}% ({100 * (self.accuracy_after - self.accuracy_before):+.2f} "
+            f"points), top class agreement {100 * self.agreement:.2f}%"
+        )
 
 
-def quantization_report(float_graph: nir.NIRGraph, quantized_graph: nir.NIRGraph, inputs: torch.Tensor,
-                        labels: torch.Tensor, label_source: str = "labels") -> QuantizationReport:
+def quantization_report(
+    float_graph: nir.NIRGraph,
+    quantized_graph: nir.NIRGraph,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    label_source: str = "labels",
+) -> QuantizationReport:
     """Run both graphs deterministically (``NIRRuntime``) on ``inputs`` (event counts or spikes, batched)."""
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
     before = NIRRuntime(float_graph).forward(inputs).argmax(dim=1)
     after = NIRRuntime(quantized_graph).forward(inputs).argmax(dim=1)
-    biases = [n.bias for n in quantized_graph.nodes.values()
-              if isinstance(n, (nir.Conv2d, nir.Affine)) and n.bias is not None]
+    biases = [
+        n.bias for n in quantized_graph.nodes.values() if isinstance(n, (nir.Conv2d, nir.Affine)) and n.bias is not None
+    ]
     n = int(labels.shape[0])
     return QuantizationReport(
-        bits=int(decode_metadata(quantized_graph.metadata or {}).get("quantized_bits", 0)), n=n,
+        bits=int(decode_metadata(quantized_graph.metadata or {}).get("quantized_bits", 0)),
+        n=n,
         accuracy_before=float((before == labels).float().mean()) if n else 0.0,
         accuracy_after=float((after == labels).float().mean()) if n else 0.0,
         agreement=float((before == after).float().mean()) if n else 0.0,
-        bias_bits=max((_signed_bits(np.asarray(b)) for b in biases), default=0), label_source=label_source)
+        bias_bits=max((_signed_bits(np.asarray(b)) for b in biases), default=0),
+        label_source=label_source,
+    )

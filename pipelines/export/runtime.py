@@ -21,6 +21,7 @@ of deterministic kinds (bn, bd, wbd) and the OR neurons of pools always use thei
 ``NIRRuntime.mc_predict`` averages the softmax of K such passes, as ``nsm.mc_predict`` does, so an
 exported file gives the same calibrated predictions as the checkpoint, up to sampling error.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -132,6 +133,7 @@ class NIRRuntime:
                 p = 0.5 * (1.0 + torch.erf((x + offset) / scale))
                 return (torch.rand(x.shape, generator=g) < p).to(x.dtype)
             return ((v_leak + r * x) > theta).to(x.dtype)
+
         return step
 
     def spikes(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,12 +141,19 @@ class NIRRuntime:
         if x.dim() == len(self.input_shape) + 2:
             x = x.flatten(1, 2)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input of shape {tuple(x.shape)} does not match the graph's input "
-                             f"(batch, {', '.join(map(str, self.input_shape))})")
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} does not match the graph's input "
+                f"(batch, {', '.join(map(str, self.input_shape))})"
+            )
         return (x > 0).double()
 
-    def forward(self, x: torch.Tensor, mode: str = "deterministic",
-                generator: torch.Generator | None = None, until: str | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mode: str = "deterministic",
+        generator: torch.Generator | None = None,
+        until: str | None = None,
+    ) -> torch.Tensor:
         """The graph's raw output for a batch ``x`` (what an importer such as norse computes).
 
         ``until``: stop after the node of that name and return its output (e.g. a layer's spikes).
@@ -164,22 +173,27 @@ class NIRRuntime:
 
     __call__ = forward
 
-    def logits(self, x: torch.Tensor, mode: str = "deterministic",
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def logits(
+        self, x: torch.Tensor, mode: str = "deterministic", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Class logits: the raw output divided by the readout's ``output_scale`` (1 unless quantized)."""
         return self.forward(x, mode, generator) / self.output_scale
 
-    def sample_probabilities(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None,
-                             max_batch: int = 256) -> torch.Tensor:
+    def sample_probabilities(
+        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = 256
+    ) -> torch.Tensor:
         """softmax of ``samples`` stochastic passes per input, as a (samples, B, classes) tensor."""
         b = x.shape[0]
         rows = x.unsqueeze(0).expand(samples, *x.shape).reshape(samples * b, *x.shape[1:])
-        outs = [torch.softmax(self.logits(rows[i:i + max_batch], "probability", generator), dim=1)
-                for i in range(0, rows.shape[0], max_batch)]
+        outs = [
+            torch.softmax(self.logits(rows[i : i + max_batch], "probability", generator), dim=1)
+            for i in range(0, rows.shape[0], max_batch)
+        ]
         return torch.cat(outs).reshape(samples, b, -1)
 
-    def mc_predict(self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None,
-                   max_batch: int = 256) -> MCResult:
+    def mc_predict(
+        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = 256
+    ) -> MCResult:
         """Monte Carlo prediction: the mean softmax of ``samples`` stochastic passes (``nsm.mc_predict``)."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1 (got {samples})")

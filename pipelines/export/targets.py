@@ -1,5 +1,6 @@
 """The target report of ``nsm export``: nodes, neurons and synapses per layer, and which importers accept the
 graph's node types and sizes."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -21,20 +22,34 @@ class Importer:
 
 
 IMPORTERS = (
-    Importer("norse", frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}),
-             "simulate unbatched samples with dt = tau (this export is checked against it with --check)"),
-    Importer("snnTorch", frozenset({"Input", "Output", "Conv2d", "Flatten", "Affine", "IF", "LIF"}),
-             "its NIR import lacks SumPool2d (max-pools and the readout pool)"),
-    Importer("sinabs / Speck", frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF",
-                                          "LIF"}),
-             "9 convolutional cores: at most 9 weight layers (Conv2d + Affine); chips run integer weights "
-             "(export with --quantize-bits)", max_weight_layers=9),
-    Importer("Xylo", frozenset({"Input", "Output", "Affine", "Linear", "LIF", "CubaLIF"}),
-             "imports no convolutions: dense layers only", convolutions=False),
-    Importer("Loihi 2 (lava-dl)", frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF",
-                                             "LIF", "CubaLIF"}),
-             "goes through lava-dl's network exchange; integer weights (export with --quantize-bits); not "
-             "verified here"),
+    Importer(
+        "norse",
+        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}),
+        "simulate unbatched samples with dt = tau (this export is checked against it with --check)",
+    ),
+    Importer(
+        "snnTorch",
+        frozenset({"Input", "Output", "Conv2d", "Flatten", "Affine", "IF", "LIF"}),
+        "its NIR import lacks SumPool2d (max-pools and the readout pool)",
+    ),
+    Importer(
+        "sinabs / Speck",
+        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}),
+        "9 convolutional cores: at most 9 weight layers (Conv2d + Affine); chips run integer weights "
+        "(export with --quantize-bits)",
+        max_weight_layers=9,
+    ),
+    Importer(
+        "Xylo",
+        frozenset({"Input", "Output", "Affine", "Linear", "LIF", "CubaLIF"}),
+        "imports no convolutions: dense layers only",
+        convolutions=False,
+    ),
+    Importer(
+        "Loihi 2 (lava-dl)",
+        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF", "CubaLIF"}),
+        "goes through lava-dl's network exchange; integer weights (export with --quantize-bits); not verified here",
+    ),
 )
 
 

@@ -1,5 +1,6 @@
 """Export a checkpoint: its network as a NIR spike graph, optionally quantized, written, reported and checked
 (what ``nsm export`` runs)."""
+
 from __future__ import annotations
 
 from ..checkpoint import load_checkpoint
@@ -11,8 +12,9 @@ from .runtime import NIRRuntime
 from .targets import target_report
 
 
-def export_checkpoint(checkpoint, out, *, check: bool = False, check_samples: int = 200,
-                      quantize_bits: int | None = None, seed: int = 0) -> CheckResult | None:
+def export_checkpoint(
+    checkpoint, out, *, check: bool = False, check_samples: int = 200, quantize_bits: int | None = None, seed: int = 0
+) -> CheckResult | None:
     """Write ``checkpoint``'s deterministic binary network to the NIR file ``out`` (atomically) and print its
     target report. ``quantize_bits``: integer weights of that many bits, with the accuracy change on
     ``check_samples`` seeded random inputs (labels: the float model's predictions). ``check``: read the file
@@ -31,8 +33,10 @@ def export_checkpoint(checkpoint, out, *, check: bool = False, check_samples: in
         labels = deterministic_logits(model, inputs).argmax(dim=1)
         print(quantization_report(float_graph, graph, inputs, labels, label_source="float model predictions"))
     out = write_nir(graph, out)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes): model {model.spec['name']} ({model.spec['neuron']}), "
-          f"input {input_shape}, {len(ck.classes)} classes")
+    print(
+        f"wrote {out} ({out.stat().st_size:,} bytes): model {model.spec['name']} ({model.spec['neuron']}), "
+        f"input {input_shape}, {len(ck.classes)} classes"
+    )
     print(target_report(graph))
     if not check:
         return None
