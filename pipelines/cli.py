@@ -1,9 +1,17 @@
-"""The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``)."""
+"""The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``).
+
+Errors: a ``ValueError`` or ``OSError`` (``FileNotFoundError``, ``EventFormatError``, ``CacheError``,
+``ExportError``, ...) raised by the project's own code is a user's mistake (a bad file, option or
+configuration, whose message names it) and is printed as one line, exit status 2. Anything else, and any
+error raised inside another library (torch, h5py, numba, ...), is unexpected and shows its traceback; so does
+every error under ``nsm --debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .commands import analyze, bench, compare, demo, evaluate, export, simulate, stream, train
 
@@ -18,10 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
         "the demo.",
         epilog="Run 'nsm <command> --help' for the options of a command.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for job in JOBS:
         job.add_parser(sub)
     return parser
+
+
+PROJECT = tuple(Path(sys.modules[name].__file__).resolve().parent for name in ("events", "nsm", "models", "pipelines"))
+
+
+def raised_by_project(err: BaseException) -> bool:
+    """Whether the innermost Python frame of ``err``'s traceback is in one of the project's packages."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(path.is_relative_to(root) for root in PROJECT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as err:
-        # bad input: say what and where, without a traceback (EventFormatError is a ValueError)
+    except (ValueError, OSError) as err:
+        if args.debug or not raised_by_project(err):
+            raise
         print(f"nsm {args.command}: error: {err}", file=sys.stderr)
         return 2
 
