@@ -14,7 +14,7 @@ from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Read
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
 from .normalization import LogitNormalization
-from .sampling import MCResult, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
+from .sampling import MCResult, MCSettings, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
 
 __all__ = [
     "MODES",
@@ -25,6 +25,7 @@ __all__ = [
     "GaussianNoise",
     "LogitNormalization",
     "MCResult",
+    "MCSettings",
     "NSMConv2d",
     "NSMLinear",
     "Readout",

@@ -13,6 +13,7 @@ at least ``threshold`` (never beyond ``max_samples``).
 
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -143,6 +144,68 @@ def _first_unit(model: nn.Module):
     return None
 
 
+@dataclass(frozen=True)
+class MCSettings:
+    """How Monte Carlo prediction samples, checked once on construction.
+
+    Fixed (``adaptive=False``): ``samples`` passes per input. Adaptive: passes are drawn in rounds of ``step``
+    (``None``: ``min_samples``) for the inputs still undecided; an input stops at the first n >= ``min_samples``
+    whose running mean (1/n) sum_{k<=n} softmax_k has top probability >= ``threshold``, or at ``max_samples``.
+    The defaults are the library's; a caller that needs others (the stream bounds a window's latency) says so.
+    """
+
+    samples: int = 16
+    adaptive: bool = False
+    threshold: float = 0.9
+    min_samples: int = 4
+    max_samples: int = 64
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "min_samples", "max_samples") + (("step",) if self.step is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"Monte Carlo {name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
+        if not self.min_samples <= self.max_samples:
+            raise ValueError(
+                f"Monte Carlo needs min_samples <= max_samples, got {self.min_samples}, {self.max_samples}"
+            )
+        if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"Monte Carlo threshold must be in (0, 1], got {self.threshold!r}")
+
+    def describe(self) -> str:
+        """``MC 16`` or ``MC adaptive (0.9)``."""
+        if self.adaptive:
+            return f"MC adaptive ({self.threshold:g})"
+        return f"MC {self.samples}"
+
+    def predict(
+        self, model: nn.Module, x: torch.Tensor, *, generator: torch.Generator | None = None, max_batch: int = 256
+    ) -> MCResult:
+        """Monte Carlo prediction of ``model`` on the batch ``x`` (``mc_predict``)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), using_generator(model, generator), WeightCache(model):
+                if not self.adaptive:
+                    probs = sample_probabilities(model, x, self.samples, max_batch).mean(dim=0)
+                    return MCResult(probs, torch.full((x.shape[0],), self.samples, dtype=torch.long, device=x.device))
+                return _adaptive(
+                    model,
+                    x,
+                    self.threshold,
+                    self.min_samples,
+                    self.max_samples,
+                    self.step or self.min_samples,
+                    max_batch,
+                )
+        finally:
+            model.train(was_training)
+
+
 def mc_predict(
     model: nn.Module,
     x: torch.Tensor,
@@ -156,33 +219,25 @@ def mc_predict(
     max_batch: int = 256,
     generator: torch.Generator | None = None,
 ) -> MCResult:
-    """Monte Carlo prediction of ``model`` on the batch ``x``.
+    """Monte Carlo prediction of ``model`` on the batch ``x``: ``samples=K`` passes per input, or
+    ``adaptive=True`` with ``threshold``, ``min_samples``, ``max_samples`` and ``step`` (``MCSettings``).
 
-    Fixed: ``samples=K`` passes per input. Adaptive (``adaptive=True``): passes are drawn in rounds
-    of ``step`` (default ``min_samples``) for the inputs still undecided; an input stops at the first
-    n >= ``min_samples`` whose running mean (1/n) sum_{k<=n} softmax_k has top probability >= ``threshold``,
-    or at ``max_samples``. Its result is that running mean, exactly as if it had been sampled one pass
-    at a time (passes drawn beyond n within a round are discarded).
-
-    The model is put in eval mode for the call and restored afterwards; the stochastic units keep
-    their own mode (use ``using_mode`` for deterministic predictions). ``generator`` fixes the noise.
+    Adaptive results are the running mean at the pass where an input stopped, exactly as if it had been sampled
+    one pass at a time (passes drawn beyond it within a round are discarded). The model is put in eval mode for
+    the call and restored afterwards; the stochastic units keep their own mode (use ``using_mode`` for
+    deterministic predictions). ``generator`` fixes the noise.
     """
     if adaptive == (samples is not None):
         raise ValueError("give either samples=K or adaptive=True")
-    if adaptive and not (1 <= min_samples <= max_samples):
-        raise ValueError(f"need 1 <= min_samples <= max_samples (got {min_samples}, {max_samples})")
-    if not adaptive and samples < 1:
-        raise ValueError(f"samples must be >= 1 (got {samples})")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), using_generator(model, generator), WeightCache(model):
-            if not adaptive:
-                probs = sample_probabilities(model, x, samples, max_batch).mean(dim=0)
-                return MCResult(probs, torch.full((x.shape[0],), samples, dtype=torch.long, device=x.device))
-            return _adaptive(model, x, threshold, min_samples, max_samples, step or min_samples, max_batch)
-    finally:
-        model.train(was_training)
+    settings = MCSettings(
+        samples=16 if adaptive else samples,
+        adaptive=adaptive,
+        threshold=threshold,
+        min_samples=min_samples,
+        max_samples=max_samples,
+        step=step,
+    )
+    return settings.predict(model, x, generator=generator, max_batch=max_batch)
 
 
 def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch) -> MCResult:

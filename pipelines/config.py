@@ -27,6 +27,7 @@ import events
 import models
 from models.registry import NEURON_OPTIONS
 from nsm.neurons import NEURON_KINDS, neuron_kind
+from nsm.sampling import MCSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 DATASETS = ("dvsgesture", "nmnist")
@@ -182,21 +183,34 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Monte Carlo prediction (docs/design.md section 3): ``samples`` fixed K, or ``adaptive`` with
-    ``threshold``, ``min_samples``, ``max_samples``."""
+    """Monte Carlo prediction (docs/design.md section 3; ``nsm.MCSettings``, whose defaults these are):
+    ``samples`` fixed K, or ``adaptive`` with ``threshold``, ``min_samples``, ``max_samples``; ``batch_size``
+    inputs per step."""
 
-    samples: int = 16
-    adaptive: bool = False
-    threshold: float = 0.9
-    min_samples: int = 4
-    max_samples: int = 64
+    samples: int = MCSettings.samples
+    adaptive: bool = MCSettings.adaptive
+    threshold: float = MCSettings.threshold
+    min_samples: int = MCSettings.min_samples
+    max_samples: int = MCSettings.max_samples
     batch_size: int = 64
 
+    @property
+    def mc(self) -> MCSettings:
+        return MCSettings(
+            samples=self.samples,
+            adaptive=self.adaptive,
+            threshold=self.threshold,
+            min_samples=self.min_samples,
+            max_samples=self.max_samples,
+        )
+
     def validate(self) -> None:
-        if self.samples < 1 or self.min_samples < 1 or self.max_samples < self.min_samples:
-            raise ValueError("eval: need samples >= 1 and 1 <= min_samples <= max_samples")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"eval.threshold must be in (0, 1], got {self.threshold}")
+        try:
+            _ = self.mc  # constructing the settings checks each of them
+        except ValueError as err:
+            raise ValueError(f"eval: {err}") from None
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)

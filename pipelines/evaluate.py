@@ -17,6 +17,7 @@ drawn from a generator seeded by ``--seed``, so an evaluation repeats exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nsm
-from nsm.sampling import stochastic_units
+from nsm.sampling import MCSettings, stochastic_units
 
 from . import config as configs
 from .calibration import classification_metrics, group_accuracy, reliability_bins
@@ -38,38 +39,25 @@ from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
 
 
 def predict(
-    model,
-    loader,
-    *,
-    samples: int = 16,
-    adaptive: bool = False,
-    threshold: float = 0.9,
-    min_samples: int = 4,
-    max_samples: int = 64,
-    seed: int = 0,
-    device=torch.device("cpu"),
-    progress: bool = True,
+    model, loader, *, mc: MCSettings, seed: int = 0, device=torch.device("cpu"), progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Probabilities of the three predictors for every item of ``loader``, with labels and samples used."""
+    """Probabilities of the three predictors for every item of ``loader`` (Monte Carlo as ``mc`` says, one
+    sample, the deterministic network), with labels and samples used."""
     stochastic = any(u.mode != "deterministic" for u in stochastic_units(model))
     generator = torch.Generator(device=device).manual_seed(seed)
-    mc = (
-        dict(adaptive=True, threshold=threshold, min_samples=min_samples, max_samples=max_samples)
-        if adaptive
-        else dict(samples=samples)
-    )
     if not stochastic:  # a deterministic network: one pass is the prediction
-        mc = dict(samples=1)
+        mc = MCSettings(samples=1)
+    single = MCSettings(samples=1)
     out = {k: [] for k in ("mc", "single", "deterministic", "labels", "samples_used")}
     model.eval()
     with torch.inference_mode(), nsm.using_generator(model, generator):
         for x, y in tqdm(loader, desc="evaluating", unit="batch", disable=not progress, leave=False):
             x = x.to(device)
-            res = nsm.mc_predict(model, x, generator=generator, **mc)  # mc_predict sets the units' generator
+            res = mc.predict(model, x, generator=generator)  # sets the units' generator
             out["mc"].append(res.probs.float().cpu())
             out["samples_used"].append(res.samples_used.cpu())
             out["single"].append(
-                nsm.mc_predict(model, x, samples=1, generator=generator).probs.float().cpu()
+                single.predict(model, x, generator=generator).probs.float().cpu()
                 if stochastic
                 else res.probs.float().cpu()
             )
@@ -99,10 +87,10 @@ def evaluate(
     if cfg is None:
         raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
     ev = cfg.eval
-    adaptive = ev.adaptive if adaptive is None else adaptive
-    samples = ev.samples if samples is None else samples
-    threshold = ev.threshold if threshold is None else threshold
-    max_samples = ev.max_samples if max_samples is None else max_samples
+    given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples)
+    mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
+    if mc.min_samples > mc.max_samples:  # a --max-samples below the run's minimum lowers the minimum too
+        mc = dataclasses.replace(mc, min_samples=mc.max_samples)
     out = Path(checkpoint).parent if out is None else Path(out)
     dev = select_device(device)
     model = ck.model.to(dev)
@@ -111,20 +99,9 @@ def evaluate(
     if len(test) == 0:
         raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
     loader = DataLoader(test, batch_size=ev.batch_size)
-    p = predict(
-        model,
-        loader,
-        samples=samples,
-        adaptive=adaptive,
-        threshold=threshold,
-        min_samples=min(ev.min_samples, max_samples),
-        max_samples=max_samples,
-        seed=seed,
-        device=dev,
-        progress=progress,
-    )
+    p = predict(model, loader, mc=mc, seed=seed, device=dev, progress=progress)
     labels = p["labels"]
-    mc_name = f"MC adaptive ({threshold:g})" if adaptive else f"MC {samples}"
+    mc_name = mc.describe()
     metrics = {
         "checkpoint": str(checkpoint),
         "epoch": ck.epoch,

@@ -132,9 +132,9 @@ def replay(
             f"through {clf.model.spec['name']}: {clf.window_us / 1e3:g} ms windows every {clf.hop_us / 1e3:g} ms, "
             f"{clf.n_frames} frames, crop {fs.crop or 'none'}, downsample {fs.downsample}, "
             + (
-                f"adaptive {clf.mc['min_samples']}-{clf.mc['max_samples']} samples"
-                if clf.mc.get("adaptive")
-                else f"{clf.mc['samples']} samples"
+                f"adaptive {clf.mc.min_samples}-{clf.mc.max_samples} samples"
+                if clf.mc.adaptive
+                else f"{clf.mc.samples} samples"
             ),
             flush=True,
         )

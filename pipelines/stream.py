@@ -227,25 +227,19 @@ class StreamingClassifier:
         )
         if samples is not None and adaptive:
             raise ValueError("give either samples=K or adaptive=True, not both")
-        if not adaptive:
-            samples = DEFAULT_SAMPLES if samples is None else samples
-            if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-                raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-            self.mc = {"samples": int(samples)}
-        else:
-            if not 0.0 < threshold <= 1.0:
-                raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-            if not 1 <= min_samples <= max_samples:
-                raise ValueError(f"need 1 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
-            # Two rounds at most: the minimum, then the rest for a window still undecided. A window's latency is
-            # then at most two forward passes; with a small network (overhead-bound) this is also the fastest.
-            self.mc = {
-                "adaptive": True,
-                "threshold": float(threshold),
-                "min_samples": int(min_samples),
-                "max_samples": int(max_samples),
-                "step": max(1, int(max_samples) - int(min_samples)),
-            }
+        # Adaptive: two rounds at most, the minimum, then the rest for a window still undecided. A window's latency
+        # is then at most two forward passes; with a small network (overhead-bound) this is also the fastest.
+        self.mc = (
+            nsm.MCSettings(
+                adaptive=True,
+                threshold=threshold,
+                min_samples=min_samples,
+                max_samples=max_samples,
+                step=max(1, max_samples - min_samples),
+            )
+            if adaptive
+            else nsm.MCSettings(samples=DEFAULT_SAMPLES if samples is None else samples)
+        )
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -320,7 +314,7 @@ class StreamingClassifier:
         x = self.model_input(window)
         self._generator.manual_seed(window_seed(self.seed, window.index))
         with self._weights:
-            res = nsm.mc_predict(self.model, x, generator=self._generator, **self.mc)
+            res = self.mc.predict(self.model, x, generator=self._generator)
         probs = res.probs[0].double().numpy()
         if not window.empty:
             base = np.zeros_like(probs) if self._acc_sum is None else self._acc_sum * self.decay

@@ -145,3 +145,25 @@ def test_mc_predict_restores_training_flag_and_modes():
     nsm.mc_predict(net, torch.zeros(1, 2, 16, 16), samples=2)
     assert net.training
     assert {u.mode for u in nsm.sampling.stochastic_units(net)} == {"probability"}
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(samples=0), "samples must be an integer >= 1"),
+        (dict(samples=2.5), "samples must be an integer >= 1"),
+        (dict(adaptive=True, min_samples=8, max_samples=4), "min_samples <= max_samples"),
+        (dict(adaptive=True, threshold=0.0), r"threshold must be in \(0, 1\]"),
+        (dict(adaptive=True, step=0), "step must be an integer >= 1"),
+        (dict(adaptive="yes"), "adaptive must be true or false"),
+    ],
+)
+def test_mc_settings_are_checked_once_with_the_setting_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        nsm.MCSettings(**settings)
+
+
+def test_eval_config_takes_the_mc_settings_defaults():
+    from pipelines.config import EvalConfig
+
+    assert EvalConfig().mc == nsm.MCSettings()
