@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +50,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from events.formats import remove_dead_temps
+from events.atomic import atomic_path, remove_dead_temps
 from events.frames import FrameSpec, frames_from_spec
 from events.types import SensorSize
 
@@ -188,19 +187,6 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "_"
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _sample_window(info: dict) -> tuple[int | None, int | None]:
     start, end = info.get("start_us"), info.get("end_us")
     if start is None or end is None:
@@ -314,67 +300,56 @@ class FrameCache:
 
     def _build(self, dataset, spec: FrameSpec, path: Path, fingerprint: dict, key: str, progress: bool) -> None:
         remove_dead_temps(path.parent, path.name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         n = len(dataset)
         sensor = SensorSize(*(int(v) for v in dataset.sensor_size))
         frame_shape = spec.output_shape(sensor)
         dtype = np.dtype(np.uint8 if spec.binary else np.uint16)
-        try:
-            with h5py.File(tmp, "w") as f:
-                writer = _Writer(f, n, frame_shape, dtype)
-                with tqdm(
-                    total=n,
-                    desc=f"binning {dataset.name}/{dataset.split}",
-                    unit="sample",
-                    disable=not progress,
-                    leave=False,
-                ) as bar:
-                    for i in range(n):
-                        events, label = dataset[i]
-                        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-                            raise ValueError(
-                                f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers"
-                            )
-                        info = dataset.sample_info(i)
-                        try:
-                            info_json = json.dumps(info, sort_keys=True)
-                        except (TypeError, ValueError) as err:
-                            raise ValueError(
-                                f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}"
-                            ) from err
-                        start, end = _sample_window(info) if spec.span == "sample" else (None, None)
-                        try:
-                            frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end, dtype=dtype)
-                        except ValueError as err:
-                            err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: {info_json}")
-                            raise
-                        writer.add(i, frames, int(label), info_json)
-                        bar.update()
-                writer.flush()
-                f.create_dataset("offsets", data=writer.offsets)
-                f.create_dataset("labels", data=writer.labels)
-                f.create_dataset("fingerprint", data=json.dumps(fingerprint, sort_keys=True), dtype=_STR)
-                f.attrs.update(
-                    {
-                        "format_version": CACHE_FORMAT_VERSION,
-                        "key": key,
-                        "spec": json.dumps(spec.to_dict()),
-                        "dataset": str(dataset.name),
-                        "split": str(dataset.split),
-                        "sensor_size": list(sensor),
-                        "classes": json.dumps([str(c) for c in dataset.classes]),
-                        "n_samples": n,
-                        "frame_shape": list(frame_shape),
-                    }
-                )
-                f.attrs["complete"] = True
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            writer = _Writer(f, n, frame_shape, dtype)
+            with tqdm(
+                total=n,
+                desc=f"binning {dataset.name}/{dataset.split}",
+                unit="sample",
+                disable=not progress,
+                leave=False,
+            ) as bar:
+                for i in range(n):
+                    events, label = dataset[i]
+                    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+                        raise ValueError(f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers")
+                    info = dataset.sample_info(i)
+                    try:
+                        info_json = json.dumps(info, sort_keys=True)
+                    except (TypeError, ValueError) as err:
+                        raise ValueError(
+                            f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}"
+                        ) from err
+                    start, end = _sample_window(info) if spec.span == "sample" else (None, None)
+                    try:
+                        frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end, dtype=dtype)
+                    except ValueError as err:
+                        err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: {info_json}")
+                        raise
+                    writer.add(i, frames, int(label), info_json)
+                    bar.update()
+            writer.flush()
+            f.create_dataset("offsets", data=writer.offsets)
+            f.create_dataset("labels", data=writer.labels)
+            f.create_dataset("fingerprint", data=json.dumps(fingerprint, sort_keys=True), dtype=_STR)
+            f.attrs.update(
+                {
+                    "format_version": CACHE_FORMAT_VERSION,
+                    "key": key,
+                    "spec": json.dumps(spec.to_dict()),
+                    "dataset": str(dataset.name),
+                    "split": str(dataset.split),
+                    "sensor_size": list(sensor),
+                    "classes": json.dumps([str(c) for c in dataset.classes]),
+                    "n_samples": n,
+                    "frame_shape": list(frame_shape),
+                }
+            )
+            f.attrs["complete"] = True
 
 
 class CachedFrames(Sequence):

@@ -581,7 +581,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from events.formats import atomic_write
+    from events.atomic import atomic_write
 
     with atomic_write(path) as (fh, _):
         fh.write(text.encode("utf-8"))

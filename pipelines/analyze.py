@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from events.atomic import atomic_file
 from nsm.neurons import KINDS
 
 from .figures import new_figure, save_png
-from .files import atomic_file
 from .runs import ACTIVITY, numbered_records
 
 INPUT_PERCENTILES = ("15", "50", "85")

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 import models
-
-from .files import atomic_file
+from events.atomic import atomic_file
 
 FORMAT = "nsm-events-checkpoint"
 VERSION = 1

@@ -15,12 +15,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+from events.atomic import write_text_atomic
 from nsm.neurons import NEURON_KINDS
 
 from . import config as configs
 from .checkpoint import load_checkpoint
 from .evaluate import evaluate
-from .files import write_text_atomic
 from .runs import DEFAULT_CACHE, RunFolder, read_records
 from .train import train
 

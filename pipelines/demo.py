@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import events
+from events.atomic import write_text_atomic
 
 from . import config as configs
 from .evaluate import evaluate, predictor_table, summary
 from .export import export_checkpoint
-from .files import write_text_atomic
 from .replay import replay
 from .runs import RunFolder, read_records
 from .train import train

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nsm
+from events.atomic import write_text_atomic
 from nsm.sampling import MCSettings, stochastic_units
 
 from . import config as configs
@@ -34,7 +35,6 @@ from .calibration import classification_metrics, group_accuracy, reliability_bin
 from .checkpoint import load_checkpoint
 from .data import test_set
 from .figures import plot_reliability
-from .files import write_text_atomic
 from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
 
 

@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from events.atomic import atomic_file
+
 from .calibration import DEFAULT_BINS, check_probs, reliability_bins
-from .files import atomic_file
 from .health import DEAD_RATE, SATURATED_SHARE, SATURATION_P
 from .runs import read_records
 

@@ -13,11 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 import events
+from events.atomic import write_text_atomic
 from events.datasets import parse_labels
 from events.stream import first_disorder
 
 from .figures import plot_timeline
-from .files import write_text_atomic
 from .stream import DEFAULT_CHUNK_EVENTS, Prediction, StreamingClassifier
 
 

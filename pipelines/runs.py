@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .files import write_text_atomic
+from events.atomic import write_text_atomic
 
 CONFIG = "config.toml"
 CHECKPOINT = "checkpoint.pt"

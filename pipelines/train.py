@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import models
 import nsm
-from events.formats import remove_dead_temps
+from events.atomic import remove_dead_temps, write_text_atomic
 from nsm.initialization import data_init
 from nsm.normalization import LogitNormalization
 from nsm.sampling import takes_expectations
@@ -49,7 +49,6 @@ from .activity import ActivityRecorder
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Splits, load_data
 from .figures import plot_curves, plot_health
-from .files import write_text_atomic
 from .health import HealthMonitor
 from .runs import DEFAULT_CACHE, RunFolder, select_device, write_records
 from .warmstart import warm_start

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from pipelines.calibration import (
     reliability_bins,
 )
 from pipelines.figures import plot_curves, plot_reliability
-from pipelines.files import atomic_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -308,21 +306,6 @@ def test_plot_reliability_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="pair"):
         plot_reliability({"bad": np.array([[0.5, 0.5]])}, out)
     assert not out.exists() and not list(tmp_path.iterdir())
-
-
-def test_atomic_file_keeps_the_old_file_on_error_and_follows_umask(tmp_path):
-    target = tmp_path / "sub" / "f.png"
-    with atomic_file(target) as f:
-        f.write(b"first")
-    with pytest.raises(RuntimeError):
-        with atomic_file(target) as f:
-            f.write(b"half")
-            raise RuntimeError("crash while writing")
-    assert target.read_bytes() == b"first"
-    assert [p.name for p in target.parent.iterdir()] == ["f.png"]
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def curve_records():

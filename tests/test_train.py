@@ -533,7 +533,7 @@ def test_fresh_run_drops_records_left_by_a_run_killed_in_its_first_epoch(gesture
 def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     """A writer killed between creating its temporary file and the rename leaves ``.name.pid.hex.tmp``; the
     next run removes those of dead processes and keeps a live writer's."""
-    from events.formats import remove_dead_temps
+    from events.atomic import remove_dead_temps
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -19,10 +19,7 @@ reader from the file's content and name; this package imports no format module b
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +27,6 @@ import numpy as np
 from events.types import EVENT_DTYPE, Recording, SensorSize, empty_events
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
-
-_UMASK = os.umask(0o022)  # read the process umask once (setting it is the only way) ...
-os.umask(_UMASK)  # ... and put it straight back
 
 
 class EventFileReader:
@@ -142,63 +136,3 @@ def as_event_array(events, name: str = "events") -> np.ndarray:
             raise ValueError(f"{name}[{f!r}] holds values outside {EVENT_DTYPE[f]}")
         out[f] = col
     return out
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename.
-
-    On any error the temporary file is removed and ``path`` is left as it was. The temporary file is
-    ``.<name>.<pid>.<random>.tmp``, so ``remove_dead_temps`` can tell a killed writer's leftovers.
-    Yields ``(file_object, temp_path)``; with ``mode=None`` no file object is opened (for
-    libraries such as h5py that open the path themselves) and ``None`` is yielded in its place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        if mode is None:
-            os.close(fd)
-            yield None, tmp
-        else:
-            with os.fdopen(fd, mode) as fh:
-                yield fh, tmp
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
-
-
-def remove_dead_temps(folder, name: str | None = None) -> list[Path]:
-    """Delete the temporary files (``.<name>.<pid>.<random>.tmp``) that writers killed mid-write left in
-    ``folder`` (only those for ``name`` when given; never a running process's); return what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        m = _TEMP_NAME.match(tmp.name)
-        if (
-            m
-            and (name is None or m.group(1) == name)
-            and int(m.group(2)) != os.getpid()
-            and not pid_alive(int(m.group(2)))
-        ):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from events.formats import EventFileReader, as_event_array, atomic_write
+from events.atomic import atomic_write
+from events.formats import EventFileReader, as_event_array
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
 DEFAULT_SENSOR = SensorSize(128, 128, 2)

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from events.formats import EventFileReader, as_event_array, atomic_write
+from events.atomic import atomic_write
+from events.formats import EventFileReader, as_event_array
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds
 
 FORMAT_MARKER = "nsm-events"

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from events.formats import EventFileReader, as_event_array, atomic_write
+from events.atomic import atomic_write
+from events.formats import EventFileReader, as_event_array
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
 SENSOR_SIZE = SensorSize(34, 34, 2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from events.atomic import write_text_atomic
+
 from .. import bench as benchmarks
-from ..files import write_text_atomic
 
 
 def add_parser(sub) -> None:

@@ -84,7 +84,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
-from ..files import atomic_path
+from events.atomic import atomic_path
 
 TAU = 2.0**-10
 """Time constant and time step (s, about 1 ms) of the memoryless neurons; import with ``dt = TAU``."""
