@@ -10,11 +10,12 @@ that sampling networks train in) and Monte Carlo prediction,
 """
 
 from .initialization import data_init
-from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit, WeightCache
+from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout, StochasticUnit
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
 from .normalization import LogitNormalization
 from .sampling import MCResult, MCSettings, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
+from .weight_cache import WeightCache
 
 __all__ = [
     "MODES",

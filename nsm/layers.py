@@ -26,60 +26,12 @@ from torch.nn.modules.utils import _pair
 
 from . import functional as nsmf
 from .noise import BernoulliNoise, Noise
+from .weight_cache import memo
 
 MODES = ("probability", "synapse", "deterministic", "expected", "mean-input")
 EXPECTATION_MODES = ("expected", "mean-input")  # the modes whose units and pools pass the means of states
 _MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
 ESTIMATORS = ("nsm", "ste")
-
-
-class WeightCache:
-    """Reuse the NSM layers' effective weights and -1 border maps across forward passes of ``model``.
-
-    Inside ``with cache:`` and with autograd off, each NSM layer computes them once and reuses them until a
-    parameter changes through a tracked operation (in-place update such as an optimizer step,
-    ``load_state_dict``, ``.to()``: the parameters' version counter, storage, dtype or device). Outside
-    every cache they are recomputed on each forward pass, so nothing can go stale. Writes through ``.data``
-    and in-place writes to inference-mode tensors are not tracked: leave the cache before such an edit and
-    use a new one after it.
-
-    One cache may be entered many times and keeps its entries in between (``StreamingClassifier`` holds one
-    for its lifetime; ``mc_predict`` uses a fresh one per call). While a unit is inside one cache, entering
-    another leaves it on the outer one.
-    """
-
-    def __init__(self, model: nn.Module):
-        self._stores = {unit: {} for unit in model.modules() if isinstance(unit, _NSMUnit)}
-        self._outer = []
-
-    def __enter__(self) -> WeightCache:
-        self._outer.append({unit: unit.__dict__.get("_weight_cache") for unit in self._stores})
-        for unit, store in self._stores.items():
-            if unit.__dict__.get("_weight_cache") is None:
-                unit.__dict__["_weight_cache"] = store
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for unit, outer in self._outer.pop().items():
-            unit.__dict__["_weight_cache"] = outer
-
-
-def _memo(owner: nn.Module, slot: str, tensors: list[torch.Tensor], extra, compute):
-    """``compute()``, kept in ``owner``'s active :class:`WeightCache` under ``slot`` while autograd is off.
-
-    The entry is reused while ``tensors`` are the same objects with the same version counters (inference-mode
-    tensors keep none), storage, dtype and device, and ``extra`` is equal. Without an active cache or under
-    autograd it is always recomputed.
-    """
-    store = owner.__dict__.get("_weight_cache")
-    if store is None or torch.is_grad_enabled():
-        return compute()
-    state = tuple((None if t.is_inference() else t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
-    entry = store.get(slot)
-    if entry is None or entry[1] != state or entry[2] != extra or any(a is not b for a, b in zip(entry[0], tensors)):
-        entry = (tuple(tensors), state, extra, compute())
-        store[slot] = entry
-    return entry[3]
 
 
 class Modal:
@@ -153,7 +105,7 @@ class AffineConv2d(nn.Module):
         # Zero padding, then add what the pad_value border contributes (``border_rows``; kept in a WeightCache).
         out = F.conv2d(x, weight, bias, 1, self.padding)
         h, w = out.shape[-2:]
-        top, bottom, sides = _memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
+        top, bottom, sides = memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
         if ph:
             out[..., :ph, :] += top
             out[..., h - ph :, :] += bottom
@@ -236,6 +188,7 @@ class _NSMUnit(StochasticUnit):
 
     pad_value = -1.0
     logit_norm = None  # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
+    uses_weight_cache = True  # effective weights and border maps through ``memo`` (``nsm.weight_cache``)
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
@@ -257,7 +210,7 @@ class _NSMUnit(StochasticUnit):
         Inside a :class:`WeightCache` (Monte Carlo rounds, streaming) and without autograd it is computed once
         and reused until a parameter changes."""
         params = [p for p in (self.weight, self.bias, self.beta) if p is not None]
-        return _memo(
+        return memo(
             self,
             "_effective_cache",
             params,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import MODES, Modal, StochasticUnit, WeightCache, _NSMUnit
+from .layers import MODES, Modal, StochasticUnit, _NSMUnit
+from .weight_cache import WeightCache
 
 
 def stochastic_units(model: nn.Module) -> list[nn.Module]:
@@ -100,7 +101,7 @@ def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_ba
 
     The samples of all inputs are stacked along the batch dimension and run ``max_batch`` rows at
     a time. Gradients are not tracked; call inside ``torch.inference_mode`` for speed. The layers'
-    effective weights are computed once for all the passes (a :class:`nsm.layers.WeightCache`).
+    effective weights are computed once for all the passes (a :class:`nsm.weight_cache.WeightCache`).
     """
     with WeightCache(model):
         return _sample_probabilities(model, x, samples, max_batch)

@@ -12,8 +12,9 @@ SIZES = {"allconvnet18": [(64, 64), (24, 40)], "allconvnet12": [(32, 32), (12, 2
 
 
 @pytest.mark.parametrize("neuron", nsm.NEURON_KINDS)
-@pytest.mark.parametrize("name", sorted(SIZES))
+@pytest.mark.parametrize("name", models.list_models())
 def test_forward_backward_at_two_sizes(name, neuron):
+    assert name in SIZES, f"give the new model {name!r} two input sizes to test in SIZES"
     for size in SIZES[name]:
         torch.manual_seed(0)
         width = {"allconvnet18": 0.25, "allconvnet12": 0.25}.get(name)
