@@ -13,7 +13,7 @@ import pytest
 
 from events import io
 from events.datasets import NMNIST, DVSGesture
-from events.sim_scenes import GESTURE_CLASSES, LIGHTINGS
+from events.simulate.body import GESTURE_CLASSES, LIGHTINGS
 from events.simulate import EventCameraModel, simulate_digits, simulate_gestures
 from events.types import EVENT_DTYPE
 

@@ -1,19 +1,6 @@
-"""Scenes for the event-camera simulator: handwritten digits on N-MNIST's saccades, and a person
-making DVS Gesture's eleven arm gestures. Both render linear intensity frames (nominally 0..1) in
-batches, ``scene(t_us) -> (len(t_us), H, W) float32``, the contract of
-:meth:`events.simulate.EventCameraModel.simulate`.
+"""A person making DVS Gesture's eleven arm gestures: body, user style, lighting and the hand paths of each
+class.
 
-Digits
-------
-An 8 x 8 image of scikit-learn's handwritten digits (values 0..16) is reconstructed with a cubic
-B-spline and a soft threshold (smooth strokes with ~2 px edges, as the upscaled MNIST digits
-shown on a monitor for N-MNIST look) over a 28 x 28 square in the middle of the 34 x 34 view,
-with a small per-sample rotation, scale and offset. The view then follows N-MNIST's three
-saccades, a triangle of ~3 px sides, ~100 ms each, with zero speed at the corners (the pan-tilt
-unit stops between saccades).
-
-Gestures
---------
 A person stands facing the camera (their right side on the image's left). Head, torso and legs
 are static and part of the background; each arm is two capsules (upper arm, forearm) and a disc
 (hand), posed by two-link inverse kinematics from a hand trajectory. Body coordinates: x to the
@@ -49,9 +36,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from events.datasets import GESTURE_CLASSES as _DATASET_CLASSES
+
+from .render import render_capsules
 
 #: Class names, index + 1 = the class number in label files (the data-set reader's list).
 GESTURE_CLASSES = tuple(_DATASET_CLASSES)
@@ -66,149 +54,6 @@ LIGHTINGS = {
     "natural": {"illumination": 0.45, "glare": 0.18, "background_rate_hz": 0.2, "shot_noise_rate_hz": 0.8},
 }
 
-# --------------------------------------------------------------------------------------------
-# rendering kernels
-# --------------------------------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def _render_capsules(background, caps, out):
-    """Paint capsules over ``background`` (H, W) into ``out`` (N, H, W), one frame per row of
-    ``caps`` (N, M, 7): x0, y0, x1, y1, radius, intensity, shading, in pixel coordinates (pixel
-    centres at integers), painted in order. A limb is lit like a cylinder: at distance d from its
-    axis the intensity is ``intensity * (1 - shading * (d / radius)**2)``. Edges are anti-aliased
-    over one pixel: coverage ``clip(radius - d + 0.5, 0, 1)`` blends the intensity in."""
-    height, width = background.shape
-    for k in range(caps.shape[0]):
-        out[k] = background
-        for m in range(caps.shape[1]):
-            x0 = caps[k, m, 0]
-            y0 = caps[k, m, 1]
-            x1 = caps[k, m, 2]
-            y1 = caps[k, m, 3]
-            r = caps[k, m, 4]
-            val = caps[k, m, 5]
-            shade = caps[k, m, 6]
-            if r <= 0.0:
-                continue
-            dx = x1 - x0
-            dy = y1 - y0
-            ll = dx * dx + dy * dy
-            reach2 = (r + 0.5) * (r + 0.5)
-            xa = max(0, int(math.floor(min(x0, x1) - r - 1.0)))
-            xb = min(width - 1, int(math.ceil(max(x0, x1) + r + 1.0)))
-            ya = max(0, int(math.floor(min(y0, y1) - r - 1.0)))
-            yb = min(height - 1, int(math.ceil(max(y0, y1) + r + 1.0)))
-            for yy in range(ya, yb + 1):
-                for xx in range(xa, xb + 1):
-                    s = 0.0
-                    if ll > 0.0:
-                        s = min(1.0, max(0.0, ((xx - x0) * dx + (yy - y0) * dy) / ll))
-                    px = x0 + s * dx - xx
-                    py = y0 + s * dy - yy
-                    d2 = px * px + py * py
-                    if d2 < reach2:
-                        d = math.sqrt(d2)
-                        a = min(r + 0.5 - d, 1.0)
-                        q = min(d / r, 1.0)
-                        out[k, yy, xx] += a * (val * (1.0 - shade * q * q) - out[k, yy, xx])
-
-
-@njit(cache=True, nogil=True)
-def _bspline(t):
-    t = abs(t)
-    if t < 1.0:
-        return (4.0 - 6.0 * t * t + 3.0 * t * t * t) / 6.0
-    if t < 2.0:
-        return (2.0 - t) ** 3 / 6.0
-    return 0.0
-
-
-@njit(cache=True, nogil=True)
-def _render_digit(img, centres, inv, cell, background, gain, out):
-    """Frames (N, H, W) of ``img`` (h, w, 0..1) reconstructed with a cubic B-spline, then
-    a smooth step from ``STROKE_LOW`` to ``STROKE_HIGH``: canvas pixel p maps to image
-    coordinates ``inv @ (p - centres[k]) / cell + ((w-1)/2, (h-1)/2)``."""
-    ih, iw = img.shape
-    cu = (iw - 1) / 2.0
-    cv = (ih - 1) / 2.0
-    for k in range(out.shape[0]):
-        for yy in range(out.shape[1]):
-            for xx in range(out.shape[2]):
-                px = xx - centres[k, 0]
-                py = yy - centres[k, 1]
-                u = (inv[0, 0] * px + inv[0, 1] * py) / cell + cu
-                v = (inv[1, 0] * px + inv[1, 1] * py) / cell + cv
-                acc = 0.0
-                u0 = int(math.floor(u))
-                v0 = int(math.floor(v))
-                for j in range(v0 - 1, v0 + 3):
-                    if j < 0 or j >= ih:
-                        continue
-                    bv = _bspline(v - j)
-                    for i in range(u0 - 1, u0 + 3):
-                        if 0 <= i < iw:
-                            acc += img[j, i] * bv * _bspline(u - i)
-                # soft threshold: strokes with ~2 px edges, as a digit drawn on a screen
-                u = min(1.0, max(0.0, (acc - STROKE_LOW) / (STROKE_HIGH - STROKE_LOW)))
-                out[k, yy, xx] = background + gain * u * u * (3.0 - 2.0 * u)
-
-
-# --------------------------------------------------------------------------------------------
-# digits
-# --------------------------------------------------------------------------------------------
-
-NMNIST_SIZE = 34
-STROKE_LOW, STROKE_HIGH = 0.3, 0.6  # B-spline level where a stroke starts / is fully bright
-DIGIT_SPAN = 28.0  # pixels covered by the 8 x 8 image
-SACCADE_US = 100_000
-# corners of the saccade triangle (image coordinates, y down): up-right, down-right, left
-_SACCADE_CORNERS = np.array([[-1.5, 1.2], [0.0, -1.4], [1.5, 1.2]])
-
-
-class DigitScene:
-    """One digit (8 x 8 array, 0..16) seen through N-MNIST's three saccades; call with times
-    in µs from 0 (the scene lasts ``duration_us``)."""
-
-    def __init__(self, image: np.ndarray, rng: np.random.Generator, *, background: float = 0.1, gain: float = 0.5):
-        self.image = np.asarray(image, dtype=np.float64) / 16.0
-        angle = rng.uniform(-0.14, 0.14)  # about +-8 degrees
-        scale = rng.uniform(0.92, 1.08)
-        c, s = math.cos(angle), math.sin(angle)
-        self._inv = np.array([[c, s], [-s, c]]) / scale
-        self._centre = (NMNIST_SIZE - 1) / 2.0 + rng.uniform(-0.5, 0.5, 2)
-        self._corners = _SACCADE_CORNERS * rng.uniform(0.9, 1.1, (3, 2))
-        self._start = rng.uniform(0.0, 2000.0)
-        self._lengths = SACCADE_US + rng.uniform(-4000.0, 4000.0, 3)
-        self.duration_us = int(self._start + self._lengths.sum()) + 3000
-        self.background = background
-        self.gain = gain
-
-    def offsets(self, t_us: np.ndarray) -> np.ndarray:
-        """View offset (N, 2) in pixels at times ``t_us``."""
-        t = np.asarray(t_us, dtype=np.float64) - self._start
-        out = np.repeat(self._corners[:1], len(t), axis=0)
-        edges = np.concatenate([[0.0], np.cumsum(self._lengths)])
-        for j in range(3):
-            a, b = self._corners[j], self._corners[(j + 1) % 3]
-            u = np.clip((t - edges[j]) / self._lengths[j], 0.0, 1.0)
-            ease = u - np.sin(2 * np.pi * u) / (2 * np.pi)  # zero speed at both ends
-            sel = t >= edges[j]
-            out[sel] = a + ease[sel, None] * (b - a)
-        return out
-
-    def __call__(self, t_us: np.ndarray) -> np.ndarray:
-        centres = self._centre + self.offsets(t_us)
-        frames = np.empty((len(centres), NMNIST_SIZE, NMNIST_SIZE), np.float32)
-        _render_digit(
-            self.image, centres, self._inv, DIGIT_SPAN / self.image.shape[0], self.background, self.gain, frames
-        )
-        return frames
-
-
-# --------------------------------------------------------------------------------------------
-# gestures
-# --------------------------------------------------------------------------------------------
 
 GESTURE_SIZE = 128
 SHOULDER = 13.0  # half the shoulder width
@@ -265,7 +110,7 @@ def user_style(rng: np.random.Generator) -> UserStyle:
     )
 
 
-def _to_image(style: UserStyle, pts: np.ndarray) -> np.ndarray:
+def to_image(style: UserStyle, pts: np.ndarray) -> np.ndarray:
     """Body coordinates (..., 2) to image coordinates (column, row)."""
     out = np.empty_like(pts)
     out[..., 0] = style.cx + style.scale * pts[..., 0]
@@ -296,17 +141,17 @@ def body_background(style: UserStyle, illumination: float, glare: float) -> np.n
     ]
     caps = np.zeros((1, len(body), 7))
     for m, (a, b, r, val) in enumerate(body):
-        caps[0, m, 0:2] = _to_image(style, np.array(a, float))
-        caps[0, m, 2:4] = _to_image(style, np.array(b, float))
+        caps[0, m, 0:2] = to_image(style, np.array(a, float))
+        caps[0, m, 2:4] = to_image(style, np.array(b, float))
         caps[0, m, 4] = r * style.scale
         caps[0, m, 5] = val
         caps[0, m, 6] = LIMB_SHADING
     out = np.empty((1, n, n), np.float32)
-    _render_capsules(np.clip(wall, 0.02, 1.0).astype(np.float32), caps, out)
-    return _light(out[0], illumination, glare)
+    render_capsules(np.clip(wall, 0.02, 1.0).astype(np.float32), caps, out)
+    return lit(out[0], illumination, glare)
 
 
-def _light(intensity, illumination: float, glare: float):
+def lit(intensity, illumination: float, glare: float):
     """Linear intensity under a lighting: scaled light plus uniform veiling glare."""
     return illumination * ((1.0 - glare) * intensity + glare * 0.5)
 
@@ -324,7 +169,7 @@ def _circle(centre, radius, angle):
     return np.stack([centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle)], -1)
 
 
-def _rest(n: int, side: str) -> np.ndarray:
+def rest_hands(n: int, side: str) -> np.ndarray:
     return np.repeat((REST_R if side == "R" else REST_L)[None], n, axis=0)
 
 
@@ -393,7 +238,7 @@ def hand_paths(cls: int, tau: np.ndarray, duration: float, p: dict):
         phi = -0.15 + 0.5 * a * np.sin(2 * np.pi * 2.4 * f * tau + ph)
         pivot = SHOULDER_R + np.array([-8.0, -1.0]) + sh
         wave = np.stack([pivot[0] + 17.0 * np.sin(phi), pivot[1] + 17.0 * np.cos(phi)], -1)
-        hands, bends = (wave, _rest(n, "L")), (1.0, 1.0)
+        hands, bends = (wave, rest_hands(n, "L")), (1.0, 1.0)
         if cls == 3:
             hands, bends = (_mirror(hands[1]), _mirror(hands[0])), (-bends[1], -bends[0])
     elif cls in (4, 5, 6, 7):  # arm circles: 4 right cw, 5 right ccw, 6 = mirror of 5, 7 = mirror of 4
@@ -401,7 +246,7 @@ def hand_paths(cls: int, tau: np.ndarray, duration: float, p: dict):
         turn = -1.0 if clockwise_right else 1.0
         angle = ph + turn * 2 * np.pi * 0.85 * f * tau
         circle = _circle(SHOULDER_R + np.array([-2.0, -2.0]) + sh, min(29.0 * a, 31.0), angle)
-        hands, bends = (circle, _rest(n, "L")), (-turn, 1.0)
+        hands, bends = (circle, rest_hands(n, "L")), (-turn, 1.0)
         if cls in (6, 7):
             hands, bends = (_mirror(hands[1]), _mirror(hands[0])), (-bends[1], -bends[0])
     elif cls == 8:  # arm roll
@@ -430,7 +275,7 @@ def hand_paths(cls: int, tau: np.ndarray, duration: float, p: dict):
         neck = np.stack([SHOULDER_L[0] + reach * np.cos(beta), reach * np.sin(beta)], -1)
         hands, bends = (strum, neck), (-1.0, -1.0)
     elif cls == 11:  # other: random smooth motion
-        hands, bends = [_rest(n, "R"), _rest(n, "L")], [1.0, 1.0]
+        hands, bends = [rest_hands(n, "R"), rest_hands(n, "L")], [1.0, 1.0]
         for j, side in enumerate(("R", "L")):
             path = p["paths"].get(side)
             if path is not None:
@@ -463,64 +308,3 @@ def arm_joints(shoulder: np.ndarray, hand: np.ndarray, bend) -> tuple[np.ndarray
     elbow = shoulder + UPPER * np.stack([np.cos(theta), np.sin(theta)], -1)
     wrist = shoulder + dist_c[:, None] * np.stack([np.cos(base), np.sin(base)], -1)
     return elbow, wrist
-
-
-@dataclass(frozen=True)
-class GestureSegment:
-    """One labelled gesture of a recording: class 1..11 and its interval in µs."""
-
-    cls: int
-    start_us: int
-    end_us: int
-    params: dict
-
-
-class GestureRecordingScene:
-    """A user performing ``segments`` under a lighting; arms at rest between them."""
-
-    def __init__(self, style: UserStyle, segments: list[GestureSegment], lighting: dict):
-        self.style = style
-        self.segments = segments
-        self.illumination = lighting["illumination"]
-        self.glare = lighting["glare"]
-        self.background = body_background(style, self.illumination, self.glare).astype(np.float32)
-
-    def poses(self, t_us: np.ndarray):
-        """Hand targets and elbow bends of both arms at ``t_us`` (body coordinates)."""
-        t = np.asarray(t_us, dtype=np.int64)
-        n = len(t)
-        right, left = _rest(n, "R"), _rest(n, "L")
-        bend_r, bend_l = np.ones(n), np.ones(n)
-        for seg in self.segments:
-            sel = (t >= seg.start_us) & (t < seg.end_us)
-            if not sel.any():
-                continue
-            duration = (seg.end_us - seg.start_us) * 1e-6
-            tau = (t[sel] - seg.start_us) * 1e-6
-            r_path, l_path, r_bend, l_bend = hand_paths(seg.cls, tau, duration, seg.params)
-            right[sel], left[sel], bend_r[sel], bend_l[sel] = r_path, l_path, r_bend, l_bend
-        return right, left, bend_r, bend_l
-
-    def capsules(self, t_us: np.ndarray) -> np.ndarray:
-        """Arm capsules (N, 6, 7) in image coordinates, lit: left arm first, then right."""
-        right, left, bend_r, bend_l = self.poses(t_us)
-        s = self.style
-        caps = np.zeros((len(right), 6, 7))
-        sleeve = _light(s.sleeve, self.illumination, self.glare)
-        skin = _light(s.skin, self.illumination, self.glare)
-        for j, (shoulder, hand, bend) in enumerate(((SHOULDER_L, left, bend_l), (SHOULDER_R, right, bend_r))):
-            elbow, wrist = arm_joints(shoulder, hand, bend)
-            sh_img = _to_image(s, np.broadcast_to(shoulder, elbow.shape))
-            el_img, wr_img = _to_image(s, elbow), _to_image(s, wrist)
-            for m, (a, b, r, val) in enumerate(
-                ((sh_img, el_img, UPPER_R, sleeve), (el_img, wr_img, FORE_R, sleeve), (wr_img, wr_img, HAND_R, skin))
-            ):
-                c = caps[:, 3 * j + m]
-                c[:, 0:2], c[:, 2:4], c[:, 4], c[:, 5], c[:, 6] = a, b, r * s.scale, val, LIMB_SHADING
-        return caps
-
-    def __call__(self, t_us: np.ndarray) -> np.ndarray:
-        caps = self.capsules(t_us)
-        frames = np.empty((len(caps), GESTURE_SIZE, GESTURE_SIZE), np.float32)
-        _render_capsules(self.background, caps, frames)
-        return frames
