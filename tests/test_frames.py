@@ -10,8 +10,8 @@ import pytest
 import tomli_w
 import tomllib
 
-import events.frames as frames_mod
-from events.frames import FrameSpec, bench_binning, frames_from_spec, split_clips, to_frames
+from events.frames import FrameSpec, frames_from_spec, split_clips, to_frames
+from events.frames import binning as frame_binning
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
 ToFrame = pytest.importorskip("tonic.transforms").ToFrame
@@ -453,13 +453,13 @@ def test_max_frames_caps_empty_input_too():
 def test_max_frames_bins_only_the_frames_it_keeps(monkeypatch):
     """Bounded work: a gesture of 100 windows capped at 12 bins 12 frames, not 100 then discards 88."""
     binned = []
-    kernel = frames_mod._bin_events
+    kernel = frame_binning.bin_events
 
     def counting(ev, width, height, starts, ends, *rest):
         binned.append(len(starts))
         return kernel(ev, width, height, starts, ends, *rest)
 
-    monkeypatch.setattr(frames_mod, "_bin_events", counting)
+    monkeypatch.setattr(frame_binning, "bin_events", counting)
     ev = random_events(14, 5000, 32, 32, duration_us=1_600_000)
     spec = FrameSpec(time_window_us=16_000, frames_per_clip=6, max_frames=12, span="sample")
     frames = frames_from_spec(ev, (32, 32), spec, start_us=0, end_us=1_600_000, threads=1)
@@ -485,14 +485,3 @@ def test_split_clips():
         split_clips(frames, 0)
     with pytest.raises(ValueError):
         split_clips(frames[0], 2)
-
-
-# ---------------------------------------------------------------- benchmark entry point
-
-
-def test_bench_binning_reports_both_sides():
-    r = bench_binning(n_events=20_000, repeats=1)
-    assert r["identical"] is True
-    assert r["n_events"] == 20_000 and r["n_frames"] > 0
-    assert r["ours_events_per_s"] > 0 and r["tonic_events_per_s"] > 0
-    assert r["speedup"] == pytest.approx(r["tonic_s"] / r["ours_s"])

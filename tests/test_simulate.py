@@ -13,8 +13,8 @@ import pytest
 
 from events import io
 from events.datasets import NMNIST, DVSGesture
-from events.simulate.body import GESTURE_CLASSES, LIGHTINGS
 from events.simulate import EventCameraModel, simulate_digits, simulate_gestures
+from events.simulate.body import GESTURE_CLASSES, LIGHTINGS
 from events.types import EVENT_DTYPE
 
 
