@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-import events.cache as cache_mod
+import events.cache.build as cache_build
 from events.cache import CachedFrames, CacheError, FrameCache
 from events.frames import FrameSpec, frames_from_spec, split_clips
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
@@ -148,7 +148,7 @@ def test_hit_reads_no_sample(ds, cache, tmp_path):
 
 
 def test_small_flushes_give_the_same_file_content(ds, cache, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_FLUSH_BYTES", 1)  # flush after every sample
+    monkeypatch.setattr(cache_build, "_FLUSH_BYTES", 1)  # flush after every sample
     assert_matches(cache.get(ds, SPEC, progress=False), ds)
 
 
@@ -331,7 +331,7 @@ def _flip_chunk(path, first_frame):
 
 
 def test_damaged_chunk_is_an_error_on_read_and_caught_by_verify(ds, cache, caplog, monkeypatch):
-    monkeypatch.setattr(cache_mod, "_CHUNK_BYTES", 1)  # one frame per chunk: many chunks
+    monkeypatch.setattr(cache_build, "_CHUNK_BYTES", 1)  # one frame per chunk: many chunks
     path = cache.get(ds, SPEC, progress=False).path
     with h5py.File(path, "r") as f:
         assert f["frames"].chunks[0] == 1 and f["frames"].shape[0] > 3
