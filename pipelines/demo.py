@@ -30,7 +30,7 @@ from . import config as configs
 from .evaluate import evaluate, predictor_table, summary
 from .export import export_checkpoint
 from .replay import replay
-from .runs import RunFolder, read_records
+from .runs import CURVES, EVALUATION, RELIABILITY, RunFolder, read_records
 from .train import train
 
 PRESET = "gestures-allconv18"  # the network the demo trains
@@ -71,8 +71,8 @@ def twin_table(m: dict, twin: dict) -> str:
 def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
     """The Markdown report of a demo run (numbers read back from the files the steps wrote)."""
     history = read_records(RunFolder(run).metrics)
-    m = json.loads((run / "metrics.json").read_text())
-    t = json.loads((twin / "metrics.json").read_text())
+    m = json.loads((run / EVALUATION).read_text())
+    t = json.loads((twin / EVALUATION).read_text())
     s = json.loads((stream_dir / "summary.json").read_text())
     chance = 1 / m["classes"]
     last = history[-1]
@@ -94,7 +94,7 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
         )
         + f", {last['samples_per_s']:.0f} clips/s.",
         "",
-        f"![training curves]({rel(run / 'curves.png')})",
+        f"![training curves]({rel(run / CURVES)})",
         "",
         "## Evaluation on the held-out users (`nsm evaluate`)",
         "",
@@ -115,7 +115,7 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
         ]
     lines += [
         "",
-        f"![reliability diagram]({rel(run / 'reliability.png')})",
+        f"![reliability diagram]({rel(run / RELIABILITY)})",
         "",
         "The reliability diagram plots accuracy against confidence per bin: points on the diagonal are "
         "calibrated, above it under-confident, below it over-confident.",
