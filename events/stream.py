@@ -46,7 +46,7 @@ import numpy as np
 
 from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array
 from events.frames import FrameSpec, frames_from_spec
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
+from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events, is_int
 
 __all__ = [
     "Window",
@@ -75,7 +75,7 @@ class Window:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer number of µs, got {value!r}")
     return int(value)
 

@@ -44,6 +44,25 @@ class EventFormatError(ValueError):
         super().__init__(f"{where}{at}{problem}")
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy), a bool not counting as one."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an ``int``, or ``ValueError`` naming ``name`` unless it is an integer (``is_int``) within
+    ``minimum``..``maximum`` (either bound optional)."""
+    if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if minimum is not None and maximum is not None:
+            bounds = f" in {minimum}..{maximum}"
+        elif minimum is not None:
+            bounds = f" >= {minimum}"
+        else:
+            bounds = "" if maximum is None else f" <= {maximum}"
+        raise ValueError(f"{name} must be an integer{bounds}, got {value!r}")
+    return int(value)
+
+
 def empty_events(n: int = 0) -> np.ndarray:
     """A zero-filled event array of length ``n``."""
     return np.zeros(n, dtype=EVENT_DTYPE)

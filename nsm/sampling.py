@@ -13,12 +13,13 @@ at least ``threshold`` (never beyond ``max_samples``).
 
 from __future__ import annotations
 
-import numbers
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from events.types import check_int
 
 from .layers import MODES, Modal, StochasticUnit, _NSMUnit
 from .weight_cache import WeightCache
@@ -164,10 +165,7 @@ class MCSettings:
 
     def __post_init__(self) -> None:
         for name in ("samples", "min_samples", "max_samples") + (("step",) if self.step is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Monte Carlo {name} must be an integer >= 1, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_int(f"Monte Carlo {name}", getattr(self, name), 1))
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
         if not self.min_samples <= self.max_samples:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from events.types import check_int
+
 NLL_EPS = 1e-12
 ROW_SUM_TOL = 1e-3
 DEFAULT_BINS = 15
@@ -44,9 +46,7 @@ def _array(x, name: str) -> np.ndarray:
 
 
 def _check_bins(n_bins) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    return int(n_bins)
+    return check_int("n_bins", n_bins, 1)
 
 
 def _check_labels(labels, n: int, n_classes: int, name: str = "labels") -> np.ndarray:

@@ -44,7 +44,7 @@ from torch import nn
 import events
 import nsm
 from events.stream import SlidingWindows, Window, fit_frame_spec, iter_windows, window_frames
-from events.types import check_in_bounds
+from events.types import check_in_bounds, check_int
 
 from .checkpoint import load_checkpoint
 
@@ -242,9 +242,7 @@ class StreamingClassifier:
         )
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.decay, self.seed = float(decay), int(seed)
+        self.decay, self.seed = float(decay), check_int("seed", seed, 0)
         self.model = model
         self._weights = nsm.WeightCache(model)
         self.classes = None if classes is None else [str(c) for c in classes]

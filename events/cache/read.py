@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from events.frames import FrameSpec
-from events.types import SensorSize
+from events.types import SensorSize, check_int
 
 CACHE_FORMAT_VERSION = 1
 
@@ -180,8 +180,7 @@ class CachedClips(Sequence):
             raise ValueError("frames_per_clip is not set in the frame spec; pass it explicitly")
         stride = fpc if stride is None else stride
         for name, v in (("frames_per_clip", fpc), ("stride", stride)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            check_int(name, v, 1)
         self.source = frames
         self.frames_per_clip = int(fpc)
         self.stride = int(stride)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, Recording, SensorSize, empty_events
+from events.types import EVENT_DTYPE, Recording, SensorSize, check_int, empty_events
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
 
@@ -51,9 +51,7 @@ class EventFileReader:
         packets). On damage the good batches before it are yielded first, then
         :class:`~events.types.EventFormatError` is raised.
         """
-        if isinstance(max_events, bool) or not isinstance(max_events, (int, np.integer)) or max_events < 1:
-            raise ValueError(f"max_events must be a positive integer, got {max_events!r}")
-        batcher = Batcher(int(max_events))
+        batcher = Batcher(check_int("max_events", max_events, 1))
         try:
             for events in self._chunks(int(max_events)):
                 yield from batcher.add(events)

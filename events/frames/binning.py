@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, EventFormatError
+from events.types import EVENT_DTYPE, EventFormatError, is_int
 
 from .kernels import EXCLUDED, bin_events, check_range, searchsorted_left
-from .spec import FrameSpec, capped, is_int, sensor_wh
+from .spec import FrameSpec, capped, sensor_wh
 
 _PARALLEL_MIN_EVENTS = 500_000  # below this, threads cost more than they save
 _MAX_AUTO_THREADS = 4

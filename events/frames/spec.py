@@ -10,14 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from events.types import is_int
+
 _POLARITY_MODES = ("both", "on", "off", "merge")
 _SPANS = ("events", "sample")
 _SPEC_VERSION = 1
 _MAX_SIDE = 32767  # EVENT_DTYPE coordinates are int16
-
-
-def is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def _is_number(v) -> bool:

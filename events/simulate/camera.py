@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, SensorSize, empty_events
+from events.types import EVENT_DTYPE, SensorSize, check_int, empty_events
 
 from .kernels import camera_kernel, init_noise_clocks
 
@@ -89,10 +89,8 @@ class EventCameraModel:
         seed: int = 0,
     ):
         for name, v in (("width", width), ("height", height)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < v <= 32767:
-                raise ValueError(f"{name} must be an integer in 1..32767, got {v!r}")
-        if isinstance(refractory_us, bool) or not isinstance(refractory_us, (int, np.integer)) or refractory_us < 0:
-            raise ValueError(f"refractory_us must be a non-negative integer, got {refractory_us!r}")
+            check_int(name, v, 1, 32767)
+        check_int("refractory_us", refractory_us, 0)
         checks = (
             ("contrast_threshold", contrast_threshold, False),
             ("min_threshold", min_threshold, False),

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from events.types import check_int
+
 from .camera import EventCameraModel
-from .output import FORMAT_VERSION, check_int, claim_output, remove_stale, write_meta
+from .output import FORMAT_VERSION, claim_output, remove_stale, write_meta
 from .render import render_digit
 
 NMNIST_SIZE = 34

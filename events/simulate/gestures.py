@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from events.types import SensorSize
+from events.types import SensorSize, check_int
 
 from .body import (
     FORE_R,
@@ -34,7 +34,7 @@ from .body import (
     user_style,
 )
 from .camera import EventCameraModel
-from .output import FORMAT_VERSION, check_int, claim_output, remove_stale, write_meta, write_text
+from .output import FORMAT_VERSION, claim_output, remove_stale, write_meta, write_text
 from .render import render_capsules
 
 

@@ -7,15 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 FORMAT_VERSION = 1
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def write_text(path: Path, text: str) -> None:
