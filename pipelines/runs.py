@@ -1,5 +1,6 @@
-"""Run folders and their files, the default frame cache and the compute device: what ``nsm train`` writes and
-``nsm evaluate``, ``compare``, ``analyze`` and the demo read (docs/design.md section 2).
+"""Run folders and their files, the default frame cache, and where and how a job computes (device, torchrun
+process group, subnormal numbers): what ``nsm train`` writes and ``nsm evaluate``, ``compare``, ``analyze`` and
+the demo read (docs/design.md section 2).
 
 A run folder holds:
 
@@ -22,9 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from events.atomic import write_text_atomic
 
@@ -50,6 +54,44 @@ def select_device(name: str) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@dataclass
+class Process:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_process(device_name: str) -> Process:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    device = select_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return Process(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Process(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+@contextmanager
+def flushing_denormals():
+    """CPU float arithmetic with subnormal numbers (below 2^-126 in float32) flushed to zero, then restored to
+    torch's default. The expected pass makes many (erf's tails, the OR-pool's products of small factors) and
+    the CPU computes with them many times slower (docs/training-study.md, section 7)."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def numbered_records(path, *, cut_tail: bool = False) -> list[tuple[int, dict]]:

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -50,7 +48,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Splits, load_data
 from .figures import plot_curves, plot_health
 from .health import HealthMonitor
-from .runs import DEFAULT_CACHE, RunFolder, select_device, write_records
+from .runs import DEFAULT_CACHE, Process, RunFolder, flushing_denormals, start_process, write_records
 from .warmstart import warm_start
 
 VAL_SAMPLES = 8  # Monte Carlo samples per validation prediction
@@ -59,32 +57,6 @@ INIT_ITEMS = 256  # training items whose statistics initialise a fresh run (trai
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
-
-
-@dataclass
-class Process:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def start_process(device_name: str) -> Process:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    device = select_device(device_name)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return Process(device=device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return Process(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 def build_model(cfg: configs.Config, splits: Splits):
@@ -178,18 +150,6 @@ def prepare_run(
     epochs = saved_epochs if saved_epochs is not None else saved.train.epochs
     saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=epochs))
     return saved, ck.state
-
-
-@contextmanager
-def flushing_denormals():
-    """CPU float arithmetic with subnormal numbers (below 2^-126 in float32) flushed to zero, then restored to
-    torch's default. The expected pass makes many (erf's tails, the OR-pool's products of small factors) and
-    the CPU computes with them many times slower (docs/training-study.md, section 7)."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def train(

@@ -30,7 +30,7 @@ import models
 import nsm
 from events.datasets import GESTURE_CLASSES
 from nsm.layers import EXPECTATION_MODES
-from pipelines import cli
+from pipelines import cli, runs
 from pipelines import config as configs
 from pipelines import train as training
 from pipelines.analyze import read_activity
@@ -549,6 +549,6 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
 def test_flushing_denormals_flushes_inside_and_restores_after():
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # subnormal in float32 (below 2^-126)
     assert (tiny * 1.0).item() != 0.0
-    with training.flushing_denormals():
+    with runs.flushing_denormals():
         assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() != 0.0

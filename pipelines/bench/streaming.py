@@ -1,18 +1,11 @@
-"""``nsm bench``: performance measured side by side in one run, printed as a Markdown table.
-
-Every row times our implementation and a reference doing the same work in the same process,
-interleaved round by round so that both see the same machine state; the ratio is the median of
-the per-round ratios. Nothing here is asserted by tests: the numbers are for people to read.
-"""
+"""Benchmarks of streaming: the classifier's machinery, allconvnet18 and ``tiny`` streaming a simulated recording
+in real time, trained checkpoints, and the peak memory of a long against a short recording."""
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,145 +13,9 @@ import torch
 
 import events
 import models
-import nsm
 
-from .train import flushing_denormals
-
-
-@dataclass
-class Row:
-    """One benchmark: ``ours`` and ``reference`` in ``unit`` (higher is better unless the goal says otherwise),
-    the ratio, the goal and free-text ``detail``."""
-
-    name: str
-    unit: str
-    ours: float
-    reference_name: str
-    reference: float
-    ratio: float
-    goal: str
-    detail: str = ""
-
-
-def interleaved(ours: Callable[[], None], reference: Callable[[], None], rounds: int):
-    """Time both callables alternately; return (median seconds ours, median seconds reference, median ratio
-    ref/ours)."""
-    ours(), reference()  # warm-up: compilation, allocator, caches
-    t_ours, t_ref = [], []
-    for _ in range(rounds):
-        for fn, acc in ((ours, t_ours), (reference, t_ref)):
-            start = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - start)
-    ratios = [r / o for o, r in zip(t_ours, t_ref)]
-    return statistics.median(t_ours), statistics.median(t_ref), statistics.median(ratios)
-
-
-def mc_inference(quick: bool) -> Row:
-    """MC samples per second of allconvnet18 (bnsm) vs the same layout of nn.Conv2d + hardtanh, 64x64, batch 16."""
-    batch, k = 16, 4
-    torch.manual_seed(0)
-    x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
-    net = models.create_model("allconvnet18", neuron="bnsm")
-    plain = models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE)
-    t_nsm, t_plain, ratio = interleaved(
-        lambda: nsm.mc_predict(net, x, samples=k), lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10
-    )
-    n = batch * k
-    return Row(
-        "allconvnet18 MC inference, 64x64, batch 16",
-        "samples/s",
-        n / t_nsm,
-        "plain conv + hardtanh",
-        n / t_plain,
-        ratio,
-        ">= 0.8x (NSM costs at most 1.25x plain)",
-    )
-
-
-def training(quick: bool) -> list[Row]:
-    """Training samples per second of allconvnet18 (bnsm) vs the plain conv + hardtanh layout, 64x64, batch 16.
-
-    One step: forward, cross-entropy, backward and an Adam update, on the same random binary input; the bnsm
-    network trains as ``nsm train`` trains it after its warm-up epochs, on batch-normalized firing logits
-    (``nsm.normalization``), in the ``expected`` mode (``train.forward = "expected"``, the default: a mean and a
-    variance convolution per layer) and, second row, sampling its states (``train.forward = "sampled"``); subnormal
-    numbers flushed to zero, as ``nsm train`` does."""
-    batch = 16
-    torch.manual_seed(0)
-    x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
-    y = torch.randint(0, 11, (batch,))
-
-    def stepper(neuron, mode=None):
-        net = models.create_model("allconvnet18", neuron=neuron)
-        if nsm.LogitNormalization.units_of(net):
-            nsm.LogitNormalization.attach(net, x)
-        if mode is not None:
-            nsm.set_mode(net, mode)
-        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
-
-        def step():
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        return step
-
-    rows = []
-    for forward, mode in (("expected", "expected"), ("sampled", None)):
-        with flushing_denormals():  # as nsm train runs
-            t_nsm, t_plain, ratio = interleaved(
-                stepper("bnsm", mode), stepper(nsm.neurons.BENCH_REFERENCE), 2 if quick else 6
-            )
-        rows.append(
-            Row(
-                f"allconvnet18 training step ({forward}), 64x64, batch 16",
-                "samples/s",
-                batch / t_nsm,
-                "plain conv + hardtanh",
-                batch / t_plain,
-                ratio,
-                ">= 0.8x plain (original NSM code: 8 samples/s here)",
-            )
-        )
-    return rows
-
-
-def binning(quick: bool) -> Row:
-    """Events per second binned into frames: events.to_frames vs tonic.transforms.ToFrame on 2 M events, 128x128."""
-    import tonic.transforms
-
-    n = 2_000_000
-    rng = np.random.default_rng(0)
-    ev = events.make_events(
-        rng.integers(0, 128, n), rng.integers(0, 128, n), np.sort(rng.integers(0, 6_000_000, n)), rng.integers(0, 2, n)
-    )
-    sensor = events.SensorSize(128, 128, 2)
-    tonic_frames = tonic.transforms.ToFrame(sensor_size=tuple(sensor), time_window=16_000)
-    t_ours, t_ref, ratio = interleaved(
-        lambda: events.to_frames(ev, sensor, time_window_us=16_000), lambda: tonic_frames(ev), 3 if quick else 5
-    )
-    return Row(
-        "event binning, 2 M events, 128x128, 16 ms frames",
-        "M events/s",
-        n / t_ours / 1e6,
-        "tonic ToFrame",
-        n / t_ref / 1e6,
-        ratio,
-        ">= 25x tonic",
-    )
-
-
-def tiny_model():
-    """The ``tiny`` preset's network (``pipelines/presets/tiny.toml``) on six 32x32 frames, 11 classes."""
-    from .config import load_config
-
-    m = load_config("tiny").model
-    return models.create_model(
-        m.name, in_channels=6, input_size=(32, 32), num_classes=11, neuron=m.neuron, noise_p=m.noise_p, **m.options
-    )
-
+from .common import Row
+from .compute import tiny_model
 
 STREAM_FRAMES = {"time_window_us": 16_000, "polarity": "merge", "frames_per_clip": 6}  # 96 ms windows
 CAMERA_PACKET_US = 5_000  # the stream benchmarks push events as a camera delivers them: 5 ms packets
@@ -336,7 +193,6 @@ def _child_peak_mb(argv: list[str]) -> float:
     starts the child and reports the ru_maxrss of its own (only) child.
     """
     import subprocess
-    import sys
 
     cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "pipelines.commands.stream", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
@@ -404,31 +260,3 @@ def stream_memory(quick: bool) -> Row:
         "about 1.0x (lower is better)",
         f"ru_maxrss of the child process; {rate // 1000} k events/s",
     )
-
-
-SECTIONS = [mc_inference, training, binning, stream_machinery, stream_allconvnet18, stream_tiny, stream_memory]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"Python {platform.python_version()}"
-    )
-
-
-def to_markdown(rows: list[Row]) -> str:
-    lines = ["| benchmark | ours | reference | ratio (ours/ref) | goal | details |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r.name} | {r.ours:.1f} {r.unit} | {r.reference_name}: {r.reference:.1f} {r.unit} "
-            f"| {r.ratio:.2f}x | {r.goal} | {r.detail} |"
-        )
-    return "\n".join(lines)
