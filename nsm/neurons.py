@@ -270,6 +270,18 @@ def neuron_kind(
     return NeuronKind(name, binary, _tagged(name, conv, conv_options), _tagged(name, linear, options))
 
 
+def gain_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that scale a unit's firing logit, and so set how deterministic it is: each NSM unit's beta
+    and each weight-normalized sign unit's gain g."""
+    gains = []
+    for module in model.modules():
+        if isinstance(module, (NSMConv2d, NSMLinear)):
+            gains.append(module.beta)
+        elif isinstance(module, _SignUnit) and module.g is not None:
+            gains.append(module.g)
+    return gains
+
+
 def pool_unit(kind: NeuronKind, kernel_size: int = 2) -> nn.Module:
     """Max-pooling; for binary kinds the OR-pool ``BinaryMaxPool2d`` (the same arithmetic)."""
     return BinaryMaxPool2d(kernel_size) if kind.binary else nn.MaxPool2d(kernel_size)

@@ -124,7 +124,10 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation: Adam (``lr``, ``adam_eps``, ``weight_decay``), the learning rate multiplied by
-    ``lr_gamma`` every ``lr_step_epochs`` epochs. ``workers``: DataLoader worker processes.
+    ``lr_gamma`` every ``lr_step_epochs`` epochs; the units' gains (``nsm.neurons.gain_parameters``: an NSM
+    unit's beta, a weight-normalized sign unit's g) learn at ``gain_lr_factor`` times that rate (Adam moves a
+    parameter by about the rate a step, so at 1e-3 a gain moves by at most about 1 in 1000 steps;
+    docs/training-study.md, section 8). ``workers``: DataLoader worker processes.
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``amp``: bfloat16/float16
     autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads.
     ``init``: how a fresh run's units start: ``"data"`` (``nsm.initialization.data_init`` on a batch of training
@@ -150,6 +153,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    gain_lr_factor: float = 1.0
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -167,8 +171,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_epochs < 0:
             raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.lr <= 0 or self.lr_gamma <= 0:
-            raise ValueError("train.lr and train.lr_gamma must be > 0")
+        if self.lr <= 0 or self.lr_gamma <= 0 or self.gain_lr_factor <= 0:
+            raise ValueError("train.lr, train.lr_gamma and train.gain_lr_factor must be > 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.workers < 0:

@@ -39,6 +39,7 @@ import models
 import nsm
 from events.atomic import remove_dead_temps, write_text_atomic
 from nsm.initialization import data_init
+from nsm.neurons import gain_parameters
 from nsm.normalization import LogitNormalization
 from nsm.sampling import takes_expectations
 
@@ -91,6 +92,17 @@ def training_mode(model, epoch: int, tc: configs.TrainConfig):
     if tc.forward != "sampled" and takes_expectations(model):
         return nsm.using_mode(model, tc.forward)
     return nullcontext()
+
+
+def parameter_groups(model, tc: configs.TrainConfig) -> list[dict]:
+    """Adam's parameter groups: the units' gains (``nsm.neurons.gain_parameters``) at ``tc.lr`` times
+    ``tc.gain_lr_factor``, everything else at ``tc.lr``; one group when the factor is 1 (as runs were before the
+    factor existed, so that their checkpoints resume)."""
+    gains = {id(p) for p in gain_parameters(model)} if tc.gain_lr_factor != 1 else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in gains]}]
+    if gains:
+        groups.append({"params": [p for p in model.parameters() if id(p) in gains], "lr": tc.lr * tc.gain_lr_factor})
+    return groups
 
 
 def rng_state() -> dict:
@@ -224,7 +236,7 @@ def _train(
     if state is None and tc.logit_norm == "batch" and LogitNormalization.units_of(model):
         with training_mode(model, 0, tc):
             norm = LogitNormalization.attach(model, first)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.Adam(parameter_groups(model, tc), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
     autocast, scaler = autocast_for(proc.device, tc.amp)
     start_epoch, best = 0, -math.inf

@@ -98,6 +98,7 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
         ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
         ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
+        ("train.gain_lr_factor=0", "train.lr, train.lr_gamma and train.gain_lr_factor must be > 0"),
     ],
 )
 def test_protocol_options_are_checked_when_the_config_loads(override, message):

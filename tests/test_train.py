@@ -552,3 +552,16 @@ def test_flushing_denormals_flushes_inside_and_restores_after():
     with runs.flushing_denormals():
         assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() != 0.0
+
+
+@pytest.mark.parametrize("neuron, gain", [("bnsm", "beta"), ("gnsm", "beta"), ("wbd", "g")])
+def test_gain_lr_factor_gives_the_units_gains_their_own_rate(neuron, gain):
+    model = models.create_model("nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron=neuron, hidden=8)
+    tc = configs.TrainConfig(lr=1e-3, gain_lr_factor=10)
+    rest, gains = training.parameter_groups(model, tc)
+    named = {id(p): name for name, p in model.named_parameters()}
+    assert {named[id(p)].rsplit(".", 1)[-1] for p in gains["params"]} == {gain}
+    assert gain not in {named[id(p)].rsplit(".", 1)[-1] for p in rest["params"]}
+    assert len(rest["params"]) + len(gains["params"]) == len(list(model.parameters()))
+    assert gains["lr"] == pytest.approx(1e-2) and "lr" not in rest
+    assert len(training.parameter_groups(model, configs.TrainConfig(gain_lr_factor=1))) == 1
