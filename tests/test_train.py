@@ -556,7 +556,9 @@ def test_flushing_denormals_flushes_inside_and_restores_after():
 
 @pytest.mark.parametrize("neuron, gain", [("bnsm", "beta"), ("gnsm", "beta"), ("wbd", "g")])
 def test_gain_lr_factor_gives_the_units_gains_their_own_rate(neuron, gain):
-    model = models.create_model("nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron=neuron, hidden=8)
+    model = models.create_model(
+        "nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron=neuron, hidden=8
+    )
     tc = configs.TrainConfig(lr=1e-3, gain_lr_factor=10)
     rest, gains = training.parameter_groups(model, tc)
     named = {id(p): name for name, p in model.named_parameters()}
