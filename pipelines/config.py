@@ -34,6 +34,7 @@ DATASETS = ("dvsgesture", "nmnist")
 INITS = ("data", "none")
 LOGIT_NORMS = ("batch", "none")
 FORWARDS = ("expected", "mean-input", "sampled")
+WARMUP_FORWARDS = ("deterministic", "mean-input")
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,13 @@ class TrainConfig:
     ``init``: how a fresh run's units start: ``"data"`` (``nsm.initialization.data_init`` on a batch of training
     items: standardized pre-activations, OR-pools emitting +1 in half their windows; without it deep binary
     networks stay at chance, see docs/training-study.md) or ``"none"`` (as the layers build themselves).
-    ``warmup_epochs``: epochs trained with deterministic forward passes before the stochastic units sample
+    ``warmup_epochs``: epochs trained with noise-free forward passes before the stochastic units sample
     (a random network of sampling units passes almost nothing of its input through many layers; once
-    trained deterministically its weights carry the signal through the noise: docs/training-study.md).
+    trained without noise its weights carry the signal through the noise: docs/training-study.md).
+    ``warmup_forward``: the warm-up's pass: ``"deterministic"`` (every unit z = sgn(v), the gradient of E z) or,
+    for networks that take expectations (bnsm, gnsm; others stay deterministic), ``"mean-input"`` (E z = erf(v)
+    of the mean input, exact gradients; it learned where the deterministic warm-up stays at the class prior,
+    e.g. with two polarity channels: docs/training-study.md, section 8).
     ``logit_norm``: ``"batch"`` trains the NSM units on batch-normalized firing logits, folded into their beta and
     bias in every checkpoint (``nsm.normalization``: without it the logits of a wide network grow until its units
     saturate and it stays at chance, docs/training-study.md), or ``"none"``.
@@ -161,6 +166,7 @@ class TrainConfig:
     record_every: int = 50
     init: str = "data"
     warmup_epochs: int = 1
+    warmup_forward: str = "deterministic"
     logit_norm: str = "batch"
     forward: str = "expected"
     augment: AugmentConfig = AugmentConfig()
@@ -183,6 +189,8 @@ class TrainConfig:
             raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
         if self.forward not in FORWARDS:
             raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
+        if self.warmup_forward not in WARMUP_FORWARDS:
+            raise ValueError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
 
 
 @dataclass(frozen=True)

@@ -82,14 +82,16 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
 
 
 def training_mode(model, epoch: int, tc: configs.TrainConfig):
-    """The units' mode in training epoch ``epoch``: deterministic forward passes (every stochastic unit
-    z = sgn(E u)) during the first ``tc.warmup_epochs`` epochs; after them the mode ``tc.forward`` names
-    (``expected`` or ``mean-input``) when the network takes expectations (``nsm.sampling.takes_expectations``),
-    else the units' own modes. The sampled and deterministic passes share the backward rule (the gradient of
-    E z); the expectation modes back-propagate through their own deterministic pass."""
+    """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs
+    ``tc.warmup_forward`` (``deterministic``: every stochastic unit z = sgn(E u); ``mean-input`` for networks that
+    take expectations, ``nsm.sampling.takes_expectations``, else deterministic); after them the mode
+    ``tc.forward`` names (``expected`` or ``mean-input``) when the network takes expectations, else the units' own
+    modes. The sampled and deterministic passes share the backward rule (the gradient of E z); the expectation
+    modes back-propagate through their own deterministic pass."""
+    expectations = takes_expectations(model)
     if epoch < tc.warmup_epochs:
-        return nsm.using_mode(model, "deterministic")
-    if tc.forward != "sampled" and takes_expectations(model):
+        return nsm.using_mode(model, tc.warmup_forward if expectations else "deterministic")
+    if tc.forward != "sampled" and expectations:
         return nsm.using_mode(model, tc.forward)
     return nullcontext()
 

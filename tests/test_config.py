@@ -99,6 +99,10 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
         ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
         ("train.gain_lr_factor=0", "train.lr, train.lr_gamma and train.gain_lr_factor must be > 0"),
+        (
+            'train.warmup_forward="expected"',
+            "train.warmup_forward must be one of ('deterministic', 'mean-input'), got 'expected'",
+        ),
     ],
 )
 def test_protocol_options_are_checked_when_the_config_loads(override, message):

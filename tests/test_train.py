@@ -442,11 +442,19 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
         ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
         ("ste", "expected", ["deterministic", "probability", "probability"]),  # its gradient is another rule
         ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
+        ("bnsm", "expected/mean-input", ["mean-input", "expected", "expected"]),
+        ("gnsm", "sampled/mean-input", ["mean-input", "probability", "probability"]),
+        ("ste", "expected/mean-input", ["deterministic", "probability", "probability"]),  # no expectations
+        ("bn", "expected/mean-input", ["deterministic", "deterministic", "deterministic"]),
     ],
 )
-def test_units_train_deterministic_in_the_warmup_then_in_the_mode_train_forward_picks(neuron, forward, modes):
+def test_units_train_in_the_warmup_mode_then_in_the_mode_train_forward_picks(neuron, forward, modes):
+    """``forward`` is ``train.forward``, or ``train.forward/train.warmup_forward``."""
+    forward, _, warmup = forward.partition("/")
     cfg = configs.load_config(
-        "gestures-allconv18", [f"model.neuron={neuron}", f"train.forward={forward}", "train.warmup_epochs=1"]
+        "gestures-allconv18",
+        [f"model.neuron={neuron}", f"train.forward={forward}", "train.warmup_epochs=1"]
+        + ([f"train.warmup_forward={warmup}"] if warmup else []),
     )
     model = models.create_model(
         "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron, width=0.25
