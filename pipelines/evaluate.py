@@ -88,9 +88,9 @@ def evaluate(
         raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
     ev = cfg.eval
     given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples)
+    if max_samples is not None:  # a --max-samples below the run's minimum lowers the minimum too
+        given["min_samples"] = min(ev.min_samples, max_samples)
     mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
-    if mc.min_samples > mc.max_samples:  # a --max-samples below the run's minimum lowers the minimum too
-        mc = dataclasses.replace(mc, min_samples=mc.max_samples)
     out = Path(checkpoint).parent if out is None else Path(out)
     dev = select_device(device)
     model = ck.model.to(dev)

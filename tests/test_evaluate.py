@@ -103,6 +103,12 @@ def test_adaptive_sampling_uses_between_min_and_max_samples(gestures, tiny_run, 
     assert cfg.eval.min_samples < m["mean_samples"] < 24
 
 
+def test_a_max_samples_below_the_runs_minimum_lowers_the_minimum(gestures, tiny_run, tmp_path):
+    assert configs.load_config("tiny").eval.min_samples > 2
+    m = evaluate(gestures, tiny_run, tmp_path, "--adaptive", "--max-samples", "2")
+    assert 1 <= m["mean_samples"] <= 2
+
+
 def test_ece_equals_a_recomputation_from_the_saved_bins(evaluated):
     _, m = evaluated
     rel = m["reliability"]
