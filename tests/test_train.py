@@ -70,7 +70,8 @@ def subprocess_env() -> dict:
 
 
 def state(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's dict, read by torch's weights-only unpickler (checkpoints hold only tensors and plain data)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_tensors(a: dict, b: dict, what: str) -> None:

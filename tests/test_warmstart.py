@@ -332,7 +332,7 @@ def test_nsm_train_init_from_starts_from_the_checkpoint(gestures, tmp_path, caps
     )
     printed = capsys.readouterr().out
     assert f"warm start from {ck.resolve()} (epoch 3)" in printed and "batch-norm statistics folded" in printed
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["init_from"] == str(ck.resolve())
     trained = models.create_model(**state["model_spec"])
     trained.load_state_dict(state["model_state"])
