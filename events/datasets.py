@@ -7,16 +7,28 @@ samples come from; caches key on their size and mtime) and ``ds.sample_info(i)``
 Sample order is sorted and deterministic. A missing or incomplete data set raises
 :class:`DatasetNotFoundError`, naming the expected layout and where to obtain the data.
 
+Every file a data set opens (samples, archives, label CSVs, trial lists) must be a regular file:
+a directory, FIFO, device, socket or symbolic-link loop in its place is refused with
+``EventFormatError`` before anything opens it (``events.formats.check_regular_file``).
+
 N-MNIST (``NMNIST``; https://www.garrickorchard.com/datasets/n-mnist)
     ``root/Train/<digit>/<id>.bin`` and ``root/Test/<digit>/<id>.bin``, or the released archives
     ``root/Train.zip`` / ``root/Test.zip`` read in place (members ``.../<digit>/<id>.bin``, no
-    extraction). Label = digit. Order: by digit, then file name.
+    extraction). Label = digit. Order: by digit, then file name. An archive member is read only
+    when it is stored or deflated (what zip tools write by default), unencrypted, declares at most
+    ``MAX_MEMBER_BYTES`` uncompressed, and inflates to exactly its declared size with a matching
+    CRC-32; it is inflated in ``MEMBER_READ_BYTES`` pieces, so a member that inflates beyond its
+    declared size is refused after reading one byte more, never read whole.
 
 IBM DVS Gesture (``DVSGesture``; https://research.ibm.com/interactive/dvsgesture/)
     Original release (``root`` or ``root/DvsGesture``): ``userNN_<lighting>.aedat`` (AEDAT 3.1),
     ``userNN_<lighting>_labels.csv`` (header ``class,startTime_usec,endTime_usec``, class 1..11,
     times in the recording's µs), and ``trials_to_train.txt`` / ``trials_to_test.txt`` listing the
-    ``.aedat`` names of each split. One sample per labelled gesture: the events with
+    ``.aedat`` names of each split: bare file names in that folder (an entry holding ``/``, ``\\``,
+    ``..`` or a control character, or naming ``.`` or an absolute path, is refused, naming the list
+    file and line, so nothing outside the data folder is read through a list; symbolic links
+    placed in the folder itself are followed). One sample per
+    labelled gesture: the events with
     ``start <= t < end`` (timestamps as recorded, not shifted), label ``class - 1``. Recordings
     are ordered by (user, lighting), gestures as listed in the CSV. A gesture is read through
     the recording's packet index (built on first use, kept in memory, a few bytes a packet), so
@@ -31,8 +43,12 @@ IBM DVS Gesture (``DVSGesture``; https://research.ibm.com/interactive/dvsgesture
       overlap belong to both samples, since the labels give no basis to split them.
 
     A malformed CSV (header, field count, non-integer, class outside 1..11, negative start,
-    ``end <= start``) or trials file raises ``EventFormatError`` naming the file, the line and
-    its byte offset.
+    ``end <= start``, a time beyond int64) or trials file raises ``EventFormatError`` naming the
+    file, the line and its byte offset. Each interval must also lie inside its recording's time
+    span ``[first event, last event + 1)``: this is checked against the packet index when the
+    recording is first read (before any of its samples is returned), and a row outside it raises
+    ``EventFormatError`` naming the CSV, the line and the recording's span, so an interval is never
+    binned into empty frames or into an allocation the recording cannot fill.
 
     tonic's preprocessed layout is used when the original files are absent:
     ``root/ibmGestureTrain/userNN_<lighting>/<class>.npy`` (and ``ibmGestureTest``), class
@@ -42,14 +58,18 @@ IBM DVS Gesture (``DVSGesture``; https://research.ibm.com/interactive/dvsgesture
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
+from events.formats import check_regular_file
 from events.formats.aedat3 import Aedat3Reader, PacketIndex, read_time_range
 from events.formats.gesture_npy import GestureNpyReader
 from events.formats.nmnist import SENSOR_SIZE as NMNIST_SENSOR
@@ -75,6 +95,10 @@ LABELS_HEADER = ("class", "startTime_usec", "endTime_usec")
 _RECORDING = re.compile(r"^user(\d+)_(.+)\.aedat$")
 _NPY_FOLDER = re.compile(r"^user(\d+)_(.+)$")
 _INT = re.compile(r"^[+-]?\d+$")
+_INT64_MAX = (1 << 63) - 1
+MAX_MEMBER_BYTES = 64 << 20  # an N-MNIST sample is tens of kB; anything near this is not one
+MEMBER_READ_BYTES = 1 << 20  # archive members are inflated this much at a time
+_ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -133,18 +157,18 @@ class NMNIST(_EventDataset):
         base = self.root / folder
         if base.is_dir():
             self._samples = [
-                (p, int(d.name))
+                (check_regular_file(p, "N-MNIST sample"), int(d.name))
                 for d in sorted(base.iterdir())
                 if d.is_dir() and d.name in self.classes
                 for p in sorted(d.glob("*.bin"))
-                if p.is_file()
             ]
             where = str(base)
         else:
             zips = [self.root / f"{folder}.zip", self.root / f"{folder.lower()}.zip"]
-            self._zip_path = next((z for z in zips if z.is_file()), None)
+            self._zip_path = next((z for z in zips if os.path.lexists(z)), None)
             if self._zip_path is None:
                 raise DatasetNotFoundError(self._missing(f"neither {base}/ nor {zips[0]} exists"))
+            check_regular_file(self._zip_path, "N-MNIST archive")
             self._samples = self._zip_members()
             where = str(self._zip_path)
         if not self._samples:
@@ -175,9 +199,10 @@ class NMNIST(_EventDataset):
     def _open_zip(self) -> zipfile.ZipFile:
         # One handle per process: a forked DataLoader worker must not share the parent's offset.
         if self._zip is None or self._zip_pid != os.getpid():
+            check_regular_file(self._zip_path, "N-MNIST archive")
             try:
                 self._zip = zipfile.ZipFile(self._zip_path)
-            except (zipfile.BadZipFile, OSError) as err:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
                 raise EventFormatError(f"not a readable zip archive: {err}", self._zip_path) from None
             self._zip_pid = os.getpid()
         return self._zip
@@ -193,11 +218,7 @@ class NMNIST(_EventDataset):
             with NMNISTReader(src) as r:
                 return r.read().events, label
         name = f"{self._zip_path}:{src}"
-        try:
-            data = self._open_zip().read(src)
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
-            raise EventFormatError(f"cannot read archive member: {err}", name) from None
-        return decode_nmnist_bytes(data, name), label
+        return decode_nmnist_bytes(read_member(self._open_zip(), src, name), name), label
 
     def source_files(self) -> list[Path]:
         return [self._zip_path] if self._zip_path is not None else [p for p, _ in self._samples]
@@ -207,6 +228,60 @@ class NMNIST(_EventDataset):
         if self._zip_path is None:
             return {"file": str(src), "label": label}
         return {"file": f"{self._zip_path}:{src}", "archive": str(self._zip_path), "member": src, "label": label}
+
+
+def read_member(zf: zipfile.ZipFile, member: str, name: str) -> bytes:
+    """The bytes of archive ``member`` (``name`` in errors), refused unless it checks out (module docstring).
+
+    The size cap is checked on the declared size before anything is read; the member is inflated in
+    ``MEMBER_READ_BYTES`` pieces with zipfile told to allow one byte beyond the declared size, so a
+    member that inflates further is caught after that byte, and the CRC-32 is checked here.
+    """
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        raise EventFormatError("archive member is gone (the archive changed since it was listed)", name) from None
+    declared = info.file_size
+    if declared > MAX_MEMBER_BYTES:
+        raise EventFormatError(
+            f"archive member declares {declared} bytes uncompressed, more than the {MAX_MEMBER_BYTES}-byte "
+            "limit for one sample",
+            name,
+        )
+    if info.flag_bits & 0x1:
+        raise EventFormatError("archive member is encrypted; the data set's archives are not", name)
+    if info.compress_type not in _ZIP_METHODS:
+        raise EventFormatError(
+            f"archive member uses compression method {info.compress_type}; only stored (0) and deflated (8) "
+            "members are read",
+            name,
+        )
+    probe = copy.copy(info)
+    probe.file_size = declared + 1  # let one byte more through, to tell a member that inflates further
+    del probe.CRC  # checked below, over exactly what was read
+    parts, total, crc = [], 0, 0
+    try:
+        with zf.open(probe) as fh:
+            while total <= declared:
+                piece = fh.read(min(MEMBER_READ_BYTES, declared + 1 - total))
+                if not piece:
+                    break
+                parts.append(piece)
+                total += len(piece)
+                crc = zlib.crc32(piece, crc)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as err:
+        raise EventFormatError(f"cannot read archive member: {type(err).__name__}: {err}", name) from None
+    if total > declared:
+        raise EventFormatError(
+            f"archive member inflates beyond its declared {declared} bytes; refused (read stopped there)", name
+        )
+    if total < declared:
+        raise EventFormatError(f"archive member ends after {total} of its declared {declared} bytes", name)
+    if crc != info.CRC:
+        raise EventFormatError(
+            f"archive member fails its CRC-32 check (stored {info.CRC:08x}, computed {crc:08x})", name
+        )
+    return b"".join(parts)
 
 
 class DVSGesture(_EventDataset):
@@ -222,10 +297,10 @@ class DVSGesture(_EventDataset):
         trials = "trials_to_train.txt" if self.train else "trials_to_test.txt"
         npy_dir = "ibmGestureTrain" if self.train else "ibmGestureTest"
         self._indexes: dict[Path, PacketIndex] = {}
-        base = next((b for b in (self.root, self.root / "DvsGesture") if (b / trials).is_file()), None)
+        base = next((b for b in (self.root, self.root / "DvsGesture") if os.path.lexists(b / trials)), None)
         if base is not None:
             self.layout = "aedat"
-            self._trials_file = base / trials
+            self._trials_file = check_regular_file(base / trials, "trial list")
             self._load_original(base)
         elif (self.root / npy_dir).is_dir():
             self.layout = "npy"
@@ -254,6 +329,13 @@ class DVSGesture(_EventDataset):
         for lineno, line in enumerate(raw.splitlines(keepends=True), 1):
             name = line.decode("utf-8", "replace").strip()
             if name:
+                if not _bare_name(name):
+                    raise EventFormatError(
+                        f"line {lineno}: {name[:60]!r} is not a bare file name (an entry may not hold '/', "
+                        f"'\\', '..' or control characters; recordings are read from {base} only)",
+                        self._trials_file,
+                        offset,
+                    )
                 m = _RECORDING.match(name)
                 if m is None:
                     raise EventFormatError(
@@ -264,11 +346,11 @@ class DVSGesture(_EventDataset):
                 recordings.append((int(m.group(1)), m.group(2), name))
             offset += len(line)
         recordings = sorted(set(recordings))
-        missing = [str(base / n) for _, _, n in recordings if not (base / n).is_file()]
+        missing = [str(base / n) for _, _, n in recordings if not os.path.lexists(base / n)]
         missing += [
             str(base / (n[:-6] + "_labels.csv"))
             for _, _, n in recordings
-            if not (base / (n[:-6] + "_labels.csv")).is_file()
+            if not os.path.lexists(base / (n[:-6] + "_labels.csv"))
         ]
         if missing:
             raise DatasetNotFoundError(
@@ -276,15 +358,19 @@ class DVSGesture(_EventDataset):
             )
         self._recordings = []
         self._samples = []
+        self._label_rows: list[list[LabelRow]] = []  # per recording, for the check against its time span
         for user, lighting, name in recordings:
             aedat, labels = base / name, base / (name[:-6] + "_labels.csv")
             rec = len(self._recordings)
             self._recordings.append((aedat, labels, user, lighting))
-            for cls, start, end in parse_labels(labels):
-                self._samples.append((rec, cls - 1, start, end))
+            rows = label_rows(labels)
+            self._label_rows.append(rows)
+            for row in rows:
+                self._samples.append((rec, row.cls - 1, row.start, row.end))
 
-    def _recording_index(self, aedat: Path) -> PacketIndex:
-        st = aedat.stat()
+    def _recording_index(self, rec: int) -> PacketIndex:
+        aedat, labels = self._recordings[rec][:2]
+        st = check_regular_file(aedat, "recording").stat()
         idx = self._indexes.get(aedat)
         if idx is None or (idx.file_size, idx.mtime_ns) != (st.st_size, st.st_mtime_ns):
             reader = Aedat3Reader(aedat)
@@ -293,7 +379,9 @@ class DVSGesture(_EventDataset):
                     f"recording is {reader.sensor_size.width}x{reader.sensor_size.height}, DVS Gesture is 128x128",
                     aedat,
                 )
-            idx = self._indexes[aedat] = reader.packet_index()
+            idx = reader.packet_index()
+            check_label_span(self._label_rows[rec], labels, idx, aedat)
+            self._indexes[aedat] = idx
         return idx
 
     # --- tonic's preprocessed layout ---------------------------------------------------
@@ -318,7 +406,7 @@ class DVSGesture(_EventDataset):
                 return r.read().events, label
         rec, label, start, end = self._samples[j]
         aedat = self._recordings[rec][0]
-        return read_time_range(aedat, start, end, self._recording_index(aedat)), label
+        return read_time_range(aedat, start, end, self._recording_index(rec)), label
 
     def source_files(self) -> list[Path]:
         if self.layout == "npy":
@@ -355,14 +443,59 @@ class DVSGesture(_EventDataset):
         }
 
 
+class LabelRow(NamedTuple):
+    """One row of a labels CSV: class 1..11, ``[start, end)`` in µs, and where it stands in the file."""
+
+    cls: int
+    start: int
+    end: int
+    line: int
+    offset: int
+
+
 def parse_labels(path) -> list[tuple[int, int, int]]:
     """Parse a DVS Gesture ``_labels.csv`` into ``(class 1..11, start_us, end_us)`` rows in file order.
 
     Exact duplicate rows are dropped (first kept) with one ``UserWarning`` for the file;
-    overlapping intervals are kept. Malformed content raises ``EventFormatError`` with the line
-    number in the message and the line's byte offset.
+    overlapping intervals are kept. Malformed content (including times beyond int64) raises
+    ``EventFormatError`` with the line number in the message and the line's byte offset. The rows
+    are not checked against a recording here (see :func:`check_label_span`).
     """
-    path = Path(path)
+    return [(r.cls, r.start, r.end) for r in label_rows(path, stacklevel=3)]
+
+
+LABEL_MARGIN_US = 1_000_000  # how far a gesture's interval may reach past the recording's first or last event
+
+
+def check_label_span(rows: list[LabelRow], labels, index: PacketIndex, recording) -> None:
+    """``EventFormatError`` naming ``labels`` and the line unless every row's interval overlaps the recording's
+    time span ``[first event, last event + 1)`` (from its packet ``index``) and reaches at most
+    ``LABEL_MARGIN_US`` beyond it (a sensor emits nothing while the scene is still, so a hand-made label may end
+    a little after the last event; bins there are empty because no events happened, not because data is lost)."""
+    if index.n_events == 0:
+        first, end = None, None
+    else:
+        first, end = int(index.t_min.min()), int(index.t_max.max()) + 1
+    for row in rows:
+        if (
+            first is None
+            or row.start >= end
+            or row.end <= first
+            or row.start < first - LABEL_MARGIN_US
+            or row.end > end + LABEL_MARGIN_US
+        ):
+            span = "has no events" if first is None else f"spans [{first}, {end}) µs"
+            raise EventFormatError(
+                f"line {row.line}: interval [{row.start}, {row.end}) µs does not lie inside its recording "
+                f"{Path(recording).name}, which {span} (a label may reach {LABEL_MARGIN_US} µs beyond it)",
+                labels,
+                row.offset,
+            )
+
+
+def label_rows(path, stacklevel: int = 2) -> list[LabelRow]:
+    """:func:`parse_labels` with each row's line number and byte offset."""
+    path = check_regular_file(path, "labels file")
     raw = path.read_bytes()
     rows, seen, dups = [], set(), 0
     offset, header_seen = 0, False
@@ -392,13 +525,29 @@ def parse_labels(path) -> list[tuple[int, int, int]]:
             raise EventFormatError(f"line {lineno}: class {cls} outside 1..{len(GESTURE_CLASSES)}", path, at)
         if start < 0 or end <= start:
             raise EventFormatError(f"line {lineno}: interval [{start}, {end}) is empty or negative", path, at)
+        if end > _INT64_MAX:
+            raise EventFormatError(f"line {lineno}: end time {end} is beyond the int64 µs range", path, at)
         if (cls, start, end) in seen:
             dups += 1
             continue
         seen.add((cls, start, end))
-        rows.append((cls, start, end))
+        rows.append(LabelRow(cls, start, end, lineno, at))
     if not header_seen:
         raise EventFormatError(f"empty labels file (expected header {','.join(LABELS_HEADER)!r})", path, 0)
     if dups:
-        warnings.warn(f"{path}: {dups} duplicate label row(s) dropped (first of each kept)", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: {dups} duplicate label row(s) dropped (first of each kept)", UserWarning, stacklevel=stacklevel
+        )
     return rows
+
+
+def _bare_name(name: str) -> bool:
+    """Whether a trial-list entry is a plain file name: no separator, no ``..``, nothing unprintable."""
+    return (
+        "/" not in name
+        and "\\" not in name
+        and ".." not in name
+        and name != "."
+        and not os.path.isabs(name)
+        and all(ch.isprintable() for ch in name)
+    )

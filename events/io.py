@@ -15,16 +15,17 @@ magic number:
 | ``nmnist``      | name ending ``.bin`` (the format has no header) |
 
 An empty file or anything else raises ``EventFormatError``; a missing file raises
-``FileNotFoundError``.
+``FileNotFoundError``. A path that is not a regular file (a directory, FIFO, device, socket or a
+symbolic-link loop) is refused with ``EventFormatError`` before it is opened
+(:func:`events.formats.check_regular_file`).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 
-from events.formats import EventFileReader
+from events.formats import EventFileReader, check_regular_file
 from events.types import EventFormatError, Recording
 
 FORMATS = ("nmnist", "aedat3", "aedat4", "gesture_npy", "hdf5")
@@ -39,7 +40,7 @@ _READERS = {
 
 def detect_format(path: str | os.PathLike) -> str:
     """The format name of ``path`` (one of ``FORMATS``), from its content and name."""
-    path = Path(path)
+    path = check_regular_file(path)
     with open(path, "rb") as fh:
         head = fh.read(16)
     if not head:

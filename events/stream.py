@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array
+from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array, check_chunk_size
 from events.frames import FrameSpec, frames_from_spec
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events, is_int
 
@@ -299,6 +299,7 @@ def read_windows(
     """
     from events.io import reader
 
+    chunk_events = check_chunk_size(chunk_events, path, "chunk_events")
     with reader(path) as r:
         windows = SlidingWindows(
             window_us, hop_us, origin_us=origin_us, sensor_size=r.sensor_size, sort_chunks=sort_chunks, source=path

@@ -15,6 +15,7 @@ from tqdm import tqdm
 import events
 from events.atomic import write_text_atomic
 from events.datasets import parse_labels
+from events.formats import check_chunk_size
 from events.stream import first_disorder
 
 from .figures import plot_timeline
@@ -109,6 +110,7 @@ def replay(
     error is raised. The timeline PNG is written atomically at the end.
     """
     mc = mc or {}
+    chunk_events = check_chunk_size(chunk_events, recording, "chunk_events")  # before any output is opened
     labels = parse_labels(labels) if labels else None
     with events.reader(recording) as reader:
         clf = StreamingClassifier.from_checkpoint(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import struct
+import subprocess
+import sys
+import tracemalloc
 import warnings
 import zipfile
 from pathlib import Path
@@ -11,11 +17,22 @@ import numpy as np
 import pytest
 
 import events
-from events.datasets import DVSGESTURE_URL, NMNIST, NMNIST_URL, DatasetNotFoundError, DVSGesture
+from events.datasets import DVSGESTURE_URL, MAX_MEMBER_BYTES, NMNIST, NMNIST_URL, DatasetNotFoundError, DVSGesture
 from events.formats.aedat3 import write_aedat3
 from events.formats.nmnist import write_nmnist
 from events.io import read
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_isolated(script: str, *args, timeout: float = 120) -> str:
+    """Run ``script`` in a fresh Python with ``args``: a hang is killed after ``timeout`` s; returns its stdout."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert out.returncode == 0, f"status {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
 
 
 def random_events(n, width, height, t0, t1, seed):
@@ -104,6 +121,81 @@ def test_nmnist_corrupt_zip_member_names_member_and_offset(nmnist_root, tmp_path
     assert err.value.offset == 10 and "Train.zip:Train/1/00001.bin" in str(err.value)
 
 
+def one_member_zip(path: Path, data: bytes, name="Train/1/00001.bin"):
+    """Write a Train.zip holding one deflated member; returns the byte offsets of its local and central headers."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+    raw = path.read_bytes()
+    return raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+
+
+def patch_member(path: Path, local: int, central: int, field: str, value: int):
+    """Set one field of the member in both its local header and the central directory."""
+    at = {"flags": (6, 8, "<H"), "method": (8, 10, "<H"), "crc": (14, 16, "<I"), "size": (22, 24, "<I")}[field]
+    raw = bytearray(path.read_bytes())
+    struct.pack_into(at[2], raw, local + at[0], value)
+    struct.pack_into(at[2], raw, central + at[1], value)
+    path.write_bytes(bytes(raw))
+
+
+def test_nmnist_zip_member_declared_huge_is_refused_before_reading(tmp_path):
+    local, central = one_member_zip(tmp_path / "Train.zip", b"\x00\x00\x00\x00\x00" * 10)
+    patch_member(tmp_path / "Train.zip", local, central, "size", 0x7FFFFFF0)
+    ds = NMNIST(tmp_path)
+    with pytest.raises(
+        EventFormatError, match=f"declares 2147483632 bytes uncompressed, more than the {MAX_MEMBER_BYTES}"
+    ):
+        ds[0]
+
+
+def test_nmnist_zip_member_inflating_beyond_its_declared_size_is_refused_unread(tmp_path):
+    # 32 MiB of zeros deflate to 32 kB; the member then claims 1000 bytes (with the true CRC, or one forged for
+    # the first 1000 bytes: either way it is refused after one byte more than declared, never read whole)
+    bomb = bytes(32 << 20)
+    local, central = one_member_zip(tmp_path / "Train.zip", bomb)
+    patch_member(tmp_path / "Train.zip", local, central, "size", 1000)
+    ds = NMNIST(tmp_path)
+    for crc in (None, zipfile.crc32(bomb[:1000])):
+        if crc is not None:
+            patch_member(tmp_path / "Train.zip", local, central, "crc", crc)
+        tracemalloc.start()
+        try:
+            with pytest.raises(EventFormatError, match="inflates beyond its declared 1000 bytes") as err:
+                ds[0]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert err.value.path == f"{tmp_path / 'Train.zip'}:Train/1/00001.bin"
+        assert peak < 4 << 20
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("method", 9, "compression method 9"),  # Deflate64, which zipfile cannot read
+        ("flags", 1, "encrypted"),
+        ("crc", 0x12345678, "fails its CRC-32 check"),
+        ("size", 51, "ends after 50 of its declared 51 bytes"),
+        ("size", 49, "inflates beyond its declared 49 bytes"),
+        ("damage", 0, "cannot read archive member"),
+    ],
+)
+def test_nmnist_bad_zip_member_is_refused_naming_it(tmp_path, field, value, problem):
+    data = b"\x01\x02\x00\x00\x10" * 10
+    local, central = one_member_zip(tmp_path / "Train.zip", data)
+    if field == "damage":  # deflate data of an invalid block type
+        raw = bytearray((tmp_path / "Train.zip").read_bytes())
+        start = local + 30 + len("Train/1/00001.bin")
+        raw[start : start + 4] = b"\xff\xff\xff\xff"
+        (tmp_path / "Train.zip").write_bytes(bytes(raw))
+    else:
+        patch_member(tmp_path / "Train.zip", local, central, field, value)
+    ds = NMNIST(tmp_path)
+    with pytest.raises(EventFormatError, match=problem) as err:
+        ds[0]
+    assert err.value.path == f"{tmp_path / 'Train.zip'}:Train/1/00001.bin"
+
+
 def test_nmnist_missing_or_empty_raises_dataset_not_found(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         NMNIST(tmp_path / "nowhere")
@@ -122,11 +214,13 @@ HEADER = "class,startTime_usec,endTime_usec\n"
 
 
 def make_gesture_root(root: Path, labels: dict[str, str], train: list[str], test: list[str], seed=0):
-    """Write one AEDAT 3.1 recording (events over 0..10 s) and its labels CSV per entry of ``labels``."""
+    """Write one AEDAT 3.1 recording (events over 0..10 s, the first at 0 and the last at 9 999 999 µs, so that
+    its time span is [0, 10 s)) and its labels CSV per entry of ``labels``."""
     root.mkdir(parents=True, exist_ok=True)
     recs = {}
     for k, (stem, csv) in enumerate(sorted(labels.items())):
         ev = random_events(3000, 128, 128, 0, 10_000_000, seed + k)
+        ev["t"][0], ev["t"][-1] = 0, 9_999_999
         write_aedat3(root / f"{stem}.aedat", ev, packet_events=64)
         (root / f"{stem}_labels.csv").write_text(csv)
         recs[stem] = ev
@@ -213,6 +307,7 @@ def test_dvsgesture_overlapping_intervals_share_events(tmp_path):
         (HEADER + "0,0,10\n", 2, "class 0"),
         (HEADER + "3,10,10\n", 2, "empty or negative"),
         (HEADER + "3,-5,10\n", 2, "empty or negative"),
+        (HEADER + "3,0,9223372036854775808\n", 2, "beyond the int64"),
         ("", None, "empty labels file"),
     ],
 )
@@ -233,6 +328,105 @@ def test_dvsgesture_bad_trials_line(tmp_path):
     with pytest.raises(EventFormatError, match="line 2") as err:
         DVSGesture(tmp_path)
     assert err.value.offset == len("user03_led.aedat\n")
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "3,1000000,900000000000000",  # ends 28 years after a 10 s recording: binning it would ask for TiB
+        "3,10500000,10900000",  # wholly after the recording: it would be cached as empty frames
+        "3,9000000,11000001",  # one µs further past the last event than a label may reach
+    ],
+)
+def test_dvsgesture_label_outside_its_recording_is_refused_with_file_and_line(tmp_path, row):
+    csv = HEADER + "1,0,1000000\n" + row + "\n"
+    make_gesture_root(tmp_path, {"user03_led": csv}, ["user03_led"], [])  # events span [0, 10 s)
+    ds = DVSGesture(tmp_path)  # the rows themselves are well formed
+    for i in (0, 1):  # checked when the recording is first read, before any of its samples is returned
+        with pytest.raises(EventFormatError, match="line 3: interval .* does not lie inside") as err:
+            ds[i]
+        assert err.value.path == str(tmp_path / "user03_led_labels.csv")
+        assert err.value.offset == len(HEADER) + len("1,0,1000000\n")
+        assert "user03_led.aedat, which spans [0, 10000000) µs" in str(err.value)
+
+
+def test_dvsgesture_label_outside_its_recording_is_refused_before_binning(tmp_path):
+    make_gesture_root(tmp_path, {"user03_led": HEADER + "3,1000000,900000000000000\n"}, ["user03_led"], [])
+    spec = events.FrameSpec(time_window_us=1000, span="sample")
+    with pytest.raises(EventFormatError, match="line 2: interval"):
+        events.FrameCache(tmp_path / "cache").get(DVSGesture(tmp_path), spec, progress=False)
+
+
+@pytest.mark.parametrize("row", ["3,0,10000000", "3,9000000,11000000"])
+def test_dvsgesture_label_spanning_the_recording_or_reaching_the_margin_past_it_is_accepted(tmp_path, row):
+    recs = make_gesture_root(tmp_path, {"user03_led": HEADER + row + "\n"}, ["user03_led"], [])
+    ev, label = DVSGesture(tmp_path)[0]
+    assert label == 2
+    start = int(row.split(",")[1])
+    np.testing.assert_array_equal(ev, recs["user03_led"][recs["user03_led"]["t"] >= start])
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "user03_led/../../outside/user09_led.aedat",
+        "user01_../../outside/user09_led.aedat",
+        "../user03_led.aedat",
+        "/tmp/user03_led.aedat",
+        "user03_..\\..\\x.aedat",
+        "user03_a..b.aedat",
+        "user03_led\x07.aedat",
+    ],
+)
+def test_dvsgesture_trial_entry_outside_the_data_folder_is_refused_with_line(tmp_path, entry):
+    make_gesture_root(tmp_path / "data", {"user03_led": HEADER + "1,0,10\n"}, ["user03_led"], [])
+    make_gesture_root(tmp_path / "outside", {"user09_led": HEADER + "1,0,10\n"}, [], [])
+    (tmp_path / "data" / "user01_").mkdir()  # so that the second entry would resolve on disk
+    (tmp_path / "data" / "user03_led").mkdir()
+    trials = tmp_path / "data" / "trials_to_train.txt"
+    trials.write_text("user03_led.aedat\n" + entry + "\n")
+    with pytest.raises(EventFormatError, match="line 2: .* is not a bare file name") as err:
+        DVSGesture(tmp_path / "data")
+    assert err.value.path == str(trials) and err.value.offset == len("user03_led.aedat\n")
+
+
+SPECIAL_DATASET_SCRIPT = """
+import json, sys
+from events.datasets import NMNIST, DVSGesture
+from events.types import EventFormatError
+for name, root, path in json.loads(sys.argv[1]):
+    try:
+        ds = (NMNIST if name.startswith("nmnist") else DVSGesture)(root)
+        ds[0]
+    except EventFormatError as err:
+        assert err.path == path and sys.argv[2] in err.problem, (name, str(err))
+        print(name, "refused")
+    else:
+        raise SystemExit(f"{name}: accepted")
+"""
+
+
+@pytest.mark.parametrize("kind, problem", [("fifo", "a FIFO (named pipe)"), ("directory", "a directory")])
+def test_special_files_in_data_sets_are_refused_before_open(tmp_path, kind, problem):
+    cases = []
+    for target in ("labels", "trials", "recording", "nmnist sample", "nmnist archive"):
+        root = tmp_path / target.replace(" ", "-")
+        if target.startswith("nmnist"):
+            (root / "Train" / "3").mkdir(parents=True)
+            write_nmnist(root / "Train" / "3" / "00002.bin", random_events(10, 34, 34, 0, 1000, 0))
+            path = root / "Train" / "3" / "00001.bin"
+            if target == "nmnist archive":
+                os.rename(root / "Train", root / "unzipped")
+                path = root / "Train.zip"
+        else:
+            make_gesture_root(root, {"user03_led": HEADER + "1,0,10\n"}, ["user03_led"], [])
+            name = {"labels": "user03_led_labels.csv", "trials": "trials_to_train.txt", "recording": "user03_led.aedat"}
+            path = root / name[target]
+            path.unlink()
+        os.mkfifo(path) if kind == "fifo" else path.mkdir()
+        cases.append((target, str(root), str(path)))
+    out = run_isolated(SPECIAL_DATASET_SCRIPT, json.dumps(cases), problem, timeout=90)
+    assert out.split("\n")[:-1] == [f"{name} refused" for name, _, _ in cases]
 
 
 def test_dvsgesture_missing_data_raises_dataset_not_found(tmp_path, gesture_root):

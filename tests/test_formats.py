@@ -3,9 +3,12 @@ reported with the file and byte offset."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,11 @@ import events
 from events.formats.aedat3 import Aedat3Reader, write_aedat3
 from events.formats.hdf5 import write_hdf5
 from events.formats.nmnist import write_nmnist
-from events.io import detect_format, read, reader
+from events.io import FORMATS, detect_format, read, reader
+from events.stream import read_windows
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def random_events(n, width, height, t_max, seed=0):
@@ -32,6 +38,16 @@ def tonic_io():
 
 def no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def run_isolated(script: str, *args, timeout: float = 120) -> str:
+    """Run ``script`` in a fresh Python with ``args``: a hang is killed after ``timeout`` s, a crash is a
+    non-zero status; returns its stdout."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    assert out.returncode == 0, f"status {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
 
 
 # ---------------------------------------------------------------- N-MNIST
@@ -315,6 +331,117 @@ def test_aedat4_truncated_copy_raises_format_error(real_data, tmp_path):
     assert err.value.path == str(path)
 
 
+AEDAT4_XML = (
+    '<dv version="2.0"><node name="outInfo" path="/mainloop/Recorder/outInfo/">'
+    '<node name="0" path="/mainloop/Recorder/outInfo/0/"><attr key="typeIdentifier" type="string">EVTS</attr>'
+    '<node name="info" path="/mainloop/Recorder/outInfo/0/info/"><attr key="sizeX" type="int">32</attr>'
+    '<attr key="sizeY" type="int">24</attr></node></node></node></dv>'
+)
+AEDAT4_PACKETS_AT = 14 + 4 + 44 + len(AEDAT4_XML) + 1  # magic line, IOHeader length, IOHeader
+
+
+def aedat4_ioheader(compression=0, data_table=-1, description=AEDAT4_XML) -> bytes:
+    """An IOHeader FlatBuffer: root offset, 'IOHE', a vtable at 8 (fields at +4, +8, +16), the table at 20,
+    the description string at 40."""
+    desc = description.encode()
+    vtable = struct.pack("<HHHHH", 10, 20, 4, 8, 16) + b"\0\0"
+    table = struct.pack("<iiqI", 12, compression, data_table, 4)
+    return struct.pack("<I", 20) + b"IOHE" + vtable + table + struct.pack("<I", len(desc)) + desc + b"\0"
+
+
+def aedat4_events_packet(events) -> bytes:
+    """A size-prefixed EventPacket FlatBuffer ('EVTS') of (t, x, y, on) rows: 16-byte structs from byte 32."""
+    body = b"EVTS" + struct.pack("<HHHH", 6, 8, 4, 0) + struct.pack("<iI", 8, 4) + struct.pack("<I", len(events))
+    body += b"".join(struct.pack("<qhh?xxx", t, x, y, on) for t, x, y, on in events)
+    buf = struct.pack("<I", 16) + body
+    return struct.pack("<I", len(buf)) + buf
+
+
+def aedat4_bytes(packets, data_table=None, tail=b"", compression=0) -> bytes:
+    """A 32 x 24 AEDAT 4 file of uncompressed packets ``(stream id, payload)`` (a payload may be an int: a bare
+    length field and nothing after it); ``data_table=True`` puts the file data table (``tail``) after them."""
+    body = b""
+    for stream, payload in packets:
+        body += (
+            struct.pack("<II", stream, payload)
+            if isinstance(payload, int)
+            else struct.pack("<II", stream, len(payload)) + payload
+        )
+    table = AEDAT4_PACKETS_AT + len(body) if data_table is True else -1 if data_table is None else data_table
+    header = aedat4_ioheader(compression, table)
+    assert len(header) + 18 == AEDAT4_PACKETS_AT
+    return b"#!AER-DAT4.0\r\n" + struct.pack("<I", len(header)) + header + body + tail
+
+
+A4_EVENTS = [[(100, 1, 2, True), (150, 31, 23, False)], [(200, 0, 0, True)]]
+
+
+@pytest.mark.parametrize("data_table", [None, True])
+def test_aedat4_hand_built_file_reads_to_its_end_or_data_table(tmp_path, data_table):
+    path = tmp_path / "hand.aedat4"
+    tail = b"\xff" * 40 if data_table else b""  # the data table is not a packet: never read as one
+    path.write_bytes(aedat4_bytes([(0, aedat4_events_packet(e)) for e in A4_EVENTS], data_table, tail))
+    rec = read(path)
+    assert rec.sensor_size == SensorSize(32, 24, 2)
+    np.testing.assert_array_equal(rec.events, make_events([1, 31, 0], [2, 23, 0], [100, 150, 200], [1, 0, 1]))
+
+
+AEDAT4_LIMIT_SCRIPT = """
+import json, resource, sys
+import events
+import events.formats.aedat4  # the decoder's library, loaded before the limit
+from events.types import EventFormatError
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))  # 1 GiB more than now
+got = 0
+try:
+    with events.reader(sys.argv[1]) as r:
+        for chunk in r.iter_chunks():
+            got += len(chunk)
+except EventFormatError as err:
+    print(json.dumps({"events": got, "path": err.path, "offset": err.offset, "message": str(err)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc to set the memory limit")
+def test_aedat4_huge_packet_length_is_refused_before_the_decoder_allocates(tmp_path):
+    # A length field of 0xFFFFFFFF makes the aedat decoder allocate 4 GiB before reading; under a memory
+    # limit that aborts the process (SIGABRT), which Python cannot catch. The length is checked first.
+    path = tmp_path / "huge.aedat4"
+    good = aedat4_events_packet(A4_EVENTS[0])
+    path.write_bytes(aedat4_bytes([(0, good), (0, 0xFFFFFFFF)]))
+    result = json.loads(run_isolated(AEDAT4_LIMIT_SCRIPT, path, timeout=60))
+    assert result["events"] == 2  # the good packet's events came first
+    assert result["path"] == str(path) and result["offset"] == AEDAT4_PACKETS_AT + 8 + len(good)
+    assert "packet 1 (stream 0) declares 4294967295 bytes, but only 0 are left" in result["message"]
+
+
+@pytest.mark.parametrize(
+    "patch, offset, problem",
+    [
+        (lambda b: struct.pack_into("<I", b, 14, 0xFFFFFFFF), 14, "IOHeader length field says 4294967295 bytes"),
+        (lambda b: struct.pack_into("<I", b, 18, 0x7FFFFFF0), 18, "bad IOHeader: root table"),
+        (lambda b: struct.pack_into("<I", b, 18 + 36, 1 << 30), 18, "bad IOHeader: description"),
+        (lambda b: struct.pack_into("<i", b, 18 + 24, 7), 18, "unknown compression 7"),
+        (lambda b: struct.pack_into("<q", b, 18 + 28, 1 << 40), 18, "data table at byte 1099511627776"),
+        (lambda b: struct.pack_into("<q", b, 18 + 28, AEDAT4_PACKETS_AT + 20), AEDAT4_PACKETS_AT, "runs into the file"),
+        (lambda b: b.extend(b"\0\0\0\0\0"), "end", "inside a packet header \\(5 of 8 bytes\\)"),
+        (lambda b: b.__delitem__(slice(-1, None)), "second", "declares 48 bytes, but only 47 are left"),
+    ],
+    ids=["ioheader-length", "root-offset", "description", "compression", "data-table", "into-table", "tail", "cut"],
+)
+def test_aedat4_bad_framing_is_refused_with_offset(tmp_path, patch, offset, problem):
+    raw = bytearray(aedat4_bytes([(0, aedat4_events_packet(e)) for e in A4_EVENTS]))
+    named = {"second": AEDAT4_PACKETS_AT + 8 + len(aedat4_events_packet(A4_EVENTS[0])), "end": len(raw)}
+    patch(raw)
+    path = tmp_path / "bad.aedat4"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(EventFormatError, match=problem) as err:
+        read(path)
+    assert err.value.path == str(path)
+    assert err.value.offset == named.get(offset, offset)
+
+
 # ---------------------------------------------------------------- tonic DVS Gesture .npy
 
 
@@ -488,3 +615,77 @@ def test_empty_recordings_round_trip_but_empty_files_are_errors(tmp_path):
         assert err.value.offset == 0
     with pytest.raises(EventFormatError, match="no N-MNIST records"):  # format forced: the reader checks too
         read(tmp_path / "zero.bin", format="nmnist")
+
+
+# ---------------------------------------------------------------- special files and bad settings
+
+SPECIAL_SCRIPT = """
+import sys
+from events.io import FORMATS, read
+from events.types import EventFormatError
+path, problem = sys.argv[1], sys.argv[2]
+for fmt in (None, *FORMATS):
+    try:
+        read(path, format=fmt)
+    except EventFormatError as err:
+        assert err.path == path and problem in err.problem, (fmt, str(err))
+        print(fmt, "refused")
+    else:
+        raise SystemExit(f"{fmt}: accepted")
+"""
+
+
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("fifo", "is a FIFO (named pipe), not a regular file"),
+        ("directory", "is a directory, not a regular file"),
+        ("symlink loop", "symbolic link loop"),
+        ("device", "is a character device, not a regular file"),
+    ],
+)
+def test_special_file_is_refused_by_every_reader_before_open(tmp_path, kind, problem):
+    # Run apart, with a timeout: a FIFO opened for reading blocks until a writer comes, i.e. forever.
+    path = tmp_path / "rec.bin"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink loop":
+        path.symlink_to(path.name)
+    else:
+        path.symlink_to(os.devnull)  # followed, like any link
+    out = run_isolated(SPECIAL_SCRIPT, path, problem, timeout=60)
+    assert out.split("\n")[:-1] == [f"{fmt} refused" for fmt in (None, *FORMATS)]
+
+
+def test_missing_and_dangling_paths_are_file_not_found(tmp_path):
+    (tmp_path / "dangling.bin").symlink_to("nowhere.bin")
+    with pytest.raises(FileNotFoundError, match="dangling symbolic link"):
+        read(tmp_path / "dangling.bin")
+    for fmt in FORMATS:
+        with pytest.raises(FileNotFoundError, match="no such event file"):
+            reader(tmp_path / "missing.bin", format=fmt)
+
+
+def test_bad_chunk_size_names_the_setting_and_file_at_once(tmp_path):
+    path = tmp_path / "a.bin"
+    write_nmnist(path, random_events(20, 34, 34, 1000))
+    for bad in (0, -5, 2.5, True, None):
+        with pytest.raises(ValueError, match="max_events \\(events per chunk\\) must be an integer >= 1") as err:
+            reader(path).iter_chunks(bad)  # raised by the call, not by the first batch
+        assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="chunk_events \\(events per chunk\\) must be") as err:
+        next(read_windows(path, 1000, 1000, chunk_events=0))
+    assert str(path) in str(err.value)
+
+
+def test_stream_command_names_chunk_events_option(tmp_path, capsys):
+    from pipelines import cli
+
+    path = tmp_path / "a.bin"
+    write_nmnist(path, random_events(20, 34, 34, 1000))
+    argv = ["stream", "--checkpoint", str(tmp_path / "none.pt"), "--events", str(path), "--chunk-events", "0"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "nsm stream: error: --chunk-events must be an integer >= 1 (events read per chunk), got 0"

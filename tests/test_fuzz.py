@@ -3,6 +3,8 @@ a valid recording (events on the sensor, polarity 0/1). Seeded, a few hundred fi
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,30 @@ def test_fuzz_gesture_npy(tmp_path):
 def test_fuzz_aedat4_real_sample(real_data, tmp_path):
     data = (real_data / "davis346_sample.aedat4").read_bytes()
     fuzz(tmp_path, "m.aedat4", data, 80, seed=5)
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_aedat4_length_fields(real_data, tmp_path):
+    """The IOHeader and packet length fields, set to random, huge, zero or near-miss values: each must be an
+    EventFormatError naming the file (or read validly), never a 4 GiB allocation by the decoder."""
+    data = (real_data / "davis346_sample.aedat4").read_bytes()
+    fields = [14]  # the IOHeader length, then each packet's (up to the file data table)
+    off = 18 + struct.unpack_from("<I", data, 14)[0]
+    table = 945243  # this file's data table position (its IOHeader says so)
+    while off < table:
+        fields.append(off + 4)
+        off += 8 + struct.unpack_from("<I", data, off + 4)[0]
+    assert off == table and len(fields) == 119
+    rng = np.random.default_rng(6)
+    outcomes = {"error": 0, "ok": 0}
+    for k in range(120):
+        at = int(fields[rng.integers(len(fields))])
+        old = struct.unpack_from("<I", data, at)[0]
+        value = [0xFFFFFFFF, 0, int(rng.integers(0, 1 << 32)), max(0, old + int(rng.integers(-8, 9))), len(data)][k % 5]
+        buf = bytearray(data)
+        struct.pack_into("<I", buf, at, value)
+        path = tmp_path / f"{k:04d}_len.aedat4"
+        path.write_bytes(bytes(buf))
+        outcomes[check_outcome(path)] += 1
+        path.unlink()
+    assert outcomes["error"] > 0

@@ -14,19 +14,68 @@ made, then :meth:`EventFileReader.iter_chunks` decodes the body in bounded batch
 order. Corruption met mid-file is reported only after every good event before it has been
 yielded, so a streaming consumer can act on the good prefix first. ``events.io`` picks the
 reader from the file's content and name; this package imports no format module by itself.
+
+Every path a reader or data set opens goes through :func:`check_regular_file` first, so a FIFO,
+a device, a socket, a directory or a symbolic-link loop is refused before anything opens it (a
+FIFO would block ``open`` forever, a device could be read without end).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, Recording, SensorSize, check_int, empty_events
+from events.types import EVENT_DTYPE, EventFormatError, Recording, SensorSize, empty_events, is_int
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
+
+_SPECIAL = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "event file") -> Path:
+    """``path`` as a :class:`~pathlib.Path`, once ``os.stat`` (links followed) shows a regular file.
+
+    Called before anything opens the file, so nothing blocks or reads without end:
+    ``FileNotFoundError`` when it is missing (or a dangling link); ``EventFormatError`` naming the
+    file when it is a directory, FIFO, device or socket, or a symbolic-link loop; other ``OSError``
+    (permission, a path component that is a file) as the system reports them, with the path.
+    ``what`` names the file's role in the messages ("event file", "labels file", ...).
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        dangling = " (a dangling symbolic link)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"no such {what}{dangling}: {path}") from None
+    except ValueError as err:  # an embedded NUL byte
+        raise EventFormatError(f"unusable {what} path: {err}", repr(str(path))) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise EventFormatError(f"{what} path is a symbolic link loop", path) from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _SPECIAL if test(st.st_mode)), "not a regular file")
+        raise EventFormatError(f"{what} is {kind}, not a regular file; refusing to open it", path)
+    return path
+
+
+def check_chunk_size(value, path=None, name: str = "max_events") -> int:
+    """``value`` as an ``int`` >= 1, else ``ValueError`` naming ``name`` and (when given) the file."""
+    if not is_int(value) or value < 1:
+        where = "" if path is None else f"{path}: "
+        raise ValueError(f"{where}{name} (events per chunk) must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class EventFileReader:
@@ -41,7 +90,7 @@ class EventFileReader:
     format: str = ""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = check_regular_file(path)
         self.sensor_size: SensorSize = SensorSize(0, 0, 2)
 
     def iter_chunks(self, max_events: int = DEFAULT_CHUNK_EVENTS) -> Iterator[np.ndarray]:
@@ -49,11 +98,15 @@ class EventFileReader:
 
         Memory is bounded by ``max_events`` (plus one packet of the file where the format has
         packets). On damage the good batches before it are yielded first, then
-        :class:`~events.types.EventFormatError` is raised.
+        :class:`~events.types.EventFormatError` is raised. A ``max_events`` that is not a positive
+        integer is a ``ValueError`` naming it and the file, raised here rather than on the first batch.
         """
-        batcher = Batcher(check_int("max_events", max_events, 1))
+        return self._batches(check_chunk_size(max_events, self.path))
+
+    def _batches(self, max_events: int) -> Iterator[np.ndarray]:
+        batcher = Batcher(max_events)
         try:
-            for events in self._chunks(int(max_events)):
+            for events in self._chunks(max_events):
                 yield from batcher.add(events)
         except Exception:
             # Hand over the good events decoded before the damage, then re-raise.

@@ -8,13 +8,26 @@ uint16, ``on`` bool) to ``EVENT_DTYPE``; packets of other streams (frames, IMU, 
 skipped. Timestamps stay as recorded (absolute µs since the epoch for DV recordings).
 
 The decoder reads packet by packet, so :meth:`Aedat4Reader.iter_chunks` yields per decoded
-packet batch with bounded memory. Any error the ``aedat`` package raises (including Rust panics
-on damaged input) becomes ``EventFormatError``; the package reports no byte offsets, so errors
+packet batch with bounded memory. The decoder trusts the file's length fields (it allocates a
+uint32 length before reading it, so 0xFFFFFFFF asks for 4 GiB, and under a memory limit the
+process aborts where Python cannot catch it) and reads the IOHeader FlatBuffer unverified. So this
+module checks the framing itself before handing anything over: the magic line, the IOHeader
+length (at most ``MAX_IOHEADER_BYTES`` and within the file), the IOHeader's FlatBuffer offsets,
+compression and data table position, and, just before the decoder reads each packet, that
+packet's declared length against the bytes left in the file (and that it does not run into the
+data table); a bad field is an ``EventFormatError`` with its byte offset, after the events of
+every good packet before it. Any error the ``aedat`` package raises (including Rust panics on
+damaged input) becomes ``EventFormatError``; the package reports no byte offsets, so those errors
 name the packet number instead. Events off the sensor or timestamps beyond int64 are rejected.
+What is not checked: how far a packet decompresses (the decoder inflates each packet whole), and
+the compressed bytes themselves (AEDAT 4 has no checksum, so a flipped bit may decode to
+different events).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Iterator
 
 import aedat
@@ -24,6 +37,10 @@ from events.formats import EventFileReader
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
 MAGIC = b"#!AER-DAT4"
+MAGIC_LINE = b"#!AER-DAT4.0\r\n"
+MAX_IOHEADER_BYTES = 16 << 20  # the real IOHeaders are a few kB of XML
+COMPRESSIONS = {0: "none", 1: "LZ4", 2: "LZ4 high", 3: "Zstd", 4: "Zstd high"}
+_PACKET_HEADER = struct.Struct("<II")  # stream id, byte length
 
 
 def _decoder_call(fn, path, what: str):
@@ -44,11 +61,11 @@ class Aedat4Reader(EventFileReader):
 
     def __init__(self, path):
         super().__init__(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such AEDAT 4 file: {self.path}")
         with open(self.path, "rb") as fh:
             if fh.read(len(MAGIC)) != MAGIC:
                 raise EventFormatError("not an AEDAT 4 file (no '#!AER-DAT4' magic)", self.path, 0)
+            fh.seek(0)
+            PacketFraming(fh, self.path)  # the IOHeader, checked before the decoder reads it
         decoder = _decoder_call(lambda: aedat.Decoder(str(self.path)), self.path, "on the file header")
         streams = _decoder_call(decoder.id_to_stream, self.path, "on the stream table")
         ids = [i for i, s in streams.items() if s.get("type") == "events"]
@@ -62,12 +79,17 @@ class Aedat4Reader(EventFileReader):
         self.sensor_size = SensorSize(w, h, 2)
 
     def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
+        with open(self.path, "rb") as fh:
+            framing = PacketFraming(fh, self.path)
+            yield from self._decode(framing, max_events)
+
+    def _decode(self, framing: PacketFraming, max_events: int) -> Iterator[np.ndarray]:
         path = self.path
         decoder = _decoder_call(lambda: aedat.Decoder(str(path)), path, "on the file header")
         it = iter(decoder)
         w, h, _ = self.sensor_size
         n_packet = 0
-        while True:
+        while framing.next_packet():  # the packet the decoder reads next has a sane length
             try:
                 packet = _decoder_call(lambda: next(it), path, f"at packet {n_packet}")
             except StopIteration:
@@ -96,3 +118,123 @@ class Aedat4Reader(EventFileReader):
                     f"outside the {w}x{h} sensor or the int64 time range",
                     path,
                 )
+
+
+class PacketFraming:
+    """The framing of an AEDAT 4 file, checked ahead of the ``aedat`` decoder.
+
+    Made on a file opened at byte 0, it reads and checks the magic line, the IOHeader length and the
+    IOHeader (see :func:`check_ioheader`). Then :meth:`next_packet`, called just before the decoder
+    reads each packet, checks that packet's header where the decoder will find it: it returns False
+    where the decoder stops (at the file data table, or at the end of a file without one) and
+    raises ``EventFormatError`` (with the byte offset) for a header cut short, a length running past
+    the end of the file, or a packet running into the data table.
+    """
+
+    def __init__(self, fh, path):
+        self.fh, self.path = fh, path
+        self.size = os.fstat(fh.fileno()).st_size
+        head = fh.read(len(MAGIC_LINE))
+        if head != MAGIC_LINE:
+            raise EventFormatError(f"first line is {head[:20]!r}, expected '#!AER-DAT4.0\\r\\n'", path, 0)
+        raw = fh.read(4)
+        if len(raw) < 4:
+            raise EventFormatError("file ends inside the IOHeader length", path, len(MAGIC_LINE))
+        (length,) = struct.unpack("<I", raw)
+        start = len(MAGIC_LINE) + 4
+        left = self.size - start
+        if length > min(left, MAX_IOHEADER_BYTES):
+            why = f"only {left} are left in the file" if length > left else f"the limit is {MAX_IOHEADER_BYTES}"
+            raise EventFormatError(f"IOHeader length field says {length} bytes, but {why}", path, len(MAGIC_LINE))
+        self.compression, self.data_table = check_ioheader(fh.read(length), path, start)
+        self.offset = start + length  # of the next packet
+        if self.data_table != -1 and not self.offset <= self.data_table <= self.size:
+            raise EventFormatError(
+                f"IOHeader puts the file data table at byte {self.data_table}, outside the packets "
+                f"(bytes {self.offset}..{self.size})",
+                path,
+                start,
+            )
+        self.packets = 0
+
+    def next_packet(self) -> bool:
+        off, table = self.offset, self.data_table
+        if off == table or (table == -1 and off == self.size):
+            return False
+        left = self.size - off
+        if left < _PACKET_HEADER.size:
+            before = "" if table == -1 else f" before the file data table at byte {table}"
+            raise EventFormatError(
+                f"packet {self.packets}: the file ends{before} inside a packet header "
+                f"({left} of {_PACKET_HEADER.size} bytes)",
+                self.path,
+                off,
+            )
+        self.fh.seek(off)
+        stream, length = _PACKET_HEADER.unpack(self.fh.read(_PACKET_HEADER.size))
+        end = off + _PACKET_HEADER.size + length
+        if end > self.size:
+            raise EventFormatError(
+                f"packet {self.packets} (stream {stream}) declares {length} bytes, but only "
+                f"{left - _PACKET_HEADER.size} are left in the file",
+                self.path,
+                off,
+            )
+        if off < table < end:
+            raise EventFormatError(
+                f"packet {self.packets} (stream {stream}, {length} bytes) runs into the file data table "
+                f"at byte {table}",
+                self.path,
+                off,
+            )
+        self.offset = end
+        self.packets += 1
+        return True
+
+
+def check_ioheader(buf: bytes, path, at: int) -> tuple[int, int]:
+    """Verify the IOHeader FlatBuffer ``buf`` (found at byte ``at``) as far as the decoder reads it
+    unverified; returns (compression, file data table position, -1 when absent)."""
+    n = len(buf)
+
+    def bad(problem: str) -> EventFormatError:
+        return EventFormatError(f"bad IOHeader: {problem}", path, at)
+
+    def scalar(fmt: str, pos: int, what: str):
+        if not 0 <= pos <= n - struct.calcsize(fmt):
+            raise bad(f"{what} at IOHeader byte {pos} lies outside its {n} bytes")
+        return struct.unpack_from(fmt, buf, pos)[0]
+
+    root = scalar("<I", 0, "root table offset")
+    vtable = root - scalar("<i", root, "root table")
+    vt_size, table_size = scalar("<H", vtable, "vtable"), scalar("<H", vtable + 2, "vtable")
+    if vt_size < 4 or vt_size % 2 or vtable + vt_size > n or table_size < 4 or root + table_size > n:
+        raise bad(f"vtable of {vt_size} bytes at byte {vtable}, table of {table_size} bytes at byte {root}")
+
+    def field(i: int, size: int) -> int | None:
+        """Byte position of field ``i`` (``size`` bytes), None when absent (its default applies)."""
+        slot = 4 + 2 * i
+        off = scalar("<H", vtable + slot, "vtable entry") if slot + 2 <= vt_size else 0
+        if off and root + off + size > n:
+            raise bad(f"field {i} at IOHeader byte {root + off} lies outside its {n} bytes")
+        return root + off if off else None
+
+    at_compression, at_table, at_description = field(0, 4), field(1, 8), field(2, 4)
+    compression = 0 if at_compression is None else scalar("<i", at_compression, "compression")
+    data_table = -1 if at_table is None else scalar("<q", at_table, "data table position")
+    if at_description is None:
+        raise bad("no description")
+    pos = at_description + scalar("<I", at_description, "description offset")
+    length = scalar("<I", pos, "description")
+    if pos + 4 + length > n:
+        raise bad(f"description of {length} bytes runs past its end")
+    try:
+        buf[pos + 4 : pos + 4 + length].decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("description is not UTF-8") from None
+    if compression not in COMPRESSIONS:
+        known = ", ".join(f"{k} {v}" for k, v in COMPRESSIONS.items())
+        raise bad(f"unknown compression {compression} (known: {known})")
+    if data_table < -1:
+        raise bad(f"file data table position {data_table}")
+    return compression, data_table

@@ -43,8 +43,6 @@ class HDF5EventReader(EventFileReader):
         super().__init__(path)
         import h5py
 
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such HDF5 event file: {self.path}")
         self._file = None
         try:
             self._file = h5py.File(self.path, "r")

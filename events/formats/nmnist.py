@@ -46,8 +46,6 @@ class NMNISTReader(EventFileReader):
     def __init__(self, path):
         super().__init__(path)
         self.sensor_size = SENSOR_SIZE
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such N-MNIST file: {self.path}")
 
     def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
         with open(self.path, "rb") as fh:

@@ -88,6 +88,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     window_us, hop_us = _ms_to_us(args.window_ms, "--window-ms"), _ms_to_us(args.hop_ms, "--hop-ms")
+    if args.chunk_events < 1:
+        raise ValueError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
