@@ -143,10 +143,12 @@ def test_norse_matches_the_trained_tiny_preset_on_200_test_clips(tiny_run, gestu
 
 def test_runtime_mc_of_the_trained_tiny_preset_matches_mc_predict(tiny_run, gestures):
     """Per clip, the runtime's MC mean of each class probability differs from nsm.mc_predict's by less than
-    5 standard errors of the difference of two independent K-sample means (K = 64)."""
+    5 standard errors of the difference of two independent K-sample means (K = 256: a small class probability's
+    samples are skewed, and at K = 64 their mean was 5.6 standard errors out on one of 440 entries, where the
+    normal approximation behind the bound no longer held; at 256 the largest of four seed pairs was 3.6)."""
     model, x = tiny_test_clips(tiny_run, gestures, n=40)
     runtime = NIRRuntime(to_nir(model, tuple(x.shape[1:])))
-    k = 64
+    k = 256
     ours = runtime.mc_predict(x, samples=k, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(2)
     singles = torch.stack([torch.softmax(model(x), 1) for _ in range(k)])  # (K, N, classes)
