@@ -32,6 +32,7 @@ MODES = ("probability", "synapse", "deterministic", "expected", "mean-input")
 EXPECTATION_MODES = ("expected", "mean-input")  # the modes whose units and pools pass the means of states
 _MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
 ESTIMATORS = ("nsm", "ste")
+_PROBIT = math.pi / 8  # E sigmoid(l) ~ sigmoid(mu / sqrt(1 + pi s^2 / 8)) for Gaussian l (MacKay 1992)
 
 
 class Modal:
@@ -405,14 +406,35 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
         return (2.0 * self.on_probability(torch.log(off)) - 1.0).to(z.dtype)
 
 
-class Readout(nn.Module):
-    """Global average pooling (over H, W when the input is 4-d) followed by a real-valued linear layer."""
+class Readout(Modal, nn.Module):
+    """Global average pooling (over H, W when the input is 4-d) followed by a real-valued linear layer.
+
+    In the ``expected`` mode the input holds the means m of independent +-1 states, and the readout returns
+    what the softmax of a Monte Carlo average needs rather than the logits of the means. The logits l = W f + b
+    of the pooled states f (P positions) have mean mu = W E f + b and variance s_k^2 = sum_c W_kc^2 Var f_c,
+    Var f_c = sum_p (1 - m_cp^2) / P^2, and the readout returns
+
+        mu_k / sqrt(1 + pi s_k^2 / 8),
+
+    whose softmax approximates E softmax(l) (the probit approximation of a Gaussian-smoothed sigmoid, per class).
+    Trained on it, the network fits the average of sampled predictions that evaluation computes, not the
+    sharper prediction of its mean states (docs/design.md section 3, eq. 10b; docs/training-study.md, section 9).
+    Every other mode: W f + b.
+    """
 
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.linear = nn.Linear(in_features, num_classes)
 
+    def logit_moments(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the logits when the input holds independent +-1 states with means ``m``."""
+        positions = m.shape[2] * m.shape[3] if m.dim() == 4 else 1
+        state_var = (1.0 - m * m).clamp_min(0.0)
+        pooled_var = (state_var.mean(dim=(2, 3)) if m.dim() == 4 else state_var) / positions
+        return self.linear(m.mean(dim=(2, 3)) if m.dim() == 4 else m), F.linear(pooled_var, self.linear.weight**2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            x = x.mean(dim=(2, 3))
-        return self.linear(x)
+        if self.mode == "expected":
+            mean, var = self.logit_moments(x)
+            return mean * torch.rsqrt(1.0 + _PROBIT * var)
+        return self.linear(x.mean(dim=(2, 3)) if x.dim() == 4 else x)

@@ -35,6 +35,7 @@ INITS = ("data", "none")
 LOGIT_NORMS = ("batch", "none")
 FORWARDS = ("expected", "mean-input", "sampled")
 WARMUP_FORWARDS = ("deterministic", "mean-input")
+LR_RAMPS = ("warmup", "none")
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,15 @@ class TrainConfig:
     ``warmup_epochs``: epochs trained with noise-free forward passes before the stochastic units sample
     (a random network of sampling units passes almost nothing of its input through many layers; once
     trained without noise its weights carry the signal through the noise: docs/training-study.md).
-    ``warmup_forward``: the warm-up's pass: ``"deterministic"`` (every unit z = sgn(v), the gradient of E z) or,
-    for networks that take expectations (bnsm, gnsm; others stay deterministic), ``"mean-input"`` (E z = erf(v)
-    of the mean input, exact gradients; it learned where the deterministic warm-up stays at the class prior,
-    e.g. with two polarity channels: docs/training-study.md, section 8).
+    ``warmup_forward``: the warm-up's pass, for networks that take expectations (bnsm, gnsm; the other kinds' warm-up
+    is deterministic): ``"mean-input"`` (E z = erf(v) of the mean input, a smooth network with exact gradients, whose
+    last layer still depends on the input at initialisation) or ``"deterministic"`` (every unit z = sgn(v), the
+    gradient of E z; at initialisation its last layer carries nothing of the class, and the first epoch often stays
+    at the class prior: docs/training-study.md, section 9).
+    ``lr_ramp``: ``"warmup"``: over the n steps of the warm-up epochs the rate rises linearly, step k (from 0) at
+    (k + 1)/n of its scheduled value (Adam's first steps move every parameter by about the full rate whatever its
+    gradient; without the ramp the smooth warm-up stays at the class prior at some seeds: docs/training-study.md,
+    section 9); ``"none"``: the scheduled rate from the first step.
     ``logit_norm``: ``"batch"`` trains the NSM units on batch-normalized firing logits, folded into their beta and
     bias in every checkpoint (``nsm.normalization``: without it the logits of a wide network grow until its units
     saturate and it stays at chance, docs/training-study.md), or ``"none"``.
@@ -166,7 +172,8 @@ class TrainConfig:
     record_every: int = 50
     init: str = "data"
     warmup_epochs: int = 1
-    warmup_forward: str = "deterministic"
+    warmup_forward: str = "mean-input"
+    lr_ramp: str = "warmup"
     logit_norm: str = "batch"
     forward: str = "expected"
     augment: AugmentConfig = AugmentConfig()
@@ -189,6 +196,8 @@ class TrainConfig:
             raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
         if self.forward not in FORWARDS:
             raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
+        if self.lr_ramp not in LR_RAMPS:
+            raise ValueError(f"train.lr_ramp must be one of {LR_RAMPS}, got {self.lr_ramp!r}")
         if self.warmup_forward not in WARMUP_FORWARDS:
             raise ValueError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
 

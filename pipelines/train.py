@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -82,9 +82,10 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
 
 
 def training_mode(model, epoch: int, tc: configs.TrainConfig):
-    """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs
-    ``tc.warmup_forward`` (``deterministic``: every stochastic unit z = sgn(E u); ``mean-input`` for networks that
-    take expectations, ``nsm.sampling.takes_expectations``, else deterministic); after them the mode
+    """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs, for networks that
+    take expectations (``nsm.sampling.takes_expectations``), ``tc.warmup_forward`` (``mean-input``: E z = erf(v) of
+    the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (their
+    learning rate ramps up meanwhile: ``ramp_factor``); after them the mode
     ``tc.forward`` names (``expected`` or ``mean-input``) when the network takes expectations, else the units' own
     modes. The sampled and deterministic passes share the backward rule (the gradient of E z); the expectation
     modes back-propagate through their own deterministic pass."""
@@ -94,6 +95,26 @@ def training_mode(model, epoch: int, tc: configs.TrainConfig):
     if tc.forward != "sampled" and expectations:
         return nsm.using_mode(model, tc.forward)
     return nullcontext()
+
+
+def ramp_factor(tc: configs.TrainConfig, global_step: int, steps_per_epoch: int) -> float:
+    """The learning rate's ramp: with ``tc.lr_ramp`` "warmup", step k (from 0) of the n steps of the warm-up epochs
+    trains at (k + 1)/n times the scheduled rate, later steps at the full rate; 1 with "none" or no warm-up."""
+    steps = tc.warmup_epochs * steps_per_epoch if tc.lr_ramp == "warmup" else 0
+    return min(1.0, (global_step + 1) / steps) if steps else 1.0
+
+
+@contextmanager
+def ramped(optimizer: torch.optim.Optimizer, factor: float):
+    """Every parameter group's learning rate times ``factor`` inside the block (the scheduler's rates stay)."""
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
 
 
 def parameter_groups(model, tc: configs.TrainConfig) -> list[dict]:
@@ -321,11 +342,12 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             health.record_gradients(scaler)  # before the step: the gradients that made it
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            with ramped(optimizer, ramp_factor(tc, global_step, steps_per_epoch)):
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
             recorder.record(epoch + step / steps_per_epoch, global_step)
             health.observe_loss(loss, y)
             loss_sum += loss.item() * len(y)

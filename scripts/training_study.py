@@ -1,11 +1,14 @@
 """The harness of docs/training-study.md: why allconvnet18 of binary units did not learn, measured.
 
-Two commands, both on a DVS-Gesture-style data set (``nsm simulate gestures --out g12 --users 12 --per-class 2
+Three commands, all on a DVS-Gesture-style data set (``nsm simulate gestures --out g12 --users 12 --per-class 2
 --seed 3``) binned as the ``gestures-allconv18`` preset bins it (six 16 ms frames, 32x32):
 
   signal   how much of each layer's states depends on the input, at initialisation: per layer, the share of
            the states' variance that is across inputs rather than across noise draws of the same input
            (K draws of 32 training clips), and the share of +1 states;
+  probe    how much the readout's input says about the class at initialisation, per forward pass (``--modes``):
+           a linear probe (softmax regression) fitted on the global-average-pooled last layer of 2000 training
+           clips, its accuracy on the test users' clips, and the features' spread across inputs;
   run      a short training run of one variant, printing the held-out users' accuracy after every epoch
            (Monte Carlo with 8 samples and the deterministic network) and the layers' rates of +1 states.
 
@@ -20,6 +23,7 @@ when none is on), ``--pool-logits`` (max-pool the firing logits, then sample) an
 batch normalization does, beta then unused; ``renorm``: batch-normalize, then map back to the running moments).
 
     python scripts/training_study.py signal --data g12 --cache cache --gain 1 2 3 5
+    python scripts/training_study.py probe --data g12 --cache cache --modes deterministic mean-input --seed 2
     python scripts/training_study.py run --data g12 --cache cache --neuron bn --epochs 8
 """
 
@@ -88,6 +92,65 @@ def signal(args) -> None:
                     rates.append(f"{pool}{float((z > 0).float().mean()):.2f}")
         print(f"gain {gain:g}: input-dependent share  " + "  ".join(shares), flush=True)
         print(f"gain {gain:g}: share of +1 states     " + "  ".join(rates), flush=True)
+
+
+def pooled_features(model, items, mode: str, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the readout's pooled input, the labels) of the (frames, label) ``items``, the units in ``mode``."""
+    taken = []
+    hook = model[-1].register_forward_pre_hook(lambda m, i: taken.append(i[0].mean(dim=(2, 3))))
+    labels = []
+    try:
+        with torch.no_grad(), nsm.using_mode(model, mode):
+            for k in range(0, len(items), batch):
+                chunk = items[k : k + batch]
+                model(torch.stack([x for x, _ in chunk]))
+                labels += [int(y) for _, y in chunk]
+    finally:
+        hook.remove()
+    return torch.cat(taken), torch.tensor(labels)
+
+
+def linear_probe(f_train, y_train, f_test, y_test) -> tuple[float, float]:
+    """(training, test) accuracy of a softmax regression (L2 1e-3, L-BFGS) fitted on (f_train, y_train)."""
+    w = torch.zeros(f_train.shape[1], int(y_train.max()) + 1, requires_grad=True)
+    b = torch.zeros(w.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=300)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(f_train @ w + b, y_train) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        train_acc = float(((f_train @ w + b).argmax(1) == y_train).float().mean())
+        return train_acc, float(((f_test @ w + b).argmax(1) == y_test).float().mean())
+
+
+def probe(args) -> None:
+    """Per mode: a softmax regression on the initialised network's pooled last layer, trained on 2000 training
+    clips (standardized features, L2 1e-3, L-BFGS), tested on the test users' clips."""
+    splits, fresh_model = setup(args, with_test=True)
+    x = init_batch(splits.train, torch.device("cpu"), args.seed)
+    chosen = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(1))[:2000]
+    train_items = [splits.train[int(i)] for i in chosen]
+    test_items = [splits.test[i] for i in range(len(splits.test))]
+    for mode in args.modes:
+        model = fresh_model()
+        if args.init == "data":
+            with nsm.using_mode(model, mode):
+                data_init(model, x, gain=args.gain[0], pool_rate=args.pool_rate)
+        model.eval()
+        f_train, y_train = pooled_features(model, train_items, mode)
+        f_test, y_test = pooled_features(model, test_items, mode)
+        mean, spread = f_train.mean(0), f_train.std(0).clamp_min(1e-6)
+        fit, held = linear_probe((f_train - mean) / spread, y_train, (f_test - mean) / spread, y_test)
+        print(
+            f"{mode}: probe accuracy {held:.1%} on the test users ({fit:.1%} on its training clips); "
+            f"the features' spread across inputs {float(spread.mean()):.3f}",
+            flush=True,
+        )
 
 
 class ExpectedOrPool(torch.nn.Module):
@@ -278,7 +341,7 @@ def run(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("signal", "run"))
+    p.add_argument("command", choices=("signal", "probe", "run"))
     p.add_argument("--data", required=True, help="DVS-Gesture-style data set folder")
     p.add_argument("--cache", required=True, help="frame cache folder")
     p.add_argument("--neuron", default="bnsm")
@@ -299,6 +362,9 @@ def main() -> None:
         help="run: multiply the initial weights (their norm sets how far Adam turns their direction per step)",
     )
     p.add_argument("--draws", type=int, default=8, help="signal: noise draws per input")
+    p.add_argument(
+        "--modes", nargs="+", default=["deterministic", "mean-input"], choices=nsm.MODES, help="probe: forward passes"
+    )
     p.add_argument("--warmup", type=int, default=0, help="run: epochs with deterministic forward passes")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
@@ -309,7 +375,7 @@ def main() -> None:
     p.add_argument("--center", choices=("none", "mean", "full", "renorm", "batch"), default="none")
     args = p.parse_args()
     torch.set_num_threads(2)
-    (signal if args.command == "signal" else run)(args)
+    {"signal": signal, "probe": probe, "run": run}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
         ("train.gain_lr_factor=0", "train.lr, train.lr_gamma and train.gain_lr_factor must be > 0"),
         (
+            'train.lr_ramp="linear"',
+            "train.lr_ramp must be one of ('warmup', 'none'), got 'linear'",
+        ),
+        (
             'train.warmup_forward="expected"',
             "train.warmup_forward must be one of ('deterministic', 'mean-input'), got 'expected'",
         ),

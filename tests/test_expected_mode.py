@@ -195,3 +195,36 @@ def test_attaching_in_expected_mode_keeps_the_logit_moments_and_takes_the_noise_
     dims = (0, 2, 3)
     torch.testing.assert_close(unit.logit_norm.var, a.var(dim=dims, correction=0) + s2.mean(dim=dims))
     norm.fold()
+
+
+def readout(features: int, scale: float, seed: int = 0) -> nsm.Readout:
+    torch.manual_seed(seed)
+    layer = nsm.Readout(features, 5).double()
+    with torch.no_grad():
+        layer.linear.weight.mul_(scale)
+    return layer
+
+
+def test_readout_logit_moments_are_those_of_pooled_independent_states():
+    layer = readout(6, 4.0)
+    means = torch.linspace(-0.9, 0.9, 2 * 6 * 3 * 3, dtype=torch.float64).reshape(2, 6, 3, 3)
+    z = draw(means, M, seed=5)
+    with torch.no_grad():
+        logits = layer(z.flatten(0, 1)).reshape(M, 2, 5)
+        mean, var = layer.logit_moments(means)
+    assert_mean_within_error(logits, mean)
+    assert_mean_within_error((logits - mean) ** 2, var)
+
+
+def test_expected_readout_approximates_the_average_of_sampled_softmaxes():
+    """The probit-corrected logits' softmax is close to E softmax(l) over sampled states (what Monte Carlo
+    prediction averages), far closer than the softmax of the mean states' logits, for a confident readout."""
+    layer = readout(32, 20.0)
+    means = torch.rand(50, 32, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 1.8 - 0.9
+    with torch.no_grad():
+        average = torch.softmax(layer(draw(means, 2000, seed=3).flatten(0, 1)), 1).reshape(2000, 50, 5).mean(0)
+        plain = torch.softmax(layer(means), 1)
+        with nsm.using_mode(layer, "expected"):
+            corrected = torch.softmax(layer(means), 1)
+    corrected_error, plain_error = (corrected - average).abs().mean(), (plain - average).abs().mean()
+    assert corrected_error < 0.02 and corrected_error < plain_error / 3, (corrected_error, plain_error)

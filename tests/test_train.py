@@ -437,16 +437,16 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
 @pytest.mark.parametrize(
     "neuron, forward, modes",
     [
-        ("bnsm", "expected", ["deterministic", "expected", "expected"]),
-        ("gnsm", "expected", ["deterministic", "expected", "expected"]),
-        ("bnsm", "mean-input", ["deterministic", "mean-input", "mean-input"]),
-        ("bnsm", "sampled", ["deterministic", "probability", "probability"]),
-        ("ste", "expected", ["deterministic", "probability", "probability"]),  # its gradient is another rule
+        ("bnsm", "expected", ["mean-input", "expected", "expected"]),
+        ("gnsm", "expected", ["mean-input", "expected", "expected"]),
+        ("bnsm", "mean-input", ["mean-input", "mean-input", "mean-input"]),
+        ("bnsm", "sampled", ["mean-input", "probability", "probability"]),
+        ("ste", "expected", ["deterministic", "probability", "probability"]),  # no expectations: its own rule
         ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
-        ("bnsm", "expected/mean-input", ["mean-input", "expected", "expected"]),
-        ("gnsm", "sampled/mean-input", ["mean-input", "probability", "probability"]),
-        ("ste", "expected/mean-input", ["deterministic", "probability", "probability"]),  # no expectations
-        ("bn", "expected/mean-input", ["deterministic", "deterministic", "deterministic"]),
+        ("bnsm", "expected/deterministic", ["deterministic", "expected", "expected"]),
+        ("gnsm", "sampled/deterministic", ["deterministic", "probability", "probability"]),
+        ("ste", "expected/deterministic", ["deterministic", "probability", "probability"]),
+        ("bn", "expected/deterministic", ["deterministic", "deterministic", "deterministic"]),
     ],
 )
 def test_units_train_in_the_warmup_mode_then_in_the_mode_train_forward_picks(neuron, forward, modes):
@@ -576,3 +576,17 @@ def test_gain_lr_factor_gives_the_units_gains_their_own_rate(neuron, gain):
     assert len(rest["params"]) + len(gains["params"]) == len(list(model.parameters()))
     assert gains["lr"] == pytest.approx(1e-2) and "lr" not in rest
     assert len(training.parameter_groups(model, configs.TrainConfig(gain_lr_factor=1))) == 1
+
+
+def test_lr_ramp_rises_linearly_over_the_warmup_then_holds_and_leaves_the_scheduled_rates():
+    tc = configs.TrainConfig(lr=1e-3, warmup_epochs=2, lr_ramp="warmup")  # 2 epochs of 2 steps
+    assert [training.ramp_factor(tc, k, steps_per_epoch=2) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert training.ramp_factor(configs.TrainConfig(lr_ramp="none"), 0, steps_per_epoch=2) == 1.0
+    assert training.ramp_factor(configs.TrainConfig(warmup_epochs=0), 0, steps_per_epoch=2) == 1.0
+    w = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([w], lr=1e-3)
+    w.grad = torch.tensor([1.0, -2.0, 0.5])
+    with training.ramped(optimizer, training.ramp_factor(tc, 0, steps_per_epoch=2)):
+        optimizer.step()  # Adam's first step moves every coordinate by its rate, against the gradient's sign
+    torch.testing.assert_close(w.detach(), torch.tensor([-2.5e-4, 2.5e-4, -2.5e-4]))
+    assert optimizer.param_groups[0]["lr"] == 1e-3
