@@ -84,8 +84,8 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
 def training_mode(model, epoch: int, tc: configs.TrainConfig):
     """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs, for networks that
     take expectations (``nsm.sampling.takes_expectations``), ``tc.warmup_forward`` (``mean-input``: E z = erf(v) of
-    the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (their
-    learning rate ramps up meanwhile: ``ramp_factor``); after them the mode
+    the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (the
+    learning rate ramps up meanwhile for both: ``ramp_factor``); after them the mode
     ``tc.forward`` names (``expected`` or ``mean-input``) when the network takes expectations, else the units' own
     modes. The sampled and deterministic passes share the backward rule (the gradient of E z); the expectation
     modes back-propagate through their own deterministic pass."""
