@@ -44,11 +44,12 @@ IBM DVS Gesture (``DVSGesture``; https://research.ibm.com/interactive/dvsgesture
 
     A malformed CSV (header, field count, non-integer, class outside 1..11, negative start,
     ``end <= start``, a time beyond int64) or trials file raises ``EventFormatError`` naming the
-    file, the line and its byte offset. Each interval must also lie inside its recording's time
-    span ``[first event, last event + 1)``: this is checked against the packet index when the
-    recording is first read (before any of its samples is returned), and a row outside it raises
-    ``EventFormatError`` naming the CSV, the line and the recording's span, so an interval is never
-    binned into empty frames or into an allocation the recording cannot fill.
+    file, the line and its byte offset. Each interval must also overlap its recording's time span
+    ``[first event, last event + 1)`` and reach at most ``LABEL_MARGIN_US`` (1 s) beyond it: this is
+    checked against the packet index when the recording is first read (before any of its samples is
+    returned), and any other row raises ``EventFormatError`` naming the CSV, the line and the
+    recording's span, so an interval is never binned into a sample of empty frames or into an
+    allocation the recording cannot fill.
 
     tonic's preprocessed layout is used when the original files are absent:
     ``root/ibmGestureTrain/userNN_<lighting>/<class>.npy`` (and ``ibmGestureTest``), class

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, EventFormatError, Recording, SensorSize, empty_events, is_int
+from events.types import EVENT_DTYPE, EventFormatError, Recording, SensorSize, check_int, empty_events
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
 
@@ -72,10 +72,8 @@ def check_regular_file(path: str | os.PathLike, what: str = "event file") -> Pat
 
 def check_chunk_size(value, path=None, name: str = "max_events") -> int:
     """``value`` as an ``int`` >= 1, else ``ValueError`` naming ``name`` and (when given) the file."""
-    if not is_int(value) or value < 1:
-        where = "" if path is None else f"{path}: "
-        raise ValueError(f"{where}{name} (events per chunk) must be an integer >= 1, got {value!r}")
-    return int(value)
+    where = "" if path is None else f"{path}: "
+    return check_int(f"{where}{name} (events per chunk)", value, 1)
 
 
 class EventFileReader:
