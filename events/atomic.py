@@ -4,10 +4,17 @@ crash leaves either the old file or the new one, never half of one (docs/design.
 
 The temporary file is ``.<name>.<pid>.<random>.tmp``; ``remove_dead_temps`` recognises those of writers that
 were killed mid-write. It is created with mode 0o666, so the process's umask gives it the usual permissions.
+
+A write that the system refuses (no permission, a read-only or full disk, a file where a folder should be) raises
+``OutputError``, which names the destination and says what to do, whether the refusal reached the writer as an
+``OSError`` or as another library's error (``torch.save`` reports a full disk as ``RuntimeError: ... unexpected
+pos``).
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import secrets
@@ -16,6 +23,60 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EFBIG: "the file outgrew what the file system or a limit allows: write elsewhere",
+    errno.EACCES: "check the permissions of the file and its folders, or use another path",
+    errno.EPERM: "check the permissions of the file and its folders, or use another path",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file is there where a folder is expected: choose another path",
+    errno.EISDIR: "a folder is there where a file is expected: choose another path",
+}
+"""What to do about each way the system refuses to open, create or write a file, by ``errno``."""
+
+
+def os_refusal(err: BaseException) -> str | None:
+    """One line naming the file and what to do for an ``OSError`` by which the system refused a file (one of
+    ``_ADVICE``'s error numbers: permission denied, a read-only or full disk, a file where a folder should be,
+    ...): an ``OutputError``'s own message, else ``<file>: <reason> (<what to do>)``; ``None`` for any other
+    error."""
+    if isinstance(err, OutputError):
+        return str(err)
+    if not isinstance(err, OSError) or err.errno not in _ADVICE:
+        return None
+    where = f"{err.filename}: " if err.filename is not None else ""
+    return f"{where}{err.strerror or os.strerror(err.errno)} ({_ADVICE[err.errno]})"
+
+
+class OutputError(OSError):
+    """A file that could not be written: ``str(err)`` reads ``could not write <path>: <why> (<what to do>)``, with
+    the folder at fault before ``<why>`` when creating one of ``path``'s folders failed; ``errno`` is the
+    refusal's, ``path`` the destination."""
+
+    def __init__(self, path, cause: OSError):
+        path = Path(path)
+        in_folder = cause.filename is not None and Path(os.fsdecode(cause.filename)) in path.parents
+        why = (f"{cause.filename}: " if in_folder else "") + (cause.strerror or str(cause))
+        advice = f" ({_ADVICE[cause.errno]})" if cause.errno in _ADVICE else ""
+        super().__init__(f"could not write {path}: {why}{advice}")
+        self.errno, self.path = cause.errno, path
+
+
+class _WatchedFile(io.FileIO):
+    """A file that remembers its first failed write (``failure``): a library that writes through it may raise an
+    error of its own in its place, as ``torch.save`` does on a full disk."""
+
+    failure: OSError | None = None
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as err:
+            self.failure = self.failure or err
+            raise
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -50,27 +111,45 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb") -> Iterator[t
     """Write ``path`` through a temporary file beside it, renamed over ``path`` when the block succeeds.
 
     Yields ``(file_object, temp_path)``: the file opened with ``mode`` (``"wb"``, or ``"w"`` for UTF-8 text),
-    or with ``mode=None`` no file object (``None``), for libraries such as h5py and nir that open the path
-    themselves. Before the rename the file is fsynced, and after it the folder. On any error the temporary
-    file is removed and ``path`` is left as it was. Parent folders are created.
+    or with ``mode=None`` no file object (``None``), for libraries such as h5py that open the path themselves.
+    Before the rename the file is fsynced, and after it the folder. On any error the temporary file is removed
+    and ``path`` is left as it was. Parent folders are created.
+
+    Raises ``OutputError`` (naming ``path``) when creating the folders or the temporary file, writing the file
+    object (whatever exception the block then raised), flushing, syncing or renaming fails with an ``OSError``;
+    an error the block raises otherwise (with ``mode=None``: any) passes unchanged.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
     try:
-        if mode is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
+    except OSError as err:
+        raise OutputError(path, err) from err
+    raw = None if mode is None else _WatchedFile(fd, "w")
+    in_block = False
+    try:
+        if raw is None:
             os.close(fd)
+            in_block = True
             yield None, tmp
+            in_block = False
             _fsync_path(tmp)
         else:
-            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            buffered = io.BufferedWriter(raw)
+            with buffered if "b" in mode else io.TextIOWrapper(buffered, encoding="utf-8") as fh:
+                in_block = True
                 yield fh, tmp
+                in_block = False
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_path(path.parent, directory=True)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception) and raw is not None and raw.failure is not None:
+            raise OutputError(path, raw.failure) from err
+        if isinstance(err, OSError) and not in_block:
+            raise OutputError(path, err) from err
         raise
 
 

@@ -12,6 +12,7 @@ handed to tonic directly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import NamedTuple
@@ -19,6 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
+
+SEED_MAX = 2**63 - 1
+"""The largest seed: seeds are non-negative int64 values (TOML's integers; what torch's generators accept)."""
 
 
 class SensorSize(NamedTuple):
@@ -61,6 +65,36 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
             bounds = "" if maximum is None else f" <= {maximum}"
         raise ValueError(f"{name} must be an integer{bounds}, got {value!r}")
     return int(value)
+
+
+def check_float(
+    name: str,
+    value,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    open_min: bool = False,
+    open_max: bool = False,
+) -> float:
+    """``value`` as a ``float``, or ``ValueError`` naming ``name`` and the valid range unless it is a finite real
+    number (an integer counts, a bool does not) within ``minimum``..``maximum`` (either bound optional;
+    ``open_min``/``open_max`` exclude the bound itself). The message writes the range as an interval,
+    e.g. ``must be a finite number in (0, 1], got 2.0``."""
+    real = is_int(value) or isinstance(value, (float, np.floating))
+    if not (
+        real
+        and -math.inf < value < math.inf
+        and (minimum is None or value > minimum or (not open_min and value == minimum))
+        and (maximum is None or value < maximum or (not open_max and value == maximum))
+    ):
+        if minimum is not None and maximum is not None:
+            bounds = f" in {'(' if open_min else '['}{minimum:g}, {maximum:g}{')' if open_max else ']'}"
+        elif minimum is not None:
+            bounds = f" {'>' if open_min else '>='} {minimum:g}"
+        else:
+            bounds = "" if maximum is None else f" {'<' if open_max else '<='} {maximum:g}"
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+    return float(value)
 
 
 def empty_events(n: int = 0) -> np.ndarray:

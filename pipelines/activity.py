@@ -54,13 +54,17 @@ class ActivityRecorder:
         self._armed = self.path is not None
 
     def record(self, epoch: float, step: int) -> None:
-        """Append one record built from the captured input (no-op when nothing was captured)."""
+        """Append one record built from the captured input. No-op when nothing was captured, and when the
+        pre-activations or the weights hold a NaN or an infinity: the run is diverging, there are no
+        percentiles to take, and the trainer's check of the next loss stops it with its own message."""
         if self._input is None or self.path is None:
             return
         with torch.no_grad():
             pre = _values(self.last.preactivation(self._input))
         self._input = None
         w = _values(self.third.weight)
+        if not (np.isfinite(pre).all() and np.isfinite(w).all()):
+            return
         counts, edges = np.histogram(w, bins=HIST_BINS)
         rec = {
             "epoch": round(float(epoch), 6),

@@ -1,10 +1,13 @@
 """The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``).
 
-Errors: a ``ValueError`` or ``OSError`` (``FileNotFoundError``, ``EventFormatError``, ``CacheError``,
-``ExportError``, ...) raised by the project's own code is a user's mistake (a bad file, option or
-configuration, whose message names it) and is printed as one line, exit status 2. Anything else, and any
-error raised inside another library (torch, h5py, numba, ...), is unexpected and shows its traceback; so does
-every error under ``nsm --debug``.
+Errors: a mistake on the command line (an unknown option, a number out of its range) is one line naming the
+option, exit status 2 (``commands.Parser``, ``commands.InRange``). A ``ValueError`` or ``OSError``
+(``FileNotFoundError``, ``EventFormatError``, ``CacheError``, ``ExportError``, ``OutputError``, ...) raised by the
+project's own code is a user's mistake (a bad file, option or configuration, whose message names it) and is
+printed as one line, exit status 2; so is, wherever it was raised, an ``OSError`` by which the system refused a
+file (permission denied, a read-only or full disk, a file where a folder should be: ``events.atomic.os_refusal``),
+with the file's name and what to do. Anything else, and any other error raised inside another library (torch,
+h5py, numba, ...), is unexpected and shows its traceback; so does every error under ``nsm --debug``.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import analyze, bench, compare, demo, evaluate, export, simulate, stream, train
+from events.atomic import os_refusal
+
+from .commands import Parser, analyze, bench, compare, demo, evaluate, export, simulate, stream, train
 
 JOBS = [simulate, train, evaluate, compare, analyze, stream, export, bench, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nsm",
         description="Neural Sampling Machines on event cameras: simulate event data, train and evaluate networks of "
         "binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, and run "
@@ -55,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
-        if args.debug or not raised_by_project(err):
+        refusal = os_refusal(err)
+        if args.debug or not (refusal or raised_by_project(err)):
             raise
-        print(f"nsm {args.command}: error: {err}", file=sys.stderr)
+        print(f"nsm {args.command}: error: {refusal or err}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,10 @@ Per hidden layer:
 
 Per max-pool layer: ``pool_rate``, the share of its outputs that are on (the expected share in those modes).
 
+A value that is not finite is None, and so is a share taken of values that are not all finite (a firing rate or
+pool rate of outputs, a saturated share of firing probabilities, with a NaN or an infinity among them: a diverging
+step, which the trainer's check of the loss then stops).
+
 An epoch's summary (:meth:`HealthMonitor.end_epoch`) holds each value's mean over the epoch's records
 (None values left out; None when all are), keyed by module name in forward order, each entry naming
 its module's class::
@@ -98,6 +102,12 @@ def loss_sat_at_prior(losses, prior_losses, entropy: float) -> bool:
     return losses.size > 0 and bool(np.all(np.abs(losses - prior_losses) <= PRIOR_LOSS_TOLERANCE * entropy))
 
 
+def _finite_share(share: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``share`` of ``values``, or NaN (recorded as None) when ``values`` are not all finite; a tensor, so that
+    measuring does not wait for the device."""
+    return torch.where(torch.isfinite(values).all(), share, torch.nan)
+
+
 def _mean(values: list) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
@@ -166,7 +176,7 @@ class HealthMonitor:
             return
         with torch.no_grad():
             expected = getattr(module, "mode", None) in EXPECTATION_MODES
-            rate = ((1.0 + output.float()) / 2).mean() if expected else on_share(output)
+            rate = _finite_share(((1.0 + output.float()) / 2).mean() if expected else on_share(output), output)
             if name not in self.units:
                 self._step[name] = {"pool_rate": rate}
                 return
@@ -174,6 +184,7 @@ class HealthMonitor:
             if hasattr(module, "logit"):
                 p = (1.0 + output.float()) / 2 if expected else firing_probability(module.logit(inputs[0]).float())
                 saturated = torch.count_nonzero((p < SATURATION_P) | (p > 1 - SATURATION_P)) / p.numel()
+                saturated = _finite_share(saturated, p)
             self._step[name] = {"firing_rate": rate, "saturated": saturated}
 
     def arm(self) -> None:

@@ -91,14 +91,14 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.options.conv_noise_p=1.5", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=1.5)"),
-        ("model.options.conv_noise_p=0", "conv_noise_p: Bernoulli noise needs 0 < p < 1 (got p=0)"),
+        ("model.options.conv_noise_p=1.5", "model.options.conv_noise_p must be a finite number in (0, 1), got 1.5"),
+        ("model.options.conv_noise_p=0", "model.options.conv_noise_p must be a finite number in (0, 1), got 0"),
         ("data.max_frames=4", "max_frames=4 holds no clip of frames_per_clip=6 frames"),
         ("data.max_frames=0", "max_frames must be None or an integer >= 1"),
         ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
         ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
         ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
-        ("train.gain_lr_factor=0", "train.lr, train.lr_gamma and train.gain_lr_factor must be > 0"),
+        ("train.gain_lr_factor=0", "train.gain_lr_factor must be a finite number > 0, got 0.0"),
         (
             'train.lr_ramp="linear"',
             "train.lr_ramp must be one of ('warmup', 'none'), got 'linear'",
@@ -113,6 +113,72 @@ def test_protocol_options_are_checked_when_the_config_loads(override, message):
     with pytest.raises(ValueError) as err:
         configs.load_config("dvsgesture-allconv18", [override])
     assert message in str(err.value) and "dvsgesture-allconv18.toml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.val_fraction=nan", "data.val_fraction must be a finite number in [0, 1), got nan"),
+        ("data.downsample=0", "data: downsample must be an integer >= 1, got 0"),
+        ("data.crop=[200, 200]", "data: crop 200x200 is larger than the 128x128 sensor"),
+        ("data.frames_per_clip=0", "data: frames_per_clip must be None or an integer >= 1, got 0"),
+        ("model.noise_p=nan", "model.noise_p must be a finite number in (0, 1), got nan"),
+        ("model.noise_p=1", "model.noise_p must be a finite number in (0, 1), got 1.0"),
+        ("model.noise_sigma=inf", "model.noise_sigma must be a finite number > 0, got inf"),
+        ("model.options.sn_sigma=0", "model.options.sn_sigma must be a finite number > 0, got 0"),
+        ("model.options.channels=[0, 0]", "model.options.channels[0] must be an integer >= 1, got 0"),
+        ("model.options.channels=[16, -2]", "model.options.channels[1] must be an integer >= 1, got -2"),
+        ("model.options.channels=[1.5, 2]", "model.options.channels[0] must be an integer >= 1, got 1.5"),
+        ("model.options.hidden=0", "model.options.hidden must be an integer >= 1, got 0"),
+        ("model.options.hidden=1.5", "model 'nmnist_cnn' does not build with model.options"),
+        ("model.options.kernel_size=40", "input size (32, 32) is too small for 2 conv40-pool2 stages"),
+        ("model.options.width=0.5", "unknown option(s) ['width'] for model 'nmnist_cnn'"),
+        ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+        ("train.batch_size=-1", "train.batch_size must be an integer >= 1, got -1"),
+        ("train.warmup_epochs=-1", "train.warmup_epochs must be an integer >= 0, got -1"),
+        ("train.workers=-1", "train.workers must be an integer >= 0, got -1"),
+        ("train.seed=-1", "train.seed must be an integer in 0..9223372036854775807, got -1"),
+        ("train.lr=nan", "train.lr must be a finite number > 0, got nan"),
+        ("train.lr=-1e-3", "train.lr must be a finite number > 0, got -0.001"),
+        ("train.lr_gamma=inf", "train.lr_gamma must be a finite number > 0, got inf"),
+        ("train.adam_eps=nan", "train.adam_eps must be a finite number >= 0, got nan"),
+        ("train.weight_decay=-1", "train.weight_decay must be a finite number in [0, 3.40282e+38], got -1.0"),
+        ("train.weight_decay=1e39", "train.weight_decay must be a finite number in [0, 3.40282e+38], got 1e+39"),
+        ("train.lr=1e38", "train.lr x train.gain_lr_factor must be at most 3.403e+37"),
+        ("train.gain_lr_factor=1e41", "train.lr x train.gain_lr_factor must be at most 3.403e+37"),
+        ("train.augment.time_flip=2", "train.augment.time_flip must be a finite number in [0, 1], got 2.0"),
+        ("train.augment.polarity_flip=nan", "train.augment.polarity_flip must be a finite number in [0, 1], got nan"),
+        ("train.augment.jitter_px=-1", "train.augment.jitter_px must be an integer >= 0, got -1"),
+        ("train.augment.jitter_px=32", "train.augment.jitter_px (frames of 32x32 pixels) must be an integer in 0..31"),
+        ("eval.threshold=nan", "eval: Monte Carlo threshold must be in (0, 1], got nan"),
+        ("eval.batch_size=0", "eval.batch_size must be an integer >= 1, got 0"),
+    ],
+)
+def test_every_value_is_range_checked_when_the_config_loads(override, message):
+    """Every number of every table (``tiny``: 32 x 32 frames, nmnist_cnn): finite and in its range, the message
+    naming the key and the range; the network is built (on the meta device) so that options it does not take
+    are errors before any data are binned."""
+    with pytest.raises(ValueError) as err:
+        configs.load_config("tiny", [override])
+    assert message in str(err.value) and "tiny.toml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_values_at_the_ends_of_their_ranges_are_accepted():
+    cfg = configs.load_config(
+        "tiny",
+        [
+            "train.augment.jitter_px=31",
+            "train.augment.time_flip=1",
+            "train.augment.polarity_flip=0",
+            f"train.seed={2**63 - 1}",
+            "train.lr=3e37",
+            "train.adam_eps=0",
+            "train.workers=0",
+            "data.val_fraction=0",
+            "eval.threshold=1",
+        ],
+    )
+    assert cfg.train.augment.jitter_px == 31 and cfg.train.seed == 2**63 - 1 and cfg.train.lr == 3e37
 
 
 def test_set_overrides_parse_values_as_toml():

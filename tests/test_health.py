@@ -2,7 +2,8 @@
 
 The monitor is tested on small networks of every registered model and neuron kind, one training step at a
 time, and once through a one-epoch ``nsm train`` run of the ``tiny`` preset on the session's simulated
-gestures (``conftest.simulated_gestures``), on the CPU with one torch thread.
+gestures (``conftest.simulated_gestures``), on the CPU with one torch thread; with the activity recorder, on
+weights that are not finite and through a run that diverges.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nsm.neurons import NEURON_KINDS
 from pipelines import cli, health
 from pipelines import config as configs
 from pipelines import train as training
-from pipelines.activity import weight_units
+from pipelines.activity import ActivityRecorder, weight_units
 from pipelines.data import load_data
 from pipelines.figures import plot_health
 
@@ -333,3 +334,59 @@ def test_train_writes_health_records_and_figure(gestures, tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     warnings = [line for line in printed if line.startswith("warning:")]
     assert warnings == health.layer_warnings(lines[-1]["health"]) + [w for w in warnings if "class prior" in w]
+
+
+# ----------------------------------------------------------------------------------------------
+# a diverging step: no crash, nothing non-finite recorded, the trainer's loss check stops the run
+# ----------------------------------------------------------------------------------------------
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and infinities (which are not JSON)."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("neuron", ["bnsm", "gnsm", "bd", "dcnn", "sn"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_weights_record_nothing_non_finite_and_raise_nothing(neuron, bad, tmp_path):
+    """Weights made NaN or infinite (as an optimizer step at a huge rate leaves them): the activity recorder writes
+    no record, the health monitor records None for what it cannot measure, and neither raises."""
+    model, size = small_model(neuron=neuron)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(bad)
+    recorder = ActivityRecorder(model, neuron, tmp_path / "activity.jsonl")
+    monitor = health.HealthMonitor(model, PRIOR_LABELS, len(PRIOR))
+    recorder.arm()
+    summary = training_steps(model, size, monitor).summary
+    recorder.record(0.0, 0)
+    assert not (tmp_path / "activity.jsonl").exists()
+    units, _ = expected_layers(model)
+    assert all(summary[name]["grad_norm"] is None for name in units)
+    for entry in summary.values():
+        for key, value in entry.items():
+            assert key == "module" or value is None or 0 <= value <= 1, (key, value)
+    assert strict_json(json.dumps(summary)) == summary
+    recorder.close()
+    monitor.close()
+
+
+def test_a_diverging_run_ends_with_the_trainers_message(gestures, tmp_path, capsys):
+    """At 3e37 without the warm-up ramp, Adam's first step (10 x the rate) takes the weights to about 3e38, and the
+    activity records of that step and the next find them, or what they compute, not finite; the run must end with
+    the trainer's message about the loss (exit status 2, no traceback) and leave no NaN in activity.jsonl."""
+    data, cache = gestures
+    out = tmp_path / "run"
+    sets = ["train.lr=3e37", "train.lr_ramp=none", "train.record_every=1", "train.epochs=1", "train.device=cpu"]
+    args = ["train", "--config", "tiny", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]
+    assert cli.main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nsm train: error: the loss became nan at epoch 1") and "Try a lower train.lr" in err
+    assert "Traceback" not in err and not (out / "checkpoint.pt").exists()
+    activity = out / "activity.jsonl"
+    for line in activity.read_text().splitlines() if activity.exists() else []:
+        strict_json(line)

@@ -10,6 +10,7 @@ from nsm.neurons import NEURON_KINDS
 from .. import compare as comparison
 from .. import config as configs
 from ..runs import DEFAULT_CACHE
+from . import InRange
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,9 @@ def add_parser(sub) -> None:
         default=",".join(NEURON_KINDS),
         help=f"comma-separated neuron kinds (default: {','.join(NEURON_KINDS)})",
     )
-    p.add_argument("--epochs", type=int, help="epochs per run (overrides train.epochs)")
+    p.add_argument(
+        "--epochs", type=int, action=InRange, minimum=1, help="epochs per run, >= 1 (overrides train.epochs)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a configuration key")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import demo
+from . import InRange, add_seed
 
 
 def add_parser(sub) -> None:
@@ -15,8 +16,10 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: the {demo.PRESET} preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
+    p.add_argument(
+        "--epochs", type=int, action=InRange, minimum=1, help=f"training epochs (default: the {demo.PRESET} preset's)"
+    )
+    add_seed(p, "seed of the simulation (default 0)")
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import evaluate as evaluation
 from ..runs import DEFAULT_CACHE, EVALUATION, RELIABILITY
+from . import InRange, add_seed
 
 
 def add_parser(sub) -> None:
@@ -21,12 +22,26 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="folder for metrics.json and reliability.png (default: the checkpoint's folder)")
     how = p.add_mutually_exclusive_group()
     how.add_argument(
-        "--samples", type=int, help="fixed number of Monte Carlo samples K (default: the run's eval.samples)"
+        "--samples",
+        type=int,
+        action=InRange,
+        minimum=1,
+        help="fixed number of Monte Carlo samples K (default: the run's eval.samples)",
     )
     how.add_argument("--adaptive", action="store_true", default=None, help="adaptive sampling per input")
-    p.add_argument("--threshold", type=float, help="adaptive: stop once the top probability reaches this (default 0.9)")
-    p.add_argument("--max-samples", type=int, help="adaptive: at most this many samples (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        action=InRange,
+        minimum=0,
+        maximum=1,
+        open_min=True,
+        help="adaptive: stop once the top probability reaches this, in (0, 1] (default 0.9)",
+    )
+    p.add_argument(
+        "--max-samples", type=int, action=InRange, minimum=1, help="adaptive: at most this many samples (default 64)"
+    )
+    add_seed(p, "seed of the sampling noise (default 0)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")

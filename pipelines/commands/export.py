@@ -6,7 +6,9 @@ import argparse
 
 from nsm.neurons import BINARY_KINDS
 
+from ..export.quantize import MAX_BITS, MIN_BITS
 from ..export.write import export_checkpoint
+from . import InRange, add_seed
 
 
 def add_parser(sub) -> None:
@@ -30,17 +32,22 @@ def add_parser(sub) -> None:
         "logits with the deterministic PyTorch model (or, with --quantize-bits, with the "
         "quantized graph's reference runtime) on random event frames",
     )
-    p.add_argument("--check-samples", type=int, default=200, help="number of random inputs for --check")
+    p.add_argument(
+        "--check-samples", type=int, default=200, action=InRange, minimum=1, help="number of random inputs for --check"
+    )
     p.add_argument(
         "--quantize-bits",
         type=int,
         default=None,
+        action=InRange,
+        minimum=MIN_BITS,
+        maximum=MAX_BITS,
         metavar="N",
-        help="write integer weights of N bits (2..16) and integer biases (unit thresholds -1/2, between two "
-        "integer pre-activations: exact on any target) and report the accuracy change on the check "
+        help=f"write integer weights of N bits ({MIN_BITS}..{MAX_BITS}) and integer biases (unit thresholds -1/2, "
+        "between two integer pre-activations: exact on any target) and report the accuracy change on the check "
         "inputs (labels: the float model's own predictions)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
+    add_seed(p, "seed of the random check inputs")
     p.set_defaults(func=run)
 
 

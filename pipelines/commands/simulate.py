@@ -6,6 +6,8 @@ import argparse
 
 import events
 
+from . import InRange, add_seed
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -18,12 +20,21 @@ def add_parser(sub) -> None:
     )
     p.add_argument("kind", choices=["gestures", "digits"], help="which data set to simulate")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes")
-    p.add_argument("--users", type=int, default=6, help="gestures: number of users (about a fifth are test users)")
+    add_seed(p, "random seed; the same seed writes the same bytes")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=6,
+        action=InRange,
+        minimum=1,
+        help="gestures: number of users (about a fifth are test users)",
+    )
     p.add_argument(
         "--per-class",
         type=int,
         default=2,
+        action=InRange,
+        minimum=1,
         help="gestures: repetitions of each class per user; digits: training samples per digit",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

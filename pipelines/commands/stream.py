@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 from ..replay import replay
 from ..stream import DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_SAMPLES, DEFAULT_MIN_SAMPLES, DEFAULT_SAMPLES
+from . import InRange, Parser, add_seed
+
+MAX_MS = 2**53 / 1000  # the longest window or hop: 2^53 µs (285 years), whole µs that a float holds exactly
 
 
 def _ms_to_us(value: float | None, name: str) -> int | None:
+    """``value`` ms (positive and finite, as ``InRange`` parsed it) as whole µs; an error unless it is whole µs."""
     if value is None:
         return None
     us = round(value * 1000)
@@ -24,7 +29,9 @@ def _crop_arg(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"crop must be WIDTHxHEIGHT, e.g. 256x256 (got {text!r})") from None
+        w = h = 0  # not two integers
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"must be WIDTHxHEIGHT of positive integers, e.g. 256x256, got {text!r}")
     return w, h
 
 
@@ -32,22 +39,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) of a trained network")
     p.add_argument("--events", required=True, help="event file: AEDAT 3.1/4, N-MNIST .bin, .npy, HDF5")
     p.add_argument("--labels", help="DVS Gesture labels CSV (class,startTime_usec,endTime_usec) for accuracy")
-    p.add_argument("--window-ms", type=float, help="window length in ms (default: frames_per_clip x the frame length)")
-    p.add_argument("--hop-ms", type=float, help="hop between window starts in ms (default: half a window)")
+    ms = dict(type=float, action=InRange, minimum=0, maximum=MAX_MS, open_min=True)
+    p.add_argument("--window-ms", **ms, help="window length in ms (default: frames_per_clip x the frame length)")
+    p.add_argument("--hop-ms", **ms, help="hop between window starts in ms (default: half a window)")
     mc = p.add_mutually_exclusive_group()
-    mc.add_argument("--samples", type=int, help=f"Monte Carlo passes per window (default {DEFAULT_SAMPLES})")
+    mc.add_argument(
+        "--samples",
+        type=int,
+        action=InRange,
+        minimum=1,
+        help=f"Monte Carlo passes per window (default {DEFAULT_SAMPLES})",
+    )
     mc.add_argument("--adaptive", action="store_true", help="adaptive sampling: stop once confident")
-    p.add_argument("--threshold", type=float, default=0.9, help="adaptive: top-probability threshold (0.9)")
     p.add_argument(
-        "--min-samples", type=int, default=DEFAULT_MIN_SAMPLES, help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})"
+        "--threshold",
+        type=float,
+        default=0.9,
+        action=InRange,
+        minimum=0,
+        maximum=1,
+        open_min=True,
+        help="adaptive: top-probability threshold, in (0, 1] (0.9)",
     )
     p.add_argument(
-        "--max-samples", type=int, default=DEFAULT_MAX_SAMPLES, help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})"
+        "--min-samples",
+        type=int,
+        default=DEFAULT_MIN_SAMPLES,
+        action=InRange,
+        minimum=1,
+        help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})",
+    )
+    p.add_argument(
+        "--max-samples",
+        type=int,
+        default=DEFAULT_MAX_SAMPLES,
+        action=InRange,
+        minimum=1,
+        help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})",
     )
     p.add_argument(
         "--decay",
         type=float,
         default=1.0,
+        action=InRange,
+        minimum=0,
+        maximum=1,
+        open_min=True,
         help="evidence weight kept per window, in (0, 1] (1: running mean of all windows)",
     )
     p.add_argument("--out", help="write one JSON line per prediction here (flushed line by line)")
@@ -61,13 +98,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunk-events", type=int, default=DEFAULT_CHUNK_EVENTS, help=f"events read per chunk ({DEFAULT_CHUNK_EVENTS})"
     )
-    p.add_argument("--seed", type=int, default=0, help="noise seed (0); the same seed gives the same predictions")
-    p.add_argument("--downsample", type=int, help="override the checkpoint's downsampling factor")
+    add_seed(p, "noise seed (0); the same seed gives the same predictions")
+    p.add_argument(
+        "--downsample", type=int, action=InRange, minimum=1, help="override the checkpoint's downsampling factor"
+    )
     p.add_argument("--crop", type=_crop_arg, help="override the centre crop, WIDTHxHEIGHT (before downsampling)")
     p.add_argument(
         "--threads",
         type=int,
-        help="torch threads for inference (default: torch's own choice; "
+        action=InRange,
+        minimum=1,
+        maximum=os.cpu_count(),
+        help="torch threads for inference, at most the number of CPUs (default: torch's own choice; "
         "1 is often faster for small networks or on a busy machine)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -91,8 +133,6 @@ def run(args) -> int:
     if args.chunk_events < 1:
         raise ValueError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     mc = (
         {
@@ -127,7 +167,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m pipelines.commands.stream ...``: the ``nsm stream`` command on its own (as the benchmark runs it)."""
-    parser = argparse.ArgumentParser(prog="nsm stream", description="Classify an event recording window by window.")
+    parser = Parser(prog="nsm stream", description="Classify an event recording window by window.")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

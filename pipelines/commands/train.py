@@ -7,6 +7,7 @@ import argparse
 from .. import config as configs
 from .. import train as training
 from ..runs import DEFAULT_CACHE
+from . import InRange
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--data", required=True, help="data set folder (DVS Gesture or N-MNIST layout; see README)")
     p.add_argument("--out", required=True, help="run folder to create (or to continue with --resume)")
-    p.add_argument("--epochs", type=int, help="number of epochs (overrides train.epochs; extends a resumed run)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        action=InRange,
+        minimum=1,
+        help="number of epochs, >= 1 (overrides train.epochs; extends a resumed run)",
+    )
     p.add_argument(
         "--set",
         action="append",

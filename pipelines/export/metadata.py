@@ -78,13 +78,14 @@ sampling unit fires with P = 1/2 (1 + erf(v)) (``pipelines.export.runtime``). Po
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import nir
 import numpy as np
 
-from events.atomic import atomic_path
+from events.atomic import atomic_file, remove_dead_temps
 
 TAU = 2.0**-10
 """Time constant and time step (s, about 1 ms) of the memoryless neurons; import with ``dt = TAU``."""
@@ -117,10 +118,17 @@ def decode_metadata(metadata: dict) -> dict:
 
 
 def write_nir(graph: nir.NIRGraph, path) -> Path:
-    """``nir.write`` to a temporary file beside ``path``, then rename over ``path`` (atomic)."""
-    with atomic_path(path) as tmp:
-        nir.write(tmp, graph)
-    return Path(path)
+    """``nir.write`` into memory, then those bytes to ``path`` atomically (``events.atomic.atomic_file``: a
+    refused write, e.g. a full disk, is an ``OutputError`` naming ``path``, where HDF5 writing to the disk itself
+    can crash the process). First removes the temporary files that exports to ``path`` killed mid-write left
+    (``events.atomic.remove_dead_temps``)."""
+    path = Path(path)
+    remove_dead_temps(path.parent, path.name)
+    buffer = io.BytesIO()
+    nir.write(buffer, graph)
+    with atomic_file(path) as f:
+        f.write(buffer.getbuffer())
+    return path
 
 
 def read_nir(path) -> nir.NIRGraph:

@@ -31,6 +31,7 @@ from .metadata import decode_metadata
 from .runtime import NIRRuntime
 
 INTEGER_THRESHOLD = -0.5
+MIN_BITS, MAX_BITS = 2, 16  # the integer weight widths ``quantize`` writes
 _EXACT_LIMIT = 2**24  # integers up to this magnitude are exact in float32
 
 
@@ -76,11 +77,11 @@ def _with(node, **changes):
 def quantize(graph: nir.NIRGraph, bits: int) -> nir.NIRGraph:
     """A copy of ``graph`` (from ``pipelines.export.to_nir``) with ``bits``-bit integer weights (module docstring).
 
-    Raises ``ValueError`` for bits outside 2..16, for graphs not written by the export, and when an
+    Raises ``ValueError`` for bits outside MIN_BITS..MAX_BITS (2..16), for graphs not written by the export, and when an
     integer pre-activation could exceed 2^24 (float32 would no longer add it exactly).
     """
-    if not 2 <= int(bits) <= 16:
-        raise ValueError(f"quantization needs 2 <= bits <= 16 (got {bits})")
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise ValueError(f"quantization needs {MIN_BITS} <= bits <= {MAX_BITS} (got {bits})")
     q = 2 ** (int(bits) - 1) - 1
     runtime = NIRRuntime(graph)  # validates the chain and gives the order
     order = runtime.order
