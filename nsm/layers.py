@@ -426,15 +426,19 @@ class Readout(Modal, nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_features, num_classes)
 
+    @staticmethod
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        """The linear layer's input: ``x`` averaged over H, W when it is 4-d, else ``x``."""
+        return x.mean(dim=(2, 3)) if x.dim() == 4 else x
+
     def logit_moments(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the logits when the input holds independent +-1 states with means ``m``."""
         positions = m.shape[2] * m.shape[3] if m.dim() == 4 else 1
-        state_var = (1.0 - m * m).clamp_min(0.0)
-        pooled_var = (state_var.mean(dim=(2, 3)) if m.dim() == 4 else state_var) / positions
-        return self.linear(m.mean(dim=(2, 3)) if m.dim() == 4 else m), F.linear(pooled_var, self.linear.weight**2)
+        pooled_var = self.pool((1.0 - m * m).clamp_min(0.0)) / positions
+        return self.linear(self.pool(m)), F.linear(pooled_var, self.linear.weight**2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "expected":
             mean, var = self.logit_moments(x)
             return mean * torch.rsqrt(1.0 + _PROBIT * var)
-        return self.linear(x.mean(dim=(2, 3)) if x.dim() == 4 else x)
+        return self.linear(self.pool(x))

@@ -113,6 +113,19 @@ def plain_data(obj, where: str = ""):
     )
 
 
+HEADER_FIELDS = (
+    "format",
+    "version",
+    "project_version",
+    "model_spec",
+    "model_state",
+    "classes",
+    "frame_spec",
+    "config",
+    "epoch",
+)  # what save_checkpoint writes from its own arguments
+
+
 def save_checkpoint(
     path,
     model: nn.Module,
@@ -144,6 +157,15 @@ def save_checkpoint(
         **training_state,
     }
     atomic_torch_save(plain_data(payload), path)
+
+
+def rewrite_checkpoint(ck: Checkpoint, path, **fields) -> None:
+    """Write ``ck`` to ``path`` with its model's current parameters and everything else it held (metadata, training
+    state), ``fields`` added or replaced."""
+    kept = {k: v for k, v in ck.state.items() if k not in HEADER_FIELDS}
+    save_checkpoint(
+        path, ck.model, classes=ck.classes, frame_spec=ck.frame_spec, config=ck.config, epoch=ck.epoch, **kept, **fields
+    )
 
 
 def read_checkpoint(path: Path, map_location="cpu") -> dict:

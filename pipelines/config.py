@@ -22,9 +22,11 @@ from typing import Any
 
 import tomli_w
 import tomllib
+import torch
 
 import events
 import models
+from events.types import SEED_MAX, check_float, check_int
 from models.registry import NEURON_OPTIONS
 from nsm.neurons import NEURON_KINDS, neuron_kind
 from nsm.sampling import MCSettings
@@ -36,6 +38,11 @@ LOGIT_NORMS = ("batch", "none")
 FORWARDS = ("expected", "mean-input", "sampled")
 WARMUP_FORWARDS = ("deterministic", "mean-input")
 LR_RAMPS = ("warmup", "none")
+READOUT_FITS = ("sampled", "none")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+MAX_LR = FLOAT32_MAX / 10
+"""The largest learning rate (also times ``gain_lr_factor``): Adam's first step is lr / (1 - beta1) = 10 x the rate,
+which torch converts to the parameters' float32; a larger rate overflows inside the optimizer."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,12 @@ class DataConfig:
         )
 
     def validate(self) -> None:
+        """The data set is known, ``val_fraction`` in [0, 1), the frame fields valid (``events.FrameSpec``
+        checks them), the crop inside the sensor and the number of frames of an item fixed."""
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
-        self.frame_spec()  # FrameSpec checks its own fields
+        check_float("data.val_fraction", self.val_fraction, 0, 1, open_max=True)
+        _item_shape(self)
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,29 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        """The model and neuron kind are known; ``noise_p`` and ``conv_noise_p`` are in (0, 1), ``noise_sigma``
+        and ``sn_sigma`` finite and > 0; every other option is a size or a scale of the architecture: an integer
+        >= 1, a finite number > 0, or a list of integers >= 1 (``Config.validate`` then builds the network, which
+        checks that the architecture takes them)."""
         if self.name not in models.list_models():
             raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
         if self.neuron not in NEURON_KINDS:
             raise ValueError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
+        check_float("model.noise_p", self.noise_p, 0, 1, open_min=True, open_max=True)
+        check_float("model.noise_sigma", self.noise_sigma, 0, open_min=True)
+        for key, value in self.options.items():
+            where = f"model.options.{key}"
+            if key == "conv_noise_p":
+                check_float(where, value, 0, 1, open_min=True, open_max=True)
+            elif key == "sn_sigma":
+                check_float(where, value, 0, open_min=True)
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    check_int(f"{where}[{i}]", v, 1)
+            elif isinstance(value, int):
+                check_int(where, value, 1)
+            else:
+                check_float(where, value, 0, open_min=True)
         neuron_kind(
             self.neuron,
             noise_p=self.noise_p,
@@ -121,6 +148,12 @@ class AugmentConfig:
     jitter_px: int = 0
     time_flip: float = 0.0
     polarity_flip: float = 0.0
+
+    def validate(self) -> None:
+        """``jitter_px`` >= 0 (``Config.validate`` bounds it by the frame size), each probability in [0, 1]."""
+        check_int("train.augment.jitter_px", self.jitter_px, 0)
+        for name in ("time_flip", "polarity_flip"):
+            check_float(f"train.augment.{name}", getattr(self, name), 0, 1)
 
 
 @dataclass(frozen=True)
@@ -155,7 +188,11 @@ class TrainConfig:
     its state given independent inputs, a deterministic pass whose gradient is exact for that approximation),
     ``"mean-input"`` (the same without the inputs' variance: E z at the mean input) or ``"sampled"`` (one draw
     per unit and the gradient of E z at the draw: the seed's rule); docs/training-study.md compares them. Other
-    kinds train in their own modes either way; evaluation always samples."""
+    kinds train in their own modes either way; evaluation always samples.
+    ``readout_fit``: ``"sampled"``: after the last epoch, the readout of ``best.pt`` is refitted to sampled passes of
+    the training items, the other layers fixed (``pipelines.readout_fit``; networks whose units sample only: Monte
+    Carlo prediction then gains accuracy and calibration, docs/training-study.md, section 10); ``"none"``: as
+    trained."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -176,20 +213,29 @@ class TrainConfig:
     lr_ramp: str = "warmup"
     logit_norm: str = "batch"
     forward: str = "expected"
+    readout_fit: str = "sampled"
     augment: AugmentConfig = AugmentConfig()
 
     def validate(self) -> None:
+        """Counts >= 1 (``warmup_epochs`` and ``workers`` >= 0), the seed in 0..SEED_MAX, the rates and factors
+        finite and > 0 (``adam_eps`` and ``weight_decay`` >= 0, ``weight_decay`` at most FLOAT32_MAX), the rate times
+        ``gain_lr_factor`` at most MAX_LR, the choices among their values, and ``augment``'s own checks."""
         for name in ("epochs", "batch_size", "lr_step_epochs", "record_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.lr <= 0 or self.lr_gamma <= 0 or self.gain_lr_factor <= 0:
-            raise ValueError("train.lr, train.lr_gamma and train.gain_lr_factor must be > 0")
+            check_int(f"train.{name}", getattr(self, name), 1)
+        for name in ("warmup_epochs", "workers"):
+            check_int(f"train.{name}", getattr(self, name), 0)
+        check_int("train.seed", self.seed, 0, SEED_MAX)
+        for name in ("lr", "lr_gamma", "gain_lr_factor"):
+            check_float(f"train.{name}", getattr(self, name), 0, open_min=True)
+        check_float("train.adam_eps", self.adam_eps, 0)
+        check_float("train.weight_decay", self.weight_decay, 0, FLOAT32_MAX)
+        if self.lr * max(1.0, self.gain_lr_factor) > MAX_LR:
+            raise ValueError(
+                f"train.lr x train.gain_lr_factor must be at most {MAX_LR:.4g} (Adam's first step, 10 x the rate, "
+                f"must fit a float32), got {self.lr:g} x {self.gain_lr_factor:g}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        if self.workers < 0:
-            raise ValueError("train.workers must be >= 0")
         if self.init not in INITS:
             raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
         if self.logit_norm not in LOGIT_NORMS:
@@ -200,6 +246,9 @@ class TrainConfig:
             raise ValueError(f"train.lr_ramp must be one of {LR_RAMPS}, got {self.lr_ramp!r}")
         if self.warmup_forward not in WARMUP_FORWARDS:
             raise ValueError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
+        if self.readout_fit not in READOUT_FITS:
+            raise ValueError(f"train.readout_fit must be one of {READOUT_FITS}, got {self.readout_fit!r}")
+        self.augment.validate()
 
 
 @dataclass(frozen=True)
@@ -230,8 +279,7 @@ class EvalConfig:
             _ = self.mc  # constructing the settings checks each of them
         except ValueError as err:
             raise ValueError(f"eval: {err}") from None
-        if self.batch_size < 1:
-            raise ValueError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        check_int("eval.batch_size", self.batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -244,8 +292,31 @@ class Config:
     eval: EvalConfig = EvalConfig()
 
     def validate(self) -> Config:
+        """Each table's own checks, then those across tables: the jitter is smaller than the frames, and the
+        network builds for the data's items and classes (on the meta device: no memory, no time), so an option
+        the architecture does not take, a value of the wrong type or frames too small for it is an error here,
+        not after the data are binned. Returns ``self``."""
         for part in (self.data, self.model, self.train, self.eval):
             part.validate()
+        channels, h, w = _item_shape(self.data)
+        classes = len(_dataset(self.data).classes)
+        check_int(f"train.augment.jitter_px (frames of {w}x{h} pixels)", self.train.augment.jitter_px, 0, min(h, w) - 1)
+        m = self.model
+        try:
+            with torch.device("meta"):
+                models.create_model(
+                    m.name,
+                    in_channels=channels,
+                    input_size=(h, w),
+                    num_classes=classes,
+                    neuron=m.neuron,
+                    noise_p=m.noise_p,
+                    noise_sigma=m.noise_sigma,
+                    **m.options,
+                )
+        except (TypeError, ValueError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
         return self
 
     def to_dict(self) -> dict:
@@ -254,6 +325,26 @@ class Config:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+def _dataset(data: DataConfig) -> type:
+    """The data set class of ``data.dataset``: ``events.DVSGesture`` or ``events.NMNIST`` (their sensor, classes)."""
+    return events.DVSGesture if data.dataset == "dvsgesture" else events.NMNIST
+
+
+def _item_shape(data: DataConfig) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the items ``data`` makes of its data set's recordings (frames per item x
+    polarity channels, as ``pipelines.data.load_data`` stacks them); a ``ValueError`` starting ``data:`` for
+    invalid frame fields, a crop larger than the sensor, or an item length that depends on the recording."""
+    try:
+        spec = data.frame_spec()
+        p, h, w = spec.output_shape(_dataset(data).sensor_size)
+    except ValueError as err:
+        raise ValueError(f"data: {err}") from None
+    frames = spec.frames_per_clip or spec.frames_per_sample
+    if frames is None:
+        raise ValueError("data: the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
+    return frames * p, h, w
 
 
 def _drop_none(d):

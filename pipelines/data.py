@@ -14,6 +14,7 @@ uninterrupted one would, whatever the number of DataLoader workers.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,12 @@ class FrameSet(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def without_augmentation(self) -> FrameSet:
+        """The same items as they are stored."""
+        plain = copy.copy(self)
+        plain.augmentation = None
+        return plain
 
     def __len__(self) -> int:
         return len(self.index)

@@ -27,6 +27,7 @@ import events
 from events.atomic import write_text_atomic
 
 from . import config as configs
+from .checkpoint import read_checkpoint
 from .evaluate import evaluate, predictor_table, summary
 from .export import export_checkpoint
 from .replay import replay
@@ -68,6 +69,18 @@ def twin_table(m: dict, twin: dict) -> str:
     return "\n".join(lines)
 
 
+def readout_fit_sentence(fit: dict | None) -> str:
+    """What ``nsm train``'s readout fit (``pipelines.readout_fit``) did, as recorded in ``best.pt`` ("" without one)."""
+    if fit is None:
+        return ""
+    verdict = "refitted to" if fit["kept"] else "kept as trained after a fit to"
+    return (
+        f" After the last epoch the readout of `best.pt` was {verdict} the states the network samples (docs/design.md, "
+        f"eq. 10c; the validation clips' Monte Carlo NLL: {fit['val_nll_before']:.3f} before the fit, "
+        f"{fit['val_nll_after']:.3f} after it)."
+    )
+
+
 def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, seconds: float) -> str:
     """The Markdown report of a demo run (numbers read back from the files the steps wrote)."""
     history = read_records(RunFolder(run).metrics)
@@ -92,7 +105,8 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
             if last.get("val_accuracy") is not None
             else ""
         )
-        + f", {last['samples_per_s']:.0f} clips/s.",
+        + f", {last['samples_per_s']:.0f} clips/s."
+        + readout_fit_sentence(read_checkpoint(RunFolder(run).best).get("readout_fit")),
         "",
         f"![training curves]({rel(run / CURVES)})",
         "",

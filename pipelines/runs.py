@@ -8,7 +8,9 @@ A run folder holds:
   checkpoint.pt   the latest completed epoch: model, optimizer, scheduler, RNG states, config; with
                   batch-normalized logits (``train.logit_norm``) the model is the plain NSM they fold into,
                   and the normalized parameters and running moments are kept beside it for --resume
-  best.pt         the epoch with the best validation accuracy (without validation: the lowest training loss)
+  best.pt         the epoch with the best validation accuracy (without validation: the lowest training loss);
+                  after the last epoch a sampling network's readout is refitted in it (``train.readout_fit``,
+                  the figures under ``readout_fit``)
   metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput, and ``health``: per hidden
                   layer its firing rate, saturated share and weight-gradient norm, per max-pool layer
                   its rate, each the mean over the epoch's recorded steps; see ``pipelines.health``)

@@ -45,10 +45,11 @@ from nsm.sampling import takes_expectations
 
 from . import config as configs
 from .activity import ActivityRecorder
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, rewrite_checkpoint, save_checkpoint
 from .data import Splits, load_data
 from .figures import plot_curves, plot_health
 from .health import HealthMonitor
+from .readout_fit import fit_readout, samples_the_readout
 from .runs import DEFAULT_CACHE, Process, RunFolder, flushing_denormals, start_process, write_records
 from .warmstart import warm_start
 
@@ -417,9 +418,29 @@ def _train(
                 print(warning, flush=True)
     recorder.close()
     health.close()
+    if proc.main and tc.readout_fit == "sampled":
+        fit_best_readout(run, splits.train.without_augmentation(), splits.val, tc.seed, proc.device, progress)
     if proc.world > 1:
         dist.barrier()
     return metrics
+
+
+def fit_best_readout(run: RunFolder, train_items, val_items, seed: int, device: torch.device, progress: bool) -> None:
+    """Refit the readout of the run's ``best.pt`` (``pipelines.readout_fit``) and rewrite it with the fit's figures
+    under ``readout_fit``; nothing when it has no such network or has been fitted (a resumed finished run), and a note
+    when there are no validation items to check a fit on."""
+    if not run.best.exists():
+        return
+    ck = load_checkpoint(run.best)
+    if ck.state.get("readout_fit") is not None or not samples_the_readout(ck.model):
+        return
+    if val_items is None or len(val_items) == 0:
+        print("readout not refitted: no validation items to check a fit on (data.val_fraction is 0)", flush=True)
+        return
+    ck.model.to(device)
+    fit = fit_readout(ck.model, train_items, val_items, seed=seed, device=device, progress=progress)
+    rewrite_checkpoint(ck, run.best, readout_fit=fit.to_dict())
+    print(fit, flush=True)
 
 
 def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: RunFolder) -> None:

@@ -52,5 +52,8 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
         f"| {metrics['deterministic']['gesture_accuracy']:.1%} |"
     ) in report
     assert f"| twin (dcnn) | {twin['accuracy']:.1%} | {twin['gesture_accuracy']:.1%} |" in report
+    fit = torch.load(out / "run/best.pt", weights_only=True)["readout_fit"]  # the NSM's readout fit, reported
+    assert f"Monte Carlo NLL: {fit['val_nll_before']:.3f} before the fit, {fit['val_nll_after']:.3f} after" in report
+    assert "readout_fit" not in torch.load(out / "twin/best.pt", weights_only=True)  # dcnn does not sample
     for run in ("run", "twin"):
         assert [json.loads(line)["epoch"] for line in (out / run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
