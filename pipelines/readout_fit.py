@@ -19,9 +19,8 @@ saw the states it predicts from).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +55,7 @@ class ReadoutFit:
     kept: bool
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     def __str__(self) -> str:
         verdict = "refitted" if self.kept else "kept as trained (the fit did not lower both losses)"
