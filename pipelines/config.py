@@ -38,6 +38,7 @@ LOGIT_NORMS = ("batch", "none")
 FORWARDS = ("expected", "mean-input", "sampled")
 WARMUP_FORWARDS = ("deterministic", "mean-input")
 LR_RAMPS = ("warmup", "none")
+LR_SCHEDULES = ("step", "cosine")
 READOUT_FITS = ("sampled", "none")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MAX_LR = FLOAT32_MAX / 10
@@ -158,11 +159,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation: Adam (``lr``, ``adam_eps``, ``weight_decay``), the learning rate multiplied by
-    ``lr_gamma`` every ``lr_step_epochs`` epochs; the units' gains (``nsm.neurons.gain_parameters``: an NSM
-    unit's beta, a weight-normalized sign unit's g) learn at ``gain_lr_factor`` times that rate (Adam moves a
-    parameter by about the rate a step, so at 1e-3 a gain moves by at most about 1 in 1000 steps;
-    docs/training-study.md, section 8). ``workers``: DataLoader worker processes.
+    """Optimisation: Adam (``lr``, ``adam_eps``, ``weight_decay``); ``lr_schedule`` "step": the learning rate
+    multiplied by ``lr_gamma`` every ``lr_step_epochs`` epochs; "cosine": epoch e (from 0) of E trains at
+    lr (1 + cos(pi e / E)) / 2 (``lr_step_epochs`` and ``lr_gamma`` unused). The units' gains
+    (``nsm.neurons.gain_parameters``: an NSM unit's beta, a weight-normalized sign unit's g) learn at
+    ``gain_lr_factor`` times that rate (Adam moves a parameter by about the rate a step, so at 1e-3 a gain moves
+    by at most about 1 in 1000 steps; docs/training-study.md, section 8). ``workers``: DataLoader worker processes.
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``amp``: bfloat16/float16
     autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads.
     ``init``: how a fresh run's units start: ``"data"`` (``nsm.initialization.data_init`` on a batch of training
@@ -197,6 +199,7 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 32
     lr: float = 3e-4
+    lr_schedule: str = "step"
     lr_step_epochs: int = 100
     lr_gamma: float = 0.5
     adam_eps: float = 1e-8
@@ -242,6 +245,8 @@ class TrainConfig:
             raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
         if self.forward not in FORWARDS:
             raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.lr_ramp not in LR_RAMPS:
             raise ValueError(f"train.lr_ramp must be one of {LR_RAMPS}, got {self.lr_ramp!r}")
         if self.warmup_forward not in WARMUP_FORWARDS:

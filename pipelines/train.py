@@ -105,6 +105,14 @@ def ramp_factor(tc: configs.TrainConfig, global_step: int, steps_per_epoch: int)
     return min(1.0, (global_step + 1) / steps) if steps else 1.0
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, tc: configs.TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule ``tc.lr_schedule`` names: "step" multiplies the rate by ``tc.lr_gamma`` every
+    ``tc.lr_step_epochs`` epochs; "cosine" sets epoch e of E to lr (1 + cos(pi e / E)) / 2."""
+    if tc.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+
+
 @contextmanager
 def ramped(optimizer: torch.optim.Optimizer, factor: float):
     """Every parameter group's learning rate times ``factor`` inside the block (the scheduler's rates stay)."""
@@ -261,7 +269,7 @@ def _train(
         with training_mode(model, 0, tc):
             norm = LogitNormalization.attach(model, first)
     optimizer = torch.optim.Adam(parameter_groups(model, tc), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+    scheduler = lr_scheduler(optimizer, tc)
     autocast, scaler = autocast_for(proc.device, tc.amp)
     start_epoch, best = 0, -math.inf
     if state is not None:

@@ -100,6 +100,10 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
         ("train.gain_lr_factor=0", "train.gain_lr_factor must be a finite number > 0, got 0.0"),
         (
+            'train.lr_schedule="linear"',
+            "train.lr_schedule must be one of ('step', 'cosine'), got 'linear'",
+        ),
+        (
             'train.lr_ramp="linear"',
             "train.lr_ramp must be one of ('warmup', 'none'), got 'linear'",
         ),

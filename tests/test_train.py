@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -576,6 +577,26 @@ def test_gain_lr_factor_gives_the_units_gains_their_own_rate(neuron, gain):
     assert len(rest["params"]) + len(gains["params"]) == len(list(model.parameters()))
     assert gains["lr"] == pytest.approx(1e-2) and "lr" not in rest
     assert len(training.parameter_groups(model, configs.TrainConfig(gain_lr_factor=1))) == 1
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({"lr_schedule": "step", "lr_step_epochs": 2, "lr_gamma": 0.5}, [1.0, 1.0, 0.5, 0.5]),
+        ({"lr_schedule": "cosine"}, [(1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]),
+    ],
+)
+def test_lr_schedules_set_each_epochs_rate_for_every_parameter_group(schedule, expected):
+    tc = configs.TrainConfig(lr=1e-3, epochs=4, gain_lr_factor=10, **schedule)
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 1e-2}], lr=tc.lr)
+    scheduler = training.lr_scheduler(optimizer, tc)
+    rates = []
+    for _ in range(4):
+        rates += [group["lr"] for group in optimizer.param_groups]
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([rate * f for f in expected for rate in (1e-3, 1e-2)])
 
 
 def test_lr_ramp_rises_linearly_over_the_warmup_then_holds_and_leaves_the_scheduled_rates():
