@@ -9,6 +9,9 @@ A write that the system refuses (no permission, a read-only or full disk, a file
 ``OutputError``, which names the destination and says what to do, whether the refusal reached the writer as an
 ``OSError`` or as another library's error (``torch.save`` reports a full disk as ``RuntimeError: ... unexpected
 pos``).
+A library that reads back what it wrote and cannot recover from a failed write (HDF5 left in that state prints
+errors when its objects are freed and can crash the process) writes through ``atomic_write(path, "r+b")``: from
+the first refused write on it writes to memory, so it can finish and close cleanly before ``OutputError`` is raised.
 """
 
 from __future__ import annotations
@@ -79,12 +82,111 @@ class _WatchedFile(io.FileIO):
             raise
 
 
+class _ShieldedFile(io.RawIOBase):
+    """A read-write file on which a write the system refuses never fails: the refusal is kept (``failure``, raised
+    again by :meth:`check`), and that write and every later one go to pages held in memory, which reads see, so a
+    library writing through the file (h5py's file-object driver) sees a consistent file and can close it. The memory
+    grows with what is written after the refusal: the writer calls :meth:`check` often enough to bound it."""
+
+    PAGE = 1 << 16
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd, self._pos = fd, 0
+        self.failure: OSError | None = None
+        self._pages: dict[int, bytearray] = {}  # page number -> its bytes, once writes go to memory
+        self._size = 0  # the file's size as the library sees it, once writes go to memory
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        end = os.fstat(self._fd).st_size if self.failure is None else self._size
+        self._pos = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: end}[whence] + pos
+        return self._pos
+
+    def check(self) -> None:
+        """Raise the first refused write's ``OSError``, if there was one."""
+        if self.failure is not None:
+            raise self.failure
+
+    def _page(self, k: int) -> bytearray:
+        """Page ``k`` as the library sees it (from memory, else from disk, zero-padded)."""
+        page = self._pages.get(k)
+        if page is None:
+            page = bytearray(os.pread(self._fd, self.PAGE, k * self.PAGE).ljust(self.PAGE, b"\0"))
+        return page
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        if self.failure is None:
+            try:
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._pos + done)
+            except OSError as err:
+                self.failure, self._size = err, max(os.fstat(self._fd).st_size, self._pos + done)
+        pos = self._pos + done
+        while done < len(view):
+            k, at = divmod(pos, self.PAGE)
+            n = min(self.PAGE - at, len(view) - done)
+            page = self._pages[k] = self._page(k)
+            page[at : at + n] = view[done : done + n]
+            done, pos = done + n, pos + n
+        self._pos = pos
+        self._size = max(self._size, pos)
+        return done
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.failure is None:
+            n = os.preadv(self._fd, [view], self._pos)
+        else:
+            n = max(0, min(len(view), self._size - self._pos))
+            done = 0
+            while done < n:
+                k, at = divmod(self._pos + done, self.PAGE)
+                m = min(self.PAGE - at, n - done)
+                view[done : done + m] = self._page(k)[at : at + m]
+                done += m
+        self._pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self.failure is None:
+            try:
+                os.ftruncate(self._fd, size)
+                return size
+            except OSError as err:
+                self.failure = err
+        self._size = size
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 def _create_temp(path: Path) -> tuple[int, Path]:
     """An exclusive new ``.<name>.<pid>.<random>.tmp`` beside ``path``: (file descriptor, its path)."""
     while True:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
             continue
 
@@ -110,13 +212,16 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 def atomic_write(path: str | os.PathLike, mode: str | None = "wb") -> Iterator[tuple]:
     """Write ``path`` through a temporary file beside it, renamed over ``path`` when the block succeeds.
 
-    Yields ``(file_object, temp_path)``: the file opened with ``mode`` (``"wb"``, or ``"w"`` for UTF-8 text),
-    or with ``mode=None`` no file object (``None``), for libraries such as h5py that open the path themselves.
+    Yields ``(file_object, temp_path)``: the file opened with ``mode`` (``"wb"``, or ``"w"`` for UTF-8 text; or
+    ``"r+b"``, an unbuffered read-write file for a library such as h5py that cannot recover from a failed write:
+    from the first write the system refuses on, writes go to memory, and the block should call the file's
+    ``check()`` regularly, which raises the refusal, to bound that memory), or with ``mode=None`` no file object
+    (``None``), for libraries that open the path themselves.
     Before the rename the file is fsynced, and after it the folder. On any error the temporary file is removed
     and ``path`` is left as it was. Parent folders are created.
 
     Raises ``OutputError`` (naming ``path``) when creating the folders or the temporary file, writing the file
-    object (whatever exception the block then raised), flushing, syncing or renaming fails with an ``OSError``;
+    object (whatever exception the block then raised, or none), flushing, syncing or renaming fails with an ``OSError``;
     an error the block raises otherwise (with ``mode=None``: any) passes unchanged.
     """
     path = Path(path)
@@ -125,7 +230,7 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb") -> Iterator[t
         fd, tmp = _create_temp(path)
     except OSError as err:
         raise OutputError(path, err) from err
-    raw = None if mode is None else _WatchedFile(fd, "w")
+    raw = None if mode is None else _ShieldedFile(fd) if mode == "r+b" else _WatchedFile(fd, "w")
     in_block = False
     try:
         if raw is None:
@@ -135,11 +240,13 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb") -> Iterator[t
             in_block = False
             _fsync_path(tmp)
         else:
-            buffered = io.BufferedWriter(raw)
-            with buffered if "b" in mode else io.TextIOWrapper(buffered, encoding="utf-8") as fh:
+            opened = raw if mode == "r+b" else io.BufferedWriter(raw)
+            with opened if "b" in mode else io.TextIOWrapper(opened, encoding="utf-8") as fh:
                 in_block = True
                 yield fh, tmp
                 in_block = False
+                if raw.failure is not None:
+                    raise raw.failure
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -162,7 +269,7 @@ def atomic_path(path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_file(path, mode: str = "wb"):
-    """``atomic_write(path, mode)``: yields the open file (``"wb"``, or ``"w"`` for UTF-8 text)."""
+    """``atomic_write(path, mode)``: yields the open file (``"wb"``, ``"r+b"``, or ``"w"`` for UTF-8 text)."""
     with atomic_write(path, mode) as (fh, _):
         yield fh
 

@@ -46,7 +46,15 @@ import numpy as np
 
 from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array, check_chunk_size
 from events.frames import FrameSpec, frames_from_spec
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events, is_int
+from events.types import (
+    EVENT_DTYPE,
+    EventFormatError,
+    SensorSize,
+    check_in_bounds,
+    empty_events,
+    first_disorder,
+    is_int,
+)
 
 __all__ = [
     "Window",
@@ -92,18 +100,6 @@ def count_windows(origin_us: int, end_us: int, window_us: int, hop_us: int) -> i
     """How many windows ``[origin + k*hop, origin + k*hop + window)`` end at or before ``end_us``."""
     span = end_us - origin_us - window_us
     return span // hop_us + 1 if span >= 0 else 0
-
-
-def first_disorder(events: np.ndarray, last_t: int | None = None) -> int:
-    """Index of the first event earlier than its predecessor (the first one compared with ``last_t``,
-    the time of the event before the chunk); -1 when the chunk is in time order."""
-    t = events["t"]
-    if len(t) == 0:
-        return -1
-    if last_t is not None and t[0] < last_t:
-        return 0
-    bad = np.flatnonzero(t[1:] < t[:-1])
-    return int(bad[0]) + 1 if len(bad) else -1
 
 
 class SlidingWindows:

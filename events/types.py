@@ -24,6 +24,9 @@ EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p",
 SEED_MAX = 2**63 - 1
 """The largest seed: seeds are non-negative int64 values (TOML's integers; what torch's generators accept)."""
 
+T_EXACT_US = 2**53
+"""The latest time read from a float: 2^53 µs (285 years), up to which a float64 holds every whole µs."""
+
 
 class SensorSize(NamedTuple):
     """Sensor geometry in tonic's order: ``(width, height, polarities)``."""
@@ -95,6 +98,43 @@ def check_float(
             bounds = "" if maximum is None else f" {'<' if open_max else '<='} {maximum:g}"
         raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
     return float(value)
+
+
+def time_limit(dtype: np.dtype, scale: int = 1) -> int:
+    """The latest value a timestamp column of ``dtype`` may hold when its times are ``value * scale`` µs (what
+    :func:`bad_times` accepts): ``2^53 // scale`` for floats, ``(2^63 - 1) // scale`` for integers."""
+    return T_EXACT_US // scale if np.dtype(dtype).kind == "f" else (2**63 - 1) // scale
+
+
+def bad_times(t: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Mask of the values of a timestamp column (integer or float; time ``t * scale`` µs) that are no time in
+    ``0..time_limit(t.dtype, scale)``: negative, not finite, or so late that the µs would not fit int64 (integers)
+    or be held exactly (floats, computed in float64 whatever their width: float16 ``t * 1000`` overflows)."""
+    if t.dtype.kind == "f":
+        t = t.astype(np.float64)
+        return ~(np.isfinite(t) & (t >= 0) & (t <= time_limit(t.dtype, scale)))
+    bad = t > time_limit(t.dtype, scale)
+    return bad if t.dtype.kind == "u" else bad | (t < 0)
+
+
+def times_us(t: np.ndarray, scale: int = 1) -> np.ndarray:
+    """A timestamp column that :func:`bad_times` accepts, as int64 µs (``t * scale``; floats rounded to the
+    nearest µs)."""
+    if t.dtype.kind == "f":
+        return np.rint(t.astype(np.float64) * scale).astype(np.int64)
+    return t.astype(np.int64) * scale
+
+
+def first_disorder(events: np.ndarray, last_t: int | None = None) -> int:
+    """Index of the first event earlier than its predecessor (the first one compared with ``last_t``,
+    the time of the event before the chunk); -1 when the chunk is in time order."""
+    t = events["t"]
+    if len(t) == 0:
+        return -1
+    if last_t is not None and t[0] < last_t:
+        return 0
+    bad = np.flatnonzero(t[1:] < t[:-1])
+    return int(bad[0]) + 1 if len(bad) else -1
 
 
 def empty_events(n: int = 0) -> np.ndarray:

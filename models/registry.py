@@ -14,6 +14,9 @@ from .network import Network
 
 NEURON_OPTIONS = ("noise_p", "conv_noise_p", "noise_sigma", "sn_sigma")
 _SIZE_ARGS = ("in_channels", "input_size", "num_classes", "kind")
+MAX_PARAMETERS = 1 << 28
+"""The most parameters a network may have: 2^28 float32 weights are 1 GiB, and training holds four times that
+(gradients and Adam's two moments); the full-width ``allconvnet18`` has about 1.1 million."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,15 @@ def list_models() -> list[str]:
 
 def model_summary(name: str) -> str:
     return _entry(name).summary
+
+
+def check_parameter_count(net: Network, what: str) -> None:
+    """``ValueError`` naming ``what`` (the options or file the network came from) when ``net`` has more than
+    ``MAX_PARAMETERS`` parameters; build it on torch's meta device first, which allocates nothing."""
+    n = sum(p.numel() for p in net.parameters())
+    if n > MAX_PARAMETERS:
+        name = net.spec["name"]
+        raise ValueError(f"{what}: {name} would have {n} parameters, more than the {MAX_PARAMETERS} allowed")
 
 
 def _entry(name: str) -> ModelEntry:

@@ -146,9 +146,14 @@ def _first_unit(model: nn.Module):
     return None
 
 
+MAX_SAMPLES = 4096
+"""The most Monte Carlo passes an input may take (``samples``, ``min_samples``, ``max_samples``): each pass is a
+forward pass of the whole network, so more would take hours on a test set without changing its estimate."""
+
+
 @dataclass(frozen=True)
 class MCSettings:
-    """How Monte Carlo prediction samples, checked once on construction.
+    """How Monte Carlo prediction samples, checked once on construction (pass counts in 1..``MAX_SAMPLES``).
 
     Fixed (``adaptive=False``): ``samples`` passes per input. Adaptive: passes are drawn in rounds of ``step``
     (``None``: ``min_samples``) for the inputs still undecided; an input stops at the first n >= ``min_samples``
@@ -165,7 +170,7 @@ class MCSettings:
 
     def __post_init__(self) -> None:
         for name in ("samples", "min_samples", "max_samples") + (("step",) if self.step is not None else ()):
-            object.__setattr__(self, name, check_int(f"Monte Carlo {name}", getattr(self, name), 1))
+            object.__setattr__(self, name, check_int(f"Monte Carlo {name}", getattr(self, name), 1, MAX_SAMPLES))
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
         if not self.min_samples <= self.max_samples:

@@ -48,6 +48,7 @@ from torch import nn
 
 import models
 from events.atomic import atomic_file
+from models.registry import check_parameter_count
 
 FORMAT = "nsm-events-checkpoint"
 VERSION = 1
@@ -238,10 +239,13 @@ def check_finite(path: Path, model_state: Mapping) -> None:
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     """Rebuild the network of a checkpoint (``read_checkpoint``'s errors for missing, foreign, unsafe or damaged
-    files; a ``ValueError`` for NaN or infinite weights, ``check_finite``)."""
+    files; a ``ValueError`` for NaN or infinite weights, ``check_finite``, or for a ``model_spec`` whose network
+    would exceed ``models.registry.MAX_PARAMETERS``, checked on the meta device before anything is allocated)."""
     path = Path(path)
     state = read_checkpoint(path, map_location)
     check_finite(path, state["model_state"])
+    with torch.device("meta"):
+        check_parameter_count(models.create_model(**state["model_spec"]), f"{path}: its model_spec")
     model = models.create_model(**state["model_spec"])
     try:
         model.load_state_dict(state["model_state"])

@@ -27,7 +27,7 @@ import torch
 import events
 import models
 from events.types import SEED_MAX, check_float, check_int
-from models.registry import NEURON_OPTIONS
+from models.registry import NEURON_OPTIONS, check_parameter_count
 from nsm.neurons import NEURON_KINDS, neuron_kind
 from nsm.sampling import MCSettings
 
@@ -98,6 +98,9 @@ class ModelConfig:
     units') and ``sn_sigma``. ``validate`` builds the neuron kind, so a bad noise parameter is an error
     when the configuration loads, not after the data are binned."""
 
+    MAX_OPTION = 1 << 24
+    """The largest size or scale option (``Config.validate`` then caps the network's parameter count)."""
+
     name: str = "allconvnet18"
     neuron: str = "bnsm"
     noise_p: float = 0.5
@@ -107,8 +110,10 @@ class ModelConfig:
     def validate(self) -> None:
         """The model and neuron kind are known; ``noise_p`` and ``conv_noise_p`` are in (0, 1), ``noise_sigma``
         and ``sn_sigma`` finite and > 0; every other option is a size or a scale of the architecture: an integer
-        >= 1, a finite number > 0, or a list of integers >= 1 (``Config.validate`` then builds the network, which
-        checks that the architecture takes them)."""
+        in 1..``MAX_OPTION``, a finite number in (0, ``MAX_OPTION``], or a list of such integers
+        (``Config.validate`` then builds the network, which checks that the architecture takes them). An option
+        named like a key of ``[model]`` (``noise_p``, ...) or a size the data give (``in_channels``, ...) is
+        refused with what to set instead."""
         if self.name not in models.list_models():
             raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
         if self.neuron not in NEURON_KINDS:
@@ -117,17 +122,21 @@ class ModelConfig:
         check_float("model.noise_sigma", self.noise_sigma, 0, open_min=True)
         for key, value in self.options.items():
             where = f"model.options.{key}"
+            if key in (f.name for f in fields(self)):
+                raise ValueError(f"{where} is not an option: {key} is a key of [model] itself, set model.{key} instead")
+            if key in ("in_channels", "input_size", "num_classes"):
+                raise ValueError(f"{where} is not an option: the network's {key} follows from the data")
             if key == "conv_noise_p":
                 check_float(where, value, 0, 1, open_min=True, open_max=True)
             elif key == "sn_sigma":
                 check_float(where, value, 0, open_min=True)
             elif isinstance(value, list):
                 for i, v in enumerate(value):
-                    check_int(f"{where}[{i}]", v, 1)
+                    check_int(f"{where}[{i}]", v, 1, self.MAX_OPTION)
             elif isinstance(value, int):
-                check_int(where, value, 1)
+                check_int(where, value, 1, self.MAX_OPTION)
             else:
-                check_float(where, value, 0, open_min=True)
+                check_float(where, value, 0, self.MAX_OPTION, open_min=True)
         neuron_kind(
             self.neuron,
             noise_p=self.noise_p,
@@ -298,9 +307,10 @@ class Config:
 
     def validate(self) -> Config:
         """Each table's own checks, then those across tables: the jitter is smaller than the frames, and the
-        network builds for the data's items and classes (on the meta device: no memory, no time), so an option
-        the architecture does not take, a value of the wrong type or frames too small for it is an error here,
-        not after the data are binned. Returns ``self``."""
+        network builds for the data's items and classes (on the meta device: no memory, no time) with at most
+        ``models.registry.MAX_PARAMETERS`` parameters, so an option the architecture does not take, a value of the
+        wrong type, frames too small for it or a network too large is an error here, not after the data are
+        binned. Returns ``self``."""
         for part in (self.data, self.model, self.train, self.eval):
             part.validate()
         channels, h, w = _item_shape(self.data)
@@ -309,7 +319,7 @@ class Config:
         m = self.model
         try:
             with torch.device("meta"):
-                models.create_model(
+                net = models.create_model(
                     m.name,
                     in_channels=channels,
                     input_size=(h, w),
@@ -322,6 +332,7 @@ class Config:
         except (TypeError, ValueError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
+        check_parameter_count(net, f"model.options {m.options}")
         return self
 
     def to_dict(self) -> dict:

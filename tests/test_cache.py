@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
 import events.cache.build as cache_build
+from events.atomic import OutputError
 from events.cache import CachedFrames, CacheError, FrameCache
+from events.cache.read import damage_marker
 from events.frames import FrameSpec, frames_from_spec, split_clips
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
@@ -320,9 +326,10 @@ def test_corrupt_file_is_detected_and_rebuilt(ds, cache, caplog, damage, reason)
     assert_matches(cf, ds)
 
 
-def _flip_chunk(path, first_frame):
+def _flip_byte(path, dataset, coord):
+    """Invert a byte in the middle of the chunk of ``dataset`` that holds element ``coord``."""
     with h5py.File(path, "r") as f:
-        info = f["frames"].id.get_chunk_info_by_coord((first_frame, 0, 0, 0))
+        info = f[dataset].id.get_chunk_info_by_coord(coord)
     with open(path, "r+b") as fh:
         fh.seek(info.byte_offset + info.size // 2)
         b = fh.read(1)
@@ -330,24 +337,73 @@ def _flip_chunk(path, first_frame):
         fh.write(bytes([b[0] ^ 0xFF]))
 
 
-def test_damaged_chunk_is_an_error_on_read_and_caught_by_verify(ds, cache, caplog, monkeypatch):
+def _flip_chunk(path, first_frame):
+    _flip_byte(path, "frames", (first_frame, 0, 0, 0))
+
+
+def test_damaged_chunk_is_binned_again_on_read_and_repaired_by_the_next_get(ds, cache, caplog, monkeypatch):
     monkeypatch.setattr(cache_build, "_CHUNK_BYTES", 1)  # one frame per chunk: many chunks
     path = cache.get(ds, SPEC, progress=False).path
     with h5py.File(path, "r") as f:
         assert f["frames"].chunks[0] == 1 and f["frames"].shape[0] > 3
         offsets = f["offsets"][()]
     _flip_chunk(path, 1)  # the chunk of frame 1: neither the first nor the last frame
-    cf = CachedFrames(path)
     sample = int(np.searchsorted(offsets, 1, side="right") - 1)
     with pytest.raises(CacheError, match=str(path)):
-        cf[sample]
+        CachedFrames(path)[sample]  # no source to bin it from
     ds.reads = 0
-    cache.get(ds, SPEC, progress=False)  # the quick check reads the first and last frame only
+    cf = cache.get(ds, SPEC, progress=False)  # the quick check reads the first and last frame only
     assert ds.reads == 0
     with caplog.at_level(logging.WARNING, logger="events.cache"):
-        fixed = cache.get(ds, SPEC, progress=False, verify=True)
-    assert ds.reads == len(ds) and "corrupt" in caplog.text
+        assert_matches(cf, ds)  # the damaged sample binned again from its source, in memory
+        assert_matches(cf, ds)
+    assert ds.reads == 1 and len(caplog.records) == 1
+    assert f"{path}: frames of sample {sample} failed their checksum" in caplog.text
+    assert damage_marker(path).exists()
+    caplog.clear()
+    ds.reads = 0
+    with caplog.at_level(logging.WARNING, logger="events.cache"):
+        fixed = cache.get(ds, SPEC, progress=False)  # the marker: every chunk checked, the file repaired
+    assert ds.reads == 1 and len(caplog.records) == 1
+    assert "damaged frame cache (frame chunk(s) starting at frame 1 fail" in caplog.text
+    assert "binning 1 of 12 samples again" in caplog.text
+    assert not damage_marker(path).exists() and tmp_files(path.parent) == []
     assert_matches(fixed, ds)
+    ds.reads = 0
+    assert_matches(cache.get(ds, SPEC, progress=False, verify=True), ds)
+    assert ds.reads == 0
+
+
+def test_flipped_label_and_frame_bytes_are_repaired_from_the_source(ds, cache, caplog, monkeypatch):
+    monkeypatch.setattr(cache_build, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(cache_build, "_LABEL_CHUNK", 4)  # labels of samples 0-3, 4-7, 8-11
+    path = cache.get(ds, SPEC, progress=False).path
+    with h5py.File(path, "r") as f:
+        assert f["labels"].fletcher32 and f["offsets"].fletcher32
+        last = f["frames"].shape[0] - 1
+        offsets = f["offsets"][()]
+    _flip_byte(path, "labels", (5,))
+    _flip_chunk(path, last)  # read by the quick check
+    with pytest.raises(CacheError, match=f"{path}: not a usable frame cache"):
+        CachedFrames(path)  # labels are checked when the file is opened
+    ds.reads = 0
+    with caplog.at_level(logging.WARNING, logger="events.cache"):
+        cf = cache.get(ds, SPEC, progress=False)
+    rebinned = {4, 5, 6, 7, int(np.searchsorted(offsets, last, side="right") - 1)}
+    assert ds.reads == len(rebinned)
+    assert len(caplog.records) == 1 and "labels fail their checksum" in caplog.text
+    assert f"binning {len(rebinned)} of 12 samples again from the source" in caplog.text
+    assert_matches(cf, ds)
+
+
+def test_old_cache_without_label_checksums_is_stale(ds, cache, caplog):
+    path = cache.get(ds, SPEC, progress=False).path
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 1
+    ds.reads = 0
+    with caplog.at_level(logging.INFO, logger="events.cache"):
+        assert_matches(cache.get(ds, SPEC, progress=False), ds)
+    assert ds.reads == len(ds) and "stale frame cache (format version 1, before labels were checksummed)" in caplog.text
 
 
 def test_cached_frames_refuses_a_broken_file(tmp_path, ds, cache):
@@ -385,6 +441,65 @@ def test_crash_on_first_build_leaves_nothing(ds, cache):
         cache.get(ds, SPEC, progress=False)
     assert not cache.path_for(ds, SPEC).exists()
     assert tmp_files(cache.cache_dir) == []
+
+
+def _full_disk_after(monkeypatch, n_bytes):
+    """Writes that reach beyond byte ``n_bytes`` of a file fail as on a full disk."""
+    pwrite = os.pwrite
+
+    def refuse(fd, data, offset):
+        if offset + len(data) > n_bytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+
+
+@pytest.mark.parametrize("n_bytes", [0, 3000, 20_000])
+def test_full_disk_while_binning_names_the_cache_and_leaves_no_partial_file(ds, cache, monkeypatch, n_bytes):
+    path = cache.get(ds, SPEC, progress=False).path
+    old = digest(path)
+    os.utime(ds.files[0], ns=(0, 1_000_000_000))  # stale now
+    with monkeypatch.context() as m:
+        _full_disk_after(m, n_bytes)
+        with pytest.raises(OutputError) as err:
+            cache.get(ds, SPEC, progress=False)
+    assert (
+        str(err.value)
+        == f"could not write {path}: No space left on device (the disk is full: free some space or write elsewhere)"
+    )
+    assert err.value.errno == errno.ENOSPC and digest(path) == old and tmp_files(path.parent) == []
+    path.unlink()
+    with monkeypatch.context() as m:
+        _full_disk_after(m, n_bytes)
+        with pytest.raises(OutputError):
+            cache.get(ds, SPEC, progress=False)
+    assert list(cache.cache_dir.iterdir()) == []
+    assert_matches(cache.get(ds, SPEC, progress=False), ds)  # room again: the build succeeds
+
+
+def test_full_disk_in_another_process_is_one_clean_line(ds, cache, tmp_path):
+    """A real refusal (a file size limit: EFBIG) mid-build: h5py never sees a failed write, so the process reports
+    the one line and exits normally (HDF5 left after a failed write prints errors and can crash the process)."""
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_cache import SPEC, FakeDataset
+from pathlib import Path
+from events.cache import FrameCache
+ds = FakeDataset(Path({str(ds.root)!r}))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
+try:
+    FrameCache({str(cache.cache_dir)!r}).get(ds, SPEC, progress=False)
+except OSError as err:
+    print(err)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    path = cache.path_for(ds, SPEC)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"could not write {path}: File too large (") and result.stdout.count("\n") == 1
+    assert list(cache.cache_dir.iterdir()) == []
 
 
 def test_bad_sample_names_the_sample_and_leaves_nothing(ds, cache):

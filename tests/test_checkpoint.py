@@ -208,6 +208,21 @@ def test_non_finite_weights_are_refused_with_the_parameter_named(tmp_path, bad):
     assert str(info.value).startswith(f"{path}: the network's {name} has {what} values")
 
 
+def test_a_model_spec_too_large_to_build_is_refused_before_anything_is_allocated(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, small_net(), classes=CLASSES)
+    state = torch.load(path, weights_only=True)
+    state["model_spec"]["hidden"] = 10**9  # 1.6 TB of weights, were it built
+    torch.save(state, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    with torch.device("meta"):
+        n = sum(p.numel() for p in models.create_model(**state["model_spec"]).parameters())
+    assert n > 10**9 and str(info.value) == (
+        f"{path}: its model_spec: nmnist_cnn would have {n} parameters, more than the 268435456 allowed"
+    )
+
+
 def test_nsm_export_refuses_nan_weights_in_one_line(tmp_path, capsys):
     net = small_net()
     state = net.state_dict()

@@ -442,6 +442,66 @@ def test_aedat4_bad_framing_is_refused_with_offset(tmp_path, patch, offset, prob
     assert err.value.offset == named.get(offset, offset)
 
 
+LZ4_MAGIC, ZSTD_MAGIC = struct.pack("<I", 0x184D2204), struct.pack("<I", 0xFD2FB528)
+
+
+def zstd_raw_frame(data: bytes) -> bytes:
+    """A Zstd frame holding ``data`` (< 256 bytes) in one raw block, with its content size."""
+    return ZSTD_MAGIC + bytes([0x20, len(data)]) + (1 | len(data) << 3).to_bytes(3, "little") + data
+
+
+def test_aedat4_zstd_packets_within_the_bound_are_decoded(tmp_path):
+    path = tmp_path / "zstd.aedat4"
+    path.write_bytes(aedat4_bytes([(0, zstd_raw_frame(aedat4_events_packet(e))) for e in A4_EVENTS], compression=3))
+    np.testing.assert_array_equal(read(path).events["t"], [100, 150, 200])
+
+
+@pytest.mark.parametrize(
+    "compression, payload, problem",
+    [
+        (  # an LZ4 frame declaring 1 TiB of content
+            1,
+            LZ4_MAGIC + bytes([0x68, 0x40]) + struct.pack("<Q", 1 << 40) + b"\0" + struct.pack("<I", 0),
+            "may decompress to 1099511627776 bytes, more than the 268435456 allowed",
+        ),
+        (  # 100 one-byte blocks, each of which may grow to 4 MiB
+            2,
+            LZ4_MAGIC + bytes([0x60, 0x70, 0]) + (struct.pack("<I", 1) + b"x") * 100 + struct.pack("<I", 0),
+            "may decompress to 419430400 bytes",
+        ),
+        (  # 2100 RLE blocks of 128 KiB each, 4 bytes apiece
+            3,
+            ZSTD_MAGIC
+            + bytes([0, 0])
+            + ((1 << 1 | (128 << 10) << 3).to_bytes(3, "little") + b"x") * 2100
+            + b"\x01\0\0",
+            "may decompress to 275251200 bytes",
+        ),
+        (  # a Zstd frame declaring 2**62 bytes
+            4,
+            ZSTD_MAGIC + bytes([0xE0]) + struct.pack("<Q", 1 << 62) + b"\x01\0\0",
+            "may decompress to 4611686018427387904 bytes",
+        ),
+        (1, ZSTD_MAGIC + b"\0" * 8, "is no LZ4 data the decoder can read: magic number 0xfd2fb528"),
+        (3, zstd_raw_frame(b"x" * 40)[:-1], "is no Zstd data the decoder can read: its frames run past its 48 bytes"),
+        (3, ZSTD_MAGIC + bytes([0x08]), "sets the reserved bit"),
+    ],
+    ids=["lz4-content-size", "lz4-blocks", "zstd-rle-blocks", "zstd-content-size", "magic", "cut", "reserved"],
+)
+def test_aedat4_packet_that_may_decompress_too_far_is_refused_unread(tmp_path, compression, payload, problem):
+    path = tmp_path / "bomb.aedat4"
+    good = zstd_raw_frame(aedat4_events_packet(A4_EVENTS[0]))
+    first = [(0, good)] if compression >= 3 else []
+    path.write_bytes(aedat4_bytes([*first, (0, payload)], compression=compression))
+    got = []
+    with pytest.raises(EventFormatError, match=problem) as err:
+        for chunk in reader(path).iter_chunks():
+            got.append(chunk)
+    assert err.value.path == str(path)
+    assert err.value.offset == AEDAT4_PACKETS_AT + sum(8 + len(p) for _, p in first)
+    assert sum(map(len, got)) == (2 if first else 0)  # the good packet's events came first
+
+
 # ---------------------------------------------------------------- tonic DVS Gesture .npy
 
 
@@ -477,6 +537,10 @@ def test_gesture_npy_int_chunks_and_fortran_order(tmp_path):
         (np.array([[1, 1, 2, 5.0]]), "p is not"),
         (np.array([[1, 1, 1, 5.0], [1.5, 1, 1, 6.0]]), "x is not"),
         (np.array([[1, 1, 1, np.nan]]), "t is not"),
+        (np.array([[1, 1, 1, -np.inf]], dtype=np.float16), "t is not a time in 0..9007199254740 ms \\(float16"),
+        (np.array([[1, 1, 1, 1.0], [1, 1, 1, 1e13]]), "row 1: t is not a time in 0..9007199254740 ms \\(float64"),
+        (np.array([[1, 1, 1, -1]], dtype=np.int64), "t is not a time in 0..9223372036854775 ms \\(int64"),
+        (np.array([[1, 1, 1, 2**63 - 1]], dtype=np.int64), "t is not a time"),
         (np.array(["a", "b", "c", "d"]).reshape(1, 4), "dtype"),
     ],
 )
@@ -486,6 +550,14 @@ def test_gesture_npy_bad_content(tmp_path, arr, problem):
     with pytest.raises(EventFormatError, match=problem) as err:
         read(path)
     assert err.value.path == str(path) and err.value.offset is not None
+
+
+def test_gesture_npy_float16_times_are_converted_in_float64(tmp_path):
+    """float16 ``t * 1000`` overflows to inf past 65.5 ms (and inf to int64 is -2**63): converted exactly instead."""
+    arr = np.array([[1, 2, 0, 0.5], [3, 4, 1, 100.0], [5, 6, 1, 60000.0]], dtype=np.float16)
+    path = tmp_path / "half.npy"
+    np.save(path, arr)
+    np.testing.assert_array_equal(read(path).events["t"], [500, 100_000, 60_000_000])
 
 
 def test_gesture_npy_bad_row_offset_and_truncation(tmp_path):
@@ -545,6 +617,52 @@ def test_hdf5_out_of_range_value_names_offset(tmp_path):
             got.append(chunk)
     assert err.value.offset == offset
     np.testing.assert_array_equal(np.concatenate(got), ev[:40])
+
+
+@pytest.mark.parametrize(
+    "row, value, problem",
+    [
+        (40, -5, "event 40: t=-5 out of range"),
+        (40, 10, "event 40: t=10 is earlier than the event before it"),
+        (30, 10, "event 30: t=10 is earlier than the event before it"),  # the first of a batch, against the last
+    ],
+)
+def test_hdf5_bad_timestamps_name_the_event_and_offset(tmp_path, row, value, problem):
+    import h5py
+
+    ev = random_events(100, 64, 64, 10**6)
+    ev["t"] += 1000
+    path = tmp_path / "bad.h5"
+    write_hdf5(path, ev, (64, 64))
+    with h5py.File(path, "r+") as f:
+        f["events/t"][row] = value
+        offset = f["events/t"].id.get_offset() + row * 8
+    got = []
+    with pytest.raises(EventFormatError, match=problem) as err:
+        for chunk in reader(path).iter_chunks(max_events=30):
+            got.append(chunk)
+    assert err.value.path == str(path) and err.value.offset == offset
+    np.testing.assert_array_equal(np.concatenate(got), ev[:row])
+
+
+def test_hdf5_uint64_times_beyond_int64_are_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "u64.h5"
+    write_hdf5(path, random_events(3, 8, 8, 100), (8, 8))
+    with h5py.File(path, "r+") as f:
+        del f["events/t"]
+        f["events/t"] = np.array([1, 2, 2**63], dtype=np.uint64)
+    with pytest.raises(EventFormatError, match="event 2: t=9223372036854775808 out of range"):
+        read(path)
+
+
+def test_hdf5_writer_refuses_what_the_reader_would(tmp_path):
+    with pytest.raises(ValueError, match="timestamps must be >= 0 and in time order"):
+        write_hdf5(tmp_path / "a.h5", make_events([0, 1], [0, 0], [5, 4], [0, 1]), (8, 8))
+    with pytest.raises(ValueError, match="timestamps must be >= 0 and in time order"):
+        write_hdf5(tmp_path / "a.h5", make_events([0], [0], [-1], [0]), (8, 8))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hdf5_writer_is_atomic_on_failure(tmp_path):

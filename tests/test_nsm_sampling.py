@@ -150,11 +150,13 @@ def test_mc_predict_restores_training_flag_and_modes():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(samples=0), "samples must be an integer >= 1"),
-        (dict(samples=2.5), "samples must be an integer >= 1"),
+        (dict(samples=0), "samples must be an integer in 1..4096, got 0"),
+        (dict(samples=2.5), "samples must be an integer in 1..4096"),
+        (dict(samples=4097), "samples must be an integer in 1..4096, got 4097"),
+        (dict(adaptive=True, max_samples=10**9), "max_samples must be an integer in 1..4096"),
         (dict(adaptive=True, min_samples=8, max_samples=4), "min_samples <= max_samples"),
         (dict(adaptive=True, threshold=0.0), r"threshold must be in \(0, 1\]"),
-        (dict(adaptive=True, step=0), "step must be an integer >= 1"),
+        (dict(adaptive=True, step=0), "step must be an integer in 1..4096"),
         (dict(adaptive="yes"), "adaptive must be true or false"),
     ],
 )

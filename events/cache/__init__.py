@@ -16,7 +16,8 @@ One file per (data set name, split, frame spec): ``<cache_dir>/<name>-<split>-<s
   frames (at most 64 frames a chunk), lzf-compressed with byte shuffling and fletcher32 checksums, so
   that a damaged chunk is an error on reading, never wrong frames.
 * ``offsets``: int64 ``(n_samples + 1,)``; sample ``i`` is ``frames[offsets[i]:offsets[i + 1]]``.
-* ``labels``: int64 ``(n_samples,)``.
+* ``labels``: int64 ``(n_samples,)``. Offsets and labels are chunked (1024 a chunk) with fletcher32 checksums too
+  (format version 2; a version 1 file, whose labels have none, is stale and rebuilt).
 * ``info``: ``(n_samples,)`` UTF-8 strings, the JSON of ``ds.sample_info(i)``.
 * ``fingerprint``: one UTF-8 string, the JSON the key hashes: the cache format version, data set name,
   split, sample count, classes, sensor size, the full frame spec and every source file as
@@ -32,8 +33,12 @@ Building writes a temporary file beside the target (``.<name>.<pid>.<token>.tmp`
 at a time (frames are flushed to disk every ~16 MiB), flushes and fsyncs, then ``os.replace()``s it
 into place; an exception removes the temporary file, so an interrupted build never leaves a file that
 is taken as a cache (a killed process leaves its temporary file, which a later build removes once
-that process is gone). Messages go through :mod:`logging` (logger ``events.cache``): a missing or
-stale cache is reported at INFO, a corrupt one at WARNING, each naming the file and the reason.
+that process is gone). A write the system refuses (a full disk, ...) is an ``events.atomic.OutputError``
+naming the cache file: h5py writes through ``atomic_write(path, "r+b")``, so it never sees the failed write.
+A damaged file (labels or frames failing their checksum) is repaired, the damaged samples binned again from the
+data set; a sample whose frames fail their checksum while being read is binned again at once (``CachedFrames``).
+Messages go through :mod:`logging` (logger ``events.cache``): a missing or stale cache is reported at INFO, a
+corrupt or damaged one, and each sample binned again on reading, at WARNING, each naming the file and the reason.
 """
 
 from .build import FrameCache

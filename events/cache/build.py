@@ -1,5 +1,5 @@
 """Building and finding frame cache files: ``FrameCache`` (the fingerprint that says whether a file is current,
-the atomic build one sample at a time)."""
+the atomic build one sample at a time, the repair of damaged chunks)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from events.atomic import atomic_path, remove_dead_temps
-from events.frames import FrameSpec, frames_from_spec
+from events.atomic import atomic_file, remove_dead_temps
+from events.frames import FrameSpec
 from events.types import SensorSize
 
-from .read import CACHE_FORMAT_VERSION, STR, CachedFrames, layout_problem
+from .read import CACHE_FORMAT_VERSION, STR, CachedFrames, bin_sample, damage_marker, layout_problem
 
 _CHUNK_BYTES = 1 << 17  # target size of one HDF5 chunk of frames
 _FLUSH_BYTES = 16 << 20  # frames buffered in memory before they are written
+_LABEL_CHUNK = 1024  # labels (and offsets) a checksummed chunk
 
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,23 @@ def _what_changed(old: dict, new: dict) -> str:
     return "; ".join(parts) or "fingerprint differs"
 
 
+def _damaged_frames(frames: h5py.Dataset, verify: bool) -> str:
+    """``""``, or which chunks of ``frames`` fail their checksum: every chunk with ``verify``, else the first and
+    the last frame's."""
+    n, step = frames.shape[0], frames.chunks[0]
+    starts = range(0, n, step) if verify else sorted({0, n - 1}) if n else []
+    bad = []
+    for a in starts:
+        try:
+            frames[a : a + step]
+        except OSError:
+            bad.append(a)
+    return f"frame chunk(s) starting at frame {', '.join(map(str, bad))} fail their checksum" if bad else ""
+
+
 def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str, str]:
-    """Classify a cache file as ``("ok"|"missing"|"stale"|"corrupt", reason)``."""
+    """Classify a cache file as ``("ok"|"missing"|"stale"|"corrupt"|"damaged", reason)``: "damaged" when its
+    layout is sound but labels or frames fail their checksum, or a reader left the damage marker."""
     if not path.exists():
         return "missing", "no cache file yet"
     try:
@@ -82,6 +98,8 @@ def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str
             version = f.attrs.get("format_version")
             if version is None:
                 return "corrupt", "no format_version attribute"
+            if 1 <= int(version) < CACHE_FORMAT_VERSION:
+                return "stale", f"format version {int(version)}, before labels were checksummed"
             if int(version) != CACHE_FORMAT_VERSION:
                 return "corrupt", f"cache format version {int(version)}, expected {CACHE_FORMAT_VERSION}"
             if not bool(f.attrs.get("complete", False)):
@@ -98,13 +116,14 @@ def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str
             problem = layout_problem(f, int(fingerprint["n_samples"]))
             if problem:
                 return "corrupt", problem
-            frames = f["frames"]
-            if verify:
-                for a in range(0, frames.shape[0], frames.chunks[0]):
-                    frames[a : a + frames.chunks[0]]
-            elif frames.shape[0]:
-                frames[0]
-                frames[-1]
+            try:
+                f["labels"][()]
+            except OSError:
+                return "damaged", "labels fail their checksum"
+            marked = damage_marker(path).exists()
+            damage = _damaged_frames(f["frames"], verify or marked)
+            if damage or marked:
+                return "damaged", damage or "a reader found frames that fail their checksum"
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         return "corrupt", f"cannot be read as a frame cache ({type(err).__name__}: {err})"
     return "ok", ""
@@ -114,17 +133,37 @@ def _safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s) or "_"
 
 
-def _sample_window(info: dict) -> tuple[int | None, int | None]:
-    start, end = info.get("start_us"), info.get("end_us")
-    if start is None or end is None:
-        return None, None
-    return int(start), int(end)
+class _Salvage:
+    """What a damaged cache file (of the same key) still holds: :meth:`sample` gives sample ``i``'s frames and label,
+    or ``None`` where either fails its checksum. Its offsets passed theirs (``_inspect`` read them)."""
+
+    def __init__(self, path: Path, n: int):
+        self.file = h5py.File(path, "r")
+        self.offsets = self.file["offsets"][()]
+        self.labels, self.label_ok = np.zeros(n, np.int64), np.zeros(n, bool)
+        for a in range(0, n, _LABEL_CHUNK):
+            try:
+                self.labels[a : a + _LABEL_CHUNK] = self.file["labels"][a : a + _LABEL_CHUNK]
+                self.label_ok[a : a + _LABEL_CHUNK] = True
+            except OSError:
+                pass  # these samples are binned again
+
+    def sample(self, i: int) -> tuple[np.ndarray, int] | None:
+        if not self.label_ok[i]:
+            return None
+        try:
+            return self.file["frames"][self.offsets[i] : self.offsets[i + 1]], int(self.labels[i])
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class _Writer:
     """Appends samples to an open cache file, buffering up to ``_FLUSH_BYTES`` of frames."""
 
-    def __init__(self, f: h5py.File, n: int, frame_shape: tuple[int, int, int], dtype: np.dtype):
+    def __init__(self, f: h5py.File, n: int, frame_shape: tuple[int, int, int], dtype: np.dtype, check):
         frame_bytes = int(np.prod(frame_shape)) * dtype.itemsize
         chunk_frames = int(min(64, max(1, _CHUNK_BYTES // frame_bytes)))
         self.frames = f.create_dataset(
@@ -145,6 +184,7 @@ class _Writer:
         self._first = 0  # first sample index held in the buffer
         self._buffered = 0  # bytes of frames in the buffer
         self._written = 0  # frames already on disk
+        self._check = check  # raises when the system has refused a write
 
     def add(self, i: int, frames: np.ndarray, label: int, info_json: str) -> None:
         self._frames.append(frames)
@@ -166,6 +206,7 @@ class _Writer:
             self.info[self._first : self._first + len(self._info)] = self._info
             self._first += len(self._info)
         self._frames, self._info, self._buffered = [], [], 0
+        self._check()
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,9 +229,14 @@ class FrameCache:
 
         The file is used as it is when its key matches (same format version, spec, data set
         description and source files, by path, size and mtime_ns) and its layout checks out
-        (attributes, datasets, shapes, offsets, and the first and last frame read back through their
-        checksums; ``verify=True`` reads back every chunk). Otherwise it is rebuilt, with a log
-        message naming the file and the reason. ``progress`` shows a tqdm bar while building.
+        (attributes, datasets, shapes, offsets and labels, and the first and last frame read back through their
+        checksums; ``verify=True`` reads back every chunk, as does a file that a reader marked damaged).
+        A damaged file (labels or frames failing their checksum) is repaired: written anew with the samples
+        it still holds intact and the damaged ones binned again from ``dataset``. Otherwise it is rebuilt. Either
+        way a log message names the file and the reason, and the file is replaced atomically; a write the
+        system refuses (a full disk, no permission) is an ``OutputError`` naming the file, which leaves the old
+        file as it was and no partial one. ``progress`` shows a tqdm bar while building. The frames returned
+        bin again from ``dataset`` any sample whose chunk is damaged later (:class:`CachedFrames`).
         """
         if not isinstance(spec, FrameSpec):
             raise TypeError(f"spec must be a FrameSpec, got {type(spec).__name__}")
@@ -205,24 +251,50 @@ class FrameCache:
         key = _key(fingerprint)
         status, reason = _inspect(path, key, fingerprint, verify)
         if status == "ok":
-            return CachedFrames(path)
+            return CachedFrames(path, source=dataset)
         if status == "corrupt":
             log.warning("%s: corrupt frame cache (%s); rebuilding it", path, reason)
         elif status == "stale":
             log.info("%s: stale frame cache (%s); rebuilding it", path, reason)
-        else:
+        elif status == "missing":
             log.info("%s: no frame cache yet; building it", path)
-        self._build(dataset, spec, path, fingerprint, key, progress)
-        return CachedFrames(path)
+        salvage = _Salvage(path, len(dataset)) if status == "damaged" else None
+        try:
+            rebinned = self._build(dataset, spec, path, fingerprint, key, progress, salvage)
+        finally:
+            if salvage is not None:
+                salvage.close()
+        if salvage is not None:
+            log.warning(
+                "%s: damaged frame cache (%s); repaired it, binning %d of %d samples again from the source",
+                path,
+                reason,
+                rebinned,
+                len(dataset),
+            )
+        damage_marker(path).unlink(missing_ok=True)
+        return CachedFrames(path, source=dataset)
 
-    def _build(self, dataset, spec: FrameSpec, path: Path, fingerprint: dict, key: str, progress: bool) -> None:
+    def _build(
+        self,
+        dataset,
+        spec: FrameSpec,
+        path: Path,
+        fingerprint: dict,
+        key: str,
+        progress: bool,
+        salvage: _Salvage | None = None,
+    ) -> int:
+        """Write the cache file of ``dataset``, taking every sample that ``salvage`` still holds intact from it and
+        binning the others; returns how many were binned."""
         remove_dead_temps(path.parent, path.name)
         n = len(dataset)
         sensor = SensorSize(*(int(v) for v in dataset.sensor_size))
         frame_shape = spec.output_shape(sensor)
         dtype = np.dtype(np.uint8 if spec.binary else np.uint16)
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            writer = _Writer(f, n, frame_shape, dtype)
+        binned = 0
+        with atomic_file(path, "r+b") as fh, h5py.File(fh, "w") as f:
+            writer = _Writer(f, n, frame_shape, dtype, fh.check)
             with tqdm(
                 total=n,
                 desc=f"binning {dataset.name}/{dataset.split}",
@@ -231,27 +303,18 @@ class FrameCache:
                 leave=False,
             ) as bar:
                 for i in range(n):
-                    events, label = dataset[i]
-                    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-                        raise ValueError(f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers")
-                    info = dataset.sample_info(i)
-                    try:
-                        info_json = json.dumps(info, sort_keys=True)
-                    except (TypeError, ValueError) as err:
-                        raise ValueError(
-                            f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}"
-                        ) from err
-                    start, end = _sample_window(info) if spec.span == "sample" else (None, None)
-                    try:
-                        frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end, dtype=dtype)
-                    except ValueError as err:
-                        err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: {info_json}")
-                        raise
-                    writer.add(i, frames, int(label), info_json)
+                    kept = None if salvage is None else salvage.sample(i)
+                    if kept is None:
+                        frames, label, info_json = bin_sample(dataset, i, spec, dtype)
+                        binned += 1
+                    else:
+                        (frames, label), info_json = kept, json.dumps(dataset.sample_info(i), sort_keys=True)
+                    writer.add(i, frames, label, info_json)
                     bar.update()
             writer.flush()
-            f.create_dataset("offsets", data=writer.offsets)
-            f.create_dataset("labels", data=writer.labels)
+            checked = {"chunks": (max(1, min(n, _LABEL_CHUNK)),), "fletcher32": True}
+            f.create_dataset("offsets", data=writer.offsets, **checked)
+            f.create_dataset("labels", data=writer.labels, **checked)
             f.create_dataset("fingerprint", data=json.dumps(fingerprint, sort_keys=True), dtype=STR)
             f.attrs.update(
                 {
@@ -267,3 +330,4 @@ class FrameCache:
                 }
             )
             f.attrs["complete"] = True
+        return binned

@@ -1,9 +1,11 @@
 """Reading a frame cache file: ``CachedFrames`` (one sample at a time) and ``CachedClips`` (one clip at a
-time), and the layout checks both the reader and the builder use."""
+time), and what the reader and the builder share: the layout checks, binning one sample of a data set, and the
+marker by which a reader that met a damaged chunk asks the next ``FrameCache.get`` to repair the file."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,12 +13,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from events.frames import FrameSpec
+from events.frames import FrameSpec, frames_from_spec
 from events.types import SensorSize, check_int
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
+"""Version 2 checksums offsets and labels as well as frames; version 1 files are stale and rebuilt."""
 
 STR = h5py.string_dtype("utf-8")
+
+log = logging.getLogger(__name__)
 
 
 class CacheError(OSError):
@@ -44,6 +49,37 @@ def layout_problem(f: h5py.File, n: int) -> str:
     return ""
 
 
+def damage_marker(path) -> Path:
+    """The empty file ``.<name>.damaged`` beside cache file ``path``: a reader leaves it on meeting a damaged chunk,
+    and the next ``FrameCache.get`` then checks every chunk and repairs the file (and removes the marker)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.damaged")
+
+
+def bin_sample(dataset, i: int, spec: FrameSpec, dtype: np.dtype) -> tuple[np.ndarray, int, str]:
+    """Sample ``i`` of ``dataset`` as the cache stores it: (frames ``(T, P, H, W)`` of ``dtype``, its integer label,
+    the JSON of ``dataset.sample_info(i)``). With ``spec.span == "sample"`` it is binned over the info's
+    ``[start_us, end_us)`` where both are given. ``ValueError`` names the sample when its label is not an integer,
+    its info not JSON or its events cannot be binned."""
+    events, label = dataset[i]
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise ValueError(f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers")
+    info = dataset.sample_info(i)
+    try:
+        info_json = json.dumps(info, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}") from err
+    window = (info.get("start_us"), info.get("end_us")) if spec.span == "sample" else (None, None)
+    start, end = (None, None) if None in window else (int(window[0]), int(window[1]))
+    sensor = SensorSize(*(int(v) for v in dataset.sensor_size))
+    try:
+        frames = frames_from_spec(events, sensor, spec, start_us=start, end_us=end, dtype=dtype)
+    except ValueError as err:
+        err.add_note(f"while binning sample {i} of {dataset.name}/{dataset.split}: {info_json}")
+        raise
+    return frames, int(label), info_json
+
+
 def _position(i, n: int, what: str) -> int:
     """Sequence index ``i`` (negative counts from the end) as a position in ``range(n)``."""
     if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
@@ -60,11 +96,17 @@ class CachedFrames(Sequence):
     Offsets and labels (a few bytes per sample) are held in memory; frames and sample info are read
     from the file per index. The HDF5 handle is opened lazily in each process (a fork is detected by
     the process id, and pickling drops the handle), so the object can be handed to multiprocessing
-    DataLoader workers. A damaged chunk raises :class:`CacheError` naming the file.
+    DataLoader workers. Offsets, labels and frames are read through their checksums: damaged offsets or labels
+    raise :class:`CacheError` naming the file. A sample whose frames fail their checksum is binned again from
+    ``source``, the data set the file was built from (``FrameCache.get`` passes it), and kept in memory, with one
+    warning naming the file and the sample, and the file is marked (:func:`damage_marker`) so that the next
+    ``FrameCache.get`` repairs it; without ``source`` it raises :class:`CacheError` naming the file.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, source=None):
         self.path = Path(path)
+        self.source = source
+        self._rebuilt: dict[int, np.ndarray] = {}  # samples binned again from the source, in this process
         self._file: h5py.File | None = None
         self._pid: int | None = None
         try:
@@ -126,17 +168,34 @@ class CachedFrames(Sequence):
     def _index(self, i) -> int:
         return _position(i, len(self), "sample")
 
-    def _read_frames(self, a: int, b: int) -> np.ndarray:
+    def _read_frames(self, j: int, a: int, b: int) -> np.ndarray:
+        """Frames ``a:b`` (counted from sample ``j``'s first) of sample ``j``."""
+        if j in self._rebuilt:
+            return self._rebuilt[j][a:b]
+        first = int(self._offsets[j])
         try:
-            return self._h5()["frames"][a:b]
+            return self._h5()["frames"][first + a : first + b]
         except (OSError, KeyError, ValueError) as err:
-            raise CacheError(
-                self.path, f"cannot read frames {a}:{b} ({err}); delete the file so that FrameCache.get rebuilds it"
-            ) from err
+            if self.source is None:
+                raise CacheError(
+                    self.path,
+                    f"cannot read frames {first + a}:{first + b} ({err}); "
+                    "delete the file so that FrameCache.get rebuilds it",
+                ) from err
+        frames, label, _ = bin_sample(self.source, j, self.spec, self._h5()["frames"].dtype)
+        if label != self.labels[j] or len(frames) != self._offsets[j + 1] - first:
+            raise CacheError(self.path, f"sample {j} no longer matches its source; delete the file to rebuild it")
+        self._rebuilt[j] = frames
+        try:
+            damage_marker(self.path).touch()
+        except OSError:
+            pass  # a read-only cache folder: the next FrameCache.get(..., verify=True) still finds the damage
+        log.warning("%s: frames of sample %d failed their checksum; binned again from its source", self.path, j)
+        return frames[a:b]
 
     def __getitem__(self, i) -> tuple[np.ndarray, int]:
         j = self._index(i)
-        return self._read_frames(int(self._offsets[j]), int(self._offsets[j + 1])), int(self.labels[j])
+        return self._read_frames(j, 0, int(self._offsets[j + 1] - self._offsets[j])), int(self.labels[j])
 
     @property
     def lengths(self) -> np.ndarray:
@@ -197,5 +256,5 @@ class CachedClips(Sequence):
     def __getitem__(self, j) -> tuple[np.ndarray, int]:
         k = _position(j, len(self), "clip")
         i = int(self.sample_index[k])
-        a = int(self.source._offsets[i]) + int(self.start_frame[k])
-        return self.source._read_frames(a, a + self.frames_per_clip), int(self.labels[k])
+        a = int(self.start_frame[k])
+        return self.source._read_frames(i, a, a + self.frames_per_clip), int(self.labels[k])

@@ -15,13 +15,15 @@ module checks the framing itself before handing anything over: the magic line, t
 length (at most ``MAX_IOHEADER_BYTES`` and within the file), the IOHeader's FlatBuffer offsets,
 compression and data table position, and, just before the decoder reads each packet, that
 packet's declared length against the bytes left in the file (and that it does not run into the
-data table); a bad field is an ``EventFormatError`` with its byte offset, after the events of
+data table) and how far it can decompress: the decoder inflates each packet whole, so a packet whose
+LZ4 or Zstd frame headers (a declared content size, the block headers and the largest block each
+allows) let it grow beyond ``MAX_PACKET_BYTES`` is refused unread, as is one whose frames those
+headers do not describe. A bad field is an ``EventFormatError`` with its byte offset, after the events of
 every good packet before it. Any error the ``aedat`` package raises (including Rust panics on
 damaged input) becomes ``EventFormatError``; the package reports no byte offsets, so those errors
 name the packet number instead. Events off the sensor or timestamps beyond int64 are rejected.
-What is not checked: how far a packet decompresses (the decoder inflates each packet whole), and
-the compressed bytes themselves (AEDAT 4 has no checksum, so a flipped bit may decode to
-different events).
+What is not checked: the compressed bytes themselves (AEDAT 4 has no checksum, so a flipped bit may
+decode to different events).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ MAGIC_LINE = b"#!AER-DAT4.0\r\n"
 MAX_IOHEADER_BYTES = 16 << 20  # the real IOHeaders are a few kB of XML
 COMPRESSIONS = {0: "none", 1: "LZ4", 2: "LZ4 high", 3: "Zstd", 4: "Zstd high"}
 _PACKET_HEADER = struct.Struct("<II")  # stream id, byte length
+MAX_PACKET_BYTES = 256 << 20
+"""The most one packet may decompress to (the real ones hold a few thousand events of 16 bytes)."""
+_SKIPPABLE = range(0x184D2A50, 0x184D2A60)  # magic numbers of skippable frames (LZ4 and Zstd)
+_LZ4_MAGIC, _ZSTD_MAGIC = 0x184D2204, 0xFD2FB528
+_LZ4_BLOCK = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}  # largest block, by the BD byte's size id
+_ZSTD_BLOCK = 128 << 10  # a Zstd block decompresses to at most 128 KiB
 
 
 def _decoder_call(fn, path, what: str):
@@ -172,6 +180,15 @@ class PacketFraming:
             )
         self.fh.seek(off)
         stream, length = _PACKET_HEADER.unpack(self.fh.read(_PACKET_HEADER.size))
+        self._check_packet(off, stream, length)
+        self.offset = off + _PACKET_HEADER.size + length
+        self.packets += 1
+        return True
+
+    def _check_packet(self, off: int, stream: int, length: int) -> None:
+        """The packet at ``off`` (header read) ends in the file before the data table and cannot decompress
+        beyond ``MAX_PACKET_BYTES``."""
+        left = self.size - off
         end = off + _PACKET_HEADER.size + length
         if end > self.size:
             raise EventFormatError(
@@ -180,16 +197,102 @@ class PacketFraming:
                 self.path,
                 off,
             )
-        if off < table < end:
+        if off < self.data_table < end:
             raise EventFormatError(
                 f"packet {self.packets} (stream {stream}, {length} bytes) runs into the file data table "
-                f"at byte {table}",
+                f"at byte {self.data_table}",
                 self.path,
                 off,
             )
-        self.offset = end
-        self.packets += 1
-        return True
+        start = off + _PACKET_HEADER.size
+
+        def read(pos: int, n: int) -> bytes:
+            if pos + n > length:
+                raise ValueError(f"its frames run past its {length} bytes")
+            self.fh.seek(start + pos)
+            return self.fh.read(n)
+
+        try:
+            bound = decompressed_bound(read, length, self.compression)
+        except ValueError as err:
+            name = COMPRESSIONS[self.compression]
+            raise EventFormatError(
+                f"packet {self.packets} (stream {stream}) is no {name} data the decoder can read: {err}", self.path, off
+            ) from None
+        if bound > MAX_PACKET_BYTES:
+            raise EventFormatError(
+                f"packet {self.packets} (stream {stream}, {length} bytes) may decompress to {bound} bytes, more than "
+                f"the {MAX_PACKET_BYTES} allowed a packet",
+                self.path,
+                off,
+            )
+
+
+def decompressed_bound(read, length: int, compression: int) -> int:
+    """The most a packet of ``length`` bytes compressed as IOHeader ``compression`` says can decompress to, read
+    from its frame and block headers (``read(pos, n)``: ``n`` bytes at packet byte ``pos``; a ``ValueError`` past
+    its end): the larger of each frame's declared content size and the sum of its blocks' largest sizes.
+    ``ValueError`` for anything but a sequence of LZ4 (compression 1, 2) or Zstd (3, 4) frames and skippable frames.
+    """
+    if compression == 0:
+        return length
+    lz4 = compression in (1, 2)
+    total = pos = 0
+    while pos < length:
+        (magic,) = struct.unpack("<I", read(pos, 4))
+        if magic in _SKIPPABLE:
+            pos += 8 + struct.unpack("<I", read(pos + 4, 4))[0]
+            continue
+        if magic != (_LZ4_MAGIC if lz4 else _ZSTD_MAGIC):
+            raise ValueError(f"magic number {magic:#010x} at byte {pos} starts no {'LZ4' if lz4 else 'Zstd'} frame")
+        pos, size = (_lz4_frame if lz4 else _zstd_frame)(read, pos + 4)
+        total += size
+    if pos > length:
+        raise ValueError(f"its frames run past its {length} bytes")
+    return total
+
+
+def _lz4_frame(read, pos: int) -> tuple[int, int]:
+    """(end, decompressed size bound) of the LZ4 frame whose descriptor starts at ``pos``."""
+    flags, bd = read(pos, 2)
+    if flags >> 6 != 1 or (bd >> 4) & 7 not in _LZ4_BLOCK:
+        raise ValueError(f"LZ4 frame descriptor {flags:#04x} {bd:#04x} at byte {pos}")
+    block_max = _LZ4_BLOCK[(bd >> 4) & 7]
+    declared = struct.unpack("<Q", read(pos + 2, 8))[0] if flags & 0x08 else 0
+    pos += 3 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0)  # FLG, BD, size, dictionary id, checksum
+    blocks = 0
+    while True:
+        (size,) = struct.unpack("<I", read(pos, 4))
+        pos += 4
+        if size == 0:
+            break
+        stored = size & 0x7FFFFFFF
+        blocks += stored if size >> 31 else block_max  # an uncompressed block, or at most the largest block
+        pos += stored + (4 if flags & 0x10 else 0)
+    return pos + (4 if flags & 0x04 else 0), max(declared, blocks)
+
+
+def _zstd_frame(read, pos: int) -> tuple[int, int]:
+    """(end, decompressed size bound) of the Zstd frame whose header descriptor is at ``pos``."""
+    (fhd,) = read(pos, 1)
+    if fhd & 0x08:
+        raise ValueError(f"Zstd frame header descriptor {fhd:#04x} at byte {pos} sets the reserved bit")
+    single = bool(fhd & 0x20)
+    pos += 1 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]  # descriptor, window, dictionary id
+    fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+    declared = int.from_bytes(read(pos, fcs), "little") + (256 if fcs == 2 else 0)
+    pos += fcs
+    blocks = 0
+    while True:
+        header = int.from_bytes(read(pos, 3), "little")
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise ValueError(f"Zstd block of the reserved type at byte {pos}")
+        blocks += _ZSTD_BLOCK if kind == 2 else size  # compressed: at most a full block; raw or RLE: its size
+        pos += 3 + (1 if kind == 1 else size)
+        if header & 1:
+            break
+    return pos + (4 if fhd & 0x04 else 0), max(declared, blocks)
 
 
 def check_ioheader(buf: bytes, path, at: int) -> tuple[int, int]:

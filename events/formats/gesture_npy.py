@@ -4,13 +4,16 @@ Each file is a NumPy ``.npy`` array (format 1.0/2.0/3.0 header after the ``\\x93
 of shape ``(n, 4)`` with numeric columns ``x, y, p, t``: x, y on the 128 x 128 sensor,
 polarity 0/1 and ``t`` in **milliseconds** (tonic multiplies it by 1000 on loading). This
 reader converts to ``EVENT_DTYPE`` with ``t`` in µs, rounded to the nearest µs
-(``round(t_ms * 1000)``, so a float ``1.234`` ms becomes 1234 µs rather than truncating).
+(``round(t_ms * 1000)``, computed in float64 whatever the float's width, so a float ``1.234`` ms becomes 1234 µs
+rather than truncating, and a float16 column cannot overflow).
 
 Rows are read ``max_events`` at a time through a memory map, never the whole array. Rejected
 with ``EventFormatError`` (byte offset of the header or of the offending row): a bad magic or
 header, a dtype that is not plain integer/float, a shape other than ``(n, 4)``, a file shorter
 or longer than its header says, and any row with a non-finite or non-integral x/y/p, x or y off
-the sensor, p not 0/1, or t negative or beyond the int64 µs range.
+the sensor, p not 0/1, or t negative, not finite, or later than :func:`events.types.time_limit` (integers: the
+int64 µs range; floats: 2^53 µs, beyond which a float64 no longer holds whole µs). Timestamps are not required to
+be in order (the format does not promise it).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from events.formats import EventFileReader
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize
+from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, time_limit, times_us
 
 SENSOR_SIZE = SensorSize(128, 128, 2)
 MAGIC = b"\x93NUMPY"
-_T_MAX_MS = float(2**62) / 1000.0  # keeps t * 1000 well inside int64
+US_PER_MS = 1000
 
 
 class GestureNpyReader(EventFileReader):
@@ -111,12 +114,8 @@ def _convert(block: np.ndarray):
         if floaty:
             bad |= ~np.isfinite(col) | (np.floor(col) != col)
         checks.append((bad, j, f"{name} is not an integer in 0..{top - 1}"))
-    bad_t = t < 0
-    if floaty:
-        bad_t |= ~np.isfinite(t) | (t > _T_MAX_MS)
-    else:
-        bad_t |= t > int(_T_MAX_MS)
-    checks.append((bad_t, 3, f"t is not a time in 0..{_T_MAX_MS:.3g} ms"))
+    latest = time_limit(t.dtype, US_PER_MS)
+    checks.append((bad_times(t, US_PER_MS), 3, f"t is not a time in 0..{latest} ms ({t.dtype} column)"))
     first = None
     for bad, j, what in checks:
         if bad.any():
@@ -126,5 +125,5 @@ def _convert(block: np.ndarray):
     n = len(block) if first is None else first[0]
     out = np.empty(n, dtype=EVENT_DTYPE)
     out["x"], out["y"], out["p"] = x[:n], y[:n], p[:n]
-    out["t"] = np.rint(t[:n] * 1000.0) if floaty else t[:n].astype(np.int64) * 1000
+    out["t"] = times_us(t[:n], US_PER_MS)
     return out, first

@@ -10,11 +10,12 @@ Layout (HDF5, written with h5py):
     /events/p          int8[n]    polarity 0/1
 
 The four datasets are contiguous and of equal length; event i is ``(x[i], y[i], t[i], p[i])``,
-in recording order. Reading slices them ``max_events`` at a time, so memory stays bounded.
-An HDF5 file without the marker (e.g. a frame cache) is not an event file. Anything h5py cannot
-read, a missing or mis-shaped column, a bad sensor attribute, or an event off the sensor or with
-a polarity other than 0/1 raises ``EventFormatError`` (with the byte offset of the offending
-value where HDF5 stores it contiguously).
+in recording order (timestamps never decrease). Reading slices them ``max_events`` at a time, so memory stays
+bounded. An HDF5 file without the marker (e.g. a frame cache) is not an event file. Anything h5py cannot
+read, a missing or mis-shaped column, a bad sensor attribute, an event off the sensor or with
+a polarity other than 0/1, a timestamp that is negative or beyond int64, or one earlier than the event before
+it raises ``EventFormatError`` (with the event's index, and the byte offset of the offending value where HDF5
+stores it contiguously), after every good event before it has been yielded.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from events.atomic import atomic_write
 from events.formats import EventFileReader, as_event_array
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds
+from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, check_in_bounds, first_disorder
 
 FORMAT_MARKER = "nsm-events"
 FORMAT_VERSION = 1
@@ -99,6 +100,7 @@ class HDF5EventReader(EventFileReader):
             raise ValueError(f"{self.path}: reader is closed")
         w, h, _ = self.sensor_size
         limits = {"x": w, "y": h, "p": 2}
+        last_t = None  # of the event before the batch
         for start in range(0, self.n_events, max_events):
             stop = min(start + max_events, self.n_events)
             out = np.empty(stop - start, dtype=EVENT_DTYPE)
@@ -110,28 +112,29 @@ class HDF5EventReader(EventFileReader):
                     raise EventFormatError(
                         f"cannot read '/{GROUP}/{name}' events {start}..{stop} ({type(err).__name__}: {err})", self.path
                     ) from err
-                if name in limits:
-                    bad = (col < 0) | (col >= limits[name])
-                elif col.dtype == np.uint64:  # t: every other integer type fits int64
-                    bad = col > np.iinfo(np.int64).max
-                else:
-                    bad = np.zeros(len(col), bool)
+                bad = (col < 0) | (col >= limits[name]) if name in limits else bad_times(col)
                 if bad.any():
                     i = int(np.argmax(bad))
                     if bad_at is None or i < bad_at[0]:
                         bad_at = (i, name, col[i], ds)
                 out[name] = col if not bad.any() else np.where(bad, 0, col)
-            if bad_at is None:
+            late = first_disorder(out, last_t)
+            value_at = len(out) if bad_at is None else bad_at[0]
+            i = min(value_at, len(out) if late < 0 else late)
+            if i == len(out):
+                last_t = int(out["t"][-1])
                 yield out
                 continue
-            i, name, value, ds = bad_at
             if i:
                 yield out[:i]
-            raise EventFormatError(
-                f"event {start + i}: {name}={value} out of range ({w}x{h} sensor, polarities 0/1, t within int64)",
-                self.path,
-                _byte_offset(ds, start + i),
-            )
+            if value_at == i:
+                _, name, value, ds = bad_at
+                problem = f"{name}={value} out of range ({w}x{h} sensor, polarities 0/1, t in 0..2**63-1 µs)"
+            else:
+                ds = self._columns[COLUMNS.index("t")]
+                before = last_t if i == 0 else int(out["t"][i - 1])
+                problem = f"t={int(out['t'][i])} is earlier than the event before it (t={before}); not in time order"
+            raise EventFormatError(f"event {start + i}: {problem}", self.path, _byte_offset(ds, start + i))
 
     def close(self) -> None:
         if self._file is not None:
@@ -151,10 +154,11 @@ def _byte_offset(ds, i: int) -> int | None:
 
 
 def write_hdf5(path, events, sensor_size) -> None:
-    """Write ``events`` to a project HDF5 event file (atomically: temp file, then rename).
+    """Write ``events`` to a project HDF5 event file (atomically: temp file, then rename; a write the system
+    refuses is an ``OutputError`` naming ``path``).
 
     ``sensor_size`` is ``(width, height[, polarities])``; events must lie on it with polarity
-    0/1. Reading the file back returns exactly ``events`` (as ``EVENT_DTYPE``).
+    0/1, with timestamps >= 0 in time order. Reading the file back returns exactly ``events`` (as ``EVENT_DTYPE``).
     """
     import h5py
 
@@ -164,11 +168,12 @@ def write_hdf5(path, events, sensor_size) -> None:
     if not (1 <= w <= 1 << 15 and 1 <= h <= 1 << 15 and n_pol in (1, 2)):
         raise ValueError(f"bad sensor size {tuple(sensor_size)}")
     check_in_bounds(ev, sensor_size, path)
-    with atomic_write(path, mode=None) as (_, tmp):
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_MARKER
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
-            g = f.create_group(GROUP)
-            for name in COLUMNS:
-                g.create_dataset(name, data=np.ascontiguousarray(ev[name]))
+    if bad_times(ev["t"]).any() or first_disorder(ev) >= 0:
+        raise ValueError(f"{path}: event timestamps must be >= 0 and in time order")
+    with atomic_write(path, "r+b") as (fh, _), h5py.File(fh, "w") as f:
+        f.attrs["format"] = FORMAT_MARKER
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
+        g = f.create_group(GROUP)
+        for name in COLUMNS:
+            g.create_dataset(name, data=np.ascontiguousarray(ev[name]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nsm.sampling import MAX_SAMPLES
+
 from .. import evaluate as evaluation
 from ..runs import DEFAULT_CACHE, EVALUATION, RELIABILITY
 from . import InRange, add_seed
@@ -26,7 +28,8 @@ def add_parser(sub) -> None:
         type=int,
         action=InRange,
         minimum=1,
-        help="fixed number of Monte Carlo samples K (default: the run's eval.samples)",
+        maximum=MAX_SAMPLES,
+        help=f"fixed number of Monte Carlo samples K, at most {MAX_SAMPLES} (default: the run's eval.samples)",
     )
     how.add_argument("--adaptive", action="store_true", default=None, help="adaptive sampling per input")
     p.add_argument(
@@ -39,7 +42,12 @@ def add_parser(sub) -> None:
         help="adaptive: stop once the top probability reaches this, in (0, 1] (default 0.9)",
     )
     p.add_argument(
-        "--max-samples", type=int, action=InRange, minimum=1, help="adaptive: at most this many samples (default 64)"
+        "--max-samples",
+        type=int,
+        action=InRange,
+        minimum=1,
+        maximum=MAX_SAMPLES,
+        help=f"adaptive: at most this many samples, at most {MAX_SAMPLES} (default 64)",
     )
     add_seed(p, "seed of the sampling noise (default 0)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")

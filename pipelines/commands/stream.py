@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from nsm.sampling import MAX_SAMPLES
+
 from ..replay import replay
 from ..stream import DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_SAMPLES, DEFAULT_MIN_SAMPLES, DEFAULT_SAMPLES
 from . import InRange, Parser, add_seed
@@ -48,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         action=InRange,
         minimum=1,
-        help=f"Monte Carlo passes per window (default {DEFAULT_SAMPLES})",
+        maximum=MAX_SAMPLES,
+        help=f"Monte Carlo passes per window, at most {MAX_SAMPLES} (default {DEFAULT_SAMPLES})",
     )
     mc.add_argument("--adaptive", action="store_true", help="adaptive sampling: stop once confident")
     p.add_argument(
@@ -67,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MIN_SAMPLES,
         action=InRange,
         minimum=1,
+        maximum=MAX_SAMPLES,
         help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})",
     )
     p.add_argument(
@@ -75,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_SAMPLES,
         action=InRange,
         minimum=1,
-        help=f"adaptive: most passes ({DEFAULT_MAX_SAMPLES})",
+        maximum=MAX_SAMPLES,
+        help=f"adaptive: most passes, at most {MAX_SAMPLES} ({DEFAULT_MAX_SAMPLES})",
     )
     p.add_argument(
         "--decay",
