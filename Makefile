@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean check-targets
 
 venv: $(STAMP)
 
@@ -31,6 +31,21 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/nsm bench
+
+# Every export target's --check on a trained `tiny` export and an untrained allconvnet18, float and 8-bit.
+# sinabs pins nir <= 1.0.4 (the project needs >= 1.0.6), so it gets its own venv, with the CPU torch pinned.
+TARGETS_DIR := build/targets
+SINABS_PY   := $(TARGETS_DIR)/sinabs/bin/python
+
+$(SINABS_PY):
+	$(PYTHON) -m venv $(TARGETS_DIR)/sinabs
+	$(SINABS_PY) -m pip install --quiet --upgrade pip
+	$(SINABS_PY) -m pip install --quiet "$(TORCH_SPEC)"
+	echo "$(TORCH_SPEC)" > $(TARGETS_DIR)/sinabs/torch-constraint.txt
+	$(SINABS_PY) -m pip install --quiet -c $(TARGETS_DIR)/sinabs/torch-constraint.txt sinabs
+
+check-targets: $(STAMP) $(SINABS_PY)
+	$(PY) -m pipelines.export.check_targets --out $(TARGETS_DIR)/runs --importer-python $(SINABS_PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

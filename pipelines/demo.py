@@ -166,10 +166,11 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
         "",
         "The timeline shows each class's probability per window; shaded bands are the true gestures.",
         "",
-        "## Export to neuromorphic hardware (`nsm export --check`)",
+        "## Export to neuromorphic hardware (`nsm export --target norse --check`)",
         "",
-        f"The deterministic network was written as a binary spike graph to `{rel(nir_path)}` (NIR, HDF5), "
-        "read back, imported with norse and run sample by sample; the check passed (same top class as the "
+        f"The deterministic network was written as a binary spike graph to `{rel(nir_path)}` (NIR, HDF5) "
+        "in the form norse runs exactly in float32, read back, imported with norse and run sample by sample; "
+        "the check passed (same top class as the "
         "PyTorch model on every input checked, logits equal within float tolerance).",
         "",
     ]
@@ -231,8 +232,8 @@ def run_demo(out, *, epochs: int | None = None, seed: int = 0) -> Path:
     replay(run_dir.best, recording, labels=labels, mc={"adaptive": True}, decay=0.9, progress=False, **stream)
 
     print("[5/6] exporting to NIR and checking the file in norse", flush=True)
-    line = _step(["export", "--checkpoint", run_dir.best, "--out", nir_path, "--check"])
-    result = export_checkpoint(run_dir.best, nir_path, check=True)
+    line = _step(["export", "--checkpoint", run_dir.best, "--out", nir_path, "--target", "norse", "--check"])
+    result = export_checkpoint(run_dir.best, nir_path, check=True, target="norse")
     if not result.ok:
         raise ValueError(f"the export check failed: {line}")
 

@@ -6,6 +6,7 @@ import argparse
 
 from nsm.neurons import BINARY_KINDS
 
+from ..export.forms import TARGETS
 from ..export.quantize import MAX_BITS, MIN_BITS
 from ..export.write import export_checkpoint
 from . import InRange, add_seed
@@ -28,9 +29,24 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="read the file back, import it with norse.torch.from_nir and compare its top class and "
-        "logits with the deterministic PyTorch model (or, with --quantize-bits, with the "
-        "quantized graph's reference runtime) on random event frames",
+        help="read the file back, run it through the target's own importer (generic and norse: norse; snntorch; "
+        "sinabs and speck: sinabs) and compare its top class and logits with the deterministic PyTorch model "
+        "(with --quantize-bits: exactly, with the quantized graph's reference runtime) on random event frames; "
+        "a toolchain that is not installed is reported as not checked (exit status 1)",
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="generic",
+        help="the graph form to write: generic (one LIF per layer), norse and snntorch (float32-exact split "
+        "synapses; snntorch with tau = 1e-4), sinabs (IF neurons), speck (integer IF, needs --quantize-bits)",
+    )
+    p.add_argument(
+        "--importer-python",
+        default=None,
+        metavar="PYTHON",
+        help="for --check: an interpreter whose environment holds the target's toolchain, used when it is not "
+        "installed here (e.g. build/targets/sinabs/bin/python from make check-targets)",
     )
     p.add_argument(
         "--check-samples", type=int, default=200, action=InRange, minimum=1, help="number of random inputs for --check"
@@ -59,5 +75,7 @@ def run(args) -> int:
         check_samples=args.check_samples,
         quantize_bits=args.quantize_bits,
         seed=args.seed,
+        target=args.target,
+        importer_python=args.importer_python,
     )
     return 0 if result is None or result.ok else 1

@@ -1,22 +1,39 @@
 """NIR export of binary spike networks (docs/design.md section 6).
 
-``metadata``: the graph's contract (spike domain, threshold rule, metadata) and NIR file I/O; ``graph``: the
-network as a graph (``to_nir``); ``runtime``: runs a graph without the checkpoint, deterministically or
-sampling; ``quantize``: integer weights; ``check``: agreement with norse's import; ``targets``: the report of
-which importers accept a graph; ``write``: a checkpoint exported (what ``nsm export`` runs). Each module imports
-only ``metadata`` and the modules before it in this list.
-The ``nsm export`` command is ``pipelines.commands.export``."""
+``metadata``: the graph's contract (spike domain, threshold rule, metadata) and NIR file I/O; ``forms``: the
+graph each target's importer runs exactly (``target_form``); ``graph``: the network as a graph (``to_nir``);
+``runtime``: runs a graph without the checkpoint, deterministically or sampling; ``quantize``: integer weights;
+``importers``: norse, snnTorch and sinabs run a file (also as a script under another interpreter); ``check``:
+agreement of a target's import with the model; ``targets``: the report of what was verified or checked by rule;
+``write``: a checkpoint exported (what ``nsm export`` runs). Each module imports only ``metadata`` and the
+modules before it in this list. The ``nsm export`` command is ``pipelines.commands.export``."""
 
-from .check import CheckResult, check_inputs, compare_logits, deterministic_logits, norse_logits, norse_module
+from .check import (
+    TARGET_TOOLCHAIN,
+    CheckResult,
+    check_file,
+    check_inputs,
+    compare_logits,
+    deterministic_logits,
+    norse_logits,
+    norse_module,
+)
+from .forms import TARGETS, is_integer_graph, target_form
 from .graph import as_float64, to_nir
 from .metadata import MARGIN, TAU, ExportError, decode_metadata, read_nir, write_nir
 from .quantize import INTEGER_THRESHOLD, QuantizationReport, quantization_report, quantize
 from .runtime import NIRRuntime
-from .targets import IMPORTERS, target_report
+from .targets import IMPORTERS, speck_violations, target_report
 from .write import export_checkpoint
 
 __all__ = [
     "CheckResult",
+    "TARGETS",
+    "TARGET_TOOLCHAIN",
+    "check_file",
+    "is_integer_graph",
+    "speck_violations",
+    "target_form",
     "ExportError",
     "IMPORTERS",
     "INTEGER_THRESHOLD",

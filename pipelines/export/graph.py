@@ -16,6 +16,7 @@ from nsm.layers import Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout
 from nsm.neurons import BINARY_KINDS, KINDS, SignConv2d, SignLinear
 
 from ..checkpoint import project_version
+from .forms import target_form
 from .metadata import FORMAT, MARGIN, OR_THRESHOLD, TAU, ExportError
 
 
@@ -142,13 +143,17 @@ def _readout_nodes(name: str, layer: Readout, shape: tuple) -> list:
     return [nir.Affine(weight=2.0 * a, bias=bias, metadata=meta)]
 
 
-def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | None = None) -> nir.NIRGraph:
+def to_nir(
+    model: nn.Module, input_shape, *, classes=None, frame_spec: dict | None = None, target: str = "generic"
+) -> nir.NIRGraph:
     """The deterministic binary network ``model`` as a NIR spike graph (the mapping: ``metadata``'s docstring).
 
     ``model`` is a sequence (``models.Network`` / ``nn.Sequential``) starting with ``Binarize`` and
     ending with ``Readout``, with binary units in between (neuron kinds ``BINARY_KINDS``);
     ``input_shape`` = (C, H, W) of the binarized input. ``classes`` and ``frame_spec`` go into the
-    graph metadata. Raises ``ExportError`` naming the first layer that is not a binary spike layer.
+    graph metadata. ``target``: the form written (``forms.TARGETS``; ``forms.target_form``: "generic" is the
+    graph described here, "speck" needs integer weights, so quantize the generic graph and call ``target_form``).
+    Raises ``ExportError`` naming the first layer that is not a binary spike layer.
     """
     if not isinstance(model, nn.Sequential):
         raise ExportError(
@@ -215,7 +220,8 @@ def to_nir(model: nn.Module, input_shape, *, classes=None, frame_spec: dict | No
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     order.append("output")
     edges = list(zip(order[:-1], order[1:]))
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=_graph_metadata(model, classes, frame_spec))
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=_graph_metadata(model, classes, frame_spec))
+    return target_form(graph, target)
 
 
 def _graph_metadata(model, classes, frame_spec) -> dict:

@@ -1,12 +1,15 @@
 """Run an exported NIR spike graph without the checkpoint, deterministically or stochastically.
 
-Executes the node types ``graph`` writes (Input, Conv2d, LIF, SumPool2d, Flatten, Affine,
-Output) on batches, in float64, as one time step with dt = tau from rest:
+Executes the node types ``graph`` and ``forms`` write (Input, Conv2d, LIF, IF, SumPool2d, Flatten, Affine,
+Output) on batches, in float64, as one time step with dt = tau from rest; a node with several inputs gets their
+sum (NIR's rule; the split forms of ``forms``):
 
 - ``Conv2d``/``Affine``/``Flatten``: as in PyTorch (Flatten's dims shifted past the batch dimension);
 - ``SumPool2d``: the sum over each window (zero padding);
 - ``LIF``: from v = v_leak, one Euler step with dt = tau gives v = v_leak + r I for input current I;
-  the neuron spikes (1) when v > v_threshold (strict, NIR's and norse's rule), else 0.
+  the neuron spikes (1) when v > v_threshold (strict, NIR's and norse's rule), else 0;
+- ``IF``: v = r I, spiking when v > v_threshold, or v >= v_threshold where the node's ``threshold_rule``
+  metadata says "non-strict" (sinabs' and DYNAP-CNN's rule, ``forms``).
 
 Stochastic mode (``mode="probability"``) rebuilds the Neural Sampling Machine from node metadata: a
 LIF whose metadata has ``mode == "probability"`` is a sampling unit; its ±1-domain firing logit is
@@ -62,6 +65,7 @@ class NIRRuntime:
         self.graph = graph
         self.metadata = decode_metadata(graph.metadata or {})
         self.order = self._chain(graph)
+        self.inputs = {k: [a for a, b in graph.edges if b == k] for k in self.order}
         first = graph.nodes[self.order[0]]
         self.input_shape = tuple(int(s) for s in first.input_type["input"])
         self.classes = self.metadata.get("classes") or []
@@ -70,26 +74,30 @@ class NIRRuntime:
 
     @staticmethod
     def _chain(graph) -> list[str]:
+        """The nodes in an order where each comes after its inputs (a chain, or the split forms of ``forms``)."""
         inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
         if len(inputs) != 1:
             raise ValueError(f"the runtime needs exactly one Input node (found {len(inputs)})")
-        succ: dict[str, str] = {}
-        preds: dict[str, int] = {}
+        succ: dict[str, list[str]] = {k: [] for k in graph.nodes}
+        preds: dict[str, int] = {k: 0 for k in graph.nodes}
         for a, b in graph.edges:
-            if a in succ:
-                raise ValueError(f"node {a!r} feeds several nodes; the runtime executes chains only")
-            succ[a] = b
-            preds[b] = preds.get(b, 0) + 1
-            if preds[b] > 1:
-                raise ValueError(f"node {b!r} has several inputs; the runtime executes chains only")
-        order = [inputs[0]]
-        while order[-1] in succ:
-            if len(order) > len(graph.nodes):
-                raise ValueError("the graph has a cycle")
-            order.append(succ[order[-1]])
+            if a not in succ or b not in preds:
+                raise ValueError(f"edge ({a!r}, {b!r}) names a node that is not in the graph")
+            succ[a].append(b)
+            preds[b] += 1
+        order, ready = [], [inputs[0]]
+        seen = set(ready)
+        while ready:
+            k = ready.pop(0)
+            order.append(k)
+            for b in succ[k]:
+                preds[b] -= 1
+                if preds[b] == 0 and b not in seen:
+                    seen.add(b)
+                    ready.append(b)
         if len(order) != len(graph.nodes):
             missing = sorted(set(graph.nodes) - set(order))
-            raise ValueError(f"nodes {missing} are not on the chain from the Input node")
+            raise ValueError(f"nodes {missing} are not reached from the Input node, or lie on a cycle")
         return order
 
     def _compile(self, name: str, node):
@@ -117,6 +125,10 @@ class NIRRuntime:
             return lambda x, mode, g: x.flatten(start, end)
         if isinstance(node, nir.LIF):
             return self._lif(name, node, meta)
+        if isinstance(node, nir.IF):
+            r, theta = _tensor(node.r), _tensor(node.v_threshold)
+            strict = not str(meta.get("threshold_rule", "")).startswith("non-strict")
+            return lambda x, mode, g: ((r * x > theta) if strict else (r * x >= theta)).to(x.dtype)
         raise ValueError(f"node {name!r}: the runtime does not execute {type(node).__name__} nodes")
 
     @staticmethod
@@ -162,11 +174,16 @@ class NIRRuntime:
             raise ValueError(f"unknown mode {mode!r}; expected one of {RUNTIME_MODES}")
         if until is not None and until not in self.order:
             raise ValueError(f"no node {until!r} in the graph (nodes: {', '.join(self.order)})")
-        h = self.spikes(x)
+        outs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for name, step in zip(self.order, self.steps):
+                sources = self.inputs[name]
+                h = self.spikes(x) if not sources else outs[sources[0]]
+                for extra in sources[1:]:  # a node's inputs are summed (NIR)
+                    h = h + outs[extra]
                 if step is not None:
                     h = step(h, mode, generator)
+                outs[name] = h
                 if name == until:
                     break
         return h

@@ -1,61 +1,52 @@
-"""The target report of ``nsm export``: nodes, neurons and synapses per layer, and which importers accept the
-graph's node types and sizes."""
+"""The target report of ``nsm export``: nodes, neurons and synapses per layer, and per toolchain either what was
+verified (imported and run: N/N equal) or which published rules were checked and which failed. Nothing is
+claimed that was not run or checked.
+
+DYNAP-CNN (Speck) limits, as published in sinabs 3.1.3 (``sinabs/backend/dynapcnn``):
+
+- ``chips/dynapcnn.py`` (``get_constraints``): 9 cores with kernel memory 16, 16, 16, 32, 32, 64, 64, 16,
+  16 Ki entries and neuron memory 64, 64, 64, 32, 32, 16, 16, 16, 16 Ki entries, 1 Ki biases each;
+- ``dynapcnn_layer.py`` (``memory_summary``): a layer (f output channels, c input channels, kernel h x w,
+  output map H x W) needs kernel memory c 2^(ceil log2(h w) + ceil log2 f) and neuron memory
+  f 2^(ceil log2 H + ceil log2 W); a dense layer is mapped as a convolution over its whole input map;
+- ``chips/dynapcnn.py`` (``get_dynapcnn_layer_config_dict``): one ``threshold_high = int(spike_threshold)`` per
+  core, so one integer threshold per layer (positive: spikes when v >= threshold); biases written as
+  integers with ``leak_enable`` (applied as a leak);
+- ``discretize.py``: weights and biases of ``DYNAPCNN_WEIGHT_PRECISION_BITS = 8`` bits, state 16 bits;
+- ``chips/dynapcnn.py`` (``pooling`` per destination) and ``dynapcnn_layer.py``: pooling is summing of a core's
+  output spikes on the way to the next core; only ``IAFSqueeze`` neurons map to a core.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass
 
 import nir
 import numpy as np
 
+from .forms import _topological
 from .metadata import decode_metadata
 
+SPECK_CORES = 9
+SPECK_KERNEL_MEMORY = (16, 16, 16, 32, 32, 64, 64, 16, 16)  # Ki entries per core
+SPECK_NEURON_MEMORY = (64, 64, 64, 32, 32, 16, 16, 16, 16)
+SPECK_BITS = 8
+SPECK_SOURCE = "sinabs 3.1.3 sinabs/backend/dynapcnn (chips/dynapcnn.py, dynapcnn_layer.py, discretize.py)"
 
-@dataclass(frozen=True)
-class Importer:
-    name: str
-    accepts: frozenset
-    note: str
-    max_weight_layers: int | None = None
-    convolutions: bool = True
-
-
-IMPORTERS = (
-    Importer(
-        "norse",
-        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}),
-        "simulate unbatched samples with dt = tau (this export is checked against it with --check)",
-    ),
-    Importer(
-        "snnTorch",
-        frozenset({"Input", "Output", "Conv2d", "Flatten", "Affine", "IF", "LIF"}),
-        "its NIR import lacks SumPool2d (max-pools and the readout pool)",
-    ),
-    Importer(
-        "sinabs / Speck",
-        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}),
-        "9 convolutional cores: at most 9 weight layers (Conv2d + Affine); chips run integer weights "
-        "(export with --quantize-bits)",
-        max_weight_layers=9,
-    ),
-    Importer(
-        "Xylo",
-        frozenset({"Input", "Output", "Affine", "Linear", "LIF", "CubaLIF"}),
-        "imports no convolutions: dense layers only",
-        convolutions=False,
-    ),
-    Importer(
-        "Loihi 2 (lava-dl)",
-        frozenset({"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF", "CubaLIF"}),
-        "goes through lava-dl's network exchange; integer weights (export with --quantize-bits); not verified here",
-    ),
-)
+IMPORTER_NODES = {
+    "norse": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
+    "snnTorch": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
+    "sinabs": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
+    "Xylo (rockpool)": {"Input", "Output", "Affine", "Linear", "LIF", "CubaLIF"},
+}
+IMPORTERS = tuple(IMPORTER_NODES) + ("Speck (DYNAP-CNN)", "Loihi 2 (lava-dl)")
+_CHECKED_AS = {"norse": "norse", "snnTorch": "snntorch", "sinabs": "sinabs"}
 
 
 def _node_cost(node) -> tuple[int, int]:
-    """(neurons, synapses) of one node: neurons for LIFs, connections for weight and pool nodes."""
-    if isinstance(node, nir.LIF):
+    """(neurons, synapses) of one node: neurons for LIF/IF, connections for weight and pool nodes."""
+    if isinstance(node, (nir.LIF, nir.IF)):
         return int(np.prod(node.v_threshold.shape)), 0
     out = node.output_type.get("output") if node.output_type else None
     if isinstance(node, nir.Conv2d):
@@ -67,45 +58,147 @@ def _node_cost(node) -> tuple[int, int]:
     return 0, 0
 
 
-def _chain(graph: nir.NIRGraph) -> list[str]:
-    nxt = dict(graph.edges)
-    start = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)][0]
-    order = [start]
-    while order[-1] in nxt:
-        order.append(nxt[order[-1]])
-    return order
+def _role(node) -> dict:
+    return decode_metadata(node.metadata) if node.metadata else {}
 
 
-def target_report(graph: nir.NIRGraph) -> str:
-    """Node counts, neurons and synapses per layer, and which known importers accept the graph."""
-    counts = Counter(type(n).__name__ for n in graph.nodes.values())
-    lines = ["nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
-    lines.append(f"{'layer':<10} {'nodes':<26} {'neurons':>10} {'synapses':>12}")
+def _layers(graph: nir.NIRGraph) -> dict[str, list[tuple[str, object]]]:
     rows: dict[str, list] = {}
-    for key in _chain(graph):
+    for key in _topological(graph):
         node = graph.nodes[key]
-        layer = decode_metadata(node.metadata).get("layer") if node.metadata else None
-        if layer is None:
+        layer = _role(node).get("layer")
+        if layer is not None and str(layer) != "":
+            rows.setdefault(str(layer), []).append((key, node))
+    return rows
+
+
+def _log2ceil(v: int) -> int:
+    return int(math.ceil(math.log2(max(int(v), 1))))
+
+
+def _fits_cores(needs: list[tuple[int, int]]) -> bool:
+    """Whether layers with (kernel, neuron) memory needs can each take a distinct core (bipartite matching)."""
+    cores = list(zip(SPECK_KERNEL_MEMORY, SPECK_NEURON_MEMORY))
+    owner: dict[int, int] = {}
+
+    def place(i, seen):
+        for j, (km, nm) in enumerate(cores):
+            if j in seen or needs[i][0] > km * 1024 or needs[i][1] > nm * 1024:
+                continue
+            seen.add(j)
+            if j not in owner or place(owner[j], seen):
+                owner[j] = i
+                return True
+        return False
+
+    return all(place(i, set()) for i in range(len(needs)))
+
+
+def speck_violations(graph: nir.NIRGraph) -> list[str]:
+    """Every way ``graph`` breaks the published DYNAP-CNN limits (module docstring), by layer; [] if it fits."""
+    out = []
+    needs = []
+    flat_in = None
+    units = 0
+    lim = 2 ** (SPECK_BITS - 1)
+    for layer, nodes in _layers(graph).items():
+        roles = [_role(n).get("role") for _, n in nodes]
+        if "or" in roles:
+            out.append(
+                f"layer {layer} (max-pool): DYNAP-CNN sums a core's output spikes on the way to the next core; the OR "
+                "neuron after the pool (one spike when >= 1 arrive) has no place on a core"
+            )
             continue
-        neurons, synapses = _node_cost(node)
-        row = rows.setdefault(str(layer), [[], 0, 0])
-        row[0].append(type(node).__name__)
-        row[1] += neurons
-        row[2] += synapses
-    for layer, (types, neurons, synapses) in rows.items():
-        lines.append(f"{layer:<10} {' + '.join(types):<26} {neurons:>10,} {synapses:>12,}")
-    tot_n = sum(r[1] for r in rows.values())
-    tot_s = sum(r[2] for r in rows.values())
-    lines.append(f"{'total':<10} {'':<26} {tot_n:>10,} {tot_s:>12,}")
-    weight_layers = counts.get("Conv2d", 0) + counts.get("Affine", 0)
-    lines.append("importers:")
-    for imp in IMPORTERS:
-        problems = sorted(set(counts) - imp.accepts)
-        reasons = [f"unsupported node types {', '.join(problems)}"] if problems else []
-        if not imp.convolutions and counts.get("Conv2d"):
-            reasons.append(f"{counts['Conv2d']} convolution(s)")
-        if imp.max_weight_layers is not None and weight_layers > imp.max_weight_layers:
-            reasons.append(f"{weight_layers} weight layers > {imp.max_weight_layers}")
-        verdict = "accepts" if not reasons else "does not accept (" + "; ".join(reasons) + ")"
-        lines.append(f"  {imp.name:<18} {verdict}; {imp.note}")
+        if "readout" in roles:
+            continue  # real-valued logits: the host reads the last core's spikes (a note in the report)
+        if "flatten" in roles:
+            flat_in = next(n for _, n in nodes if isinstance(n, nir.Flatten)).input_type["input"]
+            continue
+        syn = [n for _, n in nodes if isinstance(n, (nir.Conv2d, nir.Affine)) and _role(n).get("role") != "pair_sum"]
+        neurons = [n for _, n in nodes if isinstance(n, (nir.LIF, nir.IF))]
+        if not syn or not neurons:
+            continue
+        units += 1
+        syn, neuron = syn[0], neurons[0]
+        if len([n for _, n in nodes if isinstance(n, (nir.Conv2d, nir.Affine))]) > 1:
+            out.append(f"layer {layer}: split float form (two weight nodes); a core holds one convolution")
+        if isinstance(neuron, nir.LIF):
+            out.append(f"layer {layer}: LIF neuron; cores run integrate-and-fire (IF) neurons (export --target speck)")
+        theta = np.unique(np.asarray(neuron.v_threshold, dtype=np.float64))
+        if theta.size != 1 or theta[0] <= 0 or theta[0] != np.rint(theta[0]):
+            shown = ", ".join(f"{t:.3g}" for t in theta[:3]) + (" ..." if theta.size > 3 else "")
+            out.append(f"layer {layer}: thresholds {shown}; a core takes one positive integer threshold")
+        w = np.asarray(syn.weight, dtype=np.float64)
+        b = np.asarray(syn.bias, dtype=np.float64)
+        if not np.array_equal(w, np.rint(w)) or np.abs(w).max(initial=0) > lim - 1:
+            out.append(
+                f"layer {layer}: weights not {SPECK_BITS}-bit integers (max |w| {np.abs(w).max():.3g}; "
+                "export with --quantize-bits 8)"
+            )
+        if not np.array_equal(b, np.rint(b)) or np.abs(b).max(initial=0) > lim - 1:
+            out.append(f"layer {layer}: biases not {SPECK_BITS}-bit integers (max |b| {np.abs(b).max():.3g})")
+        if isinstance(syn, nir.Conv2d):
+            f, c, kh, kw = w.shape
+            oh, ow = (int(v) for v in syn.output_type["output"][1:])
+        else:
+            f = w.shape[0]
+            c, kh, kw = (int(v) for v in flat_in) if flat_in is not None and len(flat_in) == 3 else (w.shape[1], 1, 1)
+            oh = ow = 1
+        kernel = c * 2 ** (_log2ceil(kh * kw) + _log2ceil(f))
+        neuron_mem = f * 2 ** (_log2ceil(oh) + _log2ceil(ow))
+        needs.append((kernel, neuron_mem))
+        if kernel > max(SPECK_KERNEL_MEMORY) * 1024:
+            out.append(f"layer {layer}: kernel memory {kernel:,} > the largest core's {max(SPECK_KERNEL_MEMORY)} Ki")
+        if neuron_mem > max(SPECK_NEURON_MEMORY) * 1024:
+            big = max(SPECK_NEURON_MEMORY)
+            out.append(f"layer {layer}: neuron memory {neuron_mem:,} > the largest core's {big} Ki")
+        flat_in = None
+    if units > SPECK_CORES:
+        out.append(f"network: {units} neuron layers > {SPECK_CORES} cores")
+    elif needs and not _fits_cores(needs):
+        out.append("network: no assignment of the layers to distinct cores meets every core's memory")
+    return out
+
+
+def target_report(graph: nir.NIRGraph, check=None) -> str:
+    """Node counts, neurons and synapses per layer, and per toolchain what was verified or checked by rule.
+
+    ``check``: the ``CheckResult`` of ``--check`` (its toolchain's row then says what was run and how it agreed).
+    """
+    counts = Counter(type(n).__name__ for n in graph.nodes.values())
+    meta = decode_metadata(graph.metadata or {})
+    form = meta.get("target", "generic")
+    lines = [f"form: {form}; nodes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))]
+    lines.append(f"{'layer':<10} {'nodes':<34} {'neurons':>10} {'synapses':>12}")
+    tot_n = tot_s = 0
+    for layer, nodes in _layers(graph).items():
+        costs = [_node_cost(n) for _, n in nodes]
+        neurons, synapses = sum(c[0] for c in costs), sum(c[1] for c in costs)
+        tot_n, tot_s = tot_n + neurons, tot_s + synapses
+        lines.append(f"{layer:<10} {' + '.join(type(n).__name__ for _, n in nodes):<34} {neurons:>10,} {synapses:>12,}")
+    lines.append(f"{'total':<10} {'':<34} {tot_n:>10,} {tot_s:>12,}")
+    lines.append("toolchains (verified = imported and run here; otherwise rules checked, nothing assumed):")
+    lifs = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
+    for name, accepted in IMPORTER_NODES.items():
+        missing = sorted(set(counts) - accepted)
+        if check is not None and _CHECKED_AS.get(name) == check.toolchain:
+            lines.append(f"  {name:<18} {'verified' if check.ok else 'NOT verified'}: {check}")
+            continue
+        rules = [f"node types {'all imported' if not missing else 'NOT imported: ' + ', '.join(missing)}"]
+        if name == "snnTorch" and lifs:
+            bad_tau = any(not np.allclose(n.tau, 1e-4) for n in lifs)
+            rules.append("LIF tau = 1e-4 (its fixed dt): " + ("FAILED, thresholds would scale" if bad_tau else "ok"))
+        if name == "sinabs" and lifs:
+            rules.append("LIF nodes: FAILED (its import fails on conv-shaped LIF; use --target sinabs)")
+        if name == "Xylo (rockpool)" and counts.get("Conv2d"):
+            rules.append(f"{counts['Conv2d']} Conv2d: FAILED (no convolutions)")
+        lines.append(f"  {name:<18} not run here; rules checked: {'; '.join(rules)}")
+    violations = speck_violations(graph)
+    if violations:
+        lines.append(f"  {'Speck (DYNAP-CNN)':<18} does NOT fit ({len(violations)} violations of {SPECK_SOURCE}):")
+        lines += [f"      - {v}" for v in violations]
+    else:
+        lines.append(f"  {'Speck (DYNAP-CNN)':<18} fits every rule checked ({SPECK_SOURCE}); not run on a chip")
+    lines.append(f"  {'':<18} (the readout, real-valued logits from the last core's spikes, runs on the host)")
+    lines.append(f"  {'Loihi 2 (lava-dl)':<18} no released lava-dl has a NIR importer: nothing to run or check")
     return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""``make check-targets``: every export target's ``--check`` on a trained ``tiny`` and an untrained allconvnet18.
+
+    python -m pipelines.export.check_targets --out build/targets/runs --importer-python build/targets/sinabs/bin/python
+
+Simulates a small gesture set, trains ``tiny`` on it (CPU, a few epochs), builds an untrained full-size
+allconvnet18 (6 x 64 x 64, seed 0), then exports each in every form, float and ``--quantize-bits 8`` (speck: 8-bit
+only), with ``--check`` on ``--samples`` inputs; toolchains missing here run under ``--importer-python``. Prints one
+line per export and exits 1 if any check did not pass (a toolchain that was not run counts as not passed), except
+the ``generic`` form's, which is run as the control: its float32 threshold flips are reported, not failed on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .forms import TARGETS
+from .write import export_checkpoint
+
+
+def _tiny(out: Path, epochs: int) -> Path:
+    import events
+    from pipelines import cli
+    from pipelines import config as configs
+
+    data, cache, run = out / "gestures", out / "cache", out / "tiny"
+    if not (run / "best.pt").exists():
+        events.simulate_gestures(data, seed=0, users=4, per_class=1, progress=False)
+        spec = configs.load_config("tiny").data.frame_spec()
+        for split in (True, False):
+            events.FrameCache(cache).get(events.DVSGesture(data, train=split), spec, progress=False)
+        args = ["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--cache", str(cache), "--quiet"]
+        for s in (f"train.epochs={epochs}", "train.workers=0", "train.device=cpu"):
+            args += ["--set", s]
+        if cli.main(args) != 0:
+            raise SystemExit("training tiny failed")
+    return run / "best.pt"
+
+
+def _allconvnet18(out: Path) -> Path:
+    import models
+    from pipelines.checkpoint import save_checkpoint
+
+    path = out / "allconvnet18-untrained.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        model = models.create_model("allconvnet18")
+        save_checkpoint(path, model, classes=[f"class{i}" for i in range(11)])
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.export.check_targets", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="build/targets/runs")
+    p.add_argument("--importer-python", default=None)
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--models", default="tiny,allconvnet18", help="which of tiny, allconvnet18 to export")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = args.models.split(",")
+    checkpoints = {}
+    if "tiny" in wanted:
+        checkpoints["tiny (trained)"] = _tiny(out, args.epochs)
+    if "allconvnet18" in wanted:
+        checkpoints["allconvnet18 (untrained)"] = _allconvnet18(out)
+    rows = []
+    for label, ck in checkpoints.items():
+        for target in args.targets.split(","):
+            for bits in (None, 8):
+                if target == "speck" and bits is None:
+                    continue
+                name = f"{ck.stem}-{target}{'-q8' if bits else ''}.nir"
+                print(f"== {label}, target {target}, {'8-bit' if bits else 'float'}", flush=True)
+                result = export_checkpoint(
+                    ck,
+                    out / name,
+                    check=True,
+                    check_samples=args.samples,
+                    quantize_bits=bits,
+                    target=target,
+                    importer_python=args.importer_python,
+                )
+                rows.append((label, target, bits, result))
+    print("\nsummary:")
+    for label, target, bits, result in rows:
+        print(f"  {label:<26} {target:<9} {'8-bit' if bits else 'float':<6} {result}")
+    return 0 if all(r.ok for _, target, _, r in rows if target != "generic") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
