@@ -12,6 +12,8 @@ magic number:
 | ``gesture_npy`` | NumPy signature ``\\x93NUMPY``                    |
 | ``aedat4``      | first line ``#!AER-DAT4.x``                      |
 | ``aedat3``      | first line ``#!AER-DAT3.x``                      |
+| ``evt2``, ``evt21``, | a Prophesee ``%`` header naming the format (``% evt 3.0``, |
+| ``evt3``, ``dat``    | ``% format EVT3;...``, DAT's ``% Version``), else ``.dat`` |
 | ``nmnist``      | name ending ``.bin`` (the format has no header) |
 
 An empty file or anything else raises ``EventFormatError``; a missing file raises
@@ -28,13 +30,14 @@ import os
 from events.formats import EventFileReader, check_regular_file
 from events.types import EventFormatError, Recording
 
-FORMATS = ("nmnist", "aedat3", "aedat4", "gesture_npy", "hdf5")
+FORMATS = ("nmnist", "aedat3", "aedat4", "gesture_npy", "hdf5", "evt2", "evt21", "evt3", "dat")
 _READERS = {
     "nmnist": ("events.formats.nmnist", "NMNISTReader"),
     "aedat3": ("events.formats.aedat3", "Aedat3Reader"),
     "aedat4": ("events.formats.aedat4", "Aedat4Reader"),
     "gesture_npy": ("events.formats.gesture_npy", "GestureNpyReader"),
     "hdf5": ("events.formats.hdf5", "HDF5EventReader"),
+    **{name: ("events.formats.prophesee", "PropheseeReader") for name in ("evt2", "evt21", "evt3", "dat")},
 }
 
 
@@ -56,15 +59,21 @@ def detect_format(path: str | os.PathLike) -> str:
     if head.startswith(b"#!AER-DAT"):
         version = head[len(b"#!AER-DAT") :].split(b"\r")[0].split(b"\n")[0].decode("latin-1")
         raise EventFormatError(f"AEDAT version {version!r} is not supported (3.x and 4.x are)", path, 0)
+    if head.startswith(b"%"):
+        return importlib.import_module("events.formats.prophesee").read_header(path).format
     if path.suffix.lower() == ".bin":
         return "nmnist"
     raise EventFormatError(
-        "unrecognised event file: no known signature (HDF5, .npy, AEDAT 3/4) and not an N-MNIST '.bin' name", path, 0
+        "unrecognised event file: no known signature (HDF5, .npy, AEDAT 3/4, a Prophesee '%' header) and not an "
+        "N-MNIST '.bin' name",
+        path,
+        0,
     )
 
 
 def reader(path: str | os.PathLike, format: str | None = None) -> EventFileReader:
-    """A streaming reader for ``path``; ``format`` overrides :func:`detect_format`."""
+    """A streaming reader for ``path``; ``format`` overrides :func:`detect_format` (a Prophesee file's reader
+    takes the EVT version from the file's header whatever ``format`` names)."""
     fmt = detect_format(path) if format is None else format
     if fmt not in _READERS:
         raise ValueError(f"unknown event format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -18,17 +18,17 @@ from pathlib import Path
 
 from events.atomic import os_refusal
 
-from .commands import Parser, analyze, bench, compare, demo, evaluate, export, simulate, stream, train
+from .commands import Parser, analyze, bench, compare, convert, demo, evaluate, export, simulate, stream, train
 
-JOBS = [simulate, train, evaluate, compare, analyze, stream, export, bench, demo]
+JOBS = [simulate, convert, train, evaluate, compare, analyze, stream, export, bench, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="nsm",
-        description="Neural Sampling Machines on event cameras: simulate event data, train and evaluate networks of "
-        "binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, and run "
-        "the demo.",
+        description="Neural Sampling Machines on event cameras: simulate and convert event data, train and evaluate "
+        "networks of binary stochastic neurons, stream recordings through them, export them to NIR, benchmark, "
+        "and run the demo.",
         epilog="Run 'nsm <command> --help' for the options of a command.",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")

@@ -11,6 +11,7 @@ import pytest
 from events.formats.aedat3 import Aedat3Reader, write_aedat3
 from events.formats.hdf5 import write_hdf5
 from events.formats.nmnist import write_nmnist
+from events.formats.prophesee import write_prophesee
 from events.io import read
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
 
@@ -119,6 +120,20 @@ def test_fuzz_gesture_npy(tmp_path):
     src = tmp_path / "src.npy"
     np.save(src, arr)
     fuzz(tmp_path, "m.npy", src.read_bytes(), 150, seed=4)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat", "evt21"])
+def test_fuzz_prophesee(tmp_path, fmt):
+    ev = small_events(300, 320, 240, 7, t_max=10**6)
+    src = tmp_path / "src"
+    if fmt == "evt21":
+        from test_prophesee import evt21_bytes
+
+        src.write_bytes(evt21_bytes(ev, (320, 240)))
+    else:
+        write_prophesee(src, ev, (320, 240), fmt)
+    fuzz(tmp_path, f"m.{fmt}", src.read_bytes(), 150, seed=8)
 
 
 @pytest.mark.timeout(120)

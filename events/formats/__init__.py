@@ -30,7 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from events.types import EVENT_DTYPE, EventFormatError, Recording, SensorSize, check_int, empty_events
+from events.types import (
+    EVENT_DTYPE,
+    EventFormatError,
+    Recording,
+    SensorSize,
+    bad_times,
+    check_in_bounds,
+    check_int,
+    empty_events,
+    first_disorder,
+)
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
 
@@ -185,3 +195,26 @@ def as_event_array(events, name: str = "events") -> np.ndarray:
             raise ValueError(f"{name}[{f!r}] holds values outside {EVENT_DTYPE[f]}")
         out[f] = col
     return out
+
+
+class CheckedChunks:
+    """What a streaming writer checks of each chunk it is handed (:meth:`check`): a structured array of integer
+    fields x, y, t, p (:func:`as_event_array`), on ``sensor_size`` (``EventFormatError`` naming ``path``
+    otherwise), with ``t >= 0`` and in time order, also across chunks (``ValueError`` naming ``path``). Keeps
+    ``n`` (events checked so far) and ``last_t``."""
+
+    def __init__(self, path, sensor_size):
+        self.path, self.sensor_size = path, SensorSize(*sensor_size)
+        self.last_t: int | None = None
+        self.n = 0
+
+    def check(self, events) -> np.ndarray:
+        """``events`` as ``EVENT_DTYPE``, once checked."""
+        ev = as_event_array(events)
+        check_in_bounds(ev, self.sensor_size, self.path)
+        if bad_times(ev["t"]).any() or first_disorder(ev, self.last_t) >= 0:
+            raise ValueError(f"{self.path}: event timestamps must be >= 0 and in time order")
+        if len(ev):
+            self.last_t = int(ev["t"][-1])
+        self.n += len(ev)
+        return ev

@@ -1,0 +1,114 @@
+"""``nsm convert`` and ``events.convert``: every writable format round trips exactly through the command line,
+chunked; bad formats and outputs are one-line errors that leave the output as it was."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+
+import events
+from events.convert import convert
+from events.formats.aedat3 import write_aedat3
+from events.formats.hdf5 import write_hdf5
+from events.formats.prophesee import write_prophesee
+from events.types import SensorSize, make_events
+from pipelines.cli import main
+
+
+def simulated(n=2500, sensor=(128, 128), seed=0, start=2**25 + 3):
+    rng = np.random.default_rng(seed)
+    t = start + np.cumsum(rng.integers(0, 3000, n))
+    return make_events(rng.integers(0, sensor[0], n), rng.integers(0, sensor[1], n), t, rng.integers(0, 2, n))
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        ["a.h5", "b.raw", "c.h5"],  # hdf5 -> evt3 -> hdf5
+        ["a.h5", "b.evt2:evt2", "c.dat", "d.npy", "e.hdf5"],
+        ["a.h5", "b.npy", "c.raw", "d.dat", "e.h5"],
+    ],
+)
+def test_round_trips_through_the_cli_are_exact(tmp_path, capsys, chain):
+    ev = simulated()
+    write_hdf5(tmp_path / chain[0], ev, (128, 128))
+    for src, dst in zip(chain[:-1], chain[1:]):
+        name, _, fmt = dst.partition(":")
+        args = ["convert", str(tmp_path / src.partition(":")[0]), str(tmp_path / name), "--chunk-events", "700"]
+        assert main(args + (["--format", fmt] if fmt else []) + ["--quiet"]) == 0
+        assert f"wrote {len(ev)} events (128x128)" in capsys.readouterr().out
+        rec = events.read(tmp_path / name)
+        assert np.array_equal(rec.events, ev), dst
+        assert rec.sensor_size[:2] == (128, 128)
+    assert events.detect_format(tmp_path / chain[1].partition(":")[0]) in {"evt3", "evt2", "gesture_npy"}
+
+
+def test_prophesee_and_aedat_inputs_convert_with_their_sensor(tmp_path):
+    ev = simulated(sensor=(1280, 720))
+    write_prophesee(tmp_path / "in.raw", ev, (1280, 720), "evt3")
+    done = convert(tmp_path / "in.raw", tmp_path / "out.h5", chunk_events=999)
+    assert done.n_events == len(ev) and done.source_format == "evt3" and done.sensor_size == SensorSize(1280, 720)
+    rec = events.read(tmp_path / "out.h5")
+    assert np.array_equal(rec.events, ev) and rec.sensor_size == SensorSize(1280, 720, 2)
+    small = simulated(sensor=(346, 260), seed=1)
+    write_aedat3(tmp_path / "in.aedat", small, SensorSize(346, 260))
+    convert(tmp_path / "in.aedat", tmp_path / "out.dat")
+    assert np.array_equal(events.read(tmp_path / "out.dat").events, small)
+
+
+def test_progress_bar_counts_events(tmp_path, capsys):
+    write_hdf5(tmp_path / "a.h5", simulated(n=300), (128, 128))
+    assert main(["convert", str(tmp_path / "a.h5"), str(tmp_path / "b.raw"), "--chunk-events", "100"]) == 0
+    assert "300" in capsys.readouterr().err  # the tqdm bar, on stderr
+    counts = []
+    convert(tmp_path / "a.h5", tmp_path / "c.raw", chunk_events=100, progress=counts.append)
+    assert counts == [100, 100, 100]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["OUT.xyz"], "cannot tell the output format"),
+        (["OUT.h5", "--format", "aedat9"], "invalid choice"),
+        (["OUT.npy"], "tonic's .npy holds 128x128"),
+        (["IN"], "overwrite the input"),
+        (["missing/../OUT.h5", "--chunk-events", "0"], "--chunk-events must be an integer >= 1"),
+    ],
+)
+def test_bad_formats_and_outputs_are_one_line_errors(tmp_path, capsys, args, message):
+    src = tmp_path / "in.raw"
+    write_prophesee(src, simulated(sensor=(640, 480)), (640, 480), "evt3")
+    out = [str(src) if a == "IN" else str(tmp_path / a) if a.startswith(("OUT", "missing")) else a for a in args]
+    with pytest.raises(SystemExit) if "--format" in args or "--chunk-events" in args else nullcontext():
+        assert main(["convert", str(src), *out, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nsm convert: error:") and message in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.raw"]
+
+
+def test_unwritable_output_and_damaged_input_leave_no_file(tmp_path, capsys):
+    src = tmp_path / "in.h5"
+    write_hdf5(src, simulated(), (128, 128))
+    (tmp_path / "file").write_text("x")
+    assert main(["convert", str(src), str(tmp_path / "file" / "out.raw"), "--quiet"]) == 2
+    assert "could not write" in capsys.readouterr().err
+    cut = tmp_path / "cut.raw"
+    write_prophesee(cut, simulated(), (128, 128), "evt3")
+    cut.write_bytes(cut.read_bytes()[:-1])
+    (tmp_path / "old.h5").write_bytes(b"old")
+    assert main(["convert", str(cut), str(tmp_path / "old.h5"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated" in err[0] and str(cut) in err[0]
+    assert (tmp_path / "old.h5").read_bytes() == b"old"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_what_a_format_cannot_hold_is_refused(tmp_path, capsys):
+    src = tmp_path / "sparse.h5"
+    write_hdf5(src, make_events([1, 2], [1, 1], [10, 10 + 2**24], [0, 1]), (64, 64))
+    assert main(["convert", str(src), str(tmp_path / "out.raw"), "--quiet"]) == 2
+    assert "write EVT 2.0 or HDF5 instead" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "out.raw"), "--format", "evt2", "--quiet"]) == 0
+    assert np.array_equal(events.read(tmp_path / "out.raw").events, events.read(src).events)
