@@ -31,6 +31,9 @@ _PUBLIC = {
     "split_clips": "events.frames",
     "FrameCache": "events.cache",
     "CachedFrames": "events.cache",
+    # live sources (the optional extra nsm-events[live])
+    "open_source": "events.live",
+    "LiveSourceError": "events.live",
     # simulator
     "simulate_digits": "events.simulate",
     "simulate_gestures": "events.simulate",

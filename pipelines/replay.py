@@ -1,6 +1,6 @@
-"""Replay an event file through a trained network as a live camera would feed it: the predictions as JSON
-lines, a summary (windows, real-time factor, latency, and accuracy against DVS Gesture labels) and a timeline
-figure (``nsm stream``; the classifier itself: ``pipelines.stream``)."""
+"""Replay an event file, or a live source (``events.live``), through a trained network as it arrives: the
+predictions as JSON lines, a summary (windows, real-time factor, latency, and accuracy against DVS Gesture
+labels) and a timeline figure (``nsm stream``; the classifier itself: ``pipelines.stream``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import events
 from events.atomic import write_text_atomic
 from events.datasets import parse_labels
 from events.formats import check_chunk_size
+from events.live import LiveSource, SourceLost
 from events.stream import first_disorder
 
 from .figures import plot_timeline
@@ -98,8 +99,13 @@ def replay(
     summary_path=None,
     progress: bool = True,
 ) -> dict:
-    """Stream the event file ``recording`` through ``checkpoint``'s network in chunks of ``chunk_events`` and
-    return the summary (also printed; written as JSON to ``summary_path``).
+    """Stream ``recording`` through ``checkpoint``'s network in chunks of at most ``chunk_events`` and return the
+    summary (also printed; written as JSON to ``summary_path``).
+
+    ``recording``: an event file, or an open :class:`events.live.LiveSource` (closed here), whose packets are
+    predicted as they arrive. A live stream ends as a file does (the remaining windows are flushed, the summary
+    and timeline written) when its source ends or is stopped, and also when it is lost
+    (:class:`events.live.SourceLost`), which is raised once every output is written.
 
     ``labels``: a DVS Gesture labels CSV to score against; ``mc``: the ``StreamingClassifier`` Monte Carlo
     keywords (``{"samples": K}`` or ``{"adaptive": True, "threshold": ..., "min_samples": ...,
@@ -110,9 +116,11 @@ def replay(
     error is raised. The timeline PNG is written atomically at the end.
     """
     mc = mc or {}
-    chunk_events = check_chunk_size(chunk_events, recording, "chunk_events")  # before any output is opened
+    live = isinstance(recording, LiveSource)
+    name = recording.name if live else str(recording)
+    chunk_events = check_chunk_size(chunk_events, name, "chunk_events")  # before any output is opened
     labels = parse_labels(labels) if labels else None
-    with events.reader(recording) as reader:
+    with recording if live else events.reader(recording) as reader:
         clf = StreamingClassifier.from_checkpoint(
             checkpoint,
             sensor_size=reader.sensor_size,
@@ -123,14 +131,14 @@ def replay(
             downsample=downsample,
             crop=crop,
             sort_chunks=sort_chunks,
-            source=str(recording),
+            source=name,
             **mc,
         )
         n_classes = int(clf.model.spec["num_classes"])
         scorer = LabelScorer(labels, n_classes) if labels is not None else None
         fs = clf.frame_spec
         print(
-            f"streaming {recording} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
+            f"streaming {name} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
             f"through {clf.model.spec['name']}: {clf.window_us / 1e3:g} ms windows every {clf.hop_us / 1e3:g} ms, "
             f"{clf.n_frames} frames, crop {fs.crop or 'none'}, downsample {fs.downsample}, "
             + (
@@ -171,12 +179,16 @@ def replay(
                         refresh=False,
                     )
 
-            for chunk in reader.iter_chunks(chunk_events):
-                for piece in _pieces(chunk, clf):
-                    emit(clf.push(piece))
-                w = clf.windows
-                if w.last_t is not None and w.origin_us is not None:
-                    bar.update((w.last_t - w.origin_us) * 1e-6 - bar.n)
+            lost = None
+            try:
+                for chunk in reader.iter_chunks(chunk_events):
+                    for piece in _pieces(chunk, clf):
+                        emit(clf.push(piece))
+                    w = clf.windows
+                    if w.last_t is not None and w.origin_us is not None:
+                        bar.update((w.last_t - w.origin_us) * 1e-6 - bar.n)
+            except SourceLost as err:
+                lost = err
             origin = clf.windows.origin_us
             emit(clf.flush())
         finally:
@@ -188,7 +200,7 @@ def replay(
     if scorer is not None:
         summary.update(scorer.result())
     _print_summary(summary)
-    summary["source"] = str(recording)
+    summary["source"] = name
     if summary_path:
         write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
         print(f"summary: {summary_path}")
@@ -202,12 +214,14 @@ def replay(
             classes=clf.classes,
             labels=labels,
             accumulated_confidence=acc_conf,
-            title=f"{Path(recording).name}: {clf.model.spec['name']}, "
+            title=f"{name if live else Path(recording).name}: {clf.model.spec['name']}, "
             f"{clf.window_us / 1e3:g} ms windows, hop {clf.hop_us / 1e3:g} ms",
         )
         print(f"timeline: {timeline}")
     if predictions:
         print(f"predictions: {predictions}")
+    if lost is not None:
+        raise lost
     return summary
 
 

@@ -1,13 +1,26 @@
-"""``nsm stream``: classify an event recording window by window with calibrated confidence
-(``pipelines.replay``)."""
+"""``nsm stream``: classify an event recording or a live source window by window with calibrated confidence
+(``pipelines.replay``; live sources: ``events.live``).
+
+Exit status with a live ``--source``: 0 when the stream ended (the server closed the connection, the camera
+stopped, or Ctrl-C, the first of which ends the stream as its end would and the second aborts); 1 when the
+source was lost (it stalled for ``--stall-timeout`` s, or with ``--reconnect`` did not come back in time), after
+the summary and timeline are written; 2 for a mistake (the extra not installed, no server or camera, events out
+of time order), as every command's errors.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 
 import torch
+from tqdm import tqdm
 
+from events.live import DEFAULT_STALL_S, INSTALL_HINT, LiveSource, SourceLost, open_source
 from nsm.sampling import MAX_SAMPLES
 
 from ..replay import replay
@@ -15,6 +28,8 @@ from ..stream import DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_SAMPLES, DEFAULT_MIN_SAMP
 from . import InRange, Parser, add_seed
 
 MAX_MS = 2**53 / 1000  # the longest window or hop: 2^53 µs (285 years), whole µs that a float holds exactly
+DEFAULT_RECONNECT_S = 60.0  # --reconnect without a value: how long to wait for a lost source
+MAX_WAIT_S = 7 * 24 * 3600.0  # the longest --stall-timeout or --reconnect: a week
 
 
 def _ms_to_us(value: float | None, name: str) -> int | None:
@@ -39,7 +54,30 @@ def _crop_arg(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) of a trained network")
-    p.add_argument("--events", required=True, help="event file: AEDAT 3.1/4, N-MNIST .bin, .npy, HDF5")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="event file: AEDAT 3.1/4, N-MNIST .bin, .npy, HDF5, Prophesee RAW/DAT")
+    source.add_argument(
+        "--source",
+        help="live source instead of a file: dv://HOST:PORT (a dv-processing network event stream) or "
+        f"camera[:NAME] (an attached iniVation camera, NAME its MODEL_SERIAL or serial); needs {INSTALL_HINT}",
+    )
+    wait = dict(type=float, action=InRange, minimum=0, maximum=MAX_WAIT_S, open_min=True)
+    p.add_argument(
+        "--stall-timeout",
+        **wait,
+        metavar="S",
+        help=f"--source: seconds without a packet (or, connecting, without an answer) before the source counts as "
+        f"stalled and the stream stops, exit status 1 ({DEFAULT_STALL_S:g})",
+    )
+    p.add_argument(
+        "--reconnect",
+        **wait,
+        nargs="?",
+        const=DEFAULT_RECONNECT_S,
+        metavar="S",
+        help="--source: when the connection is lost, wait up to S seconds (default "
+        f"{DEFAULT_RECONNECT_S:g}) for it to come back, retrying with backoff, instead of ending the stream",
+    )
     p.add_argument("--labels", help="DVS Gesture labels CSV (class,startTime_usec,endTime_usec) for accuracy")
     ms = dict(type=float, action=InRange, minimum=0, maximum=MAX_MS, open_min=True)
     p.add_argument("--window-ms", **ms, help="window length in ms (default: frames_per_clip x the frame length)")
@@ -123,18 +161,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "stream",
-        help="classify an event recording window by window with calibrated confidence",
-        description="Replay an event file in chunks through a trained network: one prediction per hop once "
+        help="classify an event recording or a live source window by window with calibrated confidence",
+        description="Replay an event file in chunks, or read a live source (a dv-processing network stream or "
+        "an iniVation camera), through a trained network: one prediction per hop once "
         "its window is complete (per-window and accumulated class probabilities, confidence, "
         "entropy, samples, latency), a live progress line, JSON lines, a summary (accuracy with "
-        "--labels) and an optional timeline PNG.",
+        "--labels) and an optional timeline PNG. With --source, Ctrl-C ends the stream (exit 0); "
+        "a lost source exits 1 after the summary.",
     )
     add_arguments(p)
     p.set_defaults(func=run)
 
 
+def _notify(message: str) -> None:
+    """A live source's progress line, on stderr above the progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+@contextmanager
+def _ctrl_c_ends(source: LiveSource):
+    """While streaming ``source`` (from the main thread), the first Ctrl-C stops it, so that the stream ends as
+    its end would; the handler in place before is back for a second one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, previous)
+        source.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(args) -> int:
     window_us, hop_us = _ms_to_us(args.window_ms, "--window-ms"), _ms_to_us(args.hop_ms, "--hop-ms")
+    if args.source is None and (args.stall_timeout is not None or args.reconnect is not None):
+        raise ValueError("--stall-timeout and --reconnect apply to a live --source only")
     if args.chunk_events < 1:
         raise ValueError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
     if args.threads is not None:
@@ -149,9 +216,7 @@ def run(args) -> int:
         if args.adaptive
         else {"samples": args.samples}
     )
-    replay(
-        args.checkpoint,
-        args.events,
+    settings = dict(
         labels=args.labels,
         window_us=window_us,
         hop_us=hop_us,
@@ -167,6 +232,21 @@ def run(args) -> int:
         summary_path=args.summary,
         progress=not args.quiet,
     )
+    if args.source is None:
+        replay(args.checkpoint, args.events, **settings)
+        return 0
+    source = open_source(
+        args.source,
+        stall_timeout_s=DEFAULT_STALL_S if args.stall_timeout is None else args.stall_timeout,
+        reconnect_s=args.reconnect,
+        notify=_notify,
+    )
+    try:
+        with _ctrl_c_ends(source):
+            replay(args.checkpoint, source, **settings)
+    except SourceLost as err:
+        print(f"nsm stream: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
