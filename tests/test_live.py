@@ -51,7 +51,7 @@ writer = dv.io.NetworkWriter("127.0.0.1", int(port), stream)
 print("listening", flush=True)
 while writer.getClientCount() == 0 and time.monotonic() < deadline:
     time.sleep(0.005)
-time.sleep(0.2)  # the client's probe connection is gone and its reader is connected
+sys.stdin.readline()  # "go": the test's client has connected its reader (the first client was its probe)
 for packet in packets:
     store = dv.EventStore()
     for x, y, t, p in packet.tolist():
@@ -126,19 +126,44 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def serve(recording):
+def serve(recording, monkeypatch):
     """``serve(port, first=0, end=None, then="close")``: start a server of packets ``first:end`` and return its
-    process once it listens; every server still running is killed at the end of the test."""
+    process once it listens; every server still running is killed at the end of the test. A server sends once
+    ``events.live`` has connected a reader to it (told through its stdin), so no packet goes to the probe alone."""
     pytest.importorskip("dv_processing")
+    from events import live
+
     _, sensor, npy, _ = recording
     started = []
+    real_opener = live._network_opener
+
+    def opener(*args, **kwargs):
+        open_input = real_opener(*args, **kwargs)
+
+        def connected():
+            reader = open_input()
+            for proc in started:
+                if proc.poll() is None and not proc.told:
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
+                    proc.told = True
+            return reader
+
+        return connected
+
+    monkeypatch.setattr(live, "_network_opener", opener)
 
     def start(port, first=0, end=None, then="close"):
         end = len(packets_of(recording[0])) if end is None else end
         argv = [port, npy, sensor.width, sensor.height, first, end, then]
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, *map(str, argv)], stdout=subprocess.PIPE, text=True, bufsize=1
+            [sys.executable, "-c", SERVER, *map(str, argv)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
+        proc.told = False
         started.append(proc)
         assert proc.stdout.readline().strip() == "listening"
         return proc
@@ -148,6 +173,7 @@ def serve(recording):
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+        proc.stdin.close()
 
 
 def nsm_stream(checkpoint, tmp_path, *source, name="live"):
