@@ -9,6 +9,8 @@ readable file chunk by chunk (``events.io.reader``) into one of them, so memory 
 |                 | (ms; exact back to the µs below 2^50 µs), 128 x 128 at most    |                    |
 | ``evt3``,       | Prophesee RAW EVT 3.0 / EVT 2.0 and DAT, through faery          | ``.raw`` (EVT 3.0), |
 | ``evt2``, ``dat`` | (``formats/prophesee.py``)                                   | ``.dat``           |
+| ``aedat4``      | AEDAT 4 (iniVation DV), one LZ4 event stream, through faery     | ``.aedat4``        |
+|                 | (``formats/aedat4_writer.py``)                                 |                    |
 
 Every writer writes a temporary file renamed over the target when all went well (``events.atomic``), so a
 failed conversion leaves the target as it was. Each checks what it is given: events on the sensor, ``t >= 0``
@@ -34,8 +36,8 @@ from events.formats.hdf5 import COLUMNS, FORMAT_MARKER, FORMAT_VERSION, GROUP
 from events.io import reader
 from events.types import EVENT_DTYPE, SensorSize
 
-WRITABLE = ("hdf5", "gesture_npy", "evt3", "evt2", "dat")
-SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "gesture_npy", ".raw": "evt3", ".dat": "dat"}
+WRITABLE = ("hdf5", "gesture_npy", "evt3", "evt2", "dat", "aedat4")
+SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "gesture_npy", ".raw": "evt3", ".dat": "dat", ".aedat4": "aedat4"}
 NPY_HEADER_BYTES = 128  # room for any row count; the header is rewritten with the count at the end
 NPY_MAX_T_US = 1 << 50  # t / 1000 in float64 comes back to the same µs below this
 
@@ -149,6 +151,10 @@ def open_writer(path, format: str, sensor_size):
         from events.formats.prophesee import PropheseeWriter
 
         return PropheseeWriter(path, format, sensor_size)
+    if format == "aedat4":
+        from events.formats.aedat4_writer import Aedat4Writer
+
+        return Aedat4Writer(path, sensor_size)
     raise ValueError(f"cannot write event format {format!r}; writable: {', '.join(WRITABLE)}")
 
 

@@ -158,7 +158,7 @@ def _sensor_size(fields: dict, fmt: str, path, at: int) -> SensorSize:
     return SensorSize(int(w), int(h), 2)
 
 
-def _faery_call(fn, path, where: str):
+def faery_call(fn, path, where: str):
     """Run one call into faery, turning any failure (Rust panics derive from BaseException) into
     ``EventFormatError``."""
     try:
@@ -217,13 +217,13 @@ class PropheseeReader(EventFileReader):
         version = _FAERY_VERSION[self.format]
         module = dat if is_dat else evt
         size = (self.sensor_size.width, self.sensor_size.height)
-        decoder = _faery_call(lambda: module.Decoder(path, size, version), self.path, "on the header")
+        decoder = faery_call(lambda: module.Decoder(path, size, version), self.path, "on the header")
         with decoder:
             packets = iter(decoder)
             n = 0
             while True:
                 try:
-                    packet = _faery_call(lambda: next(packets), self.path, f"after event {n}")
+                    packet = faery_call(lambda: next(packets), self.path, f"after event {n}")
                 except StopIteration:
                     return
                 raw = packet if is_dat else packet.get("events")
@@ -325,7 +325,7 @@ class PropheseeWriter(CheckedChunks):
             out = np.empty(len(ev), dtype=_FAERY_EVENTS)
             out["on"] = ev["p"]
         out["t"], out["x"], out["y"] = t, ev["x"], ev["y"]
-        _faery_call(lambda: self._encoder.write(out if self.format == "dat" else {"events": out}), self.path, "writing")
+        faery_call(lambda: self._encoder.write(out if self.format == "dat" else {"events": out}), self.path, "writing")
 
     def _check_gaps(self, t: np.ndarray, last_t: int | None) -> None:
         """Refuse successive events (``last_t``: the time of the event before ``t``) that this format, as faery

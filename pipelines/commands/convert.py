@@ -26,6 +26,7 @@ FORMATS_HELP = """formats:
     evt3         .raw (Prophesee EVT 3.0, through faery)
     evt2         Prophesee EVT 2.0 (give --format evt2)
     dat          .dat (Prophesee DAT)
+    aedat4       .aedat4 (AEDAT 4, one LZ4 event stream, through faery)
 Reading OUT back gives exactly IN's events (x, y, t in µs, polarity 0/1). What a format cannot hold exactly
 (a sensor too large, times too far apart for DAT's 32-bit or EVT 3.0's 24-bit clock) is an error, and OUT
 is then left as it was."""
