@@ -153,15 +153,20 @@ class AugmentConfig:
     empty). ``time_flip``: play the clip backwards (with ON and OFF swapped, as a reversed scene
     would give); classes whose label changes under reversal are mapped (DVS Gesture: clockwise <->
     counter-clockwise). ``polarity_flip``: swap ON and OFF (contrast reversal; label-preserving).
+    ``scale``: zoom about the frame's centre by a factor drawn log-uniformly from [1 / (1 + s), 1 + s]
+    (``pipelines.data.zoom``, nearest neighbour; applied before the jitter); 0 turns it off.
     """
 
     jitter_px: int = 0
     time_flip: float = 0.0
     polarity_flip: float = 0.0
+    scale: float = 0.0
 
     def validate(self) -> None:
-        """``jitter_px`` >= 0 (``Config.validate`` bounds it by the frame size), each probability in [0, 1]."""
+        """``jitter_px`` >= 0 (``Config.validate`` bounds it by the frame size), each probability in [0, 1],
+        ``scale`` in [0, 1]."""
         check_int("train.augment.jitter_px", self.jitter_px, 0)
+        check_float("train.augment.scale", self.scale, 0, 1)
         for name in ("time_flip", "polarity_flip"):
             check_float(f"train.augment.{name}", getattr(self, name), 0, 1)
 

@@ -46,10 +46,24 @@ def augment(
         label = time_flip_labels.get(label, label)
     if aug.polarity_flip and rng.random() < aug.polarity_flip:
         frames = frames[:, ::-1]
+    if aug.scale:
+        frames = zoom(frames, float(np.exp(rng.uniform(-1.0, 1.0) * np.log1p(aug.scale))))
     if aug.jitter_px:
         dy, dx = rng.integers(-aug.jitter_px, aug.jitter_px + 1, size=2)
         frames = shift(frames, int(dy), int(dx))
     return np.ascontiguousarray(frames), label
+
+
+def zoom(frames: np.ndarray, factor: float) -> np.ndarray:
+    """Scale the last two axes by ``factor`` about the frame's centre, nearest neighbour: output pixel (i, j) takes
+    input pixel (round(c_y + (i - c_y) / factor), round(c_x + (j - c_x) / factor)), c the centre; pixels whose
+    source lies outside the frame are empty (no events). ``factor`` 1 returns the frames unchanged."""
+    h, w = frames.shape[-2:]
+    rows = np.rint((h - 1) / 2 + (np.arange(h) - (h - 1) / 2) / factor).astype(np.int64)
+    cols = np.rint((w - 1) / 2 + (np.arange(w) - (w - 1) / 2) / factor).astype(np.int64)
+    inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    out = frames[..., np.clip(rows, 0, h - 1)[:, None], np.clip(cols, 0, w - 1)[None, :]]
+    return np.where(inside, out, np.zeros((), dtype=frames.dtype))
 
 
 def shift(frames: np.ndarray, dy: int, dx: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from pipelines import config as configs
 from pipelines import train as training
 from pipelines.analyze import read_activity
 from pipelines.checkpoint import load_checkpoint
-from pipelines.data import TIME_FLIP_LABELS, augment, load_data, shift, validation_samples
+from pipelines.data import TIME_FLIP_LABELS, augment, load_data, shift, validation_samples, zoom
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -185,6 +185,32 @@ def test_time_flip_maps_rotation_direction_and_reverses_time_and_polarity(gestur
         assert torch.equal(fx, x.flip(0, 1)) and fy == flips.get(y, y)
         seen.add(y)
     assert seen & set(flips) and seen - set(flips)
+
+
+def test_zoom_scales_about_the_centre_with_empty_fill():
+    frames = np.zeros((2, 1, 9, 9), dtype=np.float32)
+    frames[..., 4, 4] = 1  # the centre stays put
+    frames[..., 4, 6] = 2  # two pixels right of it
+    np.testing.assert_array_equal(zoom(frames, 1.0), frames)
+    out = zoom(frames, 2.0)
+    assert out[..., 4, 4].min() == 1 and out[..., 4, 8].min() == 2  # twice as far from the centre
+    assert not out[..., :3, :].any() and out.shape == frames.shape
+    small = zoom(frames, 0.5)
+    assert small[..., 4, 4].min() == 1 and small[..., 4, 5].min() == 2  # half as far (4 + 1 / 0.5 = 6)
+    shrunk = zoom(np.ones((1, 1, 8, 8), dtype=np.float32), 0.5)
+    assert shrunk[..., 2:6, 2:6].all() and shrunk.sum() == 16  # the border left empty
+    # augment draws factors within [1 / (1 + s), 1 + s]
+    aug = configs.AugmentConfig(scale=0.5)
+    factors = set()
+    for seed in range(30):
+        out, label = augment(frames, 3, aug, np.random.default_rng(seed), {})
+        f = np.exp(np.random.default_rng(seed).uniform(-1.0, 1.0) * np.log1p(0.5))
+        assert 1 / 1.5 <= f <= 1.5 and label == 3
+        np.testing.assert_array_equal(out, zoom(frames, f))
+        factors.add(round(f, 3))
+    assert len(factors) == 30
+    with pytest.raises(ValueError, match="train.augment.scale"):
+        configs.AugmentConfig(scale=1.5).validate()
 
 
 def test_jitter_shifts_with_empty_fill():
