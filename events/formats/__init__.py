@@ -197,6 +197,19 @@ def as_event_array(events, name: str = "events") -> np.ndarray:
     return out
 
 
+def native_call(fn, path, what: str):
+    """Run one call into a compiled decoder or encoder (the ``aedat`` and ``faery`` packages), turning any failure
+    into ``EventFormatError`` naming ``path``, with ``what`` (e.g. "AEDAT 4 decoder failed at packet 3") before
+    the library's message; Rust panics arrive as ``BaseException`` subclasses, so all but the interpreter's own
+    exits are caught."""
+    try:
+        return fn()
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, StopIteration, MemoryError):
+        raise
+    except BaseException as err:  # noqa: BLE001 - pyo3 PanicException is a BaseException
+        raise EventFormatError(f"{what}: {type(err).__name__}: {err}", path) from None
+
+
 class CheckedChunks:
     """What a streaming writer checks of each chunk it is handed (:meth:`check`): a structured array of integer
     fields x, y, t, p (:func:`as_event_array`), on ``sensor_size`` (``EventFormatError`` naming ``path``

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 import aedat
 import numpy as np
 
-from events.formats import EventFileReader
+from events.formats import EventFileReader, native_call
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
 MAGIC = b"#!AER-DAT4"
@@ -51,17 +51,6 @@ _LZ4_BLOCK = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}  # largest bloc
 _ZSTD_BLOCK = 128 << 10  # a Zstd block decompresses to at most 128 KiB
 
 
-def _decoder_call(fn, path, what: str):
-    """Run one call into ``aedat``, turning any failure (panics derive from BaseException) into
-    ``EventFormatError``."""
-    try:
-        return fn()
-    except (KeyboardInterrupt, SystemExit, GeneratorExit, StopIteration, MemoryError):
-        raise
-    except BaseException as err:  # noqa: BLE001 - pyo3 PanicException is a BaseException
-        raise EventFormatError(f"AEDAT 4 decoder failed {what}: {type(err).__name__}: {err}", path) from None
-
-
 class Aedat4Reader(EventFileReader):
     """Streaming reader of the polarity events of one AEDAT 4 file."""
 
@@ -74,8 +63,10 @@ class Aedat4Reader(EventFileReader):
                 raise EventFormatError("not an AEDAT 4 file (no '#!AER-DAT4' magic)", self.path, 0)
             fh.seek(0)
             PacketFraming(fh, self.path)  # the IOHeader, checked before the decoder reads it
-        decoder = _decoder_call(lambda: aedat.Decoder(str(self.path)), self.path, "on the file header")
-        streams = _decoder_call(decoder.id_to_stream, self.path, "on the stream table")
+        decoder = native_call(
+            lambda: aedat.Decoder(str(self.path)), self.path, "AEDAT 4 decoder failed on the file header"
+        )
+        streams = native_call(decoder.id_to_stream, self.path, "AEDAT 4 decoder failed on the stream table")
         ids = [i for i, s in streams.items() if s.get("type") == "events"]
         if not ids:
             raise EventFormatError("AEDAT 4 file has no events stream", self.path)
@@ -93,13 +84,13 @@ class Aedat4Reader(EventFileReader):
 
     def _decode(self, framing: PacketFraming, max_events: int) -> Iterator[np.ndarray]:
         path = self.path
-        decoder = _decoder_call(lambda: aedat.Decoder(str(path)), path, "on the file header")
+        decoder = native_call(lambda: aedat.Decoder(str(path)), path, "AEDAT 4 decoder failed on the file header")
         it = iter(decoder)
         w, h, _ = self.sensor_size
         n_packet = 0
         while framing.next_packet():  # the packet the decoder reads next has a sane length
             try:
-                packet = _decoder_call(lambda: next(it), path, f"at packet {n_packet}")
+                packet = native_call(lambda: next(it), path, f"AEDAT 4 decoder failed at packet {n_packet}")
             except StopIteration:
                 return
             n_packet += 1

@@ -46,14 +46,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import NamedTuple
 
 import numpy as np
 from faery.extension import dat, evt
 
-from events.atomic import atomic_path
-from events.formats import CheckedChunks, EventFileReader
+from events.formats import EventFileReader
+from events.formats.faery_writer import FAERY_EVENTS, FaeryWriter, faery_call
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, first_disorder
 
 FORMATS = ("evt2", "evt21", "evt3", "dat")
@@ -66,7 +65,6 @@ MAX_SIDE = {"evt2": 2048, "evt21": 2048, "evt3": 2048, "dat": 16384}
 DAT_CD_TYPE, DAT_CD_SIZE = 12, 8
 DAT_MAX_GAP_US = (1 << 32) - 1
 _EVT21_WORDS = 1 << 15  # EVT 2.1 words decoded at a time (at most 32 events each)
-_FAERY_EVENTS = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
 _FAERY_DAT = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("payload", "u1")])
 
 
@@ -156,17 +154,6 @@ def _sensor_size(fields: dict, fmt: str, path, at: int) -> SensorSize:
             at,
         )
     return SensorSize(int(w), int(h), 2)
-
-
-def faery_call(fn, path, where: str):
-    """Run one call into faery, turning any failure (Rust panics derive from BaseException) into
-    ``EventFormatError``."""
-    try:
-        return fn()
-    except (KeyboardInterrupt, SystemExit, GeneratorExit, StopIteration, MemoryError):
-        raise
-    except BaseException as err:  # noqa: BLE001 - pyo3 PanicException is a BaseException
-        raise EventFormatError(f"faery failed {where}: {type(err).__name__}: {err}", path) from None
 
 
 class PropheseeReader(EventFileReader):
@@ -268,7 +255,7 @@ class PropheseeReader(EventFileReader):
                 offset += 8 * len(words)
 
 
-class PropheseeWriter(CheckedChunks):
+class PropheseeWriter(FaeryWriter):
     """Streaming writer of an EVT 2.0, EVT 3.0 or DAT file (``format`` one of ``WRITABLE``), through faery.
 
     A context manager: ``with PropheseeWriter(path, "evt3", (640, 480)) as w: w.write(events)`` (any number of
@@ -287,49 +274,29 @@ class PropheseeWriter(CheckedChunks):
         super().__init__(path, (w, h, 2))
         self.format = format
         self._t0 = 0
-        self._stack: ExitStack | None = None
-        self._encoder = None
 
-    def __enter__(self) -> PropheseeWriter:
-        with ExitStack() as stack:
-            tmp = str(stack.enter_context(atomic_path(self.path)))
-            size = (self.sensor_size.width, self.sensor_size.height)
-            if self.format == "dat":
-                encoder = dat.Encoder(tmp, _FAERY_VERSION["dat"], "cd", True, size)
-            else:
-                encoder = evt.Encoder(tmp, _FAERY_VERSION[self.format], True, size, True)
-            self._encoder = stack.enter_context(encoder)
-            self._stack = stack.pop_all()
-        return self
+    def _encoder_for(self, tmp: str):
+        size = (self.sensor_size.width, self.sensor_size.height)
+        if self.format == "dat":
+            return dat.Encoder(tmp, _FAERY_VERSION["dat"], "cd", True, size)
+        return evt.Encoder(tmp, _FAERY_VERSION[self.format], True, size, True)
 
-    def __exit__(self, *exc) -> bool:
-        stack, self._stack, self._encoder = self._stack, None, None
-        return bool(stack.__exit__(*exc)) if stack is not None else False
-
-    def write(self, events) -> None:
-        """Append ``events`` (fields x, y, t, p; after every event written before)."""
-        if self._encoder is None:
-            raise ValueError(f"{self.path}: writer is not open (use it as a context manager)")
-        last_t = self.last_t
-        ev = self.check(events)
-        if not len(ev):
-            return
-        t = ev["t"]
-        if last_t is None:
-            self._t0 = int(t[0])
-        self._check_gaps(t, last_t)
+    def _packet(self, ev: np.ndarray) -> tuple:
         if self.format == "dat":
             out = np.empty(len(ev), dtype=_FAERY_DAT)
             out["payload"] = ev["p"]
         else:
-            out = np.empty(len(ev), dtype=_FAERY_EVENTS)
+            out = np.empty(len(ev), dtype=FAERY_EVENTS)
             out["on"] = ev["p"]
-        out["t"], out["x"], out["y"] = t, ev["x"], ev["y"]
-        faery_call(lambda: self._encoder.write(out if self.format == "dat" else {"events": out}), self.path, "writing")
+        out["t"], out["x"], out["y"] = ev["t"], ev["x"], ev["y"]
+        return (out,) if self.format == "dat" else ({"events": out},)
 
-    def _check_gaps(self, t: np.ndarray, last_t: int | None) -> None:
-        """Refuse successive events (``last_t``: the time of the event before ``t``) that this format, as faery
+    def _checked(self, ev: np.ndarray, last_t: int | None) -> None:
+        """Refuse successive events (``last_t``: the time of the event before ``ev``) that this format, as faery
         codes it, cannot hold exactly."""
+        t = ev["t"]
+        if last_t is None:
+            self._t0 = int(t[0])
         prev = np.concatenate([[t[0] if last_t is None else last_t], t[:-1]])
         if self.format == "dat":
             bad = t - prev > DAT_MAX_GAP_US
