@@ -2,11 +2,12 @@
 
     python -m pipelines.export.check_targets --out build/targets/runs --importer-python build/targets/sinabs/bin/python
 
-Simulates a small gesture set, trains ``tiny`` on it (CPU, a few epochs), builds an untrained full-size
-allconvnet18 (6 x 64 x 64, seed 0), then exports each in every form, float and ``--quantize-bits 8`` (speck: 8-bit
-only), with ``--check`` on ``--samples`` inputs; toolchains missing here run under ``--importer-python``. Prints one
-line per export and exits 1 if any check did not pass (a toolchain that was not run counts as not passed), except
-the ``generic`` form's, which is run as the control: its float32 threshold flips are reported, not failed on.
+Simulates a small gesture set, trains ``tiny`` on it (CPU, a few epochs), builds untrained full-size allconvnet18s
+(6 x 64 x 64, torch seeds ``--seeds``, default 0), then exports each in every form, float and ``--quantize-bits 8``
+(speck: 8-bit only), with ``--check`` on ``--samples`` inputs; toolchains missing here run under
+``--importer-python``. Prints one line per export and exits 1 if any check did not pass (a toolchain that was not
+run counts as not passed), except the ``generic`` form's, which is run as the control: its float32 threshold flips
+are reported, not failed on.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def _tiny(out: Path, epochs: int) -> Path:
     return run / "best.pt"
 
 
-def _allconvnet18(out: Path) -> Path:
+def _allconvnet18(out: Path, seed: int) -> Path:
     import models
     from pipelines.checkpoint import save_checkpoint
 
-    path = out / "allconvnet18-untrained.pt"
+    path = out / ("allconvnet18-untrained.pt" if seed == 0 else f"allconvnet18-untrained-s{seed}.pt")
     if not path.exists():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = models.create_model("allconvnet18")
         save_checkpoint(path, model, classes=[f"class{i}" for i in range(11)])
     return path
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--models", default="tiny,allconvnet18", help="which of tiny, allconvnet18 to export")
+    p.add_argument("--seeds", default="0", help="torch seeds of the untrained allconvnet18s, e.g. 0,1,2,3,4")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
     if "tiny" in wanted:
         checkpoints["tiny (trained)"] = _tiny(out, args.epochs)
     if "allconvnet18" in wanted:
-        checkpoints["allconvnet18 (untrained)"] = _allconvnet18(out)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            checkpoints[f"allconvnet18 (untrained, seed {seed})"] = _allconvnet18(out, seed)
     rows = []
     for label, ck in checkpoints.items():
         for target in args.targets.split(","):
