@@ -5,16 +5,22 @@ PyTorch network's deterministic logits on seeded random event frames."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import nir
+import numpy as np
 import torch
 from torch import nn
 
 from nsm.sampling import using_mode
 
+from . import importers
 from .graph import as_float64
-from .metadata import TAU
+from .metadata import TAU, read_nir
 
 
 def check_inputs(input_shape, n: int, seed: int = 0) -> torch.Tensor:
@@ -108,22 +114,13 @@ def importer_outputs(toolchain: str, path, x: torch.Tensor, python: str | None =
     """(outputs (N, classes) or None, version or the reason it did not run): the NIR file at ``path`` run by
     ``toolchain``'s importer on the spikes of ``x``, in this interpreter when the toolchain imports here, else
     under ``python`` (an interpreter whose environment holds it) through ``importers.py`` as a script."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
-    from . import importers
-    from .metadata import read_nir
-
     spikes = (x > 0).float().flatten(1, -3) if x.dim() == 5 else (x > 0).float()
     version = importers.toolchain_version(toolchain)
     if version is not None:
         return torch.from_numpy(importers.run(toolchain, read_nir(path), spikes.numpy())), version
     if python is None:
         return None, (
-            f"{toolchain} is not installed in this environment ({__import__('sys').executable}); install it, or "
+            f"{toolchain} is not installed in this environment ({sys.executable}); install it, or "
             f"pass --importer-python PYTHON of an environment that has it (make check-targets builds one)"
         )
     with tempfile.TemporaryDirectory() as tmp:
