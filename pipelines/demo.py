@@ -169,9 +169,9 @@ def report(out: Path, run: Path, twin: Path, stream_dir: Path, nir_path: Path, s
         "## Export to neuromorphic hardware (`nsm export --target norse --check`)",
         "",
         f"The deterministic network was written as a binary spike graph to `{rel(nir_path)}` (NIR, HDF5) "
-        "in the form norse runs exactly in float32, read back, imported with norse and run sample by sample; "
-        "the check passed (same top class as the "
-        "PyTorch model on every input checked, logits equal within float tolerance).",
+        "in norse's form (each unit split so that float32 rounding can barely flip it), read back, imported with "
+        "norse and run sample by sample; the check passed (same top class as the PyTorch model on every input "
+        "checked, logits equal within float tolerance).",
         "",
     ]
     return "\n".join(lines)
