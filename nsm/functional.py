@@ -19,7 +19,7 @@ Expected states (the ``expected`` mode, moment propagation): when the inputs z_j
 means m_j (Var z_j = 1 - m_j^2), v_i = W_eff_i.z + b_eff_i has mean W_eff_i.m + b_eff_i and variance
 sum_j W_eff_ij^2 (1 - m_j^2); taking v_i as Gaussian (a sum of many independent terms),
 
-    E(z_i) = E erf(v_i) = erf(mean / sqrt(1 + 2 variance))          (``expected_sign``)
+    E(z_i) = E erf(v_i) = erf(mean / sqrt(1 + 2 variance))          (``nsm.moments``, with the other rules)
 """
 
 from __future__ import annotations
@@ -75,12 +75,6 @@ def effective_weight(weight: torch.Tensor, bias: torch.Tensor | None, beta: torc
 def firing_probability(v: torch.Tensor) -> torch.Tensor:
     """P(z = +1) = 1/2 (1 + erf(v)) for the firing logit v."""
     return 0.5 * (1.0 + torch.erf(v))
-
-
-def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:
-    """E z for z = +1 with probability 1/2 (1 + erf(v)), else -1, when the logit v is Gaussian with mean
-    ``v_mean`` and variance ``v_var``: E erf(v) = erf(v_mean / sqrt(1 + 2 v_var)) (exact for Gaussian v)."""
-    return torch.erf(v_mean * torch.rsqrt(1.0 + 2.0 * v_var))
 
 
 def _uses_kernel(v: torch.Tensor) -> bool:

@@ -11,8 +11,10 @@
 Every stochastic unit has a ``mode`` (``MODES``) switched for a whole network by ``nsm.set_mode``,
 and an optional ``generator`` (a ``torch.Generator``) from which it draws its noise. The OR-pools follow
 the mode too: in the ``expected`` and ``mean-input`` modes every NSM unit and pool outputs the expected
-value of its state instead of a state (moment propagation, ``functional.expected_sign``; ``mean-input``
-leaves out the inputs' variance), the passes that sampling networks train on (``docs/training-study.md``).
+value of its state instead of a state (moment propagation, the rules of ``nsm.moments``; ``mean-input``
+leaves out the inputs' variance), the passes that sampling networks train on (``docs/training-study.md``);
+in ``sampled-logit`` mode each unit draws its logit from the Gaussian that the ``expected`` pass describes and
+outputs the expected state given that draw (the local reparameterization trick).
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from . import functional as nsmf
+from . import moments
 from .noise import BernoulliNoise, Noise
 from .weight_cache import memo
 
-MODES = ("probability", "synapse", "deterministic", "expected", "mean-input")
-EXPECTATION_MODES = ("expected", "mean-input")  # the modes whose units and pools pass the means of states
-_MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
+MODES = ("probability", "synapse", "deterministic", "expected", "mean-input", "sampled-logit")
+EXPECTATION_MODES = ("expected", "mean-input", "sampled-logit")  # the modes whose units and pools pass state means
+NOISY_INPUT_MODES = ("expected", "sampled-logit")  # expectation modes that count the input states' noise
 ESTIMATORS = ("nsm", "ste")
-_PROBIT = math.pi / 8  # E sigmoid(l) ~ sigmoid(mu / sqrt(1 + pi s^2 / 8)) for Gaussian l (MacKay 1992)
 
 
 class Modal:
@@ -246,15 +248,14 @@ class _NSMUnit(StochasticUnit):
         (``BatchMoments.expected_logit``; ``track`` as in ``_logit``)."""
         if self.logit_norm is not None:
             return self.logit_norm.expected_logit(self, m, track)
-        w_eff, b_eff = self.effective_weight()
-        return self.affine(m, w_eff, b_eff), self.affine_zero_padded(1.0 - m * m, w_eff * w_eff)
+        return moments.affine_moments(self.affine, self.affine_zero_padded, m, *self.effective_weight())
 
     def expected_states(self, m: torch.Tensor, track: bool = False, input_variance: bool = True) -> torch.Tensor:
         """E(z_i) when the inputs are independent states with means ``m``, the logit taken as Gaussian with the
-        moments of ``expected_logit`` (``functional.expected_sign``): the ``expected`` mode's output. Without
+        moments of ``expected_logit`` (``moments.expected_sign``): the ``expected`` mode's output. Without
         ``input_variance`` (the ``mean-input`` mode) the inputs are taken as the constants m: E(z_i) = erf(v_i(m))."""
         if input_variance:
-            return nsmf.expected_sign(*self.expected_logit(m, track))
+            return moments.expected_sign(*self.expected_logit(m, track))
         return torch.erf(self._logit(m, track))
 
     def state_probability(self, v: torch.Tensor) -> torch.Tensor:
@@ -295,7 +296,17 @@ class _NSMUnit(StochasticUnit):
             f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the input)"
         )
 
+    def sampled_logit_states(self, m: torch.Tensor, track: bool = False) -> torch.Tensor:
+        """The ``sampled-logit`` mode's output: erf(v), v = mean + sqrt(variance) eps, eps ~ N(0, 1) from
+        ``generator`` per unit and position, with the logit's moments of ``expected_logit`` for independent input
+        states with means ``m``: E(z_i) given a draw of the logit, so that E over the draw is ``expected_states``
+        (E erf(v) = erf(mean / sqrt(1 + 2 variance))). The inputs' noise is sampled, the unit's own averaged; the
+        gradient flows through mean and variance (the local reparameterization trick)."""
+        return moments.sampled_logit_state(*self.expected_logit(m, track), self.generator)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.mode == "sampled-logit":
+            return self.sampled_logit_states(z, track=True)
         if self.mode in EXPECTATION_MODES:
             return self.expected_states(z, track=True, input_variance=self.mode == "expected")
         v = self._logit(z, track=True)
@@ -396,23 +407,21 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
             count_include_pad=True,
             divisor_override=1,
         )
-        return 1.0 - summed.exp()
+        return moments.or_on_probability(summed)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.mode not in EXPECTATION_MODES:
             return super().forward(z)
-        wide = z.to(torch.promote_types(z.dtype, torch.float32))  # at least float32: _MIN_OFF underflows float16
-        off = ((1.0 - wide) * 0.5).clamp_min(_MIN_OFF)
-        return (2.0 * self.on_probability(torch.log(off)) - 1.0).to(z.dtype)
+        return (2.0 * self.on_probability(moments.log_off(z)) - 1.0).to(z.dtype)
 
 
 class Readout(Modal, nn.Module):
     """Global average pooling (over H, W when the input is 4-d) followed by a real-valued linear layer.
 
-    In the ``expected`` mode the input holds the means m of independent +-1 states, and the readout returns
-    what the softmax of a Monte Carlo average needs rather than the logits of the means. The logits l = W f + b
-    of the pooled states f (P positions) have mean mu = W E f + b and variance s_k^2 = sum_c W_kc^2 Var f_c,
-    Var f_c = sum_p (1 - m_cp^2) / P^2, and the readout returns
+    In the ``expected`` and ``sampled-logit`` modes the input holds the means m of independent +-1 states, and
+    the readout returns what the softmax of a Monte Carlo average needs rather than the logits of the means. The
+    logits l = W f + b of the pooled states f (P positions) have mean mu = W E f + b and variance
+    s_k^2 = sum_c W_kc^2 Var f_c, Var f_c = sum_p (1 - m_cp^2) / P^2, and the readout returns (``nsm.moments``)
 
         mu_k / sqrt(1 + pi s_k^2 / 8),
 
@@ -438,7 +447,6 @@ class Readout(Modal, nn.Module):
         return self.linear(self.pool(m)), F.linear(pooled_var, self.linear.weight**2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "expected":
-            mean, var = self.logit_moments(x)
-            return mean * torch.rsqrt(1.0 + _PROBIT * var)
+        if self.mode in NOISY_INPUT_MODES:
+            return moments.probit_logits(*self.logit_moments(x))
         return self.linear(self.pool(x))

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as nsmf
-from .layers import _NSMUnit
+from . import moments
+from .layers import NOISY_INPUT_MODES, _NSMUnit
 
 MOMENTUM = 0.1
 EPS = 1e-5
@@ -42,9 +43,9 @@ def _a_and_spread(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
     """(a, s2) for the unit's input ``z``: a = (w/||w||).z per position; with ``noisy_states`` (z holds the means
     of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states' noise, else
     None."""
-    direction = nsmf.unit_direction(unit.weight)
-    a = unit.affine(z, direction)
-    return a, (unit.affine_zero_padded(1.0 - z * z, direction * direction) if noisy_states else None)
+    return moments.affine_moments(
+        unit.affine, unit.affine_zero_padded, z, nsmf.unit_direction(unit.weight), variance=noisy_states
+    )
 
 
 def _batch_moments(a: torch.Tensor, s2: torch.Tensor | None):
@@ -144,7 +145,7 @@ class LogitNormalization:
                 raise ValueError(f"unit {name} was not reached by a forward pass")
         moments = {}
         for unit, name in names.items():
-            mean, var = _batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=unit.mode == "expected"))
+            mean, var = _batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=unit.mode in NOISY_INPUT_MODES))
             moments[name] = BatchMoments(mean, var, momentum, eps)
             sigma, b_eff = (var + eps).sqrt(), unit.effective_weight()[1]
             unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)  # beta sigma, b' + beta mu

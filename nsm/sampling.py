@@ -9,6 +9,10 @@ The K passes of one input run as one batch (the input is repeated along the batc
 sampling costs one large forward pass rather than K small ones. Adaptive sampling stops, for each
 input separately, at the first n >= min_samples where the running mean's top class probability is
 at least ``threshold`` (never beyond ``max_samples``).
+
+A fitted temperature T (``MCSettings.temperature``, ``temper``) rescales the average's log-probabilities,
+p_T(y | x) = softmax(log p(y | x) / T), before adaptive sampling tests its threshold and before the prediction is
+returned: T < 1 sharpens an underconfident average, T > 1 softens an overconfident one; the class ranking stays.
 """
 
 from __future__ import annotations
@@ -146,6 +150,16 @@ def _first_unit(model: nn.Module):
     return None
 
 
+def temper(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log p / T) along the last dimension: ``probs`` at temperature T (``probs`` itself at T = 1; a zero
+    probability stays zero)."""
+    if temperature == 1.0:
+        return probs
+    return torch.softmax(torch.log(probs) / temperature, dim=-1)
+
+
+MAX_TEMPERATURE = 100.0
+"""The largest temperature: beyond it every prediction is all but uniform."""
 MAX_SAMPLES = 4096
 """The most Monte Carlo passes an input may take (``samples``, ``min_samples``, ``max_samples``): each pass is a
 forward pass of the whole network, so more would take hours on a test set without changing its estimate."""
@@ -158,7 +172,9 @@ class MCSettings:
     Fixed (``adaptive=False``): ``samples`` passes per input. Adaptive: passes are drawn in rounds of ``step``
     (``None``: ``min_samples``) for the inputs still undecided; an input stops at the first n >= ``min_samples``
     whose running mean (1/n) sum_{k<=n} softmax_k has top probability >= ``threshold``, or at ``max_samples``.
-    The defaults are the library's; a caller that needs others (the stream bounds a window's latency) says so.
+    ``temperature``: the mean's probabilities are taken at this temperature (``temper``; a positive number up to
+    ``MAX_TEMPERATURE``), for the threshold and the result. The defaults are the library's; a caller that needs
+    others (the stream bounds a window's latency, a run's checkpoint holds its fitted temperature) says so.
     """
 
     samples: int = 16
@@ -167,6 +183,7 @@ class MCSettings:
     min_samples: int = 4
     max_samples: int = 64
     step: int | None = None
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("samples", "min_samples", "max_samples") + (("step",) if self.step is not None else ()):
@@ -179,9 +196,12 @@ class MCSettings:
             )
         if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"Monte Carlo threshold must be in (0, 1], got {self.threshold!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= MAX_TEMPERATURE:
+            raise ValueError(f"Monte Carlo temperature must be in (0, {MAX_TEMPERATURE:g}], got {t!r}")
 
     def describe(self) -> str:
-        """``MC 16`` or ``MC adaptive (0.9)``."""
+        """``MC 16`` or ``MC adaptive (0.9)`` (the temperature is reported on its own)."""
         if self.adaptive:
             return f"MC adaptive ({self.threshold:g})"
         return f"MC {self.samples}"
@@ -195,7 +215,8 @@ class MCSettings:
         try:
             with torch.inference_mode(), using_generator(model, generator), WeightCache(model):
                 if not self.adaptive:
-                    probs = sample_probabilities(model, x, self.samples, max_batch).mean(dim=0)
+                    mean = sample_probabilities(model, x, self.samples, max_batch).mean(dim=0)
+                    probs = temper(mean, self.temperature)
                     return MCResult(probs, torch.full((x.shape[0],), self.samples, dtype=torch.long, device=x.device))
                 return _adaptive(
                     model,
@@ -205,6 +226,7 @@ class MCSettings:
                     self.max_samples,
                     self.step or self.min_samples,
                     max_batch,
+                    self.temperature,
                 )
         finally:
             model.train(was_training)
@@ -220,11 +242,13 @@ def mc_predict(
     min_samples: int = 4,
     max_samples: int = 64,
     step: int | None = None,
+    temperature: float = 1.0,
     max_batch: int = 256,
     generator: torch.Generator | None = None,
 ) -> MCResult:
     """Monte Carlo prediction of ``model`` on the batch ``x``: ``samples=K`` passes per input, or
-    ``adaptive=True`` with ``threshold``, ``min_samples``, ``max_samples`` and ``step`` (``MCSettings``).
+    ``adaptive=True`` with ``threshold``, ``min_samples``, ``max_samples`` and ``step``, at ``temperature``
+    (``MCSettings``).
 
     Adaptive results are the running mean at the pass where an input stopped, exactly as if it had been sampled
     one pass at a time (passes drawn beyond it within a round are discarded). The model is put in eval mode for
@@ -240,11 +264,12 @@ def mc_predict(
         min_samples=min_samples,
         max_samples=max_samples,
         step=step,
+        temperature=temperature,
     )
     return settings.predict(model, x, generator=generator, max_batch=max_batch)
 
 
-def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch) -> MCResult:
+def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch, temperature) -> MCResult:
     b, dev = x.shape[0], x.device
     probs = None
     used = torch.zeros(b, dtype=torch.long, device=dev)
@@ -259,7 +284,7 @@ def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch) ->
             probs = torch.empty(b, p.shape[-1], device=dev)
         cum = running.unsqueeze(0) + p.cumsum(dim=0)  # (k, A, C)
         counts = torch.arange(done + 1, done + k + 1, device=dev)  # (k,)
-        means = cum / counts.reshape(-1, 1, 1)
+        means = temper(cum / counts.reshape(-1, 1, 1), temperature)
         stop = (means.amax(dim=2) >= threshold) & (counts >= min_samples).reshape(-1, 1)
         stop[-1] |= counts[-1] >= max_samples
         finished = stop.any(dim=0)

@@ -249,3 +249,44 @@ def group_accuracy(probs, labels, groups) -> float:
     counts = np.bincount(inverse, minlength=n_groups)[:, None]
     mean = summed / counts
     return float(np.mean(mean.argmax(axis=1) == group_label))
+
+
+TEMPERATURE_RANGE = (0.01, 100.0)  # the temperatures fit_temperature searches (the upper one nsm's MAX_TEMPERATURE)
+_GOLDEN_STEPS = 80  # golden-section steps over log(1/T): the bracket shrinks by 0.618^80, far below float precision
+
+
+def tempered_nll(probs, labels, temperature: float) -> float:
+    """The NLL of softmax(log p / T) (``nsm.sampling.temper``), with each probability floored at ``NLL_EPS``
+    before its logarithm, as ``nll`` floors the true class's."""
+    probs, labels = check_probs(probs, labels)
+    return _tempered_nll(np.log(np.maximum(probs, NLL_EPS)), labels, 1.0 / temperature)
+
+
+def _tempered_nll(log_p: np.ndarray, labels: np.ndarray, inverse: float) -> float:
+    scaled = log_p * inverse
+    top = scaled.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
+    return float(np.mean(log_z - scaled[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(probs, labels) -> float:
+    """The temperature T in ``TEMPERATURE_RANGE`` that minimises ``tempered_nll`` on ``(probs, labels)``.
+
+    The NLL of softmax(b log p) is convex in b = 1/T (a log-sum-exp of linear functions of b minus a linear
+    function), so a golden-section search over log b finds its minimum within the range."""
+    probs, labels = check_probs(probs, labels)
+    log_p = np.log(np.maximum(probs, NLL_EPS))
+    lo, hi = np.log(1.0 / TEMPERATURE_RANGE[1]), np.log(1.0 / TEMPERATURE_RANGE[0])
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = _tempered_nll(log_p, labels, np.exp(a)), _tempered_nll(log_p, labels, np.exp(b))
+    for _ in range(_GOLDEN_STEPS):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = _tempered_nll(log_p, labels, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = _tempered_nll(log_p, labels, np.exp(b))
+    return float(1.0 / np.exp((lo + hi) / 2.0))

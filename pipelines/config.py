@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -35,11 +36,12 @@ CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 DATASETS = ("dvsgesture", "nmnist")
 INITS = ("data", "none")
 LOGIT_NORMS = ("batch", "none")
-FORWARDS = ("expected", "mean-input", "sampled")
+FORWARDS = ("expected", "mean-input", "sampled-logit", "sampled")
 WARMUP_FORWARDS = ("deterministic", "mean-input")
 LR_RAMPS = ("warmup", "none")
 LR_SCHEDULES = ("step", "cosine")
 READOUT_FITS = ("sampled", "none")
+TEMPERATURE_FITS = ("validation", "none")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MAX_LR = FLOAT32_MAX / 10
 """The largest learning rate (also times ``gain_lr_factor``): Adam's first step is lr / (1 - beta1) = 10 x the rate,
@@ -202,13 +204,24 @@ class TrainConfig:
     ``forward``: how sampling NSM units (bnsm, gnsm) pass their states forward while training after the warm-up:
     ``"expected"`` (the ``expected`` mode of ``nsm.layers``: each unit and OR-pool passes the expected value of
     its state given independent inputs, a deterministic pass whose gradient is exact for that approximation),
-    ``"mean-input"`` (the same without the inputs' variance: E z at the mean input) or ``"sampled"`` (one draw
-    per unit and the gradient of E z at the draw: the seed's rule); docs/training-study.md compares them. Other
-    kinds train in their own modes either way; evaluation always samples.
+    ``"mean-input"`` (the same without the inputs' variance: E z at the mean input), ``"sampled-logit"`` (the
+    ``sampled-logit`` mode: each unit draws its logit from the Gaussian of the ``expected`` pass and passes E z
+    given the draw, the local reparameterization trick) or ``"sampled"`` (one draw per unit and the gradient of
+    E z at the draw: the seed's rule); docs/training-study.md compares them. Other kinds train in their own modes
+    either way; evaluation always samples.
+    ``sampled_share``: the share of the epochs (rounded to whole epochs, never the warm-up's) at the end of the run
+    in which sampling NSM units train on sampled states (``"sampled"``) whatever ``forward`` says: a curriculum in
+    which the expectation pass optimizes and the sampled noise then regularizes and calibrates
+    (docs/training-study.md, section 13). The learning rate restarts there at ``sampled_lr_factor`` times
+    ``lr`` and falls to 0 along a cosine over those epochs; the epochs before follow ``lr_schedule`` as if the
+    run ended where the sampled phase begins. 0: no sampled phase.
     ``readout_fit``: ``"sampled"``: after the last epoch, the readout of ``best.pt`` is refitted to sampled passes of
     the training items, the other layers fixed (``pipelines.readout_fit``; networks whose units sample only: Monte
     Carlo prediction then gains accuracy and calibration, docs/training-study.md, section 10); ``"none"``: as
-    trained."""
+    trained.
+    ``temperature_fit``: ``"validation"``: after that, one temperature for the Monte Carlo prediction of ``best.pt``
+    (every kind; ``eval.samples`` passes) is fitted to the validation items' NLL and recorded in it, and evaluation
+    and streaming predict at it (``pipelines.temperature``); ``"none"``: temperature 1."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -230,8 +243,17 @@ class TrainConfig:
     lr_ramp: str = "warmup"
     logit_norm: str = "batch"
     forward: str = "expected"
+    sampled_share: float = 0.0
+    sampled_lr_factor: float = 0.2
     readout_fit: str = "sampled"
+    temperature_fit: str = "validation"
     augment: AugmentConfig = AugmentConfig()
+
+    @property
+    def sampled_epochs(self) -> int:
+        """The number of epochs at the end of the run in the sampled phase: ``sampled_share`` x ``epochs`` rounded
+        half up, at most the epochs after the warm-up."""
+        return min(math.floor(self.sampled_share * self.epochs + 0.5), max(self.epochs - self.warmup_epochs, 0))
 
     def validate(self) -> None:
         """Counts >= 1 (``warmup_epochs`` and ``workers`` >= 0), the seed in 0..SEED_MAX, the rates and factors
@@ -245,6 +267,8 @@ class TrainConfig:
         for name in ("lr", "lr_gamma", "gain_lr_factor"):
             check_float(f"train.{name}", getattr(self, name), 0, open_min=True)
         check_float("train.adam_eps", self.adam_eps, 0)
+        check_float("train.sampled_share", self.sampled_share, 0, 1)
+        check_float("train.sampled_lr_factor", self.sampled_lr_factor, 0, 1, open_min=True)
         check_float("train.weight_decay", self.weight_decay, 0, FLOAT32_MAX)
         if self.lr * max(1.0, self.gain_lr_factor) > MAX_LR:
             raise ValueError(
@@ -267,6 +291,8 @@ class TrainConfig:
             raise ValueError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
         if self.readout_fit not in READOUT_FITS:
             raise ValueError(f"train.readout_fit must be one of {READOUT_FITS}, got {self.readout_fit!r}")
+        if self.temperature_fit not in TEMPERATURE_FITS:
+            raise ValueError(f"train.temperature_fit must be one of {TEMPERATURE_FITS}, got {self.temperature_fit!r}")
         self.augment.validate()
 
 

@@ -8,6 +8,10 @@ Three predictors of the same network are compared on every test item:
   1 sample        a single stochastic forward pass
   deterministic   the mean-field network (every unit z = sgn(E u)), the one export writes out
 
+Monte Carlo predicts at the temperature that ``nsm train`` fitted on the run's validation items and recorded in
+the checkpoint (``pipelines.temperature``; 1 when none); ``metrics.json`` then also holds the same samples' figures
+at temperature 1 (``at_temperature_1``), so calibration is reported before and after the fit.
+
 ``metrics.json`` holds the Monte Carlo predictor's accuracy, NLL, Brier score, expected
 calibration error (15 equal-width confidence bins) and mean samples used, the same for the other
 two predictors, the reliability bins and, for DVS Gesture, the per-gesture accuracy (every clip of
@@ -28,7 +32,7 @@ from tqdm import tqdm
 
 import nsm
 from events.atomic import write_text_atomic
-from nsm.sampling import MCSettings, stochastic_units
+from nsm.sampling import MCSettings, stochastic_units, temper
 
 from . import config as configs
 from .calibration import classification_metrics, group_accuracy, reliability_bins
@@ -36,6 +40,7 @@ from .checkpoint import load_checkpoint
 from .data import test_set
 from .figures import plot_reliability
 from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
+from .temperature import checkpoint_temperature
 
 
 def predict(
@@ -45,8 +50,8 @@ def predict(
     sample, the deterministic network), with labels and samples used."""
     stochastic = any(u.mode != "deterministic" for u in stochastic_units(model))
     generator = torch.Generator(device=device).manual_seed(seed)
-    if not stochastic:  # a deterministic network: one pass is the prediction
-        mc = MCSettings(samples=1)
+    if not stochastic:  # a deterministic network: one pass is the prediction (at the temperature asked for)
+        mc = dataclasses.replace(mc, samples=1, adaptive=False)
     single = MCSettings(samples=1)
     out = {k: [] for k in ("mc", "single", "deterministic", "labels", "samples_used")}
     model.eval()
@@ -90,6 +95,7 @@ def evaluate(
     given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples)
     if max_samples is not None:  # a --max-samples below the run's minimum lowers the minimum too
         given["min_samples"] = min(ev.min_samples, max_samples)
+    given["temperature"] = checkpoint_temperature(ck.state)
     mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
     out = Path(checkpoint).parent if out is None else Path(out)
     dev = select_device(device)
@@ -112,7 +118,11 @@ def evaluate(
         "predictor": mc_name,
         **classification_metrics(p["mc"], labels),
         "mean_samples": float(p["samples_used"].mean()),
+        "temperature": mc.temperature,
     }
+    if mc.temperature != 1.0:  # the same samples at temperature 1 (temper inverts exactly)
+        raw = temper(torch.from_numpy(p["mc"]).double(), 1.0 / mc.temperature).numpy()
+        metrics["at_temperature_1"] = classification_metrics(raw, labels)
     metrics["single_sample"] = classification_metrics(p["single"], labels)
     metrics["deterministic"] = classification_metrics(p["deterministic"], labels)
     if cfg.data.dataset == "dvsgesture" and cfg.data.frames_per_clip:
@@ -137,8 +147,11 @@ def evaluate(
 
 def predictor_table(metrics: dict) -> str:
     """A Markdown table of the three predictors of ``metrics.json``."""
-    rows = [
-        (metrics["predictor"], metrics, f"{metrics['mean_samples']:.1f}"),
+    name, t, k = metrics["predictor"], metrics.get("temperature", 1.0), f"{metrics['mean_samples']:.1f}"
+    rows = [(name if t == 1.0 else f"{name}, T {t:.3g}", metrics, k)]
+    if "at_temperature_1" in metrics:
+        rows.append((f"{name}, T 1 (the same samples)", metrics["at_temperature_1"], k))
+    rows += [
         ("1 sample", metrics["single_sample"], "1"),
         ("deterministic", metrics["deterministic"], "1"),
     ]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import events
@@ -18,7 +19,9 @@ from events.datasets import parse_labels
 from events.formats import check_chunk_size
 from events.live import LiveSource, SourceLost
 from events.stream import first_disorder
+from nsm.sampling import temper
 
+from .calibration import NLL_EPS, expected_calibration_error
 from .figures import plot_timeline
 from .stream import DEFAULT_CHUNK_EVENTS, Prediction, StreamingClassifier
 
@@ -31,9 +34,13 @@ class LabelScorer:
     prediction is the argmax of the mean probabilities of its windows (gestures without a window are
     reported as unscored). Per-window accuracy covers windows inside a labelled gesture; a window inside
     overlapping gestures of different classes is ambiguous and left out (counted).
+
+    Calibration of the scored windows: their NLL and ECE (``pipelines.calibration``) at the stream's Monte Carlo
+    ``temperature`` and, from the same samples, at temperature 1 (``nsm.sampling.temper`` inverts it exactly);
+    memory: 9 bytes a scored window.
     """
 
-    def __init__(self, labels, num_classes: int):
+    def __init__(self, labels, num_classes: int, temperature: float = 1.0):
         rows = np.asarray([(int(c), int(s), int(e)) for c, s, e in labels], dtype=np.int64).reshape(-1, 3)
         bad = (rows[:, 0] < 1) | (rows[:, 0] > num_classes)
         if bad.any():
@@ -42,6 +49,10 @@ class LabelScorer:
         self.sums = np.zeros((len(rows), num_classes))
         self.counts = np.zeros(len(rows), dtype=np.int64)
         self.windows_correct = self.windows_scored = self.windows_ambiguous = 0
+        self.temperature = float(temperature)
+        self.nll = {"tempered": 0.0, "raw": 0.0}
+        self.confidence = {"tempered": array.array("f"), "raw": array.array("f")}
+        self.correct = array.array("b")
 
     def add(self, pred: Prediction) -> None:
         inside = np.flatnonzero((self.starts <= pred.start_us) & (pred.end_us <= self.ends))
@@ -55,6 +66,11 @@ class LabelScorer:
             return
         self.windows_scored += 1
         self.windows_correct += int(pred.top_class == truth[0])
+        self.correct.append(int(pred.top_class == truth[0]))
+        raw = temper(torch.from_numpy(np.asarray(pred.probs, dtype=np.float64)), 1.0 / self.temperature).numpy()
+        for key, probs in (("tempered", pred.probs), ("raw", raw)):
+            self.nll[key] -= float(np.log(max(float(probs[truth[0]]), NLL_EPS)))
+            self.confidence[key].append(float(np.max(probs)))
 
     def result(self) -> dict:
         scored = self.counts > 0
@@ -70,7 +86,20 @@ class LabelScorer:
             "windows_correct": self.windows_correct,
             "window_accuracy": self.windows_correct / self.windows_scored if self.windows_scored else None,
             "windows_ambiguous": self.windows_ambiguous,
+            "temperature": self.temperature,
+            **{
+                f"window_{figure}{suffix}": value
+                for suffix, key in (("", "tempered"), ("_at_t1", "raw"))
+                for figure, value in self._calibration(key).items()
+            },
         }
+
+    def _calibration(self, key: str) -> dict:
+        if not self.windows_scored:
+            return {"nll": None, "ece": None}
+        confidence = np.asarray(self.confidence[key], dtype=np.float64)
+        correct = np.asarray(self.correct, dtype=bool)
+        return {"nll": self.nll[key] / self.windows_scored, "ece": expected_calibration_error(confidence, correct)}
 
 
 def _pieces(chunk: np.ndarray, clf: StreamingClassifier):
@@ -135,7 +164,7 @@ def replay(
             **mc,
         )
         n_classes = int(clf.model.spec["num_classes"])
-        scorer = LabelScorer(labels, n_classes) if labels is not None else None
+        scorer = LabelScorer(labels, n_classes, clf.mc.temperature) if labels is not None else None
         fs = clf.frame_spec
         print(
             f"streaming {name} ({reader.format}, {reader.sensor_size.width}x{reader.sensor_size.height}) "
@@ -145,7 +174,8 @@ def replay(
                 f"adaptive {clf.mc.min_samples}-{clf.mc.max_samples} samples"
                 if clf.mc.adaptive
                 else f"{clf.mc.samples} samples"
-            ),
+            )
+            + f" at temperature {clf.mc.temperature:.3g}",
             flush=True,
         )
         stats = _Stats(n_classes, keep_probs=bool(timeline))
@@ -289,4 +319,9 @@ def _print_summary(s: dict) -> None:
         print(
             f"window accuracy: {fmt(s['window_accuracy'], '.3f')} ({s['windows_correct']}/{s['windows_scored']} "
             f"windows inside a gesture; {s['windows_ambiguous']} in overlapping gestures left out)"
+        )
+        print(
+            f"window calibration at temperature {s['temperature']:.3g}: NLL {fmt(s['window_nll'], '.3f')}, ECE "
+            f"{fmt(s['window_ece'], '.3f')}; at temperature 1: NLL {fmt(s['window_nll_at_t1'], '.3f')}, ECE "
+            f"{fmt(s['window_ece_at_t1'], '.3f')}"
         )

@@ -15,11 +15,11 @@ downsample`` first (:func:`events.stream.fit_frame_spec`); one that cannot fill 
 
 Prediction: Monte Carlo over the network's noise, ``samples=K`` passes or adaptive sampling (stop
 once the running mean's top probability reaches ``threshold``, between ``min_samples`` and
-``max_samples`` passes, drawn in at most two rounds: the minimum, then the rest). Each window draws its noise from
-its own ``torch.Generator`` seeded from
-``(seed, window index)``, so a window's result depends only on its events, the model and the seed:
-pushing a recording at once, in chunks of any size, or windowing it offline with
-:func:`predict_recording` gives identical predictions.
+``max_samples`` passes, drawn in at most two rounds: the minimum, then the rest), the mean's probabilities at
+``temperature`` (``nsm.MCSettings``; a checkpoint's fitted one by default, ``pipelines.temperature``). Each
+window draws its noise from its own ``torch.Generator`` seeded from ``(seed, window index)``, so a window's
+result depends only on its events, the model and the seed: pushing a recording at once, in chunks of any size,
+or windowing it offline with :func:`predict_recording` gives identical predictions.
 
 Evidence accumulation: next to each window's own output, a running mean of the probabilities of all
 non-empty windows since the last :meth:`StreamingClassifier.reset_evidence` (or the start), each
@@ -47,6 +47,7 @@ from events.stream import SlidingWindows, Window, fit_frame_spec, iter_windows, 
 from events.types import check_in_bounds, check_int
 
 from .checkpoint import load_checkpoint
+from .temperature import checkpoint_temperature
 
 DEFAULT_SAMPLES = 8  # fixed K when neither samples nor adaptive is given
 DEFAULT_MIN_SAMPLES = 4  # adaptive sampling: at least this many passes ...
@@ -162,6 +163,7 @@ class StreamingClassifier:
         min_samples: int = DEFAULT_MIN_SAMPLES,
         max_samples: int = DEFAULT_MAX_SAMPLES,
         decay: float = 1.0,
+        temperature: float = 1.0,
         seed: int = 0,
         classes=None,
         downsample: int | None = None,
@@ -236,9 +238,10 @@ class StreamingClassifier:
                 min_samples=min_samples,
                 max_samples=max_samples,
                 step=max(1, max_samples - min_samples),
+                temperature=temperature,
             )
             if adaptive
-            else nsm.MCSettings(samples=DEFAULT_SAMPLES if samples is None else samples)
+            else nsm.MCSettings(samples=DEFAULT_SAMPLES if samples is None else samples, temperature=temperature)
         )
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
@@ -252,10 +255,12 @@ class StreamingClassifier:
     @classmethod
     def from_checkpoint(cls, path, **overrides) -> StreamingClassifier:
         """A classifier for the network of a checkpoint (``pipelines.checkpoint``), with its classes and
-        frame spec; keyword arguments override any constructor argument (``frame_spec`` and ``classes`` too)."""
+        frame spec and its fitted Monte Carlo temperature (``pipelines.temperature``); keyword arguments override any
+        constructor argument (``frame_spec``, ``classes`` and ``temperature`` too)."""
         ck = load_checkpoint(path)
         overrides.setdefault("frame_spec", ck.frame_spec)
         overrides.setdefault("classes", ck.classes)
+        overrides.setdefault("temperature", checkpoint_temperature(ck.state))
         frame_spec = overrides.pop("frame_spec")
         if frame_spec is None:
             raise ValueError(f"{path}: the checkpoint holds no frame spec; pass frame_spec=...")

@@ -51,6 +51,7 @@ from .figures import plot_curves, plot_health
 from .health import HealthMonitor
 from .readout_fit import fit_readout, samples_the_readout
 from .runs import DEFAULT_CACHE, Process, RunFolder, flushing_denormals, start_process, write_records
+from .temperature import fit_run_temperature
 from .warmstart import warm_start
 
 VAL_SAMPLES = 8  # Monte Carlo samples per validation prediction
@@ -86,14 +87,15 @@ def training_mode(model, epoch: int, tc: configs.TrainConfig):
     """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs, for networks that
     take expectations (``nsm.sampling.takes_expectations``), ``tc.warmup_forward`` (``mean-input``: E z = erf(v) of
     the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (the
-    learning rate ramps up meanwhile for both: ``ramp_factor``); after them the mode
-    ``tc.forward`` names (``expected`` or ``mean-input``) when the network takes expectations, else the units' own
-    modes. The sampled and deterministic passes share the backward rule (the gradient of E z); the expectation
-    modes back-propagate through their own deterministic pass."""
+    learning rate ramps up meanwhile for both: ``ramp_factor``); in the last ``tc.sampled_epochs`` epochs (the
+    sampled phase) the units' own modes; between them the mode ``tc.forward`` names (``expected``, ``mean-input`` or
+    ``sampled-logit``) when the network takes expectations, else the units' own modes. The sampled and deterministic
+    passes share the backward rule (the gradient of E z); the expectation modes back-propagate through their own
+    pass."""
     expectations = takes_expectations(model)
     if epoch < tc.warmup_epochs:
         return nsm.using_mode(model, tc.warmup_forward if expectations else "deterministic")
-    if tc.forward != "sampled" and expectations:
+    if tc.forward != "sampled" and expectations and epoch < tc.epochs - tc.sampled_epochs:
         return nsm.using_mode(model, tc.forward)
     return nullcontext()
 
@@ -107,10 +109,24 @@ def ramp_factor(tc: configs.TrainConfig, global_step: int, steps_per_epoch: int)
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, tc: configs.TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """The per-epoch schedule ``tc.lr_schedule`` names: "step" multiplies the rate by ``tc.lr_gamma`` every
-    ``tc.lr_step_epochs`` epochs; "cosine" sets epoch e of E to lr (1 + cos(pi e / E)) / 2."""
+    ``tc.lr_step_epochs`` epochs; "cosine" sets epoch e of E to lr (1 + cos(pi e / E)) / 2. With a sampled phase
+    (its S = ``tc.sampled_epochs`` epochs end the run) that schedule runs over the first E - S epochs, and epoch
+    E - S + k (k from 0) trains at lr f (1 + cos(pi k / S)) / 2, f = ``tc.sampled_lr_factor``."""
+    if tc.sampled_epochs:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: two_phase_factor(tc, epoch))
     if tc.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step_epochs, gamma=tc.lr_gamma)
+
+
+def two_phase_factor(tc: configs.TrainConfig, epoch: int) -> float:
+    """The factor on every group's rate in ``epoch`` (from 0) of a run with a sampled phase (``lr_scheduler``)."""
+    first = tc.epochs - tc.sampled_epochs
+    if epoch >= first:
+        return tc.sampled_lr_factor * (1 + math.cos(math.pi * (epoch - first) / tc.sampled_epochs)) / 2
+    if tc.lr_schedule == "cosine":
+        return (1 + math.cos(math.pi * epoch / first)) / 2
+    return tc.lr_gamma ** (epoch // tc.lr_step_epochs)
 
 
 @contextmanager
@@ -428,6 +444,8 @@ def _train(
     health.close()
     if proc.main and tc.readout_fit == "sampled":
         fit_best_readout(run, splits.train.without_augmentation(), splits.val, tc.seed, proc.device, progress)
+    if proc.main and tc.temperature_fit == "validation":
+        fit_best_temperature(run, splits.val, cfg.eval.samples, tc.seed, proc.device)
     if proc.world > 1:
         dist.barrier()
     return metrics
@@ -448,6 +466,23 @@ def fit_best_readout(run: RunFolder, train_items, val_items, seed: int, device: 
     ck.model.to(device)
     fit = fit_readout(ck.model, train_items, val_items, seed=seed, device=device, progress=progress)
     rewrite_checkpoint(ck, run.best, readout_fit=fit.to_dict())
+    print(fit, flush=True)
+
+
+def fit_best_temperature(run: RunFolder, val_items, samples: int, seed: int, device: torch.device) -> None:
+    """Fit the Monte Carlo temperature of the run's ``best.pt`` (``pipelines.temperature``) and rewrite it with the
+    fit under ``temperature``; nothing when there is no ``best.pt`` or it has one (a resumed finished run), a note
+    when there are no validation items."""
+    if not run.best.exists():
+        return
+    ck = load_checkpoint(run.best)
+    if ck.state.get("temperature") is not None:
+        return
+    if val_items is None or len(val_items) == 0:
+        print("no temperature fitted: no validation items (data.val_fraction is 0)", flush=True)
+        return
+    fit = fit_run_temperature(ck.model.to(device), val_items, samples, seed=seed, device=device)
+    rewrite_checkpoint(ck, run.best, temperature=fit.to_dict())
     print(fit, flush=True)
 
 

@@ -17,8 +17,10 @@ from pipelines.calibration import (
     check_probs,
     classification_metrics,
     expected_calibration_error,
+    fit_temperature,
     group_accuracy,
     reliability_bins,
+    tempered_nll,
 )
 from pipelines.figures import plot_curves, plot_reliability
 
@@ -353,3 +355,37 @@ def test_plot_curves_rejects_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="nsm train"):
         plot_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- temperature
+
+
+def independent_tempered_nll(probs, labels, temperature):
+    """NLL of softmax(log p / T), written with scipy's log_softmax (no code shared with pipelines.calibration)."""
+    from scipy.special import log_softmax
+
+    return -log_softmax(np.log(np.maximum(probs, NLL_EPS)) / temperature, axis=1)[np.arange(len(labels)), labels].mean()
+
+
+@pytest.mark.parametrize("true_temperature", [0.4, 1.0, 2.5])
+def test_fit_temperature_finds_the_minimum_an_independent_optimizer_finds(true_temperature):
+    """Labels drawn from p^(1/T) normalized: the predictions p are miscalibrated by T; the fitted temperature is
+    the minimizer that scipy's bounded scalar search finds on an independently written NLL."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(3)
+    probs = random_probs(rng, 3000, 6, sharpness=1.5)
+    truth = np.exp(np.log(probs) / true_temperature)
+    labels = sample_labels(rng, truth / truth.sum(axis=1, keepdims=True))
+    t = fit_temperature(probs, labels)
+    ref = minimize_scalar(
+        lambda log_t: independent_tempered_nll(probs, labels, np.exp(log_t)),
+        bounds=(np.log(0.01), np.log(100)),
+        method="bounded",
+        options={"xatol": 1e-9},
+    )
+    assert t == pytest.approx(np.exp(ref.x), rel=1e-4)
+    assert tempered_nll(probs, labels, t) == pytest.approx(independent_tempered_nll(probs, labels, t), rel=1e-9)
+    assert tempered_nll(probs, labels, t) <= tempered_nll(probs, labels, 1.0) + 1e-12
+    # the sampling error of a 3000-item fit is a few percent of T; 20 % is far outside it
+    assert t == pytest.approx(true_temperature, rel=0.2)

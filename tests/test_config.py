@@ -97,7 +97,16 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
         ("data.max_frames=0", "max_frames must be None or an integer >= 1"),
         ("data.polarity=split", "polarity must be one of ('both', 'on', 'off', 'merge'), got 'split'"),
         ('train.logit_norm="layer"', "train.logit_norm must be one of ('batch', 'none'), got 'layer'"),
-        ('train.forward="mean"', "train.forward must be one of ('expected', 'mean-input', 'sampled'), got 'mean'"),
+        (
+            'train.forward="mean"',
+            "train.forward must be one of ('expected', 'mean-input', 'sampled-logit', 'sampled'), got 'mean'",
+        ),
+        ("train.sampled_share=1.5", "train.sampled_share must be a finite number in [0, 1], got 1.5"),
+        ("train.sampled_lr_factor=0", "train.sampled_lr_factor must be a finite number in (0, 1], got 0"),
+        (
+            'train.temperature_fit="test"',
+            "train.temperature_fit must be one of ('validation', 'none'), got 'test'",
+        ),
         ("train.gain_lr_factor=0", "train.gain_lr_factor must be a finite number > 0, got 0.0"),
         (
             'train.lr_schedule="linear"',

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from pipelines import cli
 from pipelines import config as configs
 from pipelines import data as bridge
+from pipelines.checkpoint import load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 N_CLASSES = 11
@@ -75,6 +77,10 @@ def test_evaluate_writes_metrics_and_reliability_figure(evaluated, clip_labels):
     ):
         assert key in m, key
     assert m["predictor"] == "MC 16" and m["mean_samples"] == 16.0  # tiny's eval.samples
+    # Monte Carlo at the temperature nsm train fitted, and the same samples at temperature 1
+    assert m["temperature"] == load_checkpoint(Path(m["checkpoint"])).state["temperature"]["temperature"] != 1.0
+    raw = m["at_temperature_1"]
+    assert raw["accuracy"] == m["accuracy"] and raw["nll"] != m["nll"] and raw["n"] == m["n"]
     assert m["n"] == len(clip_labels) and m["classes"] == N_CLASSES and m["gestures"] == 11
     assert (m["model"], m["neuron"], m["split"]) == ("nmnist_cnn", "bnsm", "test")
     for block in (m, m["single_sample"], m["deterministic"]):
@@ -90,7 +96,9 @@ def test_evaluate_writes_metrics_and_reliability_figure(evaluated, clip_labels):
 def test_cli_prints_the_summary_table(gestures, tiny_run, tmp_path, capsys):
     evaluate(gestures, tiny_run, tmp_path)
     printed = capsys.readouterr().out
-    assert "| MC 16 |" in printed and "| 1 sample |" in printed and "| deterministic |" in printed
+    t = load_checkpoint(tiny_run / "best.pt").state["temperature"]["temperature"]
+    assert f"| MC 16, T {t:.3g} |" in printed and "| MC 16, T 1 (the same samples) |" in printed
+    assert "| 1 sample |" in printed and "| deterministic |" in printed
     assert "per-gesture accuracy (11 gestures" in printed and "chance is 9.1%" in printed
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import models
 import nsm
 from nsm import functional as nsmf
+from nsm import moments
 from nsm.normalization import LogitNormalization
 from nsm.sampling import takes_expectations
 
@@ -53,7 +54,7 @@ def test_expected_sign_is_E_erf_of_a_gaussian_logit():
     v = mean + var.sqrt() * torch.randn((M, 5), generator=g, dtype=torch.float64)
     fires = torch.rand((M, 5), generator=g, dtype=torch.float64) < nsmf.firing_probability(v)
     z = torch.where(fires, 1.0, -1.0).double()
-    assert_mean_within_error(z, nsmf.expected_sign(mean, var))
+    assert_mean_within_error(z, moments.expected_sign(mean, var))
 
 
 def test_unit_logit_moments_are_those_of_independent_input_states():
@@ -78,6 +79,33 @@ def test_unit_expected_mode_outputs_erf_of_the_moments_and_mean_input_mode_erf_o
         unit.mode = "mean-input"
         torch.testing.assert_close(unit(m), torch.erf(unit.logit(m)))
         torch.testing.assert_close(unit.logit(m), mean)
+
+
+def test_sampled_logit_mode_draws_the_gaussian_logit_and_averages_to_the_expected_mode():
+    """``sampled-logit``: erf of a draw from N(mean, var) of ``expected_logit``, computed independently here from
+    the same seeded draws; its mean over draws is the ``expected`` mode's output, and it differs between draws."""
+    unit = conv_unit()
+    m = torch.rand(1, 3, 5, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        mean, var = unit.expected_logit(m)
+        unit.mode = "sampled-logit"
+        unit.generator = torch.Generator().manual_seed(7)
+        outs = torch.stack([unit(m) for _ in range(M // 10)])
+        g = torch.Generator().manual_seed(7)
+        eps = torch.stack([torch.randn(mean.shape, generator=g, dtype=m.dtype) for _ in range(M // 10)])
+        torch.testing.assert_close(outs, torch.erf(mean + var.sqrt() * eps))
+        unit.mode = "expected"
+        assert_mean_within_error(outs, unit(m))
+    assert float(outs.std(dim=0).min()) > 0  # the inputs' noise is kept: no two draws alike
+
+
+def test_sampled_logit_mode_has_gradients_through_mean_and_variance():
+    unit = conv_unit()
+    m = (torch.rand(2, 3, 4, 4, dtype=torch.float64) * 2 - 1).requires_grad_()
+    unit.mode = "sampled-logit"
+    unit(m).sum().backward()
+    for grad in (m.grad, unit.weight.grad, unit.beta.grad, unit.bias.grad):
+        assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
 
 
 def test_expected_or_pool_is_the_mean_of_the_or_of_independent_states():

@@ -129,6 +129,38 @@ def test_adaptive_stops_at_the_first_confident_running_mean():
     assert torch.allclose(res.probs[0, 0], running[first - 1])
 
 
+def test_temper_keeps_the_ranking_and_inverts_exactly():
+    p = torch.softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=1)
+    assert nsm.sampling.temper(p, 1.0) is p
+    sharp = nsm.sampling.temper(p, 0.5)
+    torch.testing.assert_close(sharp, p**2 / (p**2).sum(dim=1, keepdim=True))  # softmax(2 log p)
+    assert torch.equal(sharp.argsort(dim=1), p.argsort(dim=1))
+    torch.testing.assert_close(nsm.sampling.temper(sharp, 2.0), p)
+
+
+def test_mc_at_a_temperature_is_the_tempered_average_and_adaptive_tests_it():
+    """The same noise (``Fixed`` draws from torch's global generator) at T and at 1: fixed K gives temper(average);
+    adaptive stops where the tempered running mean first reaches the threshold."""
+    base = torch.tensor([[1.5, 0.0, 0.0], [0.0, 0.8, 0.0]])
+    x = torch.tensor([[0], [1]])
+    torch.manual_seed(1)
+    plain = nsm.mc_predict(Fixed(base, 0.5), x, samples=8)
+    torch.manual_seed(1)
+    warm = nsm.mc_predict(Fixed(base, 0.5), x, samples=8, temperature=0.5)
+    torch.testing.assert_close(warm.probs, nsm.sampling.temper(plain.probs, 0.5))
+    args = dict(adaptive=True, threshold=0.7, min_samples=2, max_samples=40, step=1)
+    torch.manual_seed(1)
+    raw = nsm.mc_predict(Fixed(base, 0.5), x, **args)
+    torch.manual_seed(1)
+    sharp = nsm.mc_predict(Fixed(base, 0.5), x, **args, temperature=0.3)
+    torch.manual_seed(1)
+    first_two = torch.softmax(Fixed(base, 0.5)(x.repeat(2, 1)), dim=1).reshape(2, 2, 3).mean(dim=0)
+    assert bool((first_two.amax(dim=1) < 0.7).all())  # at T 1 neither input is decided after two samples ...
+    assert bool((raw.samples_used > 2).all()) and sharp.samples_used.tolist() == [2, 2]  # ... at T 0.3 both are
+    torch.testing.assert_close(sharp.probs, nsm.sampling.temper(first_two, 0.3))
+    assert bool((sharp.confidence >= 0.7).all())
+
+
 def test_mc_predict_argument_checks():
     net = small_net()
     x = torch.zeros(1, 2, 16, 16)
@@ -158,6 +190,9 @@ def test_mc_predict_restores_training_flag_and_modes():
         (dict(adaptive=True, threshold=0.0), r"threshold must be in \(0, 1\]"),
         (dict(adaptive=True, step=0), "step must be an integer in 1..4096"),
         (dict(adaptive="yes"), "adaptive must be true or false"),
+        (dict(temperature=0.0), r"temperature must be in \(0, 100\]"),
+        (dict(temperature=float("nan")), r"temperature must be in \(0, 100\]"),
+        (dict(temperature=True), "temperature must be"),
     ],
 )
 def test_mc_settings_are_checked_once_with_the_setting_named(settings, message):

@@ -21,6 +21,7 @@ from events.datasets import GESTURE_CLASSES, parse_labels
 from events.formats.aedat3 import Aedat3Reader, write_aedat3
 from events.stream import SlidingWindows, fit_frame_spec, iter_windows, read_windows, window_frames
 from events.types import EventFormatError
+from pipelines.calibration import expected_calibration_error
 from pipelines.checkpoint import save_checkpoint
 from pipelines.commands.stream import add_parser, main
 from pipelines.replay import LabelScorer
@@ -347,6 +348,25 @@ def test_label_scorer_counts_gestures_and_windows():
     assert r["gestures_correct"] == 1  # gesture 1's mean favours index 1 (wrong), gesture 2's index 1 (right)
     assert (r["windows_scored"], r["windows_correct"], r["windows_ambiguous"]) == (4, 2, 1)
     assert r["window_accuracy"] == 0.5 and r["gesture_accuracy"] == 0.5
+    # calibration of the 4 scored windows, at temperature 1: by hand
+    nll = -np.log([0.6, 0.1, 0.1, 0.8]).mean()
+    assert r["temperature"] == 1.0 and r["window_nll"] == pytest.approx(nll) == r["window_nll_at_t1"]
+
+
+def test_label_scorer_reports_window_calibration_at_the_stream_temperature_and_at_1():
+    """Windows predicted at T = 0.5 (probabilities p^2 renormalized): the scorer's T-1 figures are those of p."""
+    raw = [np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.5, 0.3]), np.array([0.7, 0.2, 0.1])]
+    truth = [0, 2, 0]
+    tempered = [p**2 / (p**2).sum() for p in raw]
+    scorer = LabelScorer([(c + 1, 100 * i, 100 * i + 100) for i, c in enumerate(truth)], 3, temperature=0.5)
+    for i, p in enumerate(tempered):
+        scorer.add(argparse.Namespace(start_us=100 * i, end_us=100 * i + 100, probs=p, top_class=int(p.argmax())))
+    r = scorer.result()
+    correct = np.array([True, False, True])
+    assert r["window_nll"] == pytest.approx(-np.mean([np.log(p[c]) for p, c in zip(tempered, truth)]))
+    assert r["window_nll_at_t1"] == pytest.approx(-np.mean([np.log(p[c]) for p, c in zip(raw, truth)]))
+    assert r["window_ece"] == pytest.approx(expected_calibration_error(np.array([p.max() for p in tempered]), correct))
+    assert r["window_ece_at_t1"] == pytest.approx(expected_calibration_error(np.array([p.max() for p in raw]), correct))
 
 
 # ------------------------------------------------------------------------------------------------

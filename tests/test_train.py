@@ -252,7 +252,11 @@ def test_train_writes_the_run_folder(reference_run, gestures):
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck.epoch == EPOCHS and ck.config == cfg.to_dict() and ck.classes == list(GESTURE_CLASSES)
     best_epoch = 1 + int(np.argmax([m["val_accuracy"] for m in metrics]))  # first epoch of the best
-    assert load_checkpoint(run / "best.pt").epoch == best_epoch
+    best = load_checkpoint(run / "best.pt")
+    assert best.epoch == best_epoch
+    fit = best.state["temperature"]  # train.temperature_fit = "validation": fitted on the validation items
+    assert 0.01 <= fit["temperature"] <= 100 and fit["samples"] == cfg.eval.samples
+    assert fit["val_nll_after"] <= fit["val_nll_before"] and fit["items"] > 0
     # activity: one record every record_every steps, readable by nsm analyze
     data, cache = gestures
     n_train = len(load_data(cfg.data, data, cache, with_test=False, progress=False).train)
@@ -468,6 +472,7 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
         ("gnsm", "expected", ["mean-input", "expected", "expected"]),
         ("bnsm", "mean-input", ["mean-input", "mean-input", "mean-input"]),
         ("bnsm", "sampled", ["mean-input", "probability", "probability"]),
+        ("bnsm", "sampled-logit", ["mean-input", "sampled-logit", "sampled-logit"]),
         ("ste", "expected", ["deterministic", "probability", "probability"]),  # no expectations: its own rule
         ("bn", "expected", ["deterministic", "deterministic", "deterministic"]),
         ("bnsm", "expected/deterministic", ["deterministic", "expected", "expected"]),
@@ -623,6 +628,58 @@ def test_lr_schedules_set_each_epochs_rate_for_every_parameter_group(schedule, e
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([rate * f for f in expected for rate in (1e-3, 1e-2)])
+
+
+@pytest.mark.parametrize(
+    "epochs, share, warmup, sampled",
+    [(30, 0.2, 1, 6), (8, 0.2, 1, 2), (2, 0.2, 1, 0), (10, 0.25, 1, 3), (4, 1.0, 1, 3), (5, 0.0, 1, 0)],
+)
+def test_the_sampled_phase_is_the_rounded_share_of_the_epochs_after_the_warmup(epochs, share, warmup, sampled):
+    tc = configs.TrainConfig(epochs=epochs, sampled_share=share, warmup_epochs=warmup)
+    assert tc.sampled_epochs == sampled
+
+
+@pytest.mark.parametrize("neuron, phase_mode", [("bnsm", "probability"), ("gnsm", "probability"), ("bn", None)])
+def test_sampling_units_train_on_sampled_states_in_the_sampled_phase(neuron, phase_mode):
+    """Epochs 0 (warm-up), 1-2 (``train.forward``), 3-4 (the sampled phase: 0.4 of 5 epochs)."""
+    cfg = configs.load_config(
+        "gestures-allconv18",
+        [f"model.neuron={neuron}", "train.epochs=5", "train.sampled_share=0.4", "train.forward=expected"],
+    )
+    model = models.create_model(
+        "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron, width=0.25
+    )
+    modes = []
+    for epoch in range(5):
+        with training.training_mode(model, epoch, cfg.train):
+            modes.append({m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)})
+    if phase_mode is None:  # units that do not sample: deterministic throughout
+        assert modes == [{"deterministic"}] * 5
+    else:
+        assert modes == [{"mean-input"}, {"expected"}, {"expected"}, {phase_mode}, {phase_mode}]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_the_sampled_phase_restarts_the_rate_at_its_factor_and_anneals_it_to_zero(schedule):
+    """6 epochs, 2 of them sampled: the first 4 follow ``lr_schedule`` as a 4-epoch run would, then
+    lr f (1 + cos(pi k / 2)) / 2 for k = 0, 1 with f = ``sampled_lr_factor``."""
+    tc = configs.TrainConfig(
+        lr=1e-3, epochs=6, sampled_share=1 / 3, sampled_lr_factor=0.2, lr_schedule=schedule, lr_step_epochs=2
+    )
+    plain = dataclasses.replace(tc, epochs=4, sampled_share=0.0)
+    rates = []
+    for config in (tc, plain):
+        w = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.Adam([w], lr=config.lr)
+        scheduler = training.lr_scheduler(optimizer, config)
+        run = []
+        for _ in range(config.epochs):
+            run.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        rates.append(run)
+    assert rates[0][:4] == pytest.approx(rates[1])
+    assert rates[0][4:] == pytest.approx([2e-4, 1e-4])
 
 
 def test_lr_ramp_rises_linearly_over_the_warmup_then_holds_and_leaves_the_scheduled_rates():

@@ -17,7 +17,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument(
-        "--epochs", type=int, action=InRange, minimum=1, help=f"training epochs (default: the {demo.PRESET} preset's)"
+        "--epochs",
+        type=int,
+        action=InRange,
+        minimum=1,
+        default=demo.DEMO_EPOCHS,
+        help=f"training epochs (default {demo.DEMO_EPOCHS}, a short schedule; the {demo.PRESET} preset's own is "
+        f"{demo.configs.load_config(demo.PRESET).train.epochs})",
     )
     add_seed(p, "seed of the simulation (default 0)")
     p.set_defaults(func=run)

@@ -1,0 +1,85 @@
+"""The moment rules of the expectation passes: every formula that carries the means of independent +-1 states
+through a layer lives here, and the units (``nsm.layers``), their batch-normalized logits
+(``nsm.normalization``), the OR-pools and the readout call it (docs/design.md section 3, eqs. 10-10b).
+
+Inputs are states z_j in {-1, +1}, independent, with means m_j (so Var z_j = 1 - m_j^2); a border filled with the
+constant -1 state has variance 0.
+
+- An affine map x = W z + b (``affine_moments``):
+
+      E x = W m + b,        Var x = sum_j W_j^2 (1 - m_j^2).
+
+- A sign unit that fires with P(z = +1 | v) = 1/2 (1 + erf v), its logit v Gaussian with mean mu and variance s^2
+  (``expected_sign``):
+
+      E z = E erf(v) = erf(mu / sqrt(1 + 2 s^2)).
+
+- A draw of that logit and the unit's expected state given it (``sampled_logit_state``, the local
+  reparameterization trick): erf(mu + s eps), eps ~ N(0, 1), whose mean over eps is ``expected_sign``.
+
+- The OR of independent states (a max-pool over +-1) is on with P = 1 - prod_k (1 - m_k) / 2
+  (``or_on_probability``: the product from the sum of ``log_off`` over each window, which the pool computes);
+  its mean is 2 P - 1.
+
+- A softmax readout of Gaussian logits with means mu_k and variances s_k^2 (``probit_logits``): the softmax of
+  mu_k / sqrt(1 + pi s_k^2 / 8) approximates E softmax (the probit approximation, MacKay 1992).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+PROBIT = math.pi / 8
+MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
+MIN_SAMPLED_VARIANCE = 1e-8  # the floor of a sampled logit's variance (its square root's gradient is 1/(2 s))
+
+
+def affine_moments(
+    affine: Callable[..., torch.Tensor],
+    affine_zero_padded: Callable[..., torch.Tensor],
+    m: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    variance: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(E x, Var x) of x = W z + b for independent states with means ``m``: ``affine(m, weight, bias)`` (the border
+    at the constant -1 state) and ``affine_zero_padded(1 - m^2, weight^2)`` (a constant border adds no variance);
+    Var x is None without ``variance``."""
+    mean = affine(m, weight, bias)
+    return mean, (affine_zero_padded(1.0 - m * m, weight * weight) if variance else None)
+
+
+def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:
+    """E z for z = +1 with probability 1/2 (1 + erf(v)), else -1, when the logit v is Gaussian with mean
+    ``v_mean`` and variance ``v_var``: E erf(v) = erf(v_mean / sqrt(1 + 2 v_var)) (exact for Gaussian v)."""
+    return torch.erf(v_mean * torch.rsqrt(1.0 + 2.0 * v_var))
+
+
+def sampled_logit_state(v_mean: torch.Tensor, v_var: torch.Tensor, generator: torch.Generator | None):
+    """erf(v) for one draw v = v_mean + sqrt(v_var) eps, eps ~ N(0, 1) from ``generator`` per element: the expected
+    state given the draw, whose mean over the draws is ``expected_sign``; differentiable in both moments. A variance
+    below ``MIN_SAMPLED_VARIANCE`` is taken as that floor, without gradient (d sqrt(s^2)/d s^2 = 1/(2 s) is unbounded
+    at 0, where inputs are surely on or off)."""
+    eps = torch.randn(v_mean.shape, dtype=v_mean.dtype, device=v_mean.device, generator=generator)
+    return torch.erf(torch.addcmul(v_mean, v_var.clamp_min(MIN_SAMPLED_VARIANCE).sqrt(), eps))
+
+
+def log_off(m: torch.Tensor) -> torch.Tensor:
+    """log P(z = -1) = log((1 - m) / 2) per state, in at least float32 (``MIN_OFF`` underflows float16) and floored
+    at log ``MIN_OFF`` for states that are surely on."""
+    wide = m.to(torch.promote_types(m.dtype, torch.float32))
+    return torch.log(((1.0 - wide) * 0.5).clamp_min(MIN_OFF))
+
+
+def or_on_probability(summed_log_off: torch.Tensor) -> torch.Tensor:
+    """P(OR = +1) = 1 - prod_k P(z_k = -1), from the sum over a window of ``log_off``."""
+    return 1.0 - summed_log_off.exp()
+
+
+def probit_logits(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """mean / sqrt(1 + pi var / 8): logits whose softmax approximates E softmax of Gaussian logits."""
+    return mean * torch.rsqrt(1.0 + PROBIT * var)

@@ -1,0 +1,118 @@
+"""The harness of docs/training-study.md, section 13: the NSM against its deterministic twin, each trained to
+convergence, at several seeds (issue 27).
+
+For every variant and seed it runs the library's own commands, one after the other, into ``--out``:
+
+  nsm train --config gestures-allconv18 --data DATA --cache CACHE --out OUT/VARIANT-sSEED --set train.seed=SEED ...
+  nsm evaluate --checkpoint OUT/VARIANT-sSEED/best.pt --data DATA --cache CACHE --samples 16
+
+(``nsm train`` refits the readout and fits the Monte Carlo temperature on the validation clips, and ``nsm
+evaluate`` reports the test users' figures at that temperature and at 1), skipping runs that already have their
+``metrics.json``, then prints one Markdown table of the test figures: per variant and seed, Monte Carlo (16
+samples, at the fitted temperature, and at 1) against one sample and the deterministic network, and the means
+over the seeds. The variants are the rows of section 13:
+
+  dcnn        the deterministic twin: 30 epochs, cosine schedule
+  expected    bnsm on expected states: 24 epochs, cosine (the curriculum's first phase, on its own)
+  curriculum  bnsm: the same 24 epochs, then 6 on sampled states (train.sampled_share = 0.2), the rate restarted
+  lrt         bnsm on sampled logits (train.forward = "sampled-logit") for 24 epochs, then the same sampled phase
+  gnsm        gnsm with the recipe of ``curriculum``
+
+    python scripts/parity_study.py --data g12 --cache cache --out parity --variants dcnn expected curriculum
+    python scripts/parity_study.py --data g12 --cache cache --out parity --seeds 0 1 2 --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+COSINE = ["train.lr_schedule=cosine"]
+VARIANTS = {
+    "dcnn": ["model.neuron=dcnn", "train.epochs=30", *COSINE],
+    "expected": ["train.epochs=24", "train.sampled_share=0", *COSINE],
+    "curriculum": ["train.epochs=30", "train.sampled_share=0.2", *COSINE],
+    "lrt": ["train.epochs=30", "train.sampled_share=0.2", "train.forward=sampled-logit", *COSINE],
+    "gnsm": ["model.neuron=gnsm", "train.epochs=30", "train.sampled_share=0.2", *COSINE],
+}
+PRESET = "gestures-allconv18"
+SAMPLES = 16
+MEANS = ("accuracy", "nll", "ece", "gesture_accuracy")  # the Monte Carlo figures averaged over the seeds
+
+
+def commands(variant: str, seed: int, args) -> tuple[Path, list[list[str]]]:
+    """The run folder of (variant, seed) and the two ``nsm`` command lines that make and evaluate it."""
+    run = args.out / f"{variant}-s{seed}"
+    sets = [a for s in VARIANTS[variant] + [f"train.seed={seed}"] for a in ("--set", s)]
+    common = ["--data", str(args.data), "--cache", str(args.cache), "--quiet"]
+    nsm = [sys.executable, "-m", "pipelines.cli"]
+    return run, [
+        nsm + ["train", "--config", PRESET, "--out", str(run), *common, *sets],
+        nsm + ["evaluate", "--checkpoint", str(run / "best.pt"), "--samples", str(SAMPLES), *common],
+    ]
+
+
+def row(name: str, m: dict) -> str:
+    """One table row: accuracy, NLL and ECE of Monte Carlo (at T, at 1), one sample and the deterministic network."""
+    raw = m.get("at_temperature_1", m)
+    parts = [
+        f"{m['accuracy']:.1%} / {m['single_sample']['accuracy']:.1%} / {m['deterministic']['accuracy']:.1%}",
+        f"{m['nll']:.3f} ({raw['nll']:.3f}) / {m['single_sample']['nll']:.3f} / {m['deterministic']['nll']:.3f}",
+        f"{m['ece']:.3f} ({raw['ece']:.3f}) / {m['single_sample']['ece']:.3f} / {m['deterministic']['ece']:.3f}",
+        f"{m.get('gesture_accuracy', float('nan')):.1%}",
+        f"{m.get('temperature', 1.0):.3f}",
+    ]
+    return f"| {name} | " + " | ".join(parts) + " |"
+
+
+def table(results: dict[str, dict[int, dict]]) -> str:
+    lines = [
+        "| run | accuracy MC 16 / 1 sample / det. | NLL MC 16 (T 1) / 1 / det. | ECE MC 16 (T 1) / 1 / det. "
+        "| per gesture | T |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, by_seed in results.items():
+        for seed, m in sorted(by_seed.items()):
+            lines.append(row(f"{variant}, seed {seed}", m))
+        if len(by_seed) > 1:
+            runs = list(by_seed.values())
+            mean = {k: statistics.mean(m.get(k, float("nan")) for m in runs) for k in MEANS}
+            lines.append(
+                f"| {variant}, mean of {len(runs)} | {mean['accuracy']:.1%} | {mean['nll']:.3f} | {mean['ece']:.3f} "
+                f"| {mean['gesture_accuracy']:.1%} | |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="a DVS-Gesture-style data folder (nsm simulate gestures)")
+    p.add_argument("--cache", type=Path, required=True, help="frame cache folder")
+    p.add_argument("--out", type=Path, required=True, help="folder of the run folders")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["dcnn", "expected", "curriculum"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    args = p.parse_args(argv)
+    results: dict[str, dict[int, dict]] = {}
+    for variant in args.variants:
+        for seed in args.seeds:
+            run, lines = commands(variant, seed, args)
+            metrics = run / "metrics.json"
+            for line in lines:
+                if args.dry_run:
+                    print(" ".join(line))
+                elif not metrics.is_file():
+                    subprocess.run(line, check=True)
+            if metrics.is_file():
+                results.setdefault(variant, {})[seed] = json.loads(metrics.read_text())
+    if results:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
