@@ -95,7 +95,7 @@ def evaluate(
     given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples)
     if max_samples is not None:  # a --max-samples below the run's minimum lowers the minimum too
         given["min_samples"] = min(ev.min_samples, max_samples)
-    given["temperature"] = checkpoint_temperature(ck.state)
+    given["temperature"] = checkpoint_temperature(ck.state, checkpoint)
     mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
     out = Path(checkpoint).parent if out is None else Path(out)
     dev = select_device(device)

@@ -260,7 +260,7 @@ class StreamingClassifier:
         ck = load_checkpoint(path)
         overrides.setdefault("frame_spec", ck.frame_spec)
         overrides.setdefault("classes", ck.classes)
-        overrides.setdefault("temperature", checkpoint_temperature(ck.state))
+        overrides.setdefault("temperature", checkpoint_temperature(ck.state, path))
         frame_spec = overrides.pop("frame_spec")
         if frame_spec is None:
             raise ValueError(f"{path}: the checkpoint holds no frame spec; pass frame_spec=...")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nsm.sampling import MCSettings, stochastic_units, temper
+from nsm.sampling import MAX_TEMPERATURE, MCSettings, stochastic_units, temper
 
 from .calibration import classification_metrics, fit_temperature
 
@@ -47,10 +47,16 @@ class TemperatureFit:
         )
 
 
-def checkpoint_temperature(state: dict) -> float:
-    """The temperature a checkpoint's dict records (``fit_run_temperature``), 1 when it records none."""
+def checkpoint_temperature(state: dict, path) -> float:
+    """The temperature checkpoint ``path``'s dict records (``fit_run_temperature``), 1 when it records none; a
+    ``ValueError`` naming the file when the record is not a temperature in (0, ``MAX_TEMPERATURE``]."""
     fit = state.get("temperature")
-    return float(fit["temperature"]) if fit else 1.0
+    if fit is None:
+        return 1.0
+    t = fit.get("temperature") if isinstance(fit, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= MAX_TEMPERATURE:
+        raise ValueError(f"{path}: its temperature record is not a temperature in (0, {MAX_TEMPERATURE:g}]: {fit!r}")
+    return float(t)
 
 
 def monte_carlo_probabilities(

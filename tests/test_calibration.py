@@ -389,3 +389,15 @@ def test_fit_temperature_finds_the_minimum_an_independent_optimizer_finds(true_t
     assert tempered_nll(probs, labels, t) <= tempered_nll(probs, labels, 1.0) + 1e-12
     # the sampling error of a 3000-item fit is a few percent of T; 20 % is far outside it
     assert t == pytest.approx(true_temperature, rel=0.2)
+
+
+@pytest.mark.parametrize(
+    "record", [{"temperature": -1.0}, {"temperature": float("nan")}, {"temperature": "0.5"}, {"t": 1.0}, [0.5], True]
+)
+def test_a_damaged_temperature_record_is_an_error_naming_the_checkpoint(record):
+    from pipelines.temperature import checkpoint_temperature
+
+    with pytest.raises(ValueError, match=r"ck\.pt: its temperature record is not a temperature in \(0, 100\]"):
+        checkpoint_temperature({"temperature": record}, "ck.pt")
+    assert checkpoint_temperature({}, "ck.pt") == 1.0
+    assert checkpoint_temperature({"temperature": {"temperature": 2}}, "ck.pt") == 2.0
