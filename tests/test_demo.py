@@ -41,7 +41,11 @@ def test_demo_runs_every_step_and_reports_the_numbers_it_wrote(gestures, tmp_pat
         assert (out / link).is_file(), link
     metrics = json.loads((out / "run/metrics.json").read_text())
     summary = json.loads((out / "stream/summary.json").read_text())
-    assert f"| {metrics['predictor']} | {metrics['accuracy']:.1%} | {metrics['nll']:.3f}" in report
+    mc_row = f"{metrics['predictor']}, T {metrics['temperature']:.3g}"  # at the fitted temperature ...
+    assert f"| {mc_row} | {metrics['accuracy']:.1%} | {metrics['nll']:.3f}" in report
+    raw = metrics["at_temperature_1"]  # ... and at 1
+    assert f"| {metrics['predictor']}, T 1 (the same samples) | {raw['accuracy']:.1%} | {raw['nll']:.3f}" in report
+    assert "trains 2 epochs to finish in minutes" in report  # what the preset's full schedule reaches, said
     assert f"{summary['windows']} windows" in report
     assert "expected calibration error" in report
     twin = json.loads((out / "twin/metrics.json").read_text())
