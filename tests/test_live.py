@@ -267,7 +267,10 @@ def test_out_of_order_packets_stop_after_the_predictions_before_them(recording, 
     status, out, _ = nsm_stream(checkpoint, tmp_path, "--source", f"dv://127.0.0.1:{port}")
     assert status == 2
     err = stderr_lines(capsys)
-    assert len(err) == 1 and err[0].startswith(f"nsm stream: error: dv://127.0.0.1:{port}: timestamps go back")
+    assert err[-1].startswith(f"nsm stream: error: dv://127.0.0.1:{port}: timestamps go back")
+    # the reader thread may see the server close before the predictions reach the late packet (a loaded machine)
+    assert all(line.startswith(f"dv://127.0.0.1:{port}: the server closed the connection") for line in err[:-1])
+    assert len(err) <= 2
     before = np.concatenate(packets[:k] + [packets[k + 1]])  # all that was pushed before the late packet
     assert lines_of(out) == expected(before, sensor, end_us=int(before["t"][-1]))
 
