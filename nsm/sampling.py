@@ -34,6 +34,11 @@ def stochastic_units(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, StochasticUnit)]
 
 
+def draws_noise(model: nn.Module) -> bool:
+    """Whether any stochastic unit of ``model`` draws noise in its current mode (is not ``deterministic``)."""
+    return any(u.mode != "deterministic" for u in stochastic_units(model))
+
+
 def modal_modules(model: nn.Module) -> list[nn.Module]:
     """Every module of ``model`` that has a mode: the stochastic units and the OR-pools."""
     return [m for m in model.modules() if isinstance(m, Modal)]

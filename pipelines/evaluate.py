@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import nsm
 from events.atomic import write_text_atomic
-from nsm.sampling import MCSettings, stochastic_units, temper
+from nsm.sampling import MCSettings, draws_noise, temper
 
 from . import config as configs
 from .calibration import classification_metrics, group_accuracy, reliability_bins
@@ -48,7 +48,7 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Probabilities of the three predictors for every item of ``loader`` (Monte Carlo as ``mc`` says, one
     sample, the deterministic network), with labels and samples used."""
-    stochastic = any(u.mode != "deterministic" for u in stochastic_units(model))
+    stochastic = draws_noise(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     if not stochastic:  # a deterministic network: one pass is the prediction (at the temperature asked for)
         mc = dataclasses.replace(mc, samples=1, adaptive=False)

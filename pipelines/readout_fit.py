@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import nsm
-from nsm.sampling import stochastic_units
+from nsm.sampling import draws_noise
 from nsm.weight_cache import WeightCache
 
 DRAWS = 2  # sampled passes per training item
@@ -69,7 +69,7 @@ class ReadoutFit:
 def samples_the_readout(model) -> bool:
     """Whether ``model`` ends in an ``nsm.Readout`` fed by units that sample in their own modes."""
     layers = list(model)
-    return isinstance(layers[-1], nsm.Readout) and any(u.mode != "deterministic" for u in stochastic_units(model))
+    return isinstance(layers[-1], nsm.Readout) and draws_noise(model)
 
 
 def sampled_features(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nsm.sampling import MAX_TEMPERATURE, MCSettings, stochastic_units, temper
+from nsm.sampling import MAX_TEMPERATURE, MCSettings, draws_noise, temper
 
 from .calibration import classification_metrics, fit_temperature
 
@@ -77,7 +77,7 @@ def fit_run_temperature(model, val_items: Dataset, samples: int, *, seed: int, d
     not sample) on ``val_items`` (the module docstring)."""
     if len(val_items) == 0:
         raise ValueError("fitting a temperature needs validation items")
-    if not any(u.mode != "deterministic" for u in stochastic_units(model)):
+    if not draws_noise(model):
         samples = 1
     mc = MCSettings(samples=samples)
     probs, labels = monte_carlo_probabilities(model, val_items, mc, seed=seed, device=device)
