@@ -5,6 +5,12 @@ crash leaves either the old file or the new one, never half of one (docs/design.
 The temporary file is ``.<name>.<pid>.<random>.tmp``; ``remove_dead_temps`` recognises those of writers that
 were killed mid-write. It is created with mode 0o666, so the process's umask gives it the usual permissions.
 
+Before anything is written, :func:`check_output` refuses a destination that exists and is not a regular file (a
+folder, a FIFO, a device, a socket: the rename would replace it by a regular file, or fail after all the work) and,
+when the caller names its inputs, one that is the same file as an input (through symbolic or hard links too), which
+the write would replace; ``atomic_write`` runs the first check on every path it writes, and commands run both at
+their start, before a long job.
+
 A write that the system refuses (no permission, a read-only or full disk, a file where a folder should be) raises
 ``OutputError``, which names the destination and says what to do, whether the refusal reached the writer as an
 ``OSError`` or as another library's error (``torch.save`` reports a full disk as ``RuntimeError: ... unexpected
@@ -21,7 +27,8 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,15 +64,84 @@ def os_refusal(err: BaseException) -> str | None:
 class OutputError(OSError):
     """A file that could not be written: ``str(err)`` reads ``could not write <path>: <why> (<what to do>)``, with
     the folder at fault before ``<why>`` when creating one of ``path``'s folders failed; ``errno`` is the
-    refusal's, ``path`` the destination."""
+    refusal's, ``path`` the destination. ``advice``: what to do, when the refusal's ``errno`` has no entry in
+    ``_ADVICE`` (a refusal of this project's own, :func:`check_output`'s)."""
 
-    def __init__(self, path, cause: OSError):
+    def __init__(self, path, cause: OSError, advice: str | None = None):
         path = Path(path)
         in_folder = cause.filename is not None and Path(os.fsdecode(cause.filename)) in path.parents
         why = (f"{cause.filename}: " if in_folder else "") + (cause.strerror or str(cause))
-        advice = f" ({_ADVICE[cause.errno]})" if cause.errno in _ADVICE else ""
-        super().__init__(f"could not write {path}: {why}{advice}")
+        advice = advice or _ADVICE.get(cause.errno)
+        super().__init__(f"could not write {path}: {why}{f' ({advice})' if advice else ''}")
         self.errno, self.path = cause.errno, path
+
+
+_SPECIAL = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` ``st_mode`` is, for messages: "a regular file", "a directory", "a FIFO (named pipe)",
+    "a character device", "a block device", "a socket", else "not a regular file"."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+
+
+def _same_file(a, b) -> bool:
+    """Whether ``a`` and ``b`` are one file (``os.path.samefile``: links followed, hard links too); False when
+    either cannot be reached."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_output(
+    path: str | os.PathLike,
+    inputs: Mapping[str, str | os.PathLike | None] | Iterable[tuple[str, str | os.PathLike | None]] = (),
+    *,
+    regular: bool = True,
+) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, once it is safe to write: raises ``OutputError`` naming it, before
+    anything is written, when it exists (``os.stat``, links followed) and
+
+    - is not a regular file (with ``regular``, the default): a directory (the ``EISDIR`` refusal), a FIFO, a
+      device or a socket, which an atomic write's rename would replace by a regular file (as root,
+      ``/dev/null`` itself);
+    - is the same file as one of ``inputs`` (``os.path.samefile``: also through symbolic and hard links), which
+      the write would destroy; ``inputs`` maps each input's role (``"--checkpoint"``, ``"the input"``, ...) to its
+      path (``None``: no such input), or is a sequence of such pairs.
+
+    ``regular=False`` is for an output meant to be followed as it is written (``nsm stream --out``, opened rather
+    than written atomically), which may be a FIFO or a device. A path that does not exist (or cannot be reached,
+    which writing it will report) passes."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return path
+    if regular and stat.S_ISDIR(mode):
+        raise OutputError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+    if regular and not stat.S_ISREG(mode):
+        raise OutputError(
+            path,
+            OSError(None, f"it is {file_kind(mode)}, not a regular file"),
+            "writing would replace it by a regular file: choose another path",
+        )
+    for role, source in inputs.items() if isinstance(inputs, Mapping) else inputs:
+        if source is not None and _same_file(path, source):
+            raise OutputError(
+                path,
+                OSError(None, f"it is the same file as {role} {source}"),
+                "writing it would overwrite the input: choose another output path",
+            )
+    return path
 
 
 class _WatchedFile(io.FileIO):
@@ -220,11 +296,13 @@ def atomic_write(path: str | os.PathLike, mode: str | None = "wb") -> Iterator[t
     Before the rename the file is fsynced, and after it the folder. On any error the temporary file is removed
     and ``path`` is left as it was. Parent folders are created.
 
-    Raises ``OutputError`` (naming ``path``) when creating the folders or the temporary file, writing the file
-    object (whatever exception the block then raised, or none), flushing, syncing or renaming fails with an ``OSError``;
-    an error the block raises otherwise (with ``mode=None``: any) passes unchanged.
+    Raises ``OutputError`` (naming ``path``) before anything is written when ``path`` exists and is not a regular
+    file (:func:`check_output`: a directory, FIFO, device or socket is never replaced); and when creating the
+    folders or the temporary file, writing the file object (whatever exception the block then raised, or none),
+    flushing, syncing or renaming fails with an ``OSError``; an error the block raises otherwise (with
+    ``mode=None``: any) passes unchanged.
     """
-    path = Path(path)
+    path = check_output(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(path)

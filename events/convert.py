@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from events.atomic import atomic_file, atomic_write
+from events.atomic import atomic_file, atomic_write, check_output
 from events.formats import DEFAULT_CHUNK_EVENTS, CheckedChunks, check_chunk_size
 from events.formats.gesture_npy import SENSOR_SIZE as NPY_SENSOR
 from events.formats.gesture_npy import US_PER_MS
@@ -167,11 +167,14 @@ def convert(
 ) -> Converted:
     """Copy the events of ``source`` (any readable format) to ``target`` as ``format`` (default: from the target's
     name, :func:`output_format`), ``chunk_events`` at a time; ``progress(n)`` is called with each chunk's
-    event count. The target is written atomically; reading it back gives exactly the source's events."""
+    event count. The target is written atomically; reading it back gives exactly the source's events.
+
+    Before anything is read, a target that is the source itself (also through a symbolic or hard link) or that
+    exists and is not a regular file (a directory, FIFO, device or socket) is an ``OutputError`` naming it
+    (``events.atomic.check_output``), and the target is left as it was."""
     format = output_format(target, format)
     chunk_events = check_chunk_size(chunk_events, name="chunk_events")
-    if Path(source).resolve() == Path(target).resolve():
-        raise ValueError(f"{target}: the output would overwrite the input")
+    check_output(target, {"the input": source})  # before the source is read: the input is never replaced
     with reader(source) as src, open_writer(target, format, src.sensor_size) as out:
         for events in src.iter_chunks(chunk_events):
             out.write(events)

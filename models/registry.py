@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nsm.layers import Binarize, check_input_levels
 from nsm.neurons import neuron_kind
 
 from .allconvnet import allconvnet12, allconvnet18
@@ -13,6 +14,7 @@ from .cnn import nmnist_cnn
 from .network import Network
 
 NEURON_OPTIONS = ("noise_p", "conv_noise_p", "noise_sigma", "sn_sigma")
+INPUT_OPTION = "input_levels"
 _SIZE_ARGS = ("in_channels", "input_size", "num_classes", "kind")
 MAX_PARAMETERS = 1 << 28
 """The most parameters a network may have: 2^28 float32 weights are 1 GiB, and training holds four times that
@@ -74,20 +76,26 @@ def create_model(
 
     Sizes default to the architecture's own (see ``list_models``). Neuron options ``noise_p``,
     ``conv_noise_p`` (the convolutions' own Bernoulli p), ``noise_sigma``, ``sn_sigma`` go to
-    ``nsm.neuron_kind``; other keywords (e.g. ``width``) go to the architecture. The returned network's
-    ``spec`` rebuilds it (``create_model(**net.spec)``), the neuron options included.
+    ``nsm.neuron_kind``; ``input_levels`` (event counts, default [1]) sets the input's thermometer code
+    (``nsm.Binarize``: ``in_channels`` count channels become ``in_channels`` x levels state channels); other
+    keywords (e.g. ``width``) go to the architecture. The returned network's ``spec`` rebuilds it
+    (``create_model(**net.spec)``), the neuron and input options included.
     """
     entry = _entry(name)
     in_channels = entry.in_channels if in_channels is None else int(in_channels)
     input_size = tuple(int(s) for s in (entry.input_size if input_size is None else input_size))
     num_classes = entry.num_classes if num_classes is None else int(num_classes)
     kind = neuron_kind(neuron, **{k: kw[k] for k in NEURON_OPTIONS if k in kw})
-    arch_kw = {k: v for k, v in kw.items() if k not in NEURON_OPTIONS}
+    arch_kw = {k: v for k, v in kw.items() if k not in NEURON_OPTIONS and k != INPUT_OPTION}
     allowed = [p for p in inspect.signature(entry.build).parameters if p not in _SIZE_ARGS]
     unknown = sorted(set(arch_kw) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {allowed + list(NEURON_OPTIONS)}")
-    layers = entry.build(in_channels, input_size, num_classes, kind, **arch_kw)
+        valid = allowed + list(NEURON_OPTIONS) + [INPUT_OPTION]
+        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {valid}")
+    binarize = Binarize(check_input_levels(kw.get(INPUT_OPTION, (1,)), f"model option {INPUT_OPTION}"))
+    # Every architecture starts with its own default Binarize: built for the coded channels, it takes this one.
+    layers = entry.build(binarize.out_channels(in_channels), input_size, num_classes, kind, **arch_kw)
+    layers[0] = binarize
     spec = dict(
         name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes, neuron=neuron, **kw
     )

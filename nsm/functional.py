@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from . import kernels
@@ -78,7 +79,14 @@ def firing_probability(v: torch.Tensor) -> torch.Tensor:
 
 
 def _uses_kernel(v: torch.Tensor) -> bool:
-    return v.device.type == "cpu" and v.dtype == torch.float32
+    return v.device.type == "cpu" and v.dtype in (torch.float32, torch.bfloat16)
+
+
+def _kernel_array(t: torch.Tensor):
+    """The numpy view of a dense CPU tensor's memory that ``nsm.kernels`` reads and writes: float32, or the
+    bfloat16 bit patterns as uint16."""
+    flat = _dense_flat(t.detach())
+    return flat.view(torch.int16).numpy().view(np.uint16) if flat.dtype == torch.bfloat16 else flat.numpy()
 
 
 def _dense_flat(t: torch.Tensor) -> torch.Tensor:
@@ -93,7 +101,8 @@ def _is_dense(t: torch.Tensor) -> bool:
 
 
 def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback) -> torch.Tensor:
-    """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32) or ``fallback()``; into ``out`` if given.
+    """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32 or bfloat16, ``_kernel_array``) or
+    ``fallback()``; into ``out`` if given.
 
     The kernel walks memory in storage order, so a channels-last tensor is processed in place, without a
     copy to NCHW order; the states keep ``like``'s memory format.
@@ -101,7 +110,7 @@ def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback
     if _uses_kernel(like):
         like = like if _is_dense(like) else like.contiguous()
         res = out if out is not None and out.stride() == like.stride() else torch.empty_like(like)
-        kernel(_dense_flat(like.detach()).numpy(), _dense_flat(res.detach()).numpy())
+        kernel(_kernel_array(like), _kernel_array(res))
     else:
         res = fallback()
     if out is not None and res is not out:
@@ -112,7 +121,7 @@ def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback
 def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None):
     """z = +1 with probability P = 1/2 (1 + erf(v)), else -1 (no gradient); written into ``out`` if given.
 
-    CPU float32: one fused pass of ``nsm.kernels.sample_sign_cpu``, seeded by one draw from
+    CPU float32 or bfloat16: one fused pass of ``nsm.kernels.sample_sign_cpu``, seeded by one draw from
     ``generator`` (torch's global RNG when None). Elsewhere: r ~ U(-1, 1) and z = +1 iff
     r < erf(v), since P(r < erf(v)) = (erf(v) + 1) / 2 = P. ``out`` may be ``v`` itself.
     """

@@ -19,6 +19,17 @@ more than ``MARGIN`` (1e-6, beyond the bound and float64 rounding) from Q~, comp
 exactly; only inside that band (probability <= 2 MARGIN) is P computed with ``math.erf``. The hot loop
 is polynomial arithmetic and compiles to SIMD code (no table gathers, no division, no branches); the
 result equals the comparison u < 1/2 (1 + erf(v)) in double precision for every element.
+
+bfloat16 (autocast's lower precision on CPUs): numpy has no bfloat16, so logits and states travel as ``uint16``
+arrays of their bit patterns, a bfloat16 being the upper half of the float32 with the same sign, exponent and
+leading 7 mantissa bits. The kernels widen a block of logits into a float32 buffer (a shift, exact) and write the
+states as the patterns of +1 (0x3F80) and -1 (0xBF80). A bfloat16 logit is itself rounded (relative error up to
+2^-9, which moves P by up to about 2e-3), so its sampler trades the float32 one's exactness for twice the speed:
+all in 32-bit lanes, element i of block b draws the 24-bit uniform u = (h >> 8) 2^-24 of the hash
+h = lowbias32(i 0x9E3779B9 + key_b) (Wellons' 32-bit integer hash, 2018; key_b the low 32 bits of the float32
+sampler's stream origin of block b) and compares w t^16 with 1/2 in float32 (A&S 7.1.28 as above). Its decision
+equals u < P except where |u - P| <= ``BF16_BAND`` (1e-6: the approximation's 1.5e-7 plus float32 rounding of
+t^16): each state fires with probability within 1e-6 of P.
 """
 
 from __future__ import annotations
@@ -116,6 +127,72 @@ def _sign_blocks(v, out, first, last):
         out[i] = 1.0 if v[i] >= 0.0 else -1.0
 
 
+BF16_PLUS, BF16_MINUS = np.uint16(0x3F80), np.uint16(0xBF80)  # +1.0 and -1.0 as bfloat16 bit patterns
+BF16_BAND = 1e-6  # the bfloat16 sampler decides as u < P wherever |u - P| exceeds this
+_F1, _F2, _F3, _F4, _F5, _F6 = (np.float32(a) for a in (_A1, _A2, _A3, _A4, _A5, _A6))
+_GOLDEN32 = np.uint32(0x9E3779B9)
+
+
+@numba.njit(**_JIT)
+def _widen_bf16(bits, wide):
+    """The float32 values of bfloat16 bit patterns ``bits`` into ``wide`` (same size): each pattern shifted into
+    the upper half of a float32 (exact)."""
+    as_int = wide.view(np.uint32)
+    for i in range(bits.size):
+        as_int[i] = np.uint32(bits[i]) << np.uint32(16)
+
+
+@numba.njit(inline="always")
+def _lowbias32(h):
+    """Wellons' lowbias32 integer hash (xorshift-multiply, 32-bit)."""
+    h = np.uint32(h ^ (h >> np.uint32(16)))
+    h = np.uint32(h * np.uint32(0x7FEB352D))
+    h = np.uint32(h ^ (h >> np.uint32(15)))
+    h = np.uint32(h * np.uint32(0x846CA68B))
+    return np.uint32(h ^ (h >> np.uint32(16)))
+
+
+@numba.njit(**_JIT)
+def _sample_block_bf16(v, out, key):
+    """States of float32 logits ``v`` (widened bfloat16) as bfloat16 patterns into ``out``, element i drawing
+    u = (lowbias32(i 0x9E3779B9 + key) >> 8) 2^-24; branch-free, so the loop runs in 16 float32 lanes. NaN: -1."""
+    for i in range(v.size):
+        u = np.float32(_lowbias32(np.uint32(np.uint32(i) * _GOLDEN32 + key)) >> np.uint32(8)) * np.float32(2.0**-24)
+        x = v[i]
+        a = min(abs(x), np.float32(_A_MAX))
+        t = np.float32(1.0) + a * (_F1 + a * (_F2 + a * (_F3 + a * (_F4 + a * (_F5 + a * _F6)))))
+        t2 = t * t
+        t4 = t2 * t2
+        t8 = t4 * t4
+        positive = x >= np.float32(0.0)
+        w = np.float32(1.0) - u if positive else u  # exact: u is a multiple of 2^-24
+        above = w * (t8 * t8) > np.float32(0.5)  # w > Q ~ 0.5 / t^16
+        fire = (above == positive) & (x == x)  # u < P iff w > Q (v >= 0) or w < Q (v < 0)
+        out[i] = np.uint16(0x3F80 | (np.uint16(not fire) << np.uint16(15)))
+
+
+@numba.njit(**_JIT)
+def _sample_blocks_bf16(v, out, seed, first, last):
+    """Blocks ``first .. last - 1`` of flat bfloat16 patterns, each widened into a buffer and sampled from its own
+    key (the low half of the float32 sampler's block origin)."""
+    wide = np.empty(BLOCK, np.float32)
+    for b in range(first, last):
+        lo, hi = b * BLOCK, min(v.size, (b + 1) * BLOCK)
+        origin = _mix64(np.uint64(seed) ^ _mix64(np.uint64(b) * _GAMMA + _GAMMA))
+        _widen_bf16(v[lo:hi], wide[: hi - lo])
+        _sample_block_bf16(wide[: hi - lo], out[lo:hi], np.uint32(origin & np.uint64(0xFFFFFFFF)))
+
+
+@numba.njit(**_JIT)
+def _sign_blocks_bf16(v, out, first, last):
+    wide = np.empty(BLOCK, np.float32)
+    for b in range(first, last):
+        lo, hi = b * BLOCK, min(v.size, (b + 1) * BLOCK)
+        _widen_bf16(v[lo:hi], wide[: hi - lo])
+        for i in range(hi - lo):
+            out[lo + i] = BF16_PLUS if wide[i] >= 0.0 else BF16_MINUS
+
+
 # Work is split over a few plain threads running the nogil kernels: unlike numba's OpenMP pool, idle
 # threads sleep (they do not spin against torch's own OpenMP threads) and the pool is safe across
 # fork (DataLoader workers get a fresh one).
@@ -152,21 +229,33 @@ def _run_split(fn, n_units: int, threads: int, *args) -> None:
         f.result()
 
 
-def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-    """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise; float32 in and out, any shape.
-
-    The states depend on ``seed`` and the element positions only, not on ``threads``.
-    """
-    flat = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+def _flat_in_out(v: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(flat input, flat output, whether they hold bfloat16 patterns): ``uint16`` arrays are bfloat16 patterns and
+    stay so; anything else is read as float32."""
+    bf16 = np.asarray(v).dtype == np.uint16
+    flat = np.ascontiguousarray(v, dtype=np.uint16 if bf16 else np.float32).reshape(-1)
     res = np.empty_like(flat) if out is None else out.reshape(-1)
+    if res.dtype != flat.dtype:
+        raise ValueError(f"out must be {flat.dtype} like the input, got {res.dtype}")
+    return flat, res, bf16
+
+
+def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise, any shape; float32 in and out, or bfloat16
+    bit patterns (``uint16``) in and out.
+
+    The states depend on ``seed`` and the element positions only, not on ``threads``. float32: exactly
+    u < P for a 53-bit u; bfloat16: the 32-bit sampler (the module docstring), within ``BF16_BAND`` of that.
+    """
+    flat, res, bf16 = _flat_in_out(v, out)
     n_blocks = (flat.size + BLOCK - 1) // BLOCK
-    _run_split(_sample_blocks, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+    kernel = _sample_blocks_bf16 if bf16 else _sample_blocks
+    _run_split(kernel, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
     return res.reshape(np.shape(v))
 
 
 def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-    """z = sgn(v) with sgn(0) = +1, elementwise; float32 in and out."""
-    flat = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
-    res = np.empty_like(flat) if out is None else out.reshape(-1)
-    _run_split(_sign_blocks, (flat.size + BLOCK - 1) // BLOCK, threads, flat, res)
+    """z = sgn(v) with sgn(0) = +1 (NaN: -1), elementwise; float32 in and out, or bfloat16 patterns (``uint16``)."""
+    flat, res, bf16 = _flat_in_out(v, out)
+    _run_split(_sign_blocks_bf16 if bf16 else _sign_blocks, (flat.size + BLOCK - 1) // BLOCK, threads, flat, res)
     return res.reshape(np.shape(v))

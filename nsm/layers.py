@@ -60,7 +60,12 @@ class StochasticUnit(Modal):
 
 
 class AffineConv2d(nn.Module):
-    """Weights and the 2-d convolution shared by the unit kinds; ``pad_value`` fills the border."""
+    """Weights and the 2-d convolution shared by the unit kinds; ``pad_value`` fills the border.
+
+    Every product returns the dtype of its input. Under autocast (``torch.autocast``, e.g. bfloat16 on a CPU with
+    native bf16 instructions) the convolution runs in the lower precision; states that are exact in it (sampled or
+    deterministic +-1, ``Binarize``'s) stay in it from layer to layer, while moments and means (the expectation
+    modes) and logits are float32 (``nsm.moments.widened``), so that only the products are rounded there."""
 
     pad_value = 0.0
     unit_dim = 1
@@ -90,23 +95,23 @@ class AffineConv2d(nn.Module):
 
     def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """W * x + b for an input already padded by ``pad_input``."""
-        return F.conv2d(x, weight, bias, self.stride)
+        return F.conv2d(x, weight, bias, self.stride).to(x.dtype)
 
     def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """W * x with the border filled by 0 (e.g. the variances of states whose border is constant)."""
-        return F.conv2d(x, weight, None, self.stride, self.padding)
+        return F.conv2d(x, weight, None, self.stride, self.padding).to(x.dtype)
 
     def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """W * x + b with the border filled by ``pad_value``."""
         if self.pad_value == 0.0:
-            return F.conv2d(x, weight, bias, self.stride, self.padding)
+            return F.conv2d(x, weight, bias, self.stride, self.padding).to(x.dtype)
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
         same = self.stride == (1, 1) and (kh, kw) == (2 * ph + 1, 2 * pw + 1)
         # Under autograd the in-place border writes below cost more (slice copies) than padding the input.
         if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw) or torch.is_grad_enabled():
             return self.affine_padded(self.pad_input(x), weight, bias)
         # Zero padding, then add what the pad_value border contributes (``border_rows``; kept in a WeightCache).
-        out = F.conv2d(x, weight, bias, 1, self.padding)
+        out = F.conv2d(x, weight, bias, 1, self.padding).to(x.dtype)
         h, w = out.shape[-2:]
         top, bottom, sides = memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
         if ph:
@@ -125,9 +130,10 @@ class AffineConv2d(nn.Module):
         (C_out, ph, width) and the side columns (C_out, 1, 2 pw): left pw, then right pw.
         """
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
-        edge = F.conv2d(
-            F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight
-        )[0]
+        with torch.autocast(weight.device.type, enabled=False):  # cached and reused: kept exact
+            edge = F.conv2d(
+                F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight
+            )[0]
         cols = torch.cat([torch.arange(pw), torch.full((width - 2 * pw,), pw), torch.arange(pw + 1, kw)])
         cols = cols.to(weight.device)
         sides = torch.cat([edge[:, ph : ph + 1, :pw], edge[:, ph : ph + 1, pw + 1 :]], dim=-1)
@@ -141,7 +147,8 @@ class AffineConv2d(nn.Module):
 
 
 class AffineLinear(nn.Module):
-    """Weights and the matrix product shared by the unit kinds (no padding)."""
+    """Weights and the matrix product shared by the unit kinds (no padding); products return the input's dtype, as
+    ``AffineConv2d``'s do."""
 
     unit_dim = 1
 
@@ -163,12 +170,12 @@ class AffineLinear(nn.Module):
         return x
 
     def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight, bias).to(x.dtype)
 
     affine = affine_padded
 
     def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight)
+        return F.linear(x, weight).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -256,7 +263,7 @@ class _NSMUnit(StochasticUnit):
         ``input_variance`` (the ``mean-input`` mode) the inputs are taken as the constants m: E(z_i) = erf(v_i(m))."""
         if input_variance:
             return moments.expected_sign(*self.expected_logit(m, track))
-        return torch.erf(self._logit(m, track))
+        return torch.erf(moments.widened(self._logit(m, track)))
 
     def state_probability(self, v: torch.Tensor) -> torch.Tensor:
         """P(state = +1) for firing logits ``v`` in the current mode: 1/2 (1 + erf v) when sampling (or
@@ -368,21 +375,60 @@ class NSMLinear(_NSMUnit, AffineLinear):
         self._init_unit(noise, estimator, mode)
 
 
-class Binarize(nn.Module):
-    """Event counts -> states: +1 where a bin holds at least one event, else -1.
+MAX_INPUT_LEVELS = 16
+"""The most count levels ``Binarize`` may code (each multiplies the first layer's input channels)."""
 
-    Accepts (B, C, H, W) or (B, T, P, H, W); the latter is flattened to C = T * P channels. Feature maps
+
+def check_input_levels(levels, what: str = "input_levels") -> tuple[int, ...]:
+    """``levels`` as a tuple of strictly increasing positive integers, at most ``MAX_INPUT_LEVELS`` of them; else a
+    ``ValueError`` naming ``what``."""
+    if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
+        raise ValueError(f"{what} must be a list of event counts such as [1, 2, 4, 8], got {levels!r}")
+    levels = list(levels)
+    if not levels or len(levels) > MAX_INPUT_LEVELS:
+        raise ValueError(f"{what} must hold 1 to {MAX_INPUT_LEVELS} event counts, got {len(levels)}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels):
+        raise ValueError(f"{what} must be positive whole event counts, got {levels!r}")
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"{what} must increase strictly, got {levels!r}")
+    return tuple(levels)
+
+
+class Binarize(nn.Module):
+    """Event counts -> states, a thermometer code of the count: for ``levels`` l_1 < ... < l_L (default (1,)) each
+    input channel c gives L state channels, level-major (state channel k C + c, k from 0), that are +1 where
+    the count x > l_k - 1 (for whole counts: at least l_k events), else -1. With the default, +1 where a bin holds
+    at least one event. Larger levels tell the first layer a busy pixel from a lone noise event, which binarizing
+    alone cannot (docs/training-study.md, section 14).
+
+    Accepts (B, C, H, W) or (B, T, P, H, W); the latter is flattened to C = T * P channels. The states are exact in
+    every float type: under autocast they come out in its lower precision (the first product then reads them
+    without a conversion), else in the input's float type (the default float type for integer counts). Feature maps
     come out channels-last in memory (the logical shape stays (B, C, H, W)) and the layers after keep
     that format: oneDNN's CPU convolutions then run without reordering their input to and from NCHW
     (about half the time per 3x3 layer of allconvnet18 on a 2-core AVX-512 CPU), and so do cuDNN's.
     """
 
+    def __init__(self, levels=(1,)):
+        super().__init__()
+        self.levels = check_input_levels(levels)
+
+    def out_channels(self, in_channels: int) -> int:
+        """State channels for ``in_channels`` count channels: one per channel and level."""
+        return in_channels * len(self.levels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 5:
             x = x.flatten(1, 2)
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        states = torch.where(x > 0, 1.0, -1.0).to(dtype)
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        codes = [torch.where(x > level - 1, 1.0, -1.0) for level in self.levels]
+        states = (codes[0] if len(codes) == 1 else torch.cat(codes, dim=1)).to(dtype)
         return states.contiguous(memory_format=torch.channels_last) if states.dim() == 4 else states
+
+    def extra_repr(self) -> str:
+        return "" if self.levels == (1,) else f"levels={list(self.levels)}"
 
 
 class BinaryMaxPool2d(Modal, nn.MaxPool2d):
@@ -444,9 +490,10 @@ class Readout(Modal, nn.Module):
         """Mean and variance of the logits when the input holds independent +-1 states with means ``m``."""
         positions = m.shape[2] * m.shape[3] if m.dim() == 4 else 1
         pooled_var = self.pool((1.0 - m * m).clamp_min(0.0)) / positions
-        return self.linear(self.pool(m)), F.linear(pooled_var, self.linear.weight**2)
+        return moments.widened(self.linear(self.pool(m))), moments.widened(F.linear(pooled_var, self.linear.weight**2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded)."""
         if self.mode in NOISY_INPUT_MODES:
             return moments.probit_logits(*self.logit_moments(x))
-        return self.linear(self.pool(x))
+        return moments.widened(self.linear(self.pool(x)))

@@ -3,7 +3,9 @@ through a layer lives here, and the units (``nsm.layers``), their batch-normaliz
 (``nsm.normalization``), the OR-pools and the readout call it (docs/design.md section 3, eqs. 10-10b).
 
 Inputs are states z_j in {-1, +1}, independent, with means m_j (so Var z_j = 1 - m_j^2); a border filled with the
-constant -1 state has variance 0.
+constant -1 state has variance 0. The rules compute in at least float32 (``widened``): under autocast a product
+may come back in bfloat16 or float16 (exact +-1 states read by the first layer), and its moments are widened
+before anything else touches them.
 
 - An affine map x = W z + b (``affine_moments``):
 
@@ -37,6 +39,11 @@ MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is
 MIN_SAMPLED_VARIANCE = 1e-8  # the floor of a sampled logit's variance (its square root's gradient is 1/(2 s))
 
 
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32 (a bfloat16 or float16 tensor converted, anything wider unchanged)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def affine_moments(
     affine: Callable[..., torch.Tensor],
     affine_zero_padded: Callable[..., torch.Tensor],
@@ -48,9 +55,9 @@ def affine_moments(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(E x, Var x) of x = W z + b for independent states with means ``m``: ``affine(m, weight, bias)`` (the border
     at the constant -1 state) and ``affine_zero_padded(1 - m^2, weight^2)`` (a constant border adds no variance);
-    Var x is None without ``variance``."""
-    mean = affine(m, weight, bias)
-    return mean, (affine_zero_padded(1.0 - m * m, weight * weight) if variance else None)
+    Var x is None without ``variance``; both in at least float32 (``widened``)."""
+    mean = widened(affine(m, weight, bias))
+    return mean, (widened(affine_zero_padded(1.0 - m * m, weight * weight)) if variance else None)
 
 
 def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:
@@ -71,8 +78,7 @@ def sampled_logit_state(v_mean: torch.Tensor, v_var: torch.Tensor, generator: to
 def log_off(m: torch.Tensor) -> torch.Tensor:
     """log P(z = -1) = log((1 - m) / 2) per state, in at least float32 (``MIN_OFF`` underflows float16) and floored
     at log ``MIN_OFF`` for states that are surely on."""
-    wide = m.to(torch.promote_types(m.dtype, torch.float32))
-    return torch.log(((1.0 - wide) * 0.5).clamp_min(MIN_OFF))
+    return torch.log(((1.0 - widened(m)) * 0.5).clamp_min(MIN_OFF))
 
 
 def or_on_probability(summed_log_off: torch.Tensor) -> torch.Tensor:

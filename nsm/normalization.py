@@ -65,7 +65,7 @@ class BatchMoments:
     def logit(self, unit: _NSMUnit, z: torch.Tensor, track: bool) -> torch.Tensor:
         """v = beta (a - mu) / sqrt(var + eps) + b' (batch moments in training, moving the running ones when
         ``track``; the running moments in evaluation)."""
-        a = unit.affine(z, nsmf.unit_direction(unit.weight))
+        a = moments.widened(unit.affine(z, nsmf.unit_direction(unit.weight)))
         mean, var = (self.mean, self.var) if track or not unit.training else (None, None)
         return F.batch_norm(a, mean, var, unit.beta, unit.effective_weight()[1], unit.training, self.momentum, self.eps)
 

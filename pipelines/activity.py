@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nsm.moments import widened
+
 MAX_VALUES = 1 << 20  # percentiles from at most this many values (an even stride through the batch)
 HIST_BINS = 40
 
@@ -59,8 +61,8 @@ class ActivityRecorder:
         percentiles to take, and the trainer's check of the next loss stops it with its own message."""
         if self._input is None or self.path is None:
             return
-        with torch.no_grad():
-            pre = _values(self.last.preactivation(self._input))
+        with torch.no_grad():  # outside the step's autocast: an input it left in bfloat16 is widened to the weights'
+            pre = _values(self.last.preactivation(widened(self._input)))
         self._input = None
         w = _values(self.third.weight)
         if not (np.isfinite(pre).all() and np.isfinite(w).all()):

@@ -182,7 +182,13 @@ class TrainConfig:
     ``gain_lr_factor`` times that rate (Adam moves a parameter by about the rate a step, so at 1e-3 a gain moves
     by at most about 1 in 1000 steps; docs/training-study.md, section 8). ``workers``: DataLoader worker processes.
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``amp``: bfloat16/float16
-    autocast on CUDA. ``record_every``: steps between the activity records that ``nsm analyze`` reads.
+    autocast on CUDA; ``cpu_bf16``: bfloat16 autocast on a CPU with native bf16 instructions (AVX-512 BF16 or AMX;
+    elsewhere float32, which emulated bf16 would not beat): the convolutions and linear products run in bfloat16,
+    states, moments and logits stay float32 (``nsm.layers.AffineConv2d``); ``compile``: the training steps run
+    ``torch.compile``'s fused kernels where the pass is torch alone (``pipelines.train.uses_compiled``: full batches
+    after the warm-up, expectation modes or real-valued kinds; a single process; compiling takes a minute or two
+    once, and its kernels round differently from eager ones at the float level). ``record_every``: steps between the
+    activity records that ``nsm analyze`` reads.
     ``init``: how a fresh run's units start: ``"data"`` (``nsm.initialization.data_init`` on a batch of training
     items: standardized pre-activations, OR-pools emitting +1 in half their windows; without it deep binary
     networks stay at chance, see docs/training-study.md) or ``"none"`` (as the layers build themselves).
@@ -236,6 +242,8 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     amp: bool = True
+    cpu_bf16: bool = False
+    compile: bool = False
     record_every: int = 50
     init: str = "data"
     warmup_epochs: int = 1
@@ -299,14 +307,16 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     """Monte Carlo prediction (docs/design.md section 3; ``nsm.MCSettings``, whose defaults these are):
-    ``samples`` fixed K, or ``adaptive`` with ``threshold``, ``min_samples``, ``max_samples``; ``batch_size``
-    inputs per step."""
+    ``samples`` fixed K, or ``adaptive`` with ``threshold``, ``min_samples``, ``max_samples``; ``precision``
+    (``"float32"`` or ``"bfloat16"``: the passes' products under bfloat16 autocast); ``batch_size`` inputs per
+    step."""
 
     samples: int = MCSettings.samples
     adaptive: bool = MCSettings.adaptive
     threshold: float = MCSettings.threshold
     min_samples: int = MCSettings.min_samples
     max_samples: int = MCSettings.max_samples
+    precision: str = MCSettings.precision
     batch_size: int = 64
 
     @property
@@ -317,6 +327,7 @@ class EvalConfig:
             threshold=self.threshold,
             min_samples=self.min_samples,
             max_samples=self.max_samples,
+            precision=self.precision,
         )
 
     def validate(self) -> None:

@@ -145,11 +145,23 @@ def _cached_items(cached, spec: events.FrameSpec):
     return cached, np.arange(len(cached)), np.asarray(cached.labels)
 
 
-def test_set(data: DataConfig, root, cache_dir, *, progress: bool = True) -> FrameSet:
-    """The data set's test split as a ``FrameSet`` (no augmentation)."""
-    cached = events.FrameCache(Path(cache_dir)).get(
-        open_dataset(data, root, train=False), data.frame_spec(), progress=progress
-    )
+def item_shape(data: DataConfig, dataset) -> tuple[int, tuple[int, int]]:
+    """(input channels, (height, width)) of the items ``dataset`` (open, ``open_dataset``) gives with ``data``'s
+    frame settings: what a network built for them takes (frames x polarity channels are its channels), known
+    before anything is binned."""
+    spec = data.frame_spec()
+    p, h, w = spec.output_shape(dataset.sensor_size)
+    t = spec.frames_per_clip or spec.frames_per_sample
+    if t is None:
+        raise ValueError("the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
+    return t * p, (h, w)
+
+
+def test_set(data: DataConfig, root, cache_dir, *, progress: bool = True, dataset=None) -> FrameSet:
+    """The data set's test split as a ``FrameSet`` (no augmentation); ``dataset``: that split, already open
+    (``open_dataset(data, root, train=False)``)."""
+    dataset = open_dataset(data, root, train=False) if dataset is None else dataset
+    cached = events.FrameCache(Path(cache_dir)).get(dataset, data.frame_spec(), progress=progress)
     return FrameSet(*_cached_items(cached, data.frame_spec()))
 
 
@@ -196,8 +208,5 @@ def load_data(
     )
     val = FrameSet(items, groups, labels, index=np.flatnonzero(is_val)) if is_val.any() else None
     test = test_set(data, root, cache_dir, progress=progress) if with_test else None
-    p, h, w = spec.output_shape(train_ds.sensor_size)
-    t = spec.frames_per_clip or spec.frames_per_sample
-    if t is None:
-        raise ValueError("the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
-    return Splits(train, val, test, list(train_ds.classes), spec, in_channels=t * p, input_size=(h, w))
+    in_channels, input_size = item_shape(data, train_ds)
+    return Splits(train, val, test, list(train_ds.classes), spec, in_channels=in_channels, input_size=input_size)

@@ -31,13 +31,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nsm
-from events.atomic import write_text_atomic
+from events.atomic import check_output, write_text_atomic
 from nsm.sampling import MCSettings, draws_noise, temper
 
 from . import config as configs
 from .calibration import classification_metrics, group_accuracy, reliability_bins
 from .checkpoint import load_checkpoint
-from .data import test_set
+from .data import item_shape, open_dataset, test_set
 from .figures import plot_reliability
 from .runs import DEFAULT_CACHE, EVALUATION, RELIABILITY, select_device
 from .temperature import checkpoint_temperature
@@ -47,12 +47,12 @@ def predict(
     model, loader, *, mc: MCSettings, seed: int = 0, device=torch.device("cpu"), progress: bool = True
 ) -> dict[str, np.ndarray]:
     """Probabilities of the three predictors for every item of ``loader`` (Monte Carlo as ``mc`` says, one
-    sample, the deterministic network), with labels and samples used."""
+    sample in ``mc``'s precision, the deterministic network in float32), with labels and samples used."""
     stochastic = draws_noise(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     if not stochastic:  # a deterministic network: one pass is the prediction (at the temperature asked for)
         mc = dataclasses.replace(mc, samples=1, adaptive=False)
-    single = MCSettings(samples=1)
+    single = MCSettings(samples=1, precision=mc.precision)
     out = {k: [] for k in ("mc", "single", "deterministic", "labels", "samples_used")}
     model.eval()
     with torch.inference_mode(), nsm.using_generator(model, generator):
@@ -72,6 +72,29 @@ def predict(
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+def check_data_fits(ck, checkpoint, shape: tuple[int, tuple[int, int]], classes, data_root) -> None:
+    """Refuse, before anything is binned or run, data whose items the checkpoint's network cannot take: a
+    ``ValueError`` naming the checkpoint and the data folder and saying what differs (input channels, input size,
+    number of classes) when the items of ``data_root`` with the checkpoint's frame settings (``shape``:
+    ``data.item_shape``) or the number of the data set's ``classes`` are not what ``ck.model`` was built for."""
+    spec = ck.model.spec
+    want = (int(spec["in_channels"]), tuple(int(s) for s in spec["input_size"]), int(spec["num_classes"]))
+    have = (int(shape[0]), tuple(int(s) for s in shape[1]), len(classes))
+    names = ("input channels", "input size", "number of classes")
+    differs = [
+        f"{name} {_shown(a)} in the network, {_shown(b)} in the data" for name, a, b in zip(names, want, have) if a != b
+    ]
+    if differs:
+        raise ValueError(
+            f"{checkpoint}: its network does not fit the test items of {data_root} (with the checkpoint's frame "
+            f"settings): {'; '.join(differs)}. Evaluate it on the data set it was trained on"
+        )
+
+
+def _shown(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def evaluate(
     checkpoint,
     data_root,
@@ -81,27 +104,37 @@ def evaluate(
     adaptive: bool | None = None,
     threshold: float | None = None,
     max_samples: int | None = None,
+    precision: str | None = None,
     seed: int = 0,
     cache_dir=DEFAULT_CACHE,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """Evaluate ``checkpoint`` on the test split under ``data_root``; write metrics.json and reliability.png."""
+    """Evaluate ``checkpoint`` on the test split under ``data_root``; write metrics.json and reliability.png into
+    ``out`` (default: the checkpoint's folder).
+
+    Before anything is binned: an output that is the checkpoint itself or exists and is not a regular file is an
+    ``OutputError`` (``events.atomic.check_output``), and data whose items the network cannot take a ``ValueError``
+    saying what differs (:func:`check_data_fits`)."""
     ck = load_checkpoint(checkpoint)
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
     if cfg is None:
         raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
     ev = cfg.eval
-    given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples)
+    given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples, precision=precision)
     if max_samples is not None:  # a --max-samples below the run's minimum lowers the minimum too
         given["min_samples"] = min(ev.min_samples, max_samples)
     given["temperature"] = checkpoint_temperature(ck.state, checkpoint)
     mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
     out = Path(checkpoint).parent if out is None else Path(out)
+    for path in (out / EVALUATION, out / RELIABILITY):
+        check_output(path, {"--checkpoint": checkpoint})
+    dataset = open_dataset(cfg.data, data_root, train=False)
+    check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
     dev = select_device(device)
     model = ck.model.to(dev)
 
-    test = test_set(cfg.data, data_root, cache_dir, progress=progress)
+    test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
     if len(test) == 0:
         raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
     loader = DataLoader(test, batch_size=ev.batch_size)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 import events
-from events.atomic import write_text_atomic
+from events.atomic import check_output, write_text_atomic
 from events.datasets import parse_labels
 from events.formats import check_chunk_size
 from events.live import LiveSource, SourceLost
@@ -142,12 +142,22 @@ def replay(
     ``predictions`` is the user's live output, so it is deliberately not written atomically: it is opened
     (truncated) at the start and each prediction is appended as one JSON line and flushed at once, so that
     ``tail -f`` follows the stream and a damaged or out-of-order input keeps every prediction made before the
-    error is raised. The timeline PNG is written atomically at the end.
+    error is raised; it may be a FIFO or a device. The timeline PNG is written atomically at the end.
+
+    Before anything is read or opened, an output that is one of the inputs (the checkpoint, the event file, the
+    labels; also through a symbolic or hard link), or a summary or timeline path that exists and is not a regular
+    file, is an ``OutputError`` naming it (``events.atomic.check_output``).
     """
     mc = mc or {}
     live = isinstance(recording, LiveSource)
     name = recording.name if live else str(recording)
     chunk_events = check_chunk_size(chunk_events, name, "chunk_events")  # before any output is opened
+    inputs = {"--checkpoint": checkpoint, "--events": None if live else recording, "--labels": labels}
+    if predictions:
+        check_output(predictions, inputs, regular=False)
+    for path in (summary_path, timeline):
+        if path:
+            check_output(path, inputs)
     labels = parse_labels(labels) if labels else None
     with recording if live else events.reader(recording) as reader:
         clf = StreamingClassifier.from_checkpoint(

@@ -139,7 +139,8 @@ class StreamingClassifier:
     of the incoming events; default the sensor the spec implies (its crop, else input size x downsample).
     ``window_us``/``hop_us``: default ``frames_per_clip * time_window_us`` and half of it; the window must
     split into ``frames_per_clip`` frames of whole µs. ``samples`` or ``adaptive`` (with ``threshold``,
-    ``min_samples``, ``max_samples``): Monte Carlo as ``nsm.mc_predict``; neither gives ``samples=8``.
+    ``min_samples``, ``max_samples``): Monte Carlo as ``nsm.mc_predict``; neither gives ``samples=8``;
+    ``temperature`` and ``precision`` as ``nsm.MCSettings`` takes them.
     ``decay``: evidence weight kept per window, in (0, 1]. ``seed``: noise seed (>= 0). ``classes``: names.
     ``downsample``/``crop``: override the spec's (crop as ``(width, height)``). ``origin_us``: start of
     window 0 (default: first event). ``sort_chunks``: sort chunks by time instead of rejecting disorder.
@@ -164,6 +165,7 @@ class StreamingClassifier:
         max_samples: int = DEFAULT_MAX_SAMPLES,
         decay: float = 1.0,
         temperature: float = 1.0,
+        precision: str = "float32",
         seed: int = 0,
         classes=None,
         downsample: int | None = None,
@@ -239,9 +241,12 @@ class StreamingClassifier:
                 max_samples=max_samples,
                 step=max(1, max_samples - min_samples),
                 temperature=temperature,
+                precision=precision,
             )
             if adaptive
-            else nsm.MCSettings(samples=DEFAULT_SAMPLES if samples is None else samples, temperature=temperature)
+            else nsm.MCSettings(
+                samples=DEFAULT_SAMPLES if samples is None else samples, temperature=temperature, precision=precision
+            )
         )
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -41,7 +43,7 @@ from events.atomic import remove_dead_temps, write_text_atomic
 from nsm.initialization import data_init
 from nsm.neurons import gain_parameters
 from nsm.normalization import LogitNormalization
-from nsm.sampling import takes_expectations
+from nsm.sampling import runs_in_torch, takes_expectations
 
 from . import config as configs
 from .activity import ActivityRecorder
@@ -50,7 +52,15 @@ from .data import Splits, load_data
 from .figures import plot_curves, plot_health
 from .health import HealthMonitor
 from .readout_fit import fit_readout, samples_the_readout
-from .runs import DEFAULT_CACHE, Process, RunFolder, flushing_denormals, start_process, write_records
+from .runs import (
+    DEFAULT_CACHE,
+    Process,
+    RunFolder,
+    cpu_has_native_bf16,
+    flushing_denormals,
+    start_process,
+    write_records,
+)
 from .temperature import fit_run_temperature
 from .warmstart import warm_start
 
@@ -166,13 +176,45 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bfloat16 autocast on GPUs that support it, float16 otherwise; nothing on CPUs."""
-    if device.type != "cuda" or not enabled:
+def autocast_for(device: torch.device, tc: configs.TrainConfig):
+    """The training forward's autocast and gradient scaler: with ``tc.amp`` on a GPU, bfloat16 where it supports
+    it, float16 with a scaler otherwise; with ``tc.cpu_bf16`` on a CPU with native bf16 instructions
+    (``cpu_has_native_bf16``), bfloat16; else none (float32)."""
+    if device.type == "cpu" and tc.cpu_bf16 and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16), None
+    if device.type != "cuda" or not tc.amp:
         return nullcontext(), None
     if torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), None
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def compiled_model(model: torch.nn.Module, tc: configs.TrainConfig, proc: Process):
+    """``torch.compile(model)`` for the training steps that can use it (``uses_compiled``) when ``tc.compile``, in a
+    single process, with a C++ compiler for inductor's CPU kernels on a CPU; else None (with a note why when
+    compilation was asked for). It shares ``model``'s parameters: both run the same network."""
+    if not tc.compile:
+        return None
+    if proc.world > 1:
+        why = "distributed runs train eagerly"
+    elif proc.device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")
+    ):
+        why = "no C++ compiler (g++, c++ or clang++, or $CXX) for inductor's CPU kernels"
+    else:
+        # An error inside the compiler (not in the network, which then fails eagerly too) falls back to eager steps.
+        torch._dynamo.config.suppress_errors = True
+        return torch.compile(model)
+    if proc.main:
+        print(f"note: train.compile is on but the run trains eagerly: {why}", flush=True)
+    return None
+
+
+def uses_compiled(model, batch: int, tc: configs.TrainConfig, epoch: int, recording: bool) -> bool:
+    """Whether a training step runs the compiled model: a full batch (another size would compile again), after the
+    warm-up (its own mode, one epoch), not a step whose activity is recorded (the recorders' hooks run eagerly),
+    and a pass that torch can trace alone (``nsm.sampling.runs_in_torch``: no numba sampling or thresholding)."""
+    return batch == tc.batch_size and epoch >= tc.warmup_epochs and not recording and runs_in_torch(model)
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -286,7 +328,7 @@ def _train(
             norm = LogitNormalization.attach(model, first)
     optimizer = torch.optim.Adam(parameter_groups(model, tc), lr=tc.lr, eps=tc.adam_eps, weight_decay=tc.weight_decay)
     scheduler = lr_scheduler(optimizer, tc)
-    autocast, scaler = autocast_for(proc.device, tc.amp)
+    autocast, scaler = autocast_for(proc.device, tc)
     start_epoch, best = 0, -math.inf
     if state is not None:
         if state.get("logit_norm") is not None:  # the parameters as trained, and the running moments
@@ -309,6 +351,7 @@ def _train(
         remove_dead_temps(run.out)  # left by a run killed in the middle of writing a file
         write_text_atomic(run.config, cfg.to_toml())
     net = DistributedDataParallel(model) if proc.world > 1 else model
+    compiled = compiled_model(model, tc, proc)
 
     sampler = DistributedSampler(
         splits.train, num_replicas=proc.world, rank=proc.rank, shuffle=True, seed=tc.seed, drop_last=True
@@ -357,11 +400,13 @@ def _train(
         for step, (x, y) in enumerate(bar):
             x, y = x.to(proc.device, non_blocking=True), y.to(proc.device, non_blocking=True)
             global_step = epoch * steps_per_epoch + step
-            if global_step % tc.record_every == 0:
+            recording = global_step % tc.record_every == 0
+            if recording:
                 recorder.arm()
                 health.arm()
             with autocast, training_mode(model, epoch, tc):
-                logits = net(x)
+                fast = compiled is not None and uses_compiled(model, len(y), tc, epoch, recording)
+                logits = (compiled if fast else net)(x)
             loss = compute_loss(logits, y)
             check_finite(loss, proc, epoch, step, run)
             optimizer.zero_grad(set_to_none=True)

@@ -18,6 +18,12 @@ over the seeds. The variants are the rows of section 13:
   lrt         bnsm on sampled logits (train.forward = "sampled-logit") for 24 epochs, then the same sampled phase
   gnsm        gnsm with the recipe of ``curriculum``
 
+and those of section 14 (the preset's input then coded the counts at levels 1, 2, 4, 8; ``-bf16``: bfloat16
+autocast and compiled training steps, ``train.cpu_bf16``, ``train.compile``):
+
+  levels, levels-dcnn             bnsm 24 epochs / dcnn 30 epochs, the thermometer input, float32, eager
+  levels-bf16, levels-bf16-dcnn   the same in bfloat16 with compiled steps
+
     python scripts/parity_study.py --data g12 --cache cache --out parity --variants dcnn expected curriculum
     python scripts/parity_study.py --data g12 --cache cache --out parity --seeds 0 1 2 --dry-run
 """
@@ -32,12 +38,22 @@ import sys
 from pathlib import Path
 
 COSINE = ["train.lr_schedule=cosine"]
+# Section 13's runs: binarized input, float32, eager (what the preset trained then)
+SECTION_13 = ["model.options.input_levels=[1]", "train.cpu_bf16=false", "train.compile=false", *COSINE]
+LEVELS = ["model.options.input_levels=[1,2,4,8]"]
+FAST = ["train.cpu_bf16=true", "train.compile=true"]
+EAGER = ["train.cpu_bf16=false", "train.compile=false"]
 VARIANTS = {
-    "dcnn": ["model.neuron=dcnn", "train.epochs=30", *COSINE],
-    "expected": ["train.epochs=24", "train.sampled_share=0", *COSINE],
-    "curriculum": ["train.epochs=30", "train.sampled_share=0.2", *COSINE],
-    "lrt": ["train.epochs=30", "train.sampled_share=0.2", "train.forward=sampled-logit", *COSINE],
-    "gnsm": ["model.neuron=gnsm", "train.epochs=30", "train.sampled_share=0.2", *COSINE],
+    "dcnn": ["model.neuron=dcnn", "train.epochs=30", *SECTION_13],
+    "expected": ["train.epochs=24", "train.sampled_share=0", *SECTION_13],
+    "curriculum": ["train.epochs=30", "train.sampled_share=0.2", *SECTION_13],
+    "lrt": ["train.epochs=30", "train.sampled_share=0.2", "train.forward=sampled-logit", *SECTION_13],
+    "gnsm": ["model.neuron=gnsm", "train.epochs=30", "train.sampled_share=0.2", *SECTION_13],
+    # section 14: the counts' thermometer code, float32 and eager, then in bfloat16 with compiled steps
+    "levels": ["train.epochs=24", *LEVELS, *EAGER, *COSINE],
+    "levels-dcnn": ["model.neuron=dcnn", "train.epochs=30", *LEVELS, *EAGER, *COSINE],
+    "levels-bf16": ["train.epochs=24", *LEVELS, *FAST, *COSINE],
+    "levels-bf16-dcnn": ["model.neuron=dcnn", "train.epochs=30", *LEVELS, *FAST, *COSINE],
 }
 PRESET = "gestures-allconv18"
 SAMPLES = 16

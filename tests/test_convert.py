@@ -3,12 +3,15 @@ chunked; bad formats and outputs are one-line errors that leave the output as it
 
 from __future__ import annotations
 
+import os
+import stat
 from contextlib import nullcontext
 
 import numpy as np
 import pytest
 
 import events
+from events.atomic import OutputError
 from events.convert import convert
 from events.formats.aedat3 import write_aedat3
 from events.formats.hdf5 import write_hdf5
@@ -108,7 +111,7 @@ def test_unwritable_output_and_damaged_input_leave_no_file(tmp_path, capsys):
 
 def test_what_a_format_cannot_hold_is_refused(tmp_path, capsys):
     src = tmp_path / "sparse.h5"
-    write_hdf5(src, make_events([1, 2], [1, 1], [10, 10 + 2**24], [0, 1]), (64, 64))
+    write_hdf5(src, make_events([1, 2], [1, 1], [10, 10 + (2**16 + 2) * 2**24], [0, 1]), (64, 64))
     assert main(["convert", str(src), str(tmp_path / "out.raw"), "--quiet"]) == 2
     assert "write EVT 2.0 or HDF5 instead" in capsys.readouterr().err
     assert main(["convert", str(src), str(tmp_path / "out.raw"), "--format", "evt2", "--quiet"]) == 0
@@ -122,3 +125,50 @@ def test_a_genuine_aedat4_recording_rewritten_by_faery_reads_back_exactly(real_d
     copy = events.read(tmp_path / "copy.aedat4")
     assert done.n_events == len(source.events) > 0 and done.format == "aedat4"
     assert np.array_equal(copy.events, source.events) and copy.sensor_size == source.sensor_size
+
+
+def test_an_output_that_is_the_input_or_not_a_regular_file_is_refused_before_reading(tmp_path, capsys):
+    """The input itself under another name (a symbolic link, a hard link, ``dir/../name``) and a FIFO, a folder or
+    a device as OUT: one line naming OUT, exit status 2, the input unchanged and the special file still special."""
+    src = tmp_path / "in.h5"
+    write_hdf5(src, simulated(n=50), (128, 128))
+    data = src.read_bytes()
+    (tmp_path / "soft.h5").symlink_to(src)
+    os.link(src, tmp_path / "hard.h5")
+    (tmp_path / "sub").mkdir()
+    fifo = tmp_path / "fifo.raw"
+    os.mkfifo(fifo)
+    cases = [(tmp_path / name, f"same file as the input {src}") for name in ("soft.h5", "hard.h5", "sub/../in.h5")]
+    cases += [(fifo, "a FIFO (named pipe), not a regular file"), (tmp_path / "sub", "Is a directory")]
+    cases += [("/dev/null", "a character device, not a regular file")]
+    for out, why in cases:
+        assert main(["convert", str(src), str(out), "--format", "evt3", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"nsm convert: error: could not write {out}: ") and why in err[0]
+    assert src.read_bytes() == data and (tmp_path / "hard.h5").read_bytes() == data
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and (tmp_path / "sub").is_dir()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    with pytest.raises(OutputError, match="overwrite the input"):
+        convert(src, tmp_path / "hard.h5")
+
+
+@pytest.mark.parametrize("fmt, top", [("aedat4", 32767), ("evt3", 2048), ("evt2", 2048), ("dat", 16384)])
+def test_a_sensor_larger_than_the_format_holds_is_refused_before_writing(tmp_path, capsys, fmt, top):
+    """Each side of the sensor against the target format's limit (AEDAT 4: int16 coordinates, faery refuses
+    32768), width and height alike; the largest that fits converts and reads back exactly."""
+    for w, h in ((top + 1, 4), (4, top + 1), (32768, 32768)):
+        src = tmp_path / f"{w}x{h}.h5"
+        write_hdf5(src, make_events([0, w - 1], [h - 1, 0], [10, 20], [0, 1]), (w, h))
+        (tmp_path / "old.out").write_bytes(b"old")
+        assert main(["convert", str(src), str(tmp_path / "old.out"), "--format", fmt, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"sensor size {w}x{h} does not fit" in err[0] and f"1..{top}" in err[0], err
+        assert (tmp_path / "old.out").read_bytes() == b"old"
+    src = tmp_path / "largest.h5"
+    ev = make_events([0, top - 1], [top - 1, 0], [10, 20], [0, 1])
+    write_hdf5(src, ev, (top, top))
+    assert main(["convert", str(src), str(tmp_path / "largest.out"), "--format", fmt, "--quiet"]) == 0
+    capsys.readouterr()
+    rec = events.read(tmp_path / "largest.out")
+    assert np.array_equal(rec.events, ev) and rec.sensor_size[:2] == (top, top)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,17 @@ def test_evaluation_repeats_exactly_with_the_same_seed(gestures, tiny_run, evalu
     assert other["deterministic"] == first["deterministic"]  # the mean-field network has no noise
 
 
+def test_bfloat16_evaluation_names_its_precision_and_keeps_the_accuracy(gestures, tiny_run, evaluated, tmp_path):
+    """``--precision bfloat16``: the predictor says so; the products' rounding changes a few draws, not what the
+    network predicts: MC accuracy within 4 points of float32's on these clips (the two differ by their draws; the
+    spread between two noise seeds in float32 is about 2 points here), the deterministic network's nearly equal."""
+    _, first = evaluated
+    bf16 = evaluate(gestures, tiny_run, tmp_path, "--precision", "bfloat16")
+    assert bf16["predictor"] == first["predictor"] + ", bfloat16"
+    assert abs(bf16["accuracy"] - first["accuracy"]) <= 0.04
+    assert bf16["deterministic"] == first["deterministic"]  # the deterministic network is evaluated in float32
+
+
 def test_trained_tiny_model_is_well_above_chance(evaluated, clip_labels):
     """Bar: accuracy on the test user's clips > 3 x chance (27.3 % of 11 classes).
 
@@ -155,3 +167,77 @@ def test_trained_tiny_model_is_well_above_chance(evaluated, clip_labels):
     assert np.bincount(clip_labels, minlength=N_CLASSES).max() / n < 3 * CHANCE
     assert m["accuracy"] > 3 * CHANCE, f"MC accuracy {m['accuracy']:.1%} on {n} test clips"
     assert m["deterministic"]["accuracy"] > 3 * CHANCE
+
+
+def _checkpoint(path: Path, preset: str, in_channels: int, input_size, num_classes: int) -> Path:
+    """An untrained checkpoint whose run configuration is ``preset``'s and whose network takes ``in_channels`` x
+    ``input_size`` and predicts ``num_classes``, saved as ``nsm train`` saves one."""
+    import models
+    from pipelines.checkpoint import save_checkpoint
+
+    cfg = configs.load_config(preset)
+    model = models.create_model(
+        cfg.model.name, in_channels=in_channels, input_size=input_size, num_classes=num_classes, **cfg.model.options
+    )
+    classes = [str(i) for i in range(num_classes)]
+    save_checkpoint(path, model, classes=classes, frame_spec=cfg.data.frame_spec().to_dict(), config=cfg.to_dict())
+    return path
+
+
+@pytest.mark.parametrize(
+    "network, differs",
+    [
+        (
+            (10, (34, 34), 10),
+            [
+                "input channels 10 in the network, 6 in the data",
+                "input size 34x34 in the network, 32x32 in the data",
+                "number of classes 10 in the network, 11 in the data",
+            ],
+        ),
+        ((2, (32, 32), 11), ["input channels 2 in the network, 6 in the data"]),
+        ((6, (16, 16), 11), ["input size 16x16 in the network, 32x32 in the data"]),
+        ((6, (32, 32), 4), ["number of classes 4 in the network, 11 in the data"]),
+    ],
+    ids=["nmnist-network", "channels", "size", "classes"],
+)
+def test_a_checkpoint_that_does_not_fit_the_data_is_one_line_before_anything_is_binned(
+    gestures, tmp_path, capsys, network, differs
+):
+    """A network built for other items (an N-MNIST network under a gesture run's configuration, or one size off)
+    on the gesture set: one line naming the checkpoint, the data folder and each difference, no traceback from
+    the first convolution; nothing binned, nothing written."""
+    data, _ = gestures
+    ck = _checkpoint(tmp_path / "ck.pt", "tiny", *network)
+    cache = tmp_path / "cache"
+    argv = ["evaluate", "--checkpoint", str(ck), "--data", str(data), "--cache", str(cache), "--device", "cpu"]
+    assert cli.main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"nsm evaluate: error: {ck}: its network does not fit the test items of {data}"
+    ), err
+    for what in differs:
+        assert what in err[0]
+    assert err[0].count(" in the network, ") == len(differs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]  # no cache built, no metrics written
+
+
+def test_an_evaluation_output_that_is_the_checkpoint_is_refused(gestures, tmp_path, capsys):
+    """``--out`` whose metrics.json or reliability.png is the checkpoint itself (a hard link here) or a folder."""
+    data, cache = gestures
+    ck = _checkpoint(tmp_path / "ck.pt", "tiny", 6, (32, 32), 11)
+    saved = ck.read_bytes()
+    (tmp_path / "out").mkdir()
+    os.link(ck, tmp_path / "out" / "reliability.png")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metrics.json").mkdir()
+    for out, why in (
+        ("out", f"out/reliability.png: it is the same file as --checkpoint {ck}"),
+        ("other", "other/metrics.json: Is a directory"),
+    ):
+        argv = ["evaluate", "--checkpoint", str(ck), "--data", str(data), "--cache", str(cache), "--quiet"]
+        assert cli.main([*argv, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("nsm evaluate: error: could not write ") and why in err[0], err
+    assert ck.read_bytes() == saved and (tmp_path / "out" / "reliability.png").read_bytes() == saved
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["reliability.png"]

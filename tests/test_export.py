@@ -35,6 +35,7 @@ from pipelines.export import (
     quantization_report,
     quantize,
     read_nir,
+    spike_input,
     target_report,
     to_nir,
     write_nir,
@@ -446,6 +447,38 @@ def test_cli_export_check_from_checkpoint(trained, tmp_path, capsys):
     assert "quantization to 6-bit weights" in text and "top class equal on 50/50" in text
 
 
+def test_input_levels_export_as_a_thermometer_spike_map_that_norse_runs_exactly(tmp_path, capsys):
+    """A network whose Binarize codes counts at levels [1, 2, 4]: the graph reads 3 C spike channels, channel k C + c
+    spiking where count channel c reaches level k (``spike_input``); the metadata names the levels; norse's import
+    and the reference runtime agree with the PyTorch model on count inputs."""
+    torch.manual_seed(0)
+    net = models.create_model(
+        "nmnist_cnn",
+        in_channels=2,
+        input_size=(18, 18),
+        num_classes=4,
+        channels=(4, 8),
+        hidden=32,
+        input_levels=[1, 2, 4],
+    )
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, net, classes=CLASSES, frame_spec={"n_time_bins": 2})
+    out = tmp_path / "levels.nir"
+    assert run(_parse(["export", "--checkpoint", str(ck), "--out", str(out), "--check", "--seed", "1"])) == 0
+    assert "top class equal on 200/200" in capsys.readouterr().out
+    graph = read_nir(out)
+    meta = decode_metadata(graph.metadata)
+    assert meta["input_levels"] == [1, 2, 4] and "levels [1, 2, 4]" in meta["input_encoding"]
+    assert list(graph.nodes["input"].input_type["input"]) == [6, 18, 18]
+    counts = torch.poisson(torch.full((5, 2, 18, 18), 1.5), generator=torch.Generator().manual_seed(2))
+    spikes = spike_input(net, counts)
+    for k, level in enumerate((1, 2, 4)):
+        assert torch.equal(spikes[:, 2 * k : 2 * k + 2], (counts >= level).double())
+    torch.testing.assert_close(
+        NIRRuntime(graph).outputs(spikes), deterministic_logits(net, counts), rtol=1e-9, atol=1e-9
+    )
+
+
 def test_an_export_removes_the_temporary_files_that_killed_exports_left(trained, tmp_path, capsys):
     """A killed ``nsm export`` leaves ``.model.nir.<pid>.<random>.tmp`` beside its output; the next export to that
     file removes those of dead processes, and keeps a running writer's and other files' temporaries."""
@@ -632,3 +665,166 @@ def _speck_model(plan):
     from nsm.neurons import neuron_kind
 
     return torch.nn.Sequential(*build_allconv(plan, 2, (16, 16), 4, neuron_kind("bnsm")))
+
+
+# ------------------------------------------------------------------------------------ hostile outputs and options
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """An untrained bNSM nmnist_cnn for 2 x 18 x 18 inputs, saved as ``nsm train`` saves one."""
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, small_nmnist(), classes=CLASSES, frame_spec={"n_time_bins": 2})
+    return ck
+
+
+def _one_line_error(capsys, argv, expected: str) -> str:
+    """``nsm *argv`` ends with status 2 and one stderr line ``nsm export: error: ...`` holding ``expected``."""
+    from pipelines.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nsm export: error: ") and expected in err[0], err
+    return err[0]
+
+
+def test_export_refuses_an_output_that_is_the_checkpoint_or_not_a_regular_file(small_checkpoint, tmp_path, capsys):
+    """``--out`` the checkpoint itself (or through a symbolic or hard link, or ``dir/..``), a FIFO, a folder or a
+    device: one line naming the output, before the checkpoint is read; the checkpoint and the special file stay."""
+    ck = small_checkpoint
+    data = ck.read_bytes()
+    (tmp_path / "soft.pt").symlink_to(ck)
+    os.link(ck, tmp_path / "hard.pt")
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo.nir")
+    cases = [(out, f"same file as --checkpoint {ck}") for out in (ck, tmp_path / "soft.pt", tmp_path / "hard.pt")]
+    cases += [(tmp_path / "folder" / ".." / "ck.pt", f"same file as --checkpoint {ck}")]
+    cases += [
+        (tmp_path / "fifo.nir", "a FIFO (named pipe), not a regular file"),
+        (tmp_path / "folder", "Is a directory"),
+    ]
+    cases += [("/dev/null", "a character device, not a regular file")]
+    for out, why in cases:
+        for extra in ([], ["--check", "--quantize-bits", "6"]):
+            line = _one_line_error(capsys, ["export", "--checkpoint", str(ck), "--out", str(out), *extra], why)
+            assert line.startswith(f"nsm export: error: could not write {out}: ")
+    assert ck.read_bytes() == data and (tmp_path / "hard.pt").read_bytes() == data
+    assert (tmp_path / "soft.pt").is_symlink() and os.stat(tmp_path / "fifo.nir").st_mode & 0o170000 == 0o010000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "fifo.nir", "folder", "hard.pt", "soft.pt"]
+
+
+def test_check_samples_is_bounded_by_count_and_by_the_memory_of_the_inputs(small_checkpoint, tmp_path, capsys):
+    """``--check-samples`` at most ``MAX_CHECK_SAMPLES`` where it is parsed (and said in --help), and at most what
+    fits in ``CHECK_INPUT_BYTES`` for the network's input before anything is allocated or written."""
+    from pipelines.export import check as check_module
+    from pipelines.export.write import export_checkpoint
+
+    most = check_module.MAX_CHECK_SAMPLES
+    from pipelines.cli import main
+
+    for n in (most + 1, 1_000_000_000):  # refused where parsed: one line, exit status 2
+        with pytest.raises(SystemExit) as exit_:
+            main(["export", "--checkpoint", "ck", "--out", "o", "--check-samples", str(n)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and err == [
+            f"nsm export: error: --check-samples must be an integer in 1..{most}, got {n}"
+        ]
+    parser = argparse.ArgumentParser(prog="nsm")
+    add_parser(parser.add_subparsers(dest="command"))
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["export"].format_help().split())
+    assert f"at most {most} and at most as many as fit in 512 MiB" in help_text
+    for n in (0, most + 1):  # the library checks it too
+        with pytest.raises(ValueError, match=rf"--check-samples must be an integer in 1\.\.{most}, got {n}"):
+            export_checkpoint(small_checkpoint, tmp_path / "m.nir", check=True, check_samples=n)
+    assert check_module.max_check_samples(TASK) == most  # 648 floats an input: the count bounds it
+    assert check_module.max_check_samples((2, 128, 128)) == 4096  # 128 KiB an input: memory bounds it
+    assert check_module.max_check_samples((1, 1 << 16, 1 << 16)) == 1  # one input always fits the rule
+    per_input = 4 * int(np.prod(TASK))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(check_module, "CHECK_INPUT_BYTES", 100 * per_input)
+        mp.setattr(check_module, "check_inputs", lambda *a: pytest.fail("inputs allocated before the check"))
+        for extra in (["--check"], ["--quantize-bits", "6"]):
+            line = _one_line_error(
+                capsys,
+                ["export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.nir"), *extra]
+                + ["--check-samples", "101"],
+                "--check-samples 101: that many random inputs of shape (2, 18, 18)",
+            )
+            assert "at most 100 fit" in line
+        assert not (tmp_path / "m.nir").exists()
+    assert run(_parse(["export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.nir")])) == 0
+    capsys.readouterr()  # without --check or --quantize-bits no inputs are made: the memory rule does not apply
+
+
+def test_an_importer_python_that_cannot_run_is_one_line_naming_it_before_the_export(small_checkpoint, tmp_path, capsys):
+    """Missing, a dangling link, a folder, a FIFO, not executable, a bare name not on PATH: refused before anything
+    is written, naming ``--importer-python`` and the path."""
+    plain = tmp_path / "plain.py"
+    plain.write_text("print('not executable')\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")
+    cases = [
+        (tmp_path / "missing" / "python", "no such file"),
+        (tmp_path / "dangling", "no such file (a dangling symbolic link)"),
+        (tmp_path, "it is a directory, not an interpreter"),
+        (tmp_path / "fifo", "it is a FIFO (named pipe), not an interpreter"),
+        (plain, "not executable"),
+        ("no-such-python-here", "no such program on PATH"),
+    ]
+    out = tmp_path / "m.nir"
+    for python, why in cases:
+        argv = ["export", "--checkpoint", str(small_checkpoint), "--out", str(out), "--check", "--target", "sinabs"]
+        _one_line_error(capsys, [*argv, "--importer-python", str(python)], f"--importer-python {python}: {why}")
+    assert not out.exists()
+
+
+def _script(tmp_path, name: str, body: str):
+    path = tmp_path / name
+    path.write_text(body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_an_importer_that_exits_0_without_a_usable_result_is_a_check_not_passed(
+    small_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """An interpreter that runs but writes no outputs, garbage, outputs of another shape, or a file that is not a
+    program at all: the check is reported not run with the reason (exit status 1), never a traceback."""
+    from pipelines.cli import main
+    from pipelines.export import importers
+
+    monkeypatch.setattr(importers, "toolchain_version", lambda name: None)
+    shebang = f"#!{sys.executable}\nimport sys, numpy as np\n"
+    cases = [
+        (_script(tmp_path, "true.sh", "#!/bin/sh\nexit 0\n"), "exited 0 but produced no result"),
+        (_script(tmp_path, "garbage.sh", '#!/bin/sh\necho garbage > "$5"\n'), "exited 0 but wrote an unreadable"),
+        (_script(tmp_path, "text.py", shebang + "np.save(sys.argv[5], np.array(['a'] * 4))\n"), "not (4, outputs)"),
+        (_script(tmp_path, "rows.py", shebang + "np.save(sys.argv[5], np.zeros((3, 4)))\n"), "not (4, outputs)"),
+        (
+            _script(tmp_path, "cols.py", shebang + "np.save(sys.argv[5], np.zeros((4, 3)))\n"),
+            "shape (4, 3), not (4, 4)",
+        ),
+        (_script(tmp_path, "not-a-program", "\x7fELF garbage"), "could not be started"),
+    ]
+    path = write_nir(target_form(to_nir(small_nmnist(), TASK), "sinabs"), tmp_path / "s.nir")
+    x = check_inputs(TASK, 4, seed=0)
+    for python, why in cases:
+        result = check_file("sinabs", path, x, deterministic_logits(small_nmnist(), x), exact=False, python=python)
+        assert not result.ok and "NOT RUN" in str(result) and why in str(result), str(result)
+    argv = ["export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.nir"), "--target", "sinabs"]
+    assert main([*argv, "--check", "--check-samples", "4", "--importer-python", cases[0][0]]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert f"sinabs check NOT RUN: --importer-python {cases[0][0]} ran the sinabs importer, which exited 0 but " in (
+        captured.out
+    )
+
+
+def test_the_runtime_runs_many_inputs_in_batches_with_the_same_outputs(trained):
+    """``NIRRuntime.outputs`` (what the quantization report and the check's reference use, so that memory holds
+    one batch's activations) gives exactly what one ``forward`` over all inputs gives."""
+    graph = quantize(to_nir(trained, TASK), 8)
+    x = check_inputs(TASK, 300, seed=2)
+    runtime = NIRRuntime(graph)
+    assert torch.equal(runtime.outputs(x, max_batch=128), runtime.forward(x))
+    assert torch.equal(runtime.outputs(x[:5]), runtime.forward(x[:5]))

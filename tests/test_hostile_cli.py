@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,95 @@ def test_train_into_a_file_names_the_run_folder(gestures, blocked, tmp_path):
     line = assert_one_line_error(nsm([*argv, "--set", "train.device=cpu"], tmp_path), "train", "File exists")
     assert line.startswith(f"nsm train: error: {a_file}: ")
     assert a_file.read_text() == "not a folder"
+
+
+@pytest.fixture
+def recording(tmp_path) -> Path:
+    """0.2 s of random events on the 18 x 18 corner of an N-MNIST sensor."""
+    path = tmp_path / "rec.bin"
+    rng = np.random.default_rng(0)
+    n = 2000
+    write_nmnist(
+        path, make_events(rng.integers(0, 18, n), rng.integers(0, 18, n), np.arange(n) * 100, rng.integers(0, 2, n))
+    )
+    return path
+
+
+# (command line, the output that is an input, the input's role): {ck}, {rec} the checkpoint and recording, or a link
+# to them ({soft}: symbolic, {hard}: hard link to the checkpoint)
+SAME_FILE = [
+    (["export", "--checkpoint", "{ck}", "--out", "{ck}"], "{ck}", "--checkpoint"),
+    (["export", "--checkpoint", "{ck}", "--out", "{soft}"], "{soft}", "--checkpoint"),
+    (["export", "--checkpoint", "{ck}", "--out", "{hard}", "--check"], "{hard}", "--checkpoint"),
+    (["convert", "{rec}", "{rec}", "--format", "hdf5"], "{rec}", "the input"),
+    (["stream", "--checkpoint", "{ck}", "--events", "{rec}", "--out", "{rec}"], "{rec}", "--events"),
+    (["stream", "--checkpoint", "{ck}", "--events", "{rec}", "--summary", "{hard}"], "{hard}", "--checkpoint"),
+    (["stream", "--checkpoint", "{ck}", "--events", "{rec}", "--timeline", "{ck}"], "{ck}", "--checkpoint"),
+    (["bench", "--checkpoint", "{ck}", "--out", "{soft}"], "{soft}", "--checkpoint"),
+    (
+        ["train", "--config", "tiny", "--data", "no-data", "--out", "{run}", "--init-from", "{run}/best.pt"],
+        "{run}/best.pt",
+        "--init-from",
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, out, role", SAME_FILE, ids=[" ".join(a) for a, _, _ in SAME_FILE])
+def test_an_output_that_is_one_of_the_inputs_is_refused_and_the_input_kept(
+    checkpoint, recording, tmp_path, argv, out, role
+):
+    """Issue 29: ``nsm export --checkpoint ck.pt --out ck.pt`` wrote the graph over the checkpoint it read; ``nsm
+    stream --out`` truncated a recording it was about to read. Every command refuses an output that is one of its
+    inputs (the same path, a symbolic or a hard link), before anything is written."""
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(checkpoint.read_bytes())
+    (tmp_path / "soft.pt").symlink_to(ck)
+    os.link(ck, tmp_path / "hard.pt")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(checkpoint.read_bytes())
+    names = dict(ck=ck, soft=tmp_path / "soft.pt", hard=tmp_path / "hard.pt", rec=recording, run=tmp_path / "run")
+    before = {p: p.read_bytes() for p in (ck, recording, tmp_path / "run" / "best.pt")}
+    line = assert_one_line_error(nsm([a.format(**names) for a in argv], tmp_path), argv[0], "same file as")
+    assert f"could not write {out.format(**names)}: it is the same file as {role} " in line
+    assert "overwrite the input" in line
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert (tmp_path / "soft.pt").is_symlink() and (tmp_path / "hard.pt").read_bytes() == before[ck]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.suffix in (".nir", ".png", ".json")]
+
+
+SPECIAL_OUT = [
+    ["export", "--checkpoint", "{ck}", "--out", "{fifo}"],
+    ["convert", "{rec}", "{fifo}", "--format", "evt3"],
+    ["convert", "{rec}", "{folder}", "--format", "aedat4"],
+    ["stream", "--checkpoint", "{ck}", "--events", "{rec}", "--summary", "{fifo}"],
+    ["bench", "--out", "{fifo}"],
+]
+
+
+@pytest.mark.parametrize("argv", SPECIAL_OUT, ids=[" ".join(a) for a in SPECIAL_OUT])
+def test_an_output_that_is_a_fifo_or_a_folder_is_refused_and_left_as_it_is(checkpoint, recording, tmp_path, argv):
+    """Issue 29: the atomic writer renamed a regular file over a FIFO (as root, over /dev/null too). Refused at the
+    start of the command, naming the path; the FIFO is still a FIFO and no temporary file is left."""
+    fifo, folder = tmp_path / "fifo", tmp_path / "folder"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    names = dict(ck=checkpoint, rec=recording, fifo=fifo, folder=folder)
+    line = assert_one_line_error(nsm([a.format(**names) for a in argv], tmp_path), argv[0], "could not write")
+    assert ("a FIFO (named pipe), not a regular file" in line and str(fifo) in line) or (
+        f"{folder}: Is a directory" in line
+    )
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not list(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "rec.bin"]
+
+
+def test_export_check_options_that_cannot_work_are_one_line_before_anything_is_written(checkpoint, tmp_path):
+    """Issue 29: ``--check-samples 1000000000`` died allocating 4 GB; ``--importer-python`` naming a missing file
+    was a FileNotFoundError traceback."""
+    out = tmp_path / "m.nir"
+    base = ["export", "--checkpoint", checkpoint, "--out", out, "--check", "--target", "sinabs"]
+    assert_one_line_error(nsm([*base, "--check-samples", "1000000000"], tmp_path), "export", "--check-samples must be")
+    line = assert_one_line_error(
+        nsm([*base, "--importer-python", "/missing/python"], tmp_path), "export", "--importer-python /missing/python"
+    )
+    assert line.endswith("no such file")
+    assert list(tmp_path.iterdir()) == []

@@ -128,3 +128,82 @@ def test_sign_kernel(n):
 def test_kernel_keeps_shape(shape):
     v = np.zeros(shape, dtype=np.float32)
     assert kernels.sample_sign_cpu(v, 1).shape == shape
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 values, rounded by torch (an independent conversion)."""
+    return torch.from_numpy(values).bfloat16().view(torch.int16).numpy().view(np.uint16)
+
+
+def bf16_values(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 patterns, widened by torch."""
+    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+
+
+def lowbias32(h):
+    """Wellons' lowbias32, in numpy uint64 arithmetic reduced mod 2^32 (independent of the kernel's numba code)."""
+    m = np.uint64(0xFFFFFFFF)
+    h = h & m
+    h = ((h ^ (h >> np.uint64(16))) * np.uint64(0x7FEB352D)) & m
+    h = ((h ^ (h >> np.uint64(15))) * np.uint64(0x846CA68B)) & m
+    return h ^ (h >> np.uint64(16))
+
+
+def reference_uniforms_bf16(n, seed):
+    """The bfloat16 sampler's u of each element: (lowbias32(i 0x9E3779B9 + key_b) >> 8) 2^-24, key_b the low 32 bits
+    of block b's SplitMix64 origin."""
+    idx = np.arange(n, dtype=np.uint64)
+    block = idx // np.uint64(kernels.BLOCK)
+    with np.errstate(over="ignore"):
+        key = mix64(np.uint64(seed) ^ mix64(block * GAMMA + GAMMA)) & np.uint64(0xFFFFFFFF)
+        h = lowbias32((idx - block * np.uint64(kernels.BLOCK)) * np.uint64(0x9E3779B9) + key)
+    return (h >> np.uint64(8)).astype(np.float64) * 2.0**-24
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_sampler_decides_as_u_below_P_outside_its_band(threads):
+    """bfloat16 logits in, bfloat16 states out: z = +1 iff u < 1/2 (1 + erf(v)) for the sampler's u and the logit's
+    value, except where |u - P| <= BF16_BAND; also in place."""
+    n = 3 * kernels.BLOCK + 11
+    u = reference_uniforms_bf16(n, 21)
+    bits = bf16_bits(tricky_logits(n, np.random.default_rng(4), u))
+    v = bf16_values(bits)
+    z = kernels.sample_sign_cpu(bits, 21, threads=threads)
+    assert z.dtype == np.uint16 and set(np.unique(z)) <= {0x3F80, 0xBF80}
+    p = np.array([0.5 * (1.0 + math.erf(x)) if not math.isnan(x) else np.nan for x in v.astype(np.float64)])
+    outside = ~(np.abs(u - p) <= kernels.BF16_BAND)  # NaN logits count as outside: they never fire
+    assert np.array_equal(bf16_values(z)[outside], expected_states(v, u)[outside])
+    assert outside[n // 4 :].sum() >= n - n // 4 - 5  # beyond the logits placed on their boundaries, almost all
+    buf = bits.copy()
+    kernels.sample_sign_cpu(buf, 21, out=buf, threads=threads)
+    assert np.array_equal(buf, z)
+    signs = bf16_values(kernels.sign_cpu(bits, threads=threads))
+    assert np.array_equal(signs, np.where(v >= 0, 1.0, -1.0))  # -0.0 and 0.0 give +1, NaN -1
+
+
+def test_bfloat16_sampler_frequencies_follow_P_and_neighbours_are_independent():
+    values = np.array([-2.0, -0.5, 0.0, 0.3, 1.2], dtype=np.float32)
+    bits = bf16_bits(np.repeat(values, 200_000))
+    z = bf16_values(kernels.sample_sign_cpu(bits, 7)).reshape(5, -1) > 0
+    p = np.array([0.5 * (1 + math.erf(x)) for x in bf16_values(bf16_bits(values)).astype(np.float64)])
+    sd = np.sqrt(p * (1 - p) / z.shape[1])
+    assert np.all(np.abs(z.mean(axis=1) - p) <= 5 * sd)
+    fair = z[2].astype(float)  # P = 1/2: consecutive states uncorrelated within sampling error
+    corr = np.corrcoef(fair[:-1], fair[1:])[0, 1]
+    assert abs(corr) <= 5 / np.sqrt(fair.size)
+
+
+def test_bfloat16_states_from_torch_tensors_keep_dtype_and_layout():
+    from nsm import functional as nsmf
+
+    v = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last).bfloat16()
+    z = nsmf.draw_states(v, torch.Generator().manual_seed(3))
+    assert z.dtype == torch.bfloat16 and z.is_contiguous(memory_format=torch.channels_last)
+    assert bool(((z == 1) | (z == -1)).all())
+    assert torch.equal(z, nsmf.draw_states(v, torch.Generator().manual_seed(3)))  # the generator fixes the draws
+    assert torch.equal(nsmf.sign_states(v).float(), torch.where(v.float() >= 0, 1.0, -1.0))
+
+
+def test_kernel_refuses_an_output_of_another_dtype():
+    with pytest.raises(ValueError, match="out must be uint16"):
+        kernels.sample_sign_cpu(np.zeros(4, np.uint16), 1, out=np.zeros(4, np.float32))

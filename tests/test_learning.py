@@ -18,34 +18,71 @@ from pipelines.train import train
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPOCHS = 6
+SEEDS = (0, 1, 2)
 CHANCE = 1 / 11
 # The test user's clips come from 11 gestures, and the clips of one gesture are strongly correlated, so the
 # spread of a network at chance is that of about 11 draws, not of one per clip: sqrt(p (1 - p) / 11) = 8.7
 # points. Requiring two such spreads above chance (26.5 %) cannot be met by a network that ignores its input.
-REQUIRED = CHANCE + 2 * (CHANCE * (1 - CHANCE) / 11) ** 0.5
+SPREAD = (CHANCE * (1 - CHANCE) / 11) ** 0.5
+REQUIRED = CHANCE + 2 * SPREAD
+MAX_ECE = 0.2  # the Monte Carlo average's calibration bound (test_the_default_recipe_keeps_its_margin_...)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_allconvnet18_of_nsm_units_learns_from_scratch(gestures, tmp_path, seed):
-    """width 0.25 at 32x32, 6 epochs of batch 8 on three simulated users; the fourth user is held out."""
+def learned(gestures, root, seed: int, neuron: str = "bnsm") -> dict:
+    """``nsm evaluate``'s metrics (8 samples) of allconvnet18 at width 0.25, 32x32, trained from scratch for 6 epochs
+    of batch 8 on three simulated users (the fourth held out) with the preset's recipe and ``neuron`` units."""
     data, cache = gestures
     cfg = configs.load_config(
         "gestures-allconv18",
         [
+            f"model.neuron={neuron}",
             "model.options.width=0.25",
             "data.val_fraction=0",
             f"train.epochs={EPOCHS}",
             "train.batch_size=8",
             "train.lr_schedule=step",  # a constant rate: the set-up as measured (docs/training-study.md, section 9)
             "train.lr_step_epochs=100",
+            "train.compile=false",  # compiling would take longer than these six short epochs
             "train.device=cpu",
             f"train.seed={seed}",
         ],
     )
+    history = train(cfg, data, root / "run", cache_dir=cache, progress=False)
+    assert history["epoch"] == EPOCHS
+    return evaluate(root / "run" / "best.pt", data, cache_dir=cache, samples=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bnsm_runs(gestures, tmp_path_factory) -> dict[int, dict]:
+    """The default recipe's bNSM at each of SEEDS (``learned``)."""
+    return {seed: learned(gestures, tmp_path_factory.mktemp(f"bnsm{seed}"), seed) for seed in SEEDS}
+
+
+def test_preset_recipe_is_the_one_measured():
+    cfg = configs.load_config("gestures-allconv18")
     assert cfg.model.neuron == "bnsm" and cfg.train.init == "data" and cfg.train.warmup_epochs == 1
     assert cfg.train.warmup_forward == "mean-input" and cfg.train.lr_ramp == "warmup"
-    history = train(cfg, data, tmp_path / "run", cache_dir=cache, progress=False)
-    assert history["epoch"] == EPOCHS
-    m = evaluate(tmp_path / "run" / "best.pt", data, cache_dir=cache, samples=8, progress=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_allconvnet18_of_nsm_units_learns_from_scratch(bnsm_runs, seed):
+    """Monte Carlo and the deterministic network both two chance spreads above chance on the held-out user."""
+    m = bnsm_runs[seed]
     assert m["accuracy"] >= REQUIRED, m["accuracy"]
     assert m["deterministic"]["accuracy"] >= REQUIRED, m["deterministic"]["accuracy"]
+
+
+def test_the_default_recipe_keeps_its_margin_over_bn_and_its_calibration(bnsm_runs, gestures, tmp_path):
+    """Issue 27's regression test. The noise-free binary network with erf gradients (``bn``), trained the same way,
+    stayed near chance here (17.1, 7.9 and 9.7 % at seeds 0-2, docs/training-study.md, section 14) where the bNSM
+    reached 37.5-44.9 %: the bNSM's mean over three seeds must beat bn at seed 0 by two chance spreads (17 points).
+    And its Monte Carlo average must stay calibrated: an ECE of at most MAX_ECE at every seed, where it measured
+    0.087-0.129. With 6 epochs, no validation clips and so no readout fit or temperature, the deterministic network
+    can be the better calibrated one here (0.067 against 0.101 at seed 0, section 14), so the bound is absolute,
+    about twice the worst measured: a Monte Carlo average as confident as its training clips (about 0.9 at 40 %
+    accuracy: an ECE near 0.5) or half as confident as it is right exceeds it."""
+    bn = learned(gestures, tmp_path, 0, neuron="bn")
+    mean = sum(m["accuracy"] for m in bnsm_runs.values()) / len(bnsm_runs)
+    assert mean >= bn["accuracy"] + 2 * SPREAD, (mean, bn["accuracy"])
+    for seed, m in bnsm_runs.items():
+        assert m["ece"] <= MAX_ECE, (seed, m["ece"])

@@ -71,6 +71,20 @@ def test_bad_arguments_are_clear():
         models.create_model("nmnist_cnn", depth=3)
     with pytest.raises(ValueError, match="too small"):
         models.create_model("allconvnet18", input_size=(4, 4))
+    with pytest.raises(ValueError, match="model option input_levels must increase strictly"):
+        models.create_model("allconvnet18", input_levels=[4, 2])
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_input_levels_widen_the_first_layer_and_survive_the_spec(name):
+    """``input_levels``: the first unit reads count channels x levels states; ``create_model(**spec)`` rebuilds it."""
+    net = models.create_model(name, neuron="bnsm", input_levels=[1, 3])
+    channels = net.spec["in_channels"]
+    assert net[0].levels == (1, 3) and net[1].in_channels == 2 * channels
+    again = models.create_model(**net.spec)
+    assert again[0].levels == (1, 3) and again[1].in_channels == 2 * channels
+    x = torch.randint(0, 5, (2, channels, *net.spec["input_size"])).float()
+    assert net(x).shape == (2, net.spec["num_classes"])
 
 
 @pytest.mark.parametrize("kind", nsm.NEURON_KINDS)

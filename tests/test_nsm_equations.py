@@ -254,6 +254,7 @@ def test_binarize_and_or_pooling():
     assert torch.equal(nsm.Binarize()(counts), torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]]]))
     frames = torch.zeros(2, 3, 2, 4, 4)
     assert nsm.Binarize()(frames).shape == (2, 6, 4, 4)
+    assert nsm.Binarize().levels == (1,) and nsm.Binarize().out_channels(6) == 6
     z = random_states(3, 2, 4, 4)
     pooled = nsm.BinaryMaxPool2d(2)(z)
     blocks = z.unfold(2, 2, 2).unfold(3, 2, 2).reshape(3, 2, 2, 2, 4)
@@ -378,3 +379,35 @@ def counting(module, name, calls):
         yield
     finally:
         setattr(module, name, original)
+
+
+def test_binarize_levels_code_each_count_as_a_thermometer_level_major():
+    """Level k of channel c is state channel k C + c: +1 where the channel's count reaches the level."""
+    counts = torch.tensor([0, 1, 2, 3, 4, 7, 8, 100]).reshape(1, 1, 1, 8).repeat(2, 3, 1, 1)
+    counts[:, 1] = 0  # a silent channel
+    levels = (1, 2, 4, 8)
+    states = nsm.Binarize(levels)(counts)
+    assert states.shape == (2, 12, 1, 8) and nsm.Binarize(levels).out_channels(3) == 12
+    for k, level in enumerate(levels):
+        for c in range(3):
+            want = [1.0 if int(n) >= level else -1.0 for n in counts[0, c, 0]]
+            assert states[0, 3 * k + c, 0].tolist() == want, (level, c)
+    assert torch.equal(nsm.Binarize((1,))(counts.float() * 0.5), nsm.Binarize()(counts.float() * 0.5))  # x > 0
+
+
+@pytest.mark.parametrize(
+    "levels, message",
+    [
+        ([], "1 to 16 event counts"),
+        (list(range(1, 18)), "1 to 16 event counts"),
+        ([0, 1], "positive whole event counts"),
+        ([1, 2.5], "positive whole event counts"),
+        ([True], "positive whole event counts"),
+        ([1, 4, 2], "increase strictly"),
+        ([2, 2], "increase strictly"),
+        ("1,2", "a list of event counts"),
+    ],
+)
+def test_binarize_refuses_levels_that_are_not_increasing_counts(levels, message):
+    with pytest.raises(ValueError, match=message):
+        nsm.Binarize(levels)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from events.atomic import file_kind
 from events.types import (
     EVENT_DTYPE,
     EventFormatError,
@@ -43,14 +44,6 @@ from events.types import (
 )
 
 DEFAULT_CHUNK_EVENTS = 1_000_000
-
-_SPECIAL = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 def check_regular_file(path: str | os.PathLike, what: str = "event file") -> Path:
@@ -75,8 +68,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "event file") -> Pat
             raise EventFormatError(f"{what} path is a symbolic link loop", path) from None
         raise
     if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _SPECIAL if test(st.st_mode)), "not a regular file")
-        raise EventFormatError(f"{what} is {kind}, not a regular file; refusing to open it", path)
+        raise EventFormatError(f"{what} is {file_kind(st.st_mode)}, not a regular file; refusing to open it", path)
     return path
 
 

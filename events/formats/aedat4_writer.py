@@ -12,7 +12,9 @@ import numpy as np
 
 from events.formats.faery_writer import FAERY_EVENTS, FaeryWriter
 
-MAX_SIDE = 1 << 16  # the stream's sizeX / sizeY are ints, events' x and y uint16
+MAX_SIDE = (1 << 15) - 1
+"""The widest and tallest sensor an AEDAT 4 file holds: the format's event x and y are int16, and faery's encoder
+refuses a side of 32768 or more (checked here, before anything is written, so that is never faery's error)."""
 
 
 def _description(width: int, height: int) -> list:

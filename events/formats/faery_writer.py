@@ -1,7 +1,8 @@
-"""What the writers that go through faery's encoders share (``formats/prophesee.py``: EVT 2.0, EVT 3.0, DAT;
-``formats/aedat4_writer.py``: AEDAT 4): the encoder opened on a temporary file renamed over the target when the
-block ends without error (``events.atomic``), the chunk checks of :class:`~events.formats.CheckedChunks`, and
-every call into faery turned into ``EventFormatError`` naming the file."""
+"""What the writers that go through faery's encoders share (``formats/aedat4_writer.py``: AEDAT 4; the Prophesee
+writer, ``formats/prophesee.py``, encodes EVT 2.0, EVT 3.0 and DAT itself): the encoder opened on a temporary file
+renamed over the target when the block ends without error (``events.atomic``), the chunk checks of
+:class:`~events.formats.CheckedChunks`, and every call into faery turned into ``EventFormatError`` naming the
+file."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def faery_call(fn, path, where: str):
 class FaeryWriter(CheckedChunks):
     """A streaming writer over one faery encoder: a context manager whose ``write(events)`` checks the chunk, lets
     :meth:`_checked` refuse what the format cannot hold, and hands :meth:`_packet`'s result to the encoder.
-    Subclasses give :meth:`_encoder_for` (the encoder on the temporary file) and :meth:`_packet`."""
+    Subclasses give :meth:`_encoder_for` (the encoder on the temporary file) and :meth:`_packet`, and check in
+    their constructor what the format's header can hold (the sensor size); should faery still refuse to open
+    the encoder, that is an ``EventFormatError`` naming the file, and the target is left as it was."""
 
     def __init__(self, path, sensor_size):
         super().__init__(path, sensor_size)
@@ -44,7 +47,9 @@ class FaeryWriter(CheckedChunks):
     def __enter__(self):
         with ExitStack() as stack:
             tmp = str(stack.enter_context(atomic_path(self.path)))
-            self._encoder = stack.enter_context(self._encoder_for(tmp))
+            self._encoder = faery_call(
+                lambda: stack.enter_context(self._encoder_for(tmp)), self.path, "opening its encoder"
+            )
             self._stack = stack.pop_all()
         return self
 

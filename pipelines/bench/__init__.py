@@ -6,10 +6,19 @@ the per-round ratios. Nothing here is asserted by tests: the numbers are for peo
 """
 
 from .common import Row, interleaved, machine, to_markdown
-from .compute import binning, mc_inference, training
+from .compute import binning, mc_inference, preset_training, training
 from .streaming import stream_allconvnet18, stream_checkpoint, stream_machinery, stream_memory, stream_tiny
 
-SECTIONS = [mc_inference, training, binning, stream_machinery, stream_allconvnet18, stream_tiny, stream_memory]
+SECTIONS = [
+    mc_inference,
+    training,
+    preset_training,
+    binning,
+    stream_machinery,
+    stream_allconvnet18,
+    stream_tiny,
+    stream_memory,
+]
 """The benchmarks ``nsm bench`` runs, in order (``stream_checkpoint`` runs once per ``--checkpoint``)."""
 
 __all__ = [
@@ -19,6 +28,7 @@ __all__ = [
     "interleaved",
     "machine",
     "mc_inference",
+    "preset_training",
     "stream_allconvnet18",
     "stream_checkpoint",
     "stream_machinery",

@@ -3,6 +3,8 @@ plain convolutions, and event binning against tonic."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -10,79 +12,158 @@ import events
 import models
 import nsm
 
-from ..runs import flushing_denormals
+from ..runs import cpu_has_native_bf16, flushing_denormals
 from .common import Row, interleaved
 
 
-def mc_inference(quick: bool) -> Row:
-    """MC samples per second of allconvnet18 (bnsm) vs the same layout of nn.Conv2d + hardtanh, 64x64, batch 16."""
+def _autocast(bf16: bool):
+    """bfloat16 autocast on the CPU (``bf16``) or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def _precisions() -> list[bool]:
+    """float32, and bfloat16 where the CPU multiplies it natively (``cpu_has_native_bf16``)."""
+    return [False, True] if cpu_has_native_bf16() else [False]
+
+
+def mc_inference(quick: bool) -> list[Row]:
+    """MC samples per second of allconvnet18 (bnsm) vs the same layout of conv + hardtanh in float32, 64x64,
+    batch 16; a second row with the NSM under bfloat16 autocast (``MCSettings.precision``) where the CPU has
+    native bf16."""
     batch, k = 16, 4
     torch.manual_seed(0)
     x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
     net = models.create_model("allconvnet18", neuron="bnsm")
     plain = models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE)
-    t_nsm, t_plain, ratio = interleaved(
-        lambda: nsm.mc_predict(net, x, samples=k), lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10
-    )
-    n = batch * k
-    return Row(
-        "allconvnet18 MC inference, 64x64, batch 16",
-        "samples/s",
-        n / t_nsm,
-        "plain conv + hardtanh",
-        n / t_plain,
-        ratio,
-        ">= 0.8x (NSM costs at most 1.25x plain)",
-    )
+    rows = []
+    for bf16 in _precisions():
+        settings = nsm.MCSettings(samples=k, precision="bfloat16" if bf16 else "float32")
+        t_nsm, t_plain, ratio = interleaved(
+            partial(settings.predict, net, x), lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10
+        )
+        n = batch * k
+        rows.append(
+            Row(
+                f"allconvnet18 MC inference{', bfloat16' if bf16 else ''}, 64x64, batch 16",
+                "samples/s",
+                n / t_nsm,
+                "plain conv + hardtanh, float32",
+                n / t_plain,
+                ratio,
+                ">= 2x (issue 28)" if bf16 else ">= 0.8x (NSM costs at most 1.25x plain)",
+            )
+        )
+    return rows
+
+
+def _stepper(net, x: torch.Tensor, y: torch.Tensor, *, bf16: bool = False, compiled: bool = False, lr: float = 3e-4):
+    """One training step of ``net`` on (x, y) as ``nsm train`` takes it: forward (under bfloat16 autocast with
+    ``bf16``, through ``torch.compile`` with ``compiled``), cross-entropy, backward, an Adam update."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    forward = torch.compile(net) if compiled else net
+
+    def step():
+        with _autocast(bf16):
+            logits = forward(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def training(quick: bool) -> list[Row]:
-    """Training samples per second of allconvnet18 (bnsm) vs the plain conv + hardtanh layout, 64x64, batch 16.
+    """Training samples per second of allconvnet18 (bnsm) vs the plain conv + hardtanh layout in float32, 64x64,
+    batch 16.
 
-    One step: forward, cross-entropy, backward and an Adam update, on the same random binary input; the bnsm
-    network trains as ``nsm train`` trains it after its warm-up epochs, on batch-normalized firing logits
-    (``nsm.normalization``), in the ``expected`` mode (``train.forward = "expected"``, the default: a mean and a
-    variance convolution per layer) and, second row, sampling its states (``train.forward = "sampled"``); subnormal
-    numbers flushed to zero, as ``nsm train`` does."""
+    One step (``_stepper``) on the same random binary input; the bnsm network trains as ``nsm train`` trains it
+    after its warm-up epochs, on batch-normalized firing logits (``nsm.normalization``), in the ``expected`` mode
+    (``train.forward = "expected"``, the default: a mean and a variance convolution per layer) and sampling its
+    states (``train.forward = "sampled"``), each in float32 and, where the CPU has native bf16, under bfloat16
+    autocast (``train.cpu_bf16``), and (not with ``quick``: compiling takes minutes) the expected pass compiled too
+    (``train.compile``); subnormal numbers flushed to zero, as ``nsm train`` does. The reference is always float32
+    and eager."""
     batch = 16
     torch.manual_seed(0)
     x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
     y = torch.randint(0, 11, (batch,))
 
-    def stepper(neuron, mode=None):
-        net = models.create_model("allconvnet18", neuron=neuron)
-        if nsm.LogitNormalization.units_of(net):
-            nsm.LogitNormalization.attach(net, x)
+    def bnsm(mode, **how):
+        net = models.create_model("allconvnet18", neuron="bnsm")
+        nsm.LogitNormalization.attach(net, x)
         if mode is not None:
             nsm.set_mode(net, mode)
-        opt = torch.optim.Adam(net.parameters(), lr=3e-4)
+        return _stepper(net, x, y, **how)
 
-        def step():
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        return step
-
+    variants = [(forward, mode, bf16, False) for bf16 in _precisions() for forward, mode in FORWARDS]
+    if not quick and cpu_has_native_bf16():
+        variants.append(("expected", "expected", True, True))
     rows = []
-    for forward, mode in (("expected", "expected"), ("sampled", None)):
+    goals = {"expected": ">= 0.6x (issue 28)", "sampled": ">= 1.0x (issue 28)"}
+    for forward, mode, bf16, compiled in variants:
+        plain = _stepper(models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE), x, y)
         with flushing_denormals():  # as nsm train runs
-            t_nsm, t_plain, ratio = interleaved(
-                stepper("bnsm", mode), stepper(nsm.neurons.BENCH_REFERENCE), 2 if quick else 6
-            )
+            t_nsm, t_plain, ratio = interleaved(bnsm(mode, bf16=bf16, compiled=compiled), plain, 2 if quick else 6)
+        how = "".join((", bfloat16" if bf16 else "", ", compiled" if compiled else ""))
         rows.append(
             Row(
-                f"allconvnet18 training step ({forward}), 64x64, batch 16",
+                f"allconvnet18 training step ({forward}{how}), 64x64, batch 16",
                 "samples/s",
                 batch / t_nsm,
-                "plain conv + hardtanh",
+                "plain conv + hardtanh, float32",
                 batch / t_plain,
                 ratio,
-                ">= 0.8x plain (original NSM code: 8 samples/s here)",
+                goals[forward],
             )
         )
     return rows
+
+
+FORWARDS = (("expected", "expected"), ("sampled", None))
+"""The training passes the training rows time: (``train.forward``, the units' mode; None: their own)."""
+
+
+def preset_training(quick: bool) -> Row:
+    """Training samples per second of the ``gestures-allconv18`` preset's network (bnsm) trained as its recipe says
+    against its dcnn twin trained by the same recipe (``--set model.neuron=dcnn``): the preset's model options,
+    batch and 32x32 input, each kind in the mode its epochs after the warm-up train in, bfloat16 autocast and
+    compiled steps where the preset turns them on (``train.cpu_bf16`` on a CPU with native bf16,
+    ``train.compile``). The ratio is an epoch's (data loading, the same for both, aside)."""
+    from ..config import load_config
+    from ..train import training_mode
+
+    cfg = load_config("gestures-allconv18")
+    tc, m = cfg.train, cfg.model
+    torch.manual_seed(0)
+    x = torch.randint(0, 4, (tc.batch_size, 6, 32, 32)).float()
+    y = torch.randint(0, 11, (tc.batch_size,))
+    bf16 = tc.cpu_bf16 and cpu_has_native_bf16()
+
+    def stepper(neuron):
+        net = models.create_model(
+            m.name, in_channels=6, input_size=(32, 32), num_classes=11, neuron=neuron, **m.options
+        )
+        step = _stepper(net, x, y, bf16=bf16, compiled=tc.compile, lr=tc.lr)
+
+        def in_mode():
+            with training_mode(net, tc.warmup_epochs, tc):  # the mode of the epochs after the warm-up
+                step()
+
+        return in_mode
+
+    with flushing_denormals():
+        t_nsm, t_twin, ratio = interleaved(stepper("bnsm"), stepper("dcnn"), 3 if quick else 8)
+    how = ", ".join(["bfloat16" if bf16 else "float32"] + (["compiled"] if tc.compile else []))
+    return Row(
+        f"gestures-allconv18 training step as the preset trains ({how}), batch {tc.batch_size}",
+        "samples/s",
+        tc.batch_size / t_nsm,
+        "its dcnn twin, same recipe",
+        tc.batch_size / t_twin,
+        ratio,
+        ">= 0.83x (an epoch <= 1.2x the twin's, issue 28)",
+    )
 
 
 def binning(quick: bool) -> Row:

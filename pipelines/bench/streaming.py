@@ -14,6 +14,7 @@ import torch
 import events
 import models
 
+from ..runs import cpu_has_native_bf16
 from .common import Row
 from .compute import tiny_model
 
@@ -166,9 +167,16 @@ def stream_checkpoint(path, quick: bool) -> list[Row]:
 
 
 def stream_allconvnet18(quick: bool) -> list[Row]:
-    """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop)."""
+    """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop); where the CPU
+    has native bf16, also 16 samples a window in bfloat16 (``--precision bfloat16``) at torch's thread count."""
     torch.manual_seed(0)
-    return _stream_rows("allconvnet18 64x64", models.create_model("allconvnet18"), 2, 0.75 if quick else 6.0, 1, quick)
+    net, seconds = models.create_model("allconvnet18"), 0.75 if quick else 6.0
+    rows = _stream_rows("allconvnet18 64x64", net, 2, seconds, 1, quick)
+    if cpu_has_native_bf16():
+        threads = torch.get_num_threads()
+        make = _classifier(net, events.FrameSpec(downsample=2, **STREAM_FRAMES), samples=16, precision="bfloat16")
+        rows.append(_stream_row(f"stream allconvnet18 64x64, K=16, bfloat16, {_threads(threads)}", make, seconds, 1))
+    return rows
 
 
 def stream_tiny(quick: bool) -> list[Row]:

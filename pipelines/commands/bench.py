@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from events.atomic import write_text_atomic
+from events.atomic import check_output, write_text_atomic
 
 from .. import bench as benchmarks
 
@@ -31,11 +31,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    print(f"machine: {benchmarks.machine()}", flush=True)
-    rows = []
     for path in args.checkpoint:  # fail before the long run, not after it
         if not Path(path).is_file():
             raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    if args.out:
+        check_output(args.out, [("--checkpoint", path) for path in args.checkpoint])
+    print(f"machine: {benchmarks.machine()}", flush=True)
+    rows = []
     sections = [(section.__name__, section) for section in benchmarks.SECTIONS]
     sections += [(f"stream_checkpoint {path}", partial(benchmarks.stream_checkpoint, path)) for path in args.checkpoint]
     for name, section in sections:

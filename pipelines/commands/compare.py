@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from events.atomic import check_output
 from nsm.neurons import NEURON_KINDS
 
 from .. import compare as comparison
 from .. import config as configs
-from ..runs import DEFAULT_CACHE
+from ..runs import DEFAULT_CACHE, RunFolder
 from . import InRange
 
 
@@ -41,6 +42,11 @@ def run(args) -> int:
     overrides = list(args.set) + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     cfg = configs.load_config(args.config, overrides)
     kinds = [k.strip() for k in args.neurons.split(",") if k.strip()]
+    out = Path(args.out)
+    written = [out / "comparison.md", out / "comparison.json"]
+    written += [path for kind in kinds for path in RunFolder(out / "runs" / kind).files]
+    for path in written:  # none may be the configuration file the comparison reads
+        check_output(path, {"--config": args.config})
     rows = comparison.compare(cfg, args.data, args.out, kinds, cache_dir=args.cache, progress=not args.quiet)
     print()
     print(comparison.table(rows))

@@ -6,6 +6,7 @@ import argparse
 
 from tqdm import tqdm
 
+from events.atomic import check_output
 from events.convert import SUFFIXES, WRITABLE, convert, output_format
 from events.formats import DEFAULT_CHUNK_EVENTS
 
@@ -28,8 +29,8 @@ FORMATS_HELP = """formats:
     dat          .dat (Prophesee DAT)
     aedat4       .aedat4 (AEDAT 4, one LZ4 event stream, through faery)
 Reading OUT back gives exactly IN's events (x, y, t in µs, polarity 0/1). What a format cannot hold exactly
-(a sensor too large, times too far apart for DAT's 32-bit or EVT 3.0's 24-bit clock) is an error, and OUT
-is then left as it was."""
+(a sensor too large: AEDAT 4 at most 32767 px a side, EVT 2.0/3.0 2048, DAT 16384, HDF5 32768; times too far
+apart for DAT's 32-bit or EVT 3.0's 24-bit clock) is an error, and OUT is then left as it was."""
 
 
 def add_parser(sub) -> None:
@@ -42,7 +43,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", metavar="IN", help="the event file to read")
-    p.add_argument("output", metavar="OUT", help="the event file to write (replaced if it exists)")
+    p.add_argument(
+        "output",
+        metavar="OUT",
+        help="the event file to write (replaced if it exists; never IN itself, a directory, FIFO, device or socket)",
+    )
     p.add_argument(
         "--format",
         choices=WRITABLE,
@@ -62,6 +67,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     fmt = output_format(args.output, args.format)  # a bad name is an error before the progress bar shows
+    check_output(args.output, {"the input": args.input})  # so is an OUT that is IN or not a regular file
     with tqdm(desc="converting", unit="ev", unit_scale=True, disable=args.quiet) as bar:
         done = convert(args.input, args.output, fmt, args.chunk_events, progress=bar.update)
     w, h, _ = done.sensor_size

@@ -9,7 +9,7 @@ from nsm.sampling import MAX_SAMPLES
 
 from .. import evaluate as evaluation
 from ..runs import DEFAULT_CACHE, EVALUATION, RELIABILITY
-from . import InRange, add_seed
+from . import InRange, add_precision, add_seed
 
 
 def add_parser(sub) -> None:
@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
         maximum=MAX_SAMPLES,
         help=f"adaptive: at most this many samples, at most {MAX_SAMPLES} (default 64)",
     )
+    add_precision(p, "the run's eval.precision")
     add_seed(p, "seed of the sampling noise (default 0)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"frame cache folder (default: {DEFAULT_CACHE})")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -66,6 +67,7 @@ def run(args) -> int:
         adaptive=adaptive,
         threshold=args.threshold,
         max_samples=args.max_samples,
+        precision=args.precision,
         seed=args.seed,
         cache_dir=args.cache,
         device=args.device,

@@ -6,6 +6,7 @@ import argparse
 
 from nsm.neurons import BINARY_KINDS
 
+from ..export.check import CHECK_INPUT_BYTES, MAX_CHECK_SAMPLES
 from ..export.forms import TARGETS
 from ..export.quantize import MAX_BITS, MIN_BITS
 from ..export.write import export_checkpoint
@@ -25,7 +26,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/checkpoint.pt or RUN/best.pt)")
-    p.add_argument("--out", required=True, help="NIR file to write (written atomically)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="NIR file to write (written atomically; a regular file or a new path, never the checkpoint itself)",
+    )
     p.add_argument(
         "--check",
         action="store_true",
@@ -46,10 +51,18 @@ def add_parser(sub) -> None:
         default=None,
         metavar="PYTHON",
         help="for --check: an interpreter whose environment holds the target's toolchain, used when it is not "
-        "installed here (e.g. build/targets/sinabs/bin/python from make check-targets)",
+        "installed here (e.g. build/targets/sinabs/bin/python from make check-targets); checked before the export "
+        "runs, and an importer that exits without writing its outputs is reported as a check not run",
     )
     p.add_argument(
-        "--check-samples", type=int, default=200, action=InRange, minimum=1, help="number of random inputs for --check"
+        "--check-samples",
+        type=int,
+        default=200,
+        action=InRange,
+        minimum=1,
+        maximum=MAX_CHECK_SAMPLES,
+        help=f"number of random inputs for --check and --quantize-bits, at most {MAX_CHECK_SAMPLES} and at most "
+        f"as many as fit in {CHECK_INPUT_BYTES >> 20} MiB as float32 frames of the network's input",
     )
     p.add_argument(
         "--quantize-bits",

@@ -25,7 +25,7 @@ from nsm.sampling import MAX_SAMPLES
 
 from ..replay import replay
 from ..stream import DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_SAMPLES, DEFAULT_MIN_SAMPLES, DEFAULT_SAMPLES
-from . import InRange, Parser, add_seed
+from . import InRange, Parser, add_precision, add_seed
 
 MAX_MS = 2**53 / 1000  # the longest window or hop: 2^53 µs (285 years), whole µs that a float holds exactly
 DEFAULT_RECONNECT_S = 60.0  # --reconnect without a value: how long to wait for a lost source
@@ -120,6 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         maximum=MAX_SAMPLES,
         help=f"adaptive: most passes, at most {MAX_SAMPLES} ({DEFAULT_MAX_SAMPLES})",
     )
+    add_precision(p, "float32")
     p.add_argument(
         "--decay",
         type=float,
@@ -216,6 +217,7 @@ def run(args) -> int:
         if args.adaptive
         else {"samples": args.samples}
     )
+    mc["precision"] = args.precision or "float32"
     settings = dict(
         labels=args.labels,
         window_us=window_us,

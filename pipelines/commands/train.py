@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from events.atomic import check_output
+
 from .. import config as configs
 from .. import train as training
-from ..runs import DEFAULT_CACHE
+from ..runs import DEFAULT_CACHE, RunFolder
 from . import InRange
 
 
@@ -62,6 +64,9 @@ def run(args) -> int:
         if args.config is None:
             raise ValueError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
         cfg = configs.load_config(args.config, args.set)
+        # a fresh run writes these files: none may be the configuration file or the warm start's checkpoint
+        for path in RunFolder(args.out).files:
+            check_output(path, {"--config": args.config, "--init-from": args.init_from})
     training.train(
         cfg,
         args.data,

@@ -19,7 +19,7 @@ from .check import (
     norse_module,
 )
 from .forms import TARGETS, is_integer_graph, target_form
-from .graph import as_float64, to_nir
+from .graph import as_float64, spike_input, to_nir
 from .metadata import MARGIN, TAU, ExportError, decode_metadata, read_nir, write_nir
 from .quantize import INTEGER_THRESHOLD, QuantizationReport, quantization_report, quantize
 from .runtime import NIRRuntime
@@ -53,6 +53,7 @@ __all__ = [
     "quantize",
     "read_nir",
     "target_report",
+    "spike_input",
     "to_nir",
     "write_nir",
 ]

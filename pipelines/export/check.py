@@ -5,6 +5,8 @@ PyTorch network's deterministic logits on seeded random event frames."""
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,11 +18,58 @@ import numpy as np
 import torch
 from torch import nn
 
+from events.atomic import file_kind
 from nsm.sampling import using_mode
 
 from . import importers
 from .graph import as_float64
 from .metadata import TAU, read_nir
+
+MAX_CHECK_SAMPLES = 100_000
+"""The most random inputs ``--check-samples`` may ask for (parsed), whatever their size."""
+CHECK_INPUT_BYTES = 512 << 20
+"""The most memory the check inputs may take as float32 frames (the spikes and an importer's copy take as much
+again each): :func:`max_check_samples` lowers the number for large inputs."""
+
+
+def max_check_samples(input_shape) -> int:
+    """The most check inputs of ``input_shape`` (C, H, W): ``MAX_CHECK_SAMPLES``, fewer where that many float32
+    frames would take more than ``CHECK_INPUT_BYTES``."""
+    return max(1, min(MAX_CHECK_SAMPLES, CHECK_INPUT_BYTES // (4 * math.prod(int(s) for s in input_shape))))
+
+
+def check_samples_fit(n: int, input_shape) -> int:
+    """``n`` (``--check-samples``) once ``n`` inputs of ``input_shape`` fit (:func:`max_check_samples`), checked
+    before any is allocated; else ``ValueError`` naming the option, the memory they would take and the most that
+    fit."""
+    most = max_check_samples(input_shape)
+    if n > most:
+        need = n * 4 * math.prod(int(s) for s in input_shape) / 2**30
+        raise ValueError(
+            f"--check-samples {n}: that many random inputs of shape {tuple(input_shape)} would take {need:.3g} GiB "
+            f"(float32 frames); at most {most} fit in the {CHECK_INPUT_BYTES >> 20} MiB allowed for them"
+        )
+    return n
+
+
+def check_importer_python(python: str) -> str:
+    """``python`` (``--importer-python``), once it can be run, checked before the export does any work: a path (with
+    a ``/``) must be an executable regular file (links followed), a bare name an executable on ``PATH``
+    (``shutil.which``). ``FileNotFoundError`` naming the option when there is no such file or program;
+    ``ValueError`` naming it when the path is a directory or another file that is not a regular one, or not
+    executable by this user."""
+    if os.sep not in python:
+        if shutil.which(python) is None:
+            raise FileNotFoundError(f"--importer-python {python}: no such program on PATH")
+        return python
+    if not os.path.exists(python):
+        dangling = " (a dangling symbolic link)" if os.path.islink(python) else ""
+        raise FileNotFoundError(f"--importer-python {python}: no such file{dangling}")
+    if not os.path.isfile(python):
+        raise ValueError(f"--importer-python {python}: it is {file_kind(os.stat(python).st_mode)}, not an interpreter")
+    if not os.access(python, os.X_OK):
+        raise ValueError(f"--importer-python {python}: not executable (give a Python interpreter, e.g. ENV/bin/python)")
+    return python
 
 
 def check_inputs(input_shape, n: int, seed: int = 0) -> torch.Tensor:
@@ -126,22 +175,47 @@ def importer_outputs(toolchain: str, path, x: torch.Tensor, python: str | None =
     with tempfile.TemporaryDirectory() as tmp:
         sp, op = Path(tmp) / "spikes.npy", Path(tmp) / "out.npy"
         np.save(sp, spikes.numpy())
-        proc = subprocess.run(
-            [python, importers.__file__, toolchain, str(path), str(sp), str(op)], capture_output=True, text=True
-        )
+        try:
+            proc = subprocess.run(
+                [python, importers.__file__, toolchain, str(path), str(sp), str(op)], capture_output=True, text=True
+            )
+        except OSError as err:  # e.g. an executable file that is not a program (Exec format error)
+            return None, f"--importer-python {python} could not be started: {err.strerror or err}"
         if proc.returncode != 0:
             return None, f"{python} could not run {toolchain}: {(proc.stderr or proc.stdout).strip()[-800:]}"
+        out = _importer_result(op, int(spikes.shape[0]))
+        if isinstance(out, str):
+            return None, f"--importer-python {python} ran the {toolchain} importer, which exited 0 but {out}"
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("version:")]
         version = lines[-1].split(":", 1)[1].strip() if lines else ""
-        return torch.from_numpy(np.load(op)), f"{version} (under {python})"
+        return torch.from_numpy(out), f"{version} (under {python})"
+
+
+def _importer_result(path: Path, n: int) -> np.ndarray | str:
+    """The (n, outputs) float array an importer run under another interpreter wrote to ``path``, or what is wrong
+    with it (no file, not a ``.npy`` of numbers, another shape)."""
+    if not path.is_file():
+        return "produced no result (it wrote no outputs file)"
+    try:
+        out = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        return f"wrote an unreadable result ({type(err).__name__}: {err})"
+    if not isinstance(out, np.ndarray) or out.dtype.kind not in "iuf" or out.ndim != 2 or out.shape[0] != n:
+        what = f"a {out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        return f"wrote {what}, not ({n}, outputs) numbers"
+    return out.astype(np.float64, copy=False)
 
 
 def check_file(
     target: str, path, x: torch.Tensor, ref: torch.Tensor, *, exact: bool, python: str | None = None
 ) -> CheckResult:
-    """Run the written file through ``target``'s importer on ``x`` and compare with ``ref`` (raw outputs)."""
+    """Run the written file through ``target``'s importer on ``x`` and compare with ``ref`` (raw outputs). A check
+    that could not run (the toolchain missing; under ``python``: the interpreter failing, or exiting 0 without a
+    usable result) or whose outputs have another shape than ``ref`` is not passed, with the reason (``missing``)."""
     toolchain = TARGET_TOOLCHAIN[target]
     got, info = importer_outputs(toolchain, path, x, python)
+    if got is not None and tuple(got.shape) != tuple(ref.shape):
+        got, info = None, f"the {toolchain} import gave outputs of shape {tuple(got.shape)}, not {tuple(ref.shape)}"
     if got is None:
         return CheckResult(int(x.shape[0]), 0, float("nan"), False, toolchain=toolchain, missing=info, exact=exact)
     result = compare_logits(got, ref, exact=exact)

@@ -220,11 +220,30 @@ def to_nir(
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     order.append("output")
     edges = list(zip(order[:-1], order[1:]))
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=_graph_metadata(model, classes, frame_spec))
+    metadata = _graph_metadata(model, children[0][1].levels, classes, frame_spec)
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
     return target_form(graph, target)
 
 
-def _graph_metadata(model, classes, frame_spec) -> dict:
+def input_encoding(levels: tuple[int, ...]) -> str:
+    """How the graph's input spikes code the event counts (``nsm.Binarize``'s levels), in words."""
+    if levels == (1,):
+        return "spikes s = 1 where an (input channel, y, x) bin holds >= 1 event, else 0; unbatched (C, H, W)"
+    return (
+        f"spikes of a thermometer code of the event counts at levels {list(levels)}: input channel k C + c "
+        "(k from 0, C count channels) is 1 where count channel c's bin holds >= levels[k] events, else 0; "
+        "unbatched (len(levels) C, H, W)"
+    )
+
+
+def spike_input(model: nn.Module, counts: torch.Tensor) -> torch.Tensor:
+    """The graph's input for event-count frames ``counts`` (B, C, H, W): the spikes (z + 1) / 2 of the model's
+    ``Binarize`` states (B, L C, H, W), float64."""
+    with torch.inference_mode():
+        return (model[0](counts.double()) + 1.0) / 2.0
+
+
+def _graph_metadata(model, levels, classes, frame_spec) -> dict:
     spec = _spec(model)
     return {
         "format": FORMAT,
@@ -233,9 +252,8 @@ def _graph_metadata(model, classes, frame_spec) -> dict:
         "classes": json.dumps(list(classes) if classes is not None else []),
         "frame_spec": json.dumps(frame_spec),
         "project_version": project_version(),
-        "input_encoding": (
-            "spikes s = 1 where an (input channel, y, x) bin holds >= 1 event, else 0; unbatched (C, H, W)"
-        ),
+        "input_encoding": input_encoding(levels),
+        "input_levels": json.dumps(list(levels)),
         "threshold_rule": "strict: a LIF fires when v > v_threshold; unit thresholds are -FLT_MIN, i.e. v >= 0",
         "dt": TAU,
     }

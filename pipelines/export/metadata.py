@@ -5,7 +5,9 @@ Spike domain
 ------------
 A binary unit reads states z in {-1, +1}; the graph reads spikes s = (z + 1) / 2 in {0, 1}. The
 graph's input is the spike map of the ``Binarize`` layer: s = 1 where an (input channel, y, x) bin
-holds at least one event, else 0, shape ``input_shape`` = (C, H, W), unbatched.
+holds at least one event, else 0, shape ``input_shape`` = (C, H, W), unbatched; with the model's
+``input_levels`` l_1 < ... < l_L, L C channels, channel k C + c spiking where count channel c holds at least
+l_(k+1) events (``graph.spike_input``; the graph's metadata ``input_levels`` and ``input_encoding`` say so).
 
 With W', b' the unit's effective mean weights (``layer.effective_weight()``: W_eff = beta w/||w||,
 b_eff = b / (sqrt(2) s ||w||) for NSM units, the (weight-normalized) weight and bias for bd/wbd) and
@@ -68,7 +70,8 @@ Metadata
 --------
 NIR metadata is flat (strings, numbers, arrays); structured values are JSON strings. Graph:
 ``format``, ``model``, ``model_spec``, ``classes``, ``frame_spec``, ``project_version``,
-``input_encoding``, ``threshold_rule``, ``dt``. Unit LIF nodes: ``role`` ("unit"), ``layer``
+``input_encoding``, ``input_levels`` (JSON list of event counts), ``threshold_rule``, ``dt``. Unit LIF nodes:
+``role`` ("unit"), ``layer``
 (module name in the model), ``neuron`` (kind), ``mode`` ("probability" for units that sample,
 "deterministic" otherwise), ``noise`` (JSON of ``Noise.to_dict()``, "" for bd/wbd), ``beta`` (C,),
 ``logit_offset`` and ``logit_scale`` (C,): the ±1-domain logit of a unit is
@@ -111,7 +114,7 @@ def decode_metadata(metadata: dict) -> dict:
             value = value.decode("utf8")
         if isinstance(value, np.generic):
             value = value.item()
-        if key in ("model_spec", "classes", "frame_spec", "noise") and isinstance(value, str):
+        if key in ("model_spec", "classes", "frame_spec", "input_levels", "noise") and isinstance(value, str):
             value = json.loads(value) if value else None
         out[key] = value
     return out

@@ -154,8 +154,8 @@ def quantization_report(
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
-    before = NIRRuntime(float_graph).forward(inputs).argmax(dim=1)
-    after = NIRRuntime(quantized_graph).forward(inputs).argmax(dim=1)
+    before = NIRRuntime(float_graph).outputs(inputs).argmax(dim=1)
+    after = NIRRuntime(quantized_graph).outputs(inputs).argmax(dim=1)
     biases = [
         n.bias for n in quantized_graph.nodes.values() if isinstance(n, (nir.Conv2d, nir.Affine)) and n.bias is not None
     ]

@@ -190,6 +190,13 @@ class NIRRuntime:
 
     __call__ = forward
 
+    def outputs(self, x: torch.Tensor, max_batch: int = 256) -> torch.Tensor:
+        """The deterministic raw output (:meth:`forward`) of every row of ``x``, ``max_batch`` rows at a time, so
+        that memory holds one batch's node outputs (float64, every node's) rather than those of all of ``x``."""
+        if x.shape[0] <= max_batch:
+            return self.forward(x)
+        return torch.cat([self.forward(x[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
+
     def logits(
         self, x: torch.Tensor, mode: str = "deterministic", generator: torch.Generator | None = None
     ) -> torch.Tensor:

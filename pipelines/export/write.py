@@ -3,10 +3,21 @@
 
 from __future__ import annotations
 
+from events.atomic import check_output
+from events.types import check_int
+
 from ..checkpoint import load_checkpoint
-from .check import CheckResult, check_file, check_inputs, deterministic_logits
+from .check import (
+    MAX_CHECK_SAMPLES,
+    CheckResult,
+    check_file,
+    check_importer_python,
+    check_inputs,
+    check_samples_fit,
+    deterministic_logits,
+)
 from .forms import target_form
-from .graph import to_nir
+from .graph import spike_input, to_nir
 from .metadata import write_nir
 from .quantize import quantization_report, quantize
 from .runtime import NIRRuntime
@@ -29,23 +40,37 @@ def export_checkpoint(
     ``check_samples`` seeded random inputs (labels: the float model's predictions). ``check``: read the file
     back, run it through ``target``'s own importer (``check.TARGET_TOOLCHAIN``; here, or under ``importer_python``)
     on those inputs and return how it agrees with the PyTorch model (or, when quantized, exactly with the
-    quantized graph's reference runtime). ``target``: the form written (``forms.TARGETS``)."""
-    if check_samples < 1:
-        raise ValueError(f"--check-samples must be >= 1 (got {check_samples})")
+    quantized graph's reference runtime). ``target``: the form written (``forms.TARGETS``).
+
+    Refused before any work, with an error naming the option or file: ``check_samples`` outside
+    1..``check.MAX_CHECK_SAMPLES``, or more inputs than fit in ``check.CHECK_INPUT_BYTES`` for this network's input
+    (``check.check_samples_fit``, once the checkpoint is read, before they are allocated); an ``importer_python``
+    that is missing or cannot be run (``check.check_importer_python``); an ``out`` that is the checkpoint (or the
+    interpreter) itself, also through a link, or that exists and is not a regular file
+    (``events.atomic.check_output``)."""
+    check_samples = check_int("--check-samples", check_samples, 1, MAX_CHECK_SAMPLES)
+    if importer_python is not None:
+        check_importer_python(importer_python)
+    check_output(out, {"--checkpoint": checkpoint, "--importer-python": importer_python})
     ck = load_checkpoint(checkpoint)
     model = ck.model
-    input_shape = (int(model.spec["in_channels"]), *(int(s) for s in model.spec["input_size"]))
+    size = tuple(int(s) for s in model.spec["input_size"])
+    count_shape = (int(model.spec["in_channels"]), *size)
+    input_shape = (model[0].out_channels(count_shape[0]), *size)  # the spike map of Binarize's levels
+    if check or quantize_bits is not None:
+        check_samples_fit(check_samples, input_shape)  # before the graph is built and the inputs allocated
     graph = to_nir(model, input_shape, classes=ck.classes, frame_spec=ck.frame_spec)
-    inputs = check_inputs(input_shape, check_samples, seed) if (check or quantize_bits) else None
+    counts = check_inputs(count_shape, check_samples, seed) if (check or quantize_bits) else None
+    inputs = spike_input(model, counts) if counts is not None else None  # what the graph reads
     if quantize_bits is not None:
         float_graph = graph
         graph = quantize(float_graph, quantize_bits)
-        labels = deterministic_logits(model, inputs).argmax(dim=1)
+        labels = deterministic_logits(model, counts).argmax(dim=1)
         print(quantization_report(float_graph, graph, inputs, labels, label_source="float model predictions"))
     if quantize_bits is not None:
-        ref = NIRRuntime(graph).forward(inputs) if check else None
+        ref = NIRRuntime(graph).outputs(inputs) if check else None
     else:
-        ref = deterministic_logits(model, inputs) if check else None
+        ref = deterministic_logits(model, counts) if check else None
     graph = target_form(graph, target)
     out = write_nir(graph, out)
     print(
