@@ -117,16 +117,17 @@ def test_monte_carlo_precision_must_be_known():
 
 
 def test_compiled_expected_pass_computes_the_eager_pass():
-    """torch.compile's fused kernels: the same logits and gradients as eager execution, to float32 rounding."""
+    """torch.compile's fused kernels: the same logits and gradients as eager execution, to float32 rounding. One
+    whole graph (``fullgraph``), compiler errors raised rather than run eagerly: compiled code is compared."""
     torch.manual_seed(0)
     net = models.create_model(
         "allconvnet18", in_channels=6, input_size=(8, 8), num_classes=3, neuron="bnsm", width=0.125, input_levels=[1, 3]
     )
     x, y = torch.randint(0, 5, (4, 6, 8, 8)).float(), torch.tensor([0, 1, 2, 1])
     results = []
-    for run in (net, torch.compile(net)):
+    for run in (net, torch.compile(net, fullgraph=True)):
         net.zero_grad()
-        with nsm.using_mode(net, "expected"):
+        with nsm.using_mode(net, "expected"), torch._dynamo.config.patch(suppress_errors=False):
             logits = run(x)
         F.cross_entropy(logits, y).backward()
         results.append((logits.detach(), [p.grad.clone() for p in net.parameters()]))
@@ -159,6 +160,7 @@ def test_compiled_steps_are_full_batches_after_the_warmup_in_passes_torch_can_tr
 
 
 def test_compiled_model_only_when_asked_in_one_process_with_a_compiler(monkeypatch, capsys):
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # compiled_model sets it: restored after
     net = models.create_model("allconvnet18", neuron="bnsm", width=0.125)
     one = runs.Process(rank=0, world=1, device=torch.device("cpu"))
     assert training.compiled_model(net, configs.TrainConfig(compile=False), one) is None
