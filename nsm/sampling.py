@@ -40,10 +40,8 @@ def runs_in_torch(model: nn.Module) -> bool:
     ``torch.compile`` can trace and fuse: units of real-valued kinds, and binary units in an expectation mode.
     Binary states drawn or thresholded go through ``nsm.kernels`` (numba), which it cannot."""
     units = [m for m in model.modules() if isinstance(m, (AffineConv2d, AffineLinear))]
-    return all(
-        not (KINDS[u.neuron].binary if u.neuron in KINDS else False) or getattr(u, "mode", None) in EXPECTATION_MODES
-        for u in units
-    )
+    binary = [u for u in units if getattr(KINDS.get(u.neuron), "binary", False)]  # ``plain`` is not in KINDS
+    return all(getattr(u, "mode", None) in EXPECTATION_MODES for u in binary)
 
 
 def draws_noise(model: nn.Module) -> bool:

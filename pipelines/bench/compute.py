@@ -131,14 +131,14 @@ def preset_training(quick: bool) -> Row:
     compiled steps where the preset turns them on (``train.cpu_bf16`` on a CPU with native bf16,
     ``train.compile``). The ratio is an epoch's (data loading, the same for both, aside)."""
     from ..config import load_config
-    from ..train import training_mode
+    from ..train import autocast_for, training_mode
 
     cfg = load_config("gestures-allconv18")
     tc, m = cfg.train, cfg.model
     torch.manual_seed(0)
     x = torch.randint(0, 4, (tc.batch_size, 6, 32, 32)).float()
     y = torch.randint(0, 11, (tc.batch_size,))
-    bf16 = tc.cpu_bf16 and cpu_has_native_bf16()
+    bf16 = isinstance(autocast_for(torch.device("cpu"), tc)[0], torch.autocast)  # as nsm train decides it
 
     def stepper(neuron):
         net = models.create_model(
