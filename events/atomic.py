@@ -2,8 +2,13 @@
 run records) is written to a temporary file beside its destination, flushed to disk and renamed over it, so a
 crash leaves either the old file or the new one, never half of one (docs/design.md section 7).
 
-The temporary file is ``.<name>.<pid>.<random>.tmp``; ``remove_dead_temps`` recognises those of writers that
-were killed mid-write. It is created with mode 0o666, so the process's umask gives it the usual permissions.
+The temporary file is ``.<name>.<pid>.<random>.tmp`` (``<pid>``: the writing process); it is created with mode
+0o666, so the process's umask gives it the usual permissions. A writer killed mid-write leaves it behind:
+:func:`remove_dead_temps` recognises those stale files, whose process no longer runs on this machine or which were
+not modified for ``STALE_TEMP_S`` (a day: a dead writer whose process number was reused since, or one on another
+machine sharing the folder), never one of this process's. The writers of a command's one output (``nsm convert``,
+``nsm export``, the frame cache, a run folder) call it before they write (it lists the folder, which is too slow to
+do before each of the thousands of files of a simulated data set).
 
 Before anything is written, :func:`check_output` refuses a destination that exists and is not a regular file (a
 folder, a FIFO, a device, a socket: the rename would replace it by a regular file, or fail after all the work) and,
@@ -23,16 +28,19 @@ the first refused write on it writes to memory, so it can finish and close clean
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+STALE_TEMP_S = 24 * 3600.0  # a temporary file not modified for this long belongs to a dead writer
 
 _ADVICE = {
     errno.ENOSPC: "the disk is full: free some space or write elsewhere",
@@ -369,18 +377,35 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale(tmp: Path, pid: int) -> bool:
+    """Whether temporary file ``tmp`` of process ``pid`` was left by a dead writer (module docstring)."""
+    if pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return True
+    try:
+        return time.time() - tmp.lstat().st_mtime > STALE_TEMP_S
+    except OSError:
+        return False
+
+
 def remove_dead_temps(folder, name: str | None = None) -> list[Path]:
     """Delete the temporary files (``.<name>.<pid>.<random>.tmp``) that writers killed mid-write left in
-    ``folder`` (only those for ``name`` when given; never a running process's); return what was removed."""
+    ``folder`` (only those for ``name`` when given): those whose process no longer runs, or that were not modified
+    for ``STALE_TEMP_S``; never one of this process's. Return what was removed (a folder that cannot be listed:
+    nothing)."""
+    pattern = f".{glob.escape(name)}.*.tmp" if name is not None else ".*.tmp"
     removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
+    try:
+        candidates = list(Path(folder).glob(pattern))
+    except OSError:
+        return removed
+    for tmp in candidates:
         m = _TEMP_NAME.match(tmp.name)
-        if (
-            m
-            and (name is None or m.group(1) == name)
-            and int(m.group(2)) != os.getpid()
-            and not pid_alive(int(m.group(2)))
-        ):
-            tmp.unlink(missing_ok=True)
+        if m and (name is None or m.group(1) == name) and _stale(tmp, int(m.group(2))):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # not ours to remove (permissions): left in place
+                continue
             removed.append(tmp)
     return removed

@@ -13,7 +13,8 @@ readable file chunk by chunk (``events.io.reader``) into one of them, so memory 
 |                 | (``formats/aedat4_writer.py``)                                 |                    |
 
 Every writer writes a temporary file renamed over the target when all went well (``events.atomic``), so a
-failed conversion leaves the target as it was. Each checks what it is given: events on the sensor, ``t >= 0``
+failed conversion leaves the target as it was, and a killed one a temporary file, which the next conversion to that
+target removes. Each checks what it is given: events on the sensor, ``t >= 0``
 and in time order, and what its format cannot hold exactly (an error, never a silently different file), so
 reading the written file back returns exactly the events read.
 """
@@ -28,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from events.atomic import atomic_file, atomic_write, check_output
+from events.atomic import atomic_file, atomic_write, check_output, remove_dead_temps
 from events.formats import DEFAULT_CHUNK_EVENTS, CheckedChunks, check_chunk_size
 from events.formats.gesture_npy import SENSOR_SIZE as NPY_SENSOR
 from events.formats.gesture_npy import US_PER_MS
@@ -171,10 +172,13 @@ def convert(
 
     Before anything is read, a target that is the source itself (also through a symbolic or hard link) or that
     exists and is not a regular file (a directory, FIFO, device or socket) is an ``OutputError`` naming it
-    (``events.atomic.check_output``), and the target is left as it was."""
+    (``events.atomic.check_output``), and the target is left as it was. The temporary files that conversions to
+    the same target left when they were killed (``.<name>.<pid>.<random>.tmp`` beside it) are removed first, by
+    ``events.atomic.remove_dead_temps``'s rule (their process is gone, or they were not modified for a day)."""
     format = output_format(target, format)
     chunk_events = check_chunk_size(chunk_events, name="chunk_events")
-    check_output(target, {"the input": source})  # before the source is read: the input is never replaced
+    target = check_output(target, {"the input": source})  # before the source is read: the input is never replaced
+    remove_dead_temps(target.parent, target.name)  # left by conversions to the same target that were killed
     with reader(source) as src, open_writer(target, format, src.sensor_size) as out:
         for events in src.iter_chunks(chunk_events):
             out.write(events)

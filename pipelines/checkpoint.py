@@ -11,6 +11,8 @@ A checkpoint is a ``torch.save`` dict:
     init_from       the checkpoint a warm-started run began from (``nsm train --init-from``), or None (optional)
     logit_norm, train_model_state   a run trained with batch-normalized logits (``nsm.normalization``): their
                     running moments and the parameters as trained, for --resume; model_state is the plain NSM
+    tensor_sha256   the checksum of every tensor in the checkpoint (``tensor_checksum``), written by every save and
+                    checked by every load; checkpoints written before it have none and load unchecked
 
 Only tensors and plain data. A checkpoint holds tensors, dicts (state dicts stay ``OrderedDict``s), lists,
 tuples, str, int, float, bool and None, and nothing else, so it is read with torch's weights-only unpickler
@@ -23,8 +25,10 @@ into Python numbers, numpy arrays and tensor subclasses into tensors and other d
 weights-only unpickler refuses it before anything in it runs, and it is not loaded), for one that is not the
 zip archive ``torch.save`` writes (truncated, damaged, or not a checkpoint; torch's legacy format of before
 1.6 included, which this project never wrote), for one without the format marker or a required field, and
-for a network whose parameters hold NaN or infinite values. Every field this project has written since
-version 1 was already plain data, so checkpoints written before the weights-only loader load unchanged.
+for a network whose parameters hold NaN or infinite values; also for one whose tensors are not the ones it was
+saved with (``tensor_sha256``: a flipped bit in a weight, which torch's reader does not notice). Every field
+this project has written since version 1 was already plain data, so checkpoints written before the weights-only
+loader (or before the checksum) load unchanged.
 
 Writes are atomic (temporary file in the same folder, then rename), so a crash never leaves a
 half-written checkpoint in place of a good one.
@@ -33,6 +37,7 @@ half-written checkpoint in place of a good one.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import pickle
 import zipfile
@@ -114,6 +119,7 @@ def plain_data(obj, where: str = ""):
     )
 
 
+CHECKSUM_FIELD = "tensor_sha256"
 HEADER_FIELDS = (
     "format",
     "version",
@@ -124,7 +130,31 @@ HEADER_FIELDS = (
     "frame_spec",
     "config",
     "epoch",
-)  # what save_checkpoint writes from its own arguments
+    CHECKSUM_FIELD,
+)  # what save_checkpoint writes from its own arguments, or computes
+
+
+def _tensors(obj, where: str = ""):
+    """Every tensor in the plain data ``obj`` with its path (dict keys and list positions, by ``repr``)."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{where}[{i}]")
+
+
+def tensor_checksum(payload: Mapping) -> str:
+    """SHA-256 (hex) of every tensor in a checkpoint's ``payload`` but the checksum field, in the order of their
+    paths (``["model_state"]['conv1.weight']``, ...): each path, dtype and shape, then the tensor's bytes."""
+    digest = hashlib.sha256()
+    tensors = sorted(_tensors({k: v for k, v in payload.items() if k != CHECKSUM_FIELD}), key=lambda item: item[0])
+    for where, tensor in tensors:
+        digest.update(f"{where} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -157,7 +187,9 @@ def save_checkpoint(
         "epoch": int(epoch),
         **training_state,
     }
-    atomic_torch_save(plain_data(payload), path)
+    payload = plain_data(payload)
+    payload[CHECKSUM_FIELD] = tensor_checksum(payload)
+    atomic_torch_save(payload, path)
 
 
 def rewrite_checkpoint(ck: Checkpoint, path, **fields) -> None:
@@ -174,7 +206,8 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
 
     ``FileNotFoundError`` for a missing file; ``ValueError`` naming the file for one that is not a zip archive
     written by ``torch.save`` or is damaged inside, for one holding objects other than tensors and plain data
-    (refused unbuilt: loading it could run code), and for one without the format marker or a required field.
+    (refused unbuilt: loading it could run code), for one without the format marker or a required field, and for
+    one whose tensors do not match the checksum they were saved with (``tensor_checksum``; none: not checked).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint (a run folder holds checkpoint.pt and best.pt)")
@@ -198,6 +231,12 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     for name, kind in (("model_spec", Mapping), ("model_state", Mapping), ("classes", list)):
         if not isinstance(state.get(name), kind):
             raise ValueError(f"{path}: damaged checkpoint (its {name} is missing or not a {kind.__name__})")
+    saved = state.get(CHECKSUM_FIELD)
+    if saved is not None and saved != tensor_checksum(state):
+        raise ValueError(
+            f"{path}: damaged checkpoint (its tensors do not match the {CHECKSUM_FIELD} checksum they were saved "
+            "with: a weight or a training state changed on disk or in a copy); it was not loaded"
+        )
     return state
 
 
@@ -222,19 +261,25 @@ def refusal(path: Path) -> str:
     )
 
 
+def non_finite(name: str, tensor: torch.Tensor) -> str | None:
+    """``"<name> has <n> NaN values (of <numel>)"`` (or infinite, or NaN or infinite) for a floating or complex
+    ``tensor`` holding such values, else None."""
+    if not (tensor.is_floating_point() or tensor.is_complex()) or bool(torch.isfinite(tensor).all()):
+        return None
+    nan, bad = int(torch.isnan(tensor).sum()), int((~torch.isfinite(tensor)).sum())
+    what = f"{nan} NaN" if nan == bad else f"{bad} NaN or infinite" if nan else f"{bad} infinite"
+    return f"{name} has {what} values (of {tensor.numel()})"
+
+
 def check_finite(path: Path, model_state: Mapping) -> None:
     """Refuse a ``model_state`` that is not a state dict of tensors, or holds NaN or infinite values (such a
     network predicts NaN): the ``ValueError`` names the file and the first offending entry."""
     for name, tensor in model_state.items():
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"{path}: damaged checkpoint (model_state[{name!r}] is not a tensor)")
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
-            nan, bad = int(torch.isnan(tensor).sum()), int((~torch.isfinite(tensor)).sum())
-            what = f"{nan} NaN" if nan == bad else f"{bad} NaN or infinite" if nan else f"{bad} infinite"
-            raise ValueError(
-                f"{path}: the network's {name} has {what} values (of {tensor.numel()}); a network with "
-                "non-finite weights is not loaded"
-            )
+        problem = non_finite(name, tensor)
+        if problem is not None:
+            raise ValueError(f"{path}: the network's {problem}; a network with non-finite weights is not loaded")
 
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:

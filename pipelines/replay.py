@@ -134,7 +134,9 @@ def replay(
     ``recording``: an event file, or an open :class:`events.live.LiveSource` (closed here), whose packets are
     predicted as they arrive. A live stream ends as a file does (the remaining windows are flushed, the summary
     and timeline written) when its source ends or is stopped, and also when it is lost
-    (:class:`events.live.SourceLost`), which is raised once every output is written.
+    (:class:`events.live.SourceLost`), which is raised once every output is written. A live stream's summary also
+    counts the gaps in its event clock (``events.live.ClockGaps``: data the source may have dropped), with a
+    warning line when there is one.
 
     ``labels``: a DVS Gesture labels CSV to score against; ``mc``: the ``StreamingClassifier`` Monte Carlo
     keywords (``{"samples": K}`` or ``{"adaptive": True, "threshold": ..., "min_samples": ...,
@@ -237,6 +239,8 @@ def replay(
                 out.close()
     wall = time.perf_counter() - started
     summary = stats.summary(wall)
+    if live:
+        summary.update(recording.clock_gaps.summary())
     if scorer is not None:
         summary.update(scorer.result())
     _print_summary(summary)
@@ -321,6 +325,13 @@ def _print_summary(s: dict) -> None:
         f"(real-time factor {fmt(s['real_time_factor'], '.2f')}), latency p50 {fmt(s['latency_ms_p50'], '.1f')} ms, "
         f"p99 {fmt(s['latency_ms_p99'], '.1f')} ms"
     )
+    if s.get("clock_gaps"):
+        gap = s["largest_clock_gap"]
+        print(
+            f"warning: {s['clock_gaps']} gap{'s' * (s['clock_gaps'] > 1)} in the event clock ({s['clock_gap_s']:.2f} s "
+            f"in all; the largest {gap['length_s']:.2f} s at {gap['at_s']:.2f} s, after {gap['events_per_s']:.0f} "
+            "events/s): the source may have dropped data, and its windows are empty"
+        )
     if "gestures" in s:
         print(
             f"gesture accuracy: {fmt(s['gesture_accuracy'], '.3f')} ({s['gestures_correct']}/{s['gestures_scored']} "

@@ -408,7 +408,7 @@ def _train(
                 fast = compiled is not None and uses_compiled(model, len(y), tc, epoch, recording)
                 logits = (compiled if fast else net)(x)
             loss = compute_loss(logits, y)
-            check_finite(loss, proc, epoch, step, run)
+            check_finite(loss, proc, epoch, step, run, init_from)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             health.record_gradients(scaler)  # before the step: the gradients that made it
@@ -531,8 +531,11 @@ def fit_best_temperature(run: RunFolder, val_items, samples: int, seed: int, dev
     print(fit, flush=True)
 
 
-def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: RunFolder) -> None:
-    """Stop every process when any one's loss is NaN or infinite."""
+def check_finite(
+    loss: torch.Tensor, proc: Process, epoch: int, step: int, run: RunFolder, init_from: str | None = None
+) -> None:
+    """Stop every process when any one's loss is NaN or infinite; the message names the warm start's checkpoint
+    (``init_from``) as a suspect beside the learning rate."""
     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
     if proc.world > 1:
         dist.all_reduce(bad)
@@ -542,7 +545,13 @@ def check_finite(loss: torch.Tensor, proc: Process, epoch: int, step: int, run: 
             if run.checkpoint.exists()
             else "no epoch had completed, so there is no checkpoint"
         )
+        hint = (
+            f" The run started from --init-from {init_from}: that checkpoint may be damaged or unfit for this "
+            "neuron kind (its weights were finite when loaded); try another, or"
+            if init_from is not None
+            else " Try"
+        )
         raise TrainingDiverged(
             f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-            f"training stopped and {kept}. Try a lower train.lr (now in {run.config})."
+            f"training stopped and {kept}.{hint} a lower train.lr (now in {run.config})."
         )

@@ -61,7 +61,7 @@ from nsm import functional as nsmf
 from nsm.layers import AffineConv2d, AffineLinear
 from nsm.neurons import NoisyRectifierConv2d, NoisyRectifierLinear, RealConv2d, RealLinear, SignConv2d, SignLinear
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, non_finite
 
 NSM_UNITS = (NSMConv2d, NSMLinear)
 SIGN_UNITS = (SignConv2d, SignLinear)
@@ -246,8 +246,10 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
 
     ``classes``: when given, the checkpoint's class names must be these, in this label order (the readout is
     copied as is). Raises ``FileNotFoundError`` / ``ValueError`` (``load_checkpoint``'s) for a missing or
-    unreadable file and ``ValueError`` naming both architectures for a different architecture. The global
-    RNG is left as it was (rebuilding the source network would draw from it).
+    unreadable file, or a damaged one (NaN or infinite weights, tensors that fail their checksum), and
+    ``ValueError`` naming both architectures for a different architecture, or naming the first parameter when the
+    mapped network is not finite (``model`` is then left as it was). The global RNG is left as it was (rebuilding
+    the source network would draw from it).
     """
     with torch.random.fork_rng(devices=[]):
         ck = load_checkpoint(checkpoint)
@@ -268,6 +270,7 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
     report = WarmStartReport(
         source=str(path), epoch=ck.epoch, source_arch=describe(source.spec), target_arch=describe(model.spec)
     )
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with torch.no_grad():
         for src, tgt in zip(source, model):
             if isinstance(src, Readout):
@@ -276,4 +279,12 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
                 report.rule("readout: weight and bias copied as is")
             elif isinstance(src, (AffineConv2d, AffineLinear)):
                 map_unit(src, tgt, kinds, report)
+    problems = [p for name, tensor in model.state_dict().items() if (p := non_finite(name, tensor)) is not None]
+    if problems:
+        model.load_state_dict(before)
+        raise ValueError(
+            f"{path}: warm-starting {describe(model.spec)} from it gives non-finite parameters ({problems[0]}): its "
+            "finite weights map to NaN or infinity (a negative batch-norm variance, or values too large), so the "
+            "checkpoint is damaged or unfit for a warm start"
+        )
     return report

@@ -154,7 +154,8 @@ def test_a_checkpoint_written_before_the_safe_loader_still_loads(tmp_path):
         },
         old,
     )
-    ck = load_checkpoint(old)
+    ck = load_checkpoint(old)  # nor a checksum: it loads unchecked
+    assert "tensor_sha256" not in ck.state
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in ck.model.state_dict().items())
     assert ck.state["optimizer_state"]["param_groups"][0]["betas"] == (0.9, 0.999)
     assert torch.equal(ck.state["rng_state"]["torch"], rng)
@@ -206,6 +207,58 @@ def test_non_finite_weights_are_refused_with_the_parameter_named(tmp_path, bad):
     with pytest.raises(ValueError) as info:
         load_checkpoint(path)
     assert str(info.value).startswith(f"{path}: the network's {name} has {what} values")
+
+
+def flip_one_bit(path: Path, pick) -> None:
+    """Flip the lowest bit of one element of the float32 tensor ``pick(state)`` of the saved file (finite still) and
+    save it back with torch.save, the checksum left as it was."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    pick(state).view(torch.int32).view(-1)[3] ^= 1
+    torch.save(state, path)
+
+
+FLIPPED = {
+    "a weight": lambda state: state["model_state"]["1.weight"],
+    "the optimizer's state": lambda state: state["optimizer_state"]["state"][0]["exp_avg"],
+}
+
+
+@pytest.mark.parametrize("where", list(FLIPPED))
+def test_a_flipped_bit_in_any_tensor_is_refused_naming_the_file(tmp_path, where, capsys):
+    net = small_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.rand(2, net.spec["in_channels"], *net.spec["input_size"])).sum().backward()
+    optimizer.step()
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, net, classes=CLASSES, optimizer_state=optimizer.state_dict())
+    load_checkpoint(path)
+    flip_one_bit(path, FLIPPED[where])
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: damaged checkpoint (its tensors do not match the tensor_sha256")
+    out = tmp_path / "model.nir"
+    assert cli.main(["export", "--checkpoint", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"nsm export: error: {path}: damaged checkpoint")
+    assert not out.exists()
+
+
+def test_every_save_and_rewrite_writes_the_checksum_of_what_it_holds(tmp_path):
+    from pipelines.checkpoint import CHECKSUM_FIELD, rewrite_checkpoint, tensor_checksum
+
+    path, again = tmp_path / "ck.pt", tmp_path / "again.pt"
+    save_checkpoint(path, small_net(), classes=CLASSES, extra={"table": torch.arange(4)})
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state[CHECKSUM_FIELD] == tensor_checksum(state)
+    ck = load_checkpoint(path)
+    with torch.no_grad():
+        next(ck.model.parameters()).add_(1.0)
+    rewrite_checkpoint(ck, again, temperature={"t": 1.5})
+    rewritten = torch.load(again, map_location="cpu", weights_only=True)
+    assert rewritten[CHECKSUM_FIELD] == tensor_checksum(rewritten) != state[CHECKSUM_FIELD]
+    assert load_checkpoint(again).state["temperature"] == {"t": 1.5}
+    rewritten["extra"]["table"][0] = 7  # a tensor outside the network counts too
+    assert tensor_checksum(rewritten) != rewritten[CHECKSUM_FIELD]
 
 
 def test_a_model_spec_too_large_to_build_is_refused_before_anything_is_allocated(tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -172,3 +175,42 @@ def test_a_sensor_larger_than_the_format_holds_is_refused_before_writing(tmp_pat
     rec = events.read(tmp_path / "largest.out")
     assert np.array_equal(rec.events, ev) and rec.sensor_size[:2] == (top, top)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+KILLED_WRITER = """
+import sys, time
+from events.convert import open_writer
+from events.types import make_events
+
+with open_writer(sys.argv[1], sys.argv[2], (128, 128)) as out:
+    out.write(make_events([1], [1], [10], [0]))
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("fmt, name", [("hdf5", "out.h5"), ("evt3", "out.raw"), ("aedat4", "out.aedat4")])
+def test_the_next_conversion_removes_what_killed_ones_left_and_nothing_else(tmp_path, capsys, fmt, name):
+    """A conversion killed mid-write leaves ``.<name>.<pid>.<random>.tmp``; the next conversion to the same target
+    removes it, and any of that target's not modified for a day (a reused process number), but not one of a
+    running writer, nor another target's."""
+    src, target = tmp_path / "in.h5", tmp_path / name
+    write_hdf5(src, simulated(n=50), (128, 128))
+    argv = [sys.executable, "-c", KILLED_WRITER, str(target), fmt]
+    killed = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert killed.stdout.readline().strip() == "writing"
+    killed.kill()
+    killed.wait(10)
+    killed.stdout.close()
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert left.name.startswith(f".{name}.{killed.pid}.") and not target.exists()
+    running = tmp_path / f".{name}.1.0123abcd.tmp"  # process 1 runs: a writer at work
+    reused = tmp_path / f".{name}.1.4567cdef.tmp"  # the same, not modified for two days
+    mine = tmp_path / f".{name}.{os.getpid()}.89abcdef.tmp"
+    other = tmp_path / f".other{name}.{killed.pid}.0123abcd.tmp"
+    for path in (running, reused, mine, other):
+        path.write_bytes(b"partial")
+    os.utime(reused, (time.time() - 2 * 86400,) * 2)
+    assert main(["convert", str(src), str(target), "--format", fmt, "--quiet"]) == 0
+    assert np.array_equal(events.read(target).events, events.read(src).events)
+    assert sorted(p for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted([running, mine, other])

@@ -657,6 +657,58 @@ def test_hdf5_uint64_times_beyond_int64_are_refused(tmp_path):
         read(path)
 
 
+def column_elsewhere(path, how, other):
+    """Replace ``path``'s ``/events/t`` by one whose data are in file ``other`` (``how``: a virtual dataset mapping
+    ``other``'s ``/events/t``, external raw storage in ``other``, or an external link to it), or make it or the group
+    a soft link."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        t = f["events/t"][...]
+        del f["events/t"]
+        if how == "virtual":
+            layout = h5py.VirtualLayout(shape=t.shape, dtype=t.dtype)
+            layout[:] = h5py.VirtualSource(str(other), "events/t", shape=t.shape)
+            f["events"].create_virtual_dataset("t", layout, fillvalue=0)
+        elif how == "external storage":
+            Path(other).write_bytes(t.astype("<i8").tobytes())
+            f["events"].create_dataset("t", shape=t.shape, dtype="<i8", external=[(str(other), 0, t.nbytes)])
+        elif how == "external link":
+            f["events/t"] = h5py.ExternalLink(str(other), "/events/t")
+        elif how == "soft link":
+            f["events/t"] = h5py.SoftLink("/events/x")
+        elif how == "group link":
+            f["events/t"] = t
+            f.move("events", "stored")
+            f["events"] = h5py.ExternalLink(str(other), "/events")
+
+
+@pytest.mark.parametrize("how", ["virtual", "external storage", "external link", "soft link", "group link"])
+def test_hdf5_columns_whose_data_live_in_other_files_are_refused(tmp_path, how):
+    """An event file holds its own data: a column mapped from, stored in or linked to another file is refused
+    whether that file is there (it would be read) or not (a virtual dataset would read as fill values)."""
+    ev = random_events(50, 16, 16, 10**6)
+    other = tmp_path / "other.h5"
+    write_hdf5(other, ev, (16, 16))
+    path = tmp_path / "ev.h5"
+    write_hdf5(path, ev, (16, 16))
+    column_elsewhere(path, how, other)
+    where = "/events" if how == "group link" else "/events/t"
+    problem = {
+        "virtual": f"'{where}' is a virtual dataset, whose data come from other files ({other}:events/t)",
+        "external storage": f"'{where}' keeps its data in other files ({other})",
+        "external link": f"'{where}' is an external link to {other}:/events/t",
+        "soft link": f"'{where}' is a link to /events/x, not a dataset of its own",
+        "group link": f"'{where}' is an external link to {other}:/events",
+    }[how]
+    for present in (True, False):
+        if not present:
+            other.unlink()
+        with pytest.raises(EventFormatError) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}: {problem}"), str(err.value)
+
+
 def test_hdf5_writer_refuses_what_the_reader_would(tmp_path):
     with pytest.raises(ValueError, match="timestamps must be >= 0 and in time order"):
         write_hdf5(tmp_path / "a.h5", make_events([0, 1], [0, 0], [5, 4], [0, 1]), (8, 8))

@@ -546,6 +546,21 @@ def test_cli_exits_with_status_2_when_the_loss_diverges(gestures, tmp_path, monk
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_a_warm_started_run_that_diverges_names_its_initial_checkpoint(gestures, tmp_path, monkeypatch):
+    """A NaN loss after --init-from may come from the checkpoint rather than the rate: the message names both."""
+    data, cache = gestures
+    cfg = configs.load_config("tiny", [*SETS, "train.epochs=1"])
+    training.train(cfg, data, tmp_path / "first", cache_dir=cache, progress=False)
+    compute_loss = training.compute_loss
+    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: compute_loss(logits, labels) * float("nan"))
+    source = tmp_path / "first" / "best.pt"
+    with pytest.raises(training.TrainingDiverged) as err:
+        training.train(cfg, data, tmp_path / "warm", cache_dir=cache, progress=False, init_from=source)
+    message = str(err.value)
+    assert f"started from --init-from {source}" in message and "may be damaged" in message
+    assert "a lower train.lr" in message
+
+
 def test_fresh_run_drops_records_left_by_a_run_killed_in_its_first_epoch(gestures, tmp_path, monkeypatch):
     """A run killed before its first checkpoint leaves metrics/activity lines but no checkpoint; starting
     again (without --resume) must not append to them. The new run is stopped by a NaN at its second step,

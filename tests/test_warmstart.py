@@ -265,6 +265,46 @@ def test_missing_unreadable_or_foreign_checkpoints_are_refused(tmp_path):
         warm_start(model, path, classes=["a", "c", "b"])
 
 
+@pytest.mark.parametrize("damage", ["NaN", "infinite", "flipped bit"])
+def test_a_damaged_checkpoint_is_refused_before_anything_is_copied(tmp_path, damage):
+    """NaN or infinite weights, or a bit that changed on disk (the checksum): refused naming the file, where a run
+    started from it would have stopped on a NaN loss blamed on its learning rate."""
+    model = network("bnsm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    source, path = source_checkpoint(tmp_path, "bd")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    name = next(k for k in state["model_state"] if k.endswith("weight"))
+    if damage == "flipped bit":
+        state["model_state"][name].view(torch.int32).view(-1)[0] ^= 1 << 3
+        torch.save(state, path)
+        problem = "damaged checkpoint (its tensors do not match the tensor_sha256 checksum"
+    else:
+        state["model_state"][name].view(-1)[0] = float("nan") if damage == "NaN" else float("inf")
+        save_checkpoint(path, source, classes=CLASSES, model_state=state["model_state"])
+        problem = f"the network's {name} has 1 {damage} values"
+    with pytest.raises(ValueError) as info:
+        warm_start(model, path)
+    assert str(info.value).startswith(f"{path}: {problem}"), str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_finite_weights_that_map_to_non_finite_ones_are_refused_and_leave_the_model_as_it_was(tmp_path):
+    model = network("bnsm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    source = randomised(network("dcnn"))
+    with torch.no_grad():
+        units(source)[1].norm.running_var[2] = -1.0  # finite, but sqrt(var + eps) of the fold is NaN
+    path = tmp_path / "dcnn.pt"
+    save_checkpoint(path, source, classes=CLASSES)
+    with pytest.raises(ValueError) as info:
+        warm_start(model, path)
+    message = str(info.value)
+    assert message.startswith(f"{path.resolve()}: warm-starting allconvnet18(")
+    assert "gives non-finite parameters (" in message and "NaN values" in message
+    assert message.endswith("the checkpoint is damaged or unfit for a warm start")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_init_from_with_resume_is_refused(tmp_path, capsys):
     args = [
         "train",

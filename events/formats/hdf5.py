@@ -16,10 +16,16 @@ read, a missing or mis-shaped column, a bad sensor attribute, an event off the s
 a polarity other than 0/1, a timestamp that is negative or beyond int64, or one earlier than the event before
 it raises ``EventFormatError`` (with the event's index, and the byte offset of the offending value where HDF5
 stores it contiguously), after every good event before it has been yielded.
+
+An event file holds its own data: reading it never opens another file. The group and the columns must be plain
+(hard) links, not soft or external links, and a column that is a virtual dataset (its data mapped from other
+files, read as fill values where they are missing) or that keeps its data in external raw files is refused with
+``EventFormatError`` naming the column and the files it points at.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -76,14 +82,17 @@ class HDF5EventReader(EventFileReader):
             if not (isinstance(v, (int, np.integer)) and 1 <= int(v) <= top):
                 raise EventFormatError(f"attribute {name}={v!r} must be an integer in 1..{top}", path)
             dims.append(int(v))
+        _check_link(f, GROUP, f"/{GROUP}", path)
         group = f.get(GROUP)
         if group is None or not hasattr(group, "keys"):
             raise EventFormatError(f"no '/{GROUP}' group", path)
         cols = []
         for name in COLUMNS:
+            _check_link(group, name, f"/{GROUP}/{name}", path)
             ds = group.get(name)
             if ds is None or not hasattr(ds, "shape"):
                 raise EventFormatError(f"no dataset '/{GROUP}/{name}'", path)
+            _check_own_data(ds, f"/{GROUP}/{name}", path)
             if ds.ndim != 1 or ds.dtype.kind not in "iu":
                 raise EventFormatError(
                     f"'/{GROUP}/{name}' must be a 1-D integer dataset, got shape {ds.shape} dtype {ds.dtype}", path
@@ -142,6 +151,34 @@ class HDF5EventReader(EventFileReader):
                 self._file.close()
             finally:
                 self._file = None
+
+
+def _check_link(group, name: str, where: str, path) -> None:
+    """Refuse a soft or external link at ``group[name]`` (module docstring); a missing one passes."""
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise EventFormatError(
+            f"'{where}' is an external link to {link.filename}:{link.path}: an event file must hold its own data", path
+        )
+    if link is not None and not isinstance(link, h5py.HardLink):
+        target = getattr(link, "path", "?")
+        raise EventFormatError(f"'{where}' is a link to {target}, not a dataset of its own", path)
+
+
+def _check_own_data(ds, where: str, path) -> None:
+    """Refuse a dataset whose data live in other files: a virtual dataset or external storage (module docstring)."""
+    if ds.is_virtual:
+        what = "is a virtual dataset, whose data come from"
+        files = {f"{m.file_name}:{m.dset_name}" for m in ds.virtual_sources()}
+    elif ds.external:
+        what = "keeps its data in"
+        files = {os.fsdecode(entry[0]) for entry in ds.external}
+    else:
+        return
+    listed = ", ".join(sorted(files)[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    raise EventFormatError(f"'{where}' {what} other files ({listed}): an event file must hold its own data", path)
 
 
 def _byte_offset(ds, i: int) -> int | None:

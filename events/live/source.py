@@ -1,31 +1,9 @@
-"""Live event sources through iniVation's dv-processing (the optional extra ``nsm-events[live]``).
-
-:func:`open_source` opens ``dv://HOST:PORT`` (a dv-processing network event stream, as a
-``dv.io.NetworkWriter`` or the DV software serves it) or ``camera[:NAME]`` (an attached iniVation
-camera; NAME is its ``MODEL_SERIAL`` name or its serial number) as a :class:`LiveSource`, which is read
-like an event file: ``name``, ``format``, ``sensor_size`` (the stream's event resolution) and
-``iter_chunks(max_events)``, yielding ``EVENT_DTYPE`` arrays packet by packet as they arrive. This module
-imports ``dv_processing`` only when a source is opened.
-
-How a stream ends. The iterator returns at the end of the stream: the server closed the connection
-(the network protocol has no other end), the camera stopped, or :meth:`LiveSource.stop` was called (from
-a signal handler, say). With ``reconnect_s`` a lost connection is waited for instead: it is reopened with
-a backoff (0.1 s doubling up to 2 s between tries) for at most ``reconnect_s`` seconds, and must come back
-with the same sensor; a source that does not is :class:`SourceLost`. No packet for ``stall_timeout_s``
-seconds on an open connection is :class:`SourceLost` too. Every message names the source; progress
-(the end, the waiting, the reconnection) goes to the ``notify`` callback.
-
-Never a hang: dv-processing's ``NetworkReader`` blocks, holding the interpreter, until the server's stream
-header arrives, so a network source is first probed with a plain socket that must connect and receive
-data within ``stall_timeout_s`` (the probe's short connection is one more client for the server, which
-sends the header to each). Events are not checked here: their order and bounds are checked where they
-are windowed (``events.stream.SlidingWindows``).
-"""
+"""Opening and reading a live source (``events.live``, whose docstring says how a stream ends, stalls and comes
+back): :func:`open_source` and :class:`LiveSource`."""
 
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,29 +12,20 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from events.formats import DEFAULT_CHUNK_EVENTS, check_chunk_size
+from events.live import network
+from events.live.clock import ClockGaps
+from events.live.errors import LiveSourceError, SourceLost
+from events.live.reader_child import dv_problem
 from events.types import EVENT_DTYPE, SensorSize
-
-__all__ = ["LiveSource", "LiveSourceError", "SourceLost", "open_source", "INSTALL_HINT", "DEFAULT_STALL_S"]
 
 INSTALL_HINT = "pip install nsm-events[live]"
 DEFAULT_STALL_S = 10.0  # seconds without a packet (or, connecting, without an answer) before a source is stalled
 POLL_S = 0.001  # the pause between polls of a source with nothing to read: the latency it adds
+MAX_SIDE = 1 << 15  # the widest and highest sensor a stream header may give (x and y are int16)
 FIRST_RETRY_S, MAX_RETRY_S = 0.1, 2.0  # reconnecting: the first pause between tries, doubled up to this
 MAX_QUEUED_EVENTS = 1 << 24
 """The most events read and not yet taken by :meth:`LiveSource.iter_chunks` (16 M events, 256 MiB): a consumer
 that falls this far behind the stream ends it with :class:`SourceLost` rather than letting memory grow."""
-
-
-class LiveSourceError(OSError):
-    """A live source that cannot be used: ``str(err)`` reads ``"<source>: <problem>"``."""
-
-    def __init__(self, problem: str, source: str):
-        self.problem, self.source = problem, source
-        super().__init__(f"{source}: {problem}")
-
-
-class SourceLost(LiveSourceError):
-    """A live source that went away mid-stream: it stalled, or did not come back in time to ``reconnect_s``."""
 
 
 def _import_dv(source: str):
@@ -67,49 +36,12 @@ def _import_dv(source: str):
     return dv_processing
 
 
-def _dv_problem(err: Exception) -> str:
-    """dv-processing's message without the location of the C++ code that raised it."""
-    return str(err).split(" [", 1)[0]
-
-
 def _event_array(store) -> np.ndarray:
     """A dv-processing ``EventStore`` as an ``EVENT_DTYPE`` array."""
     raw = store.numpy()
     out = np.empty(len(raw), dtype=EVENT_DTYPE)
     out["x"], out["y"], out["t"], out["p"] = raw["x"], raw["y"], raw["timestamp"], raw["polarity"]
     return out
-
-
-def _probe(host: str, port: int, name: str, timeout_s: float) -> None:
-    """Return once a server at ``host:port`` accepts a connection and sends data within ``timeout_s`` each."""
-    try:
-        conn = socket.create_connection((host, port), timeout=timeout_s)
-    except TimeoutError:
-        raise LiveSourceError(f"no answer from the server within {timeout_s:g} s", name) from None
-    except OSError as err:
-        raise LiveSourceError(f"cannot connect: {err.strerror or err}", name) from None
-    with conn:
-        try:
-            first = conn.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            raise LiveSourceError(
-                f"the server sent nothing within {timeout_s:g} s: not a dv-processing network stream?", name
-            ) from None
-        except OSError as err:
-            raise LiveSourceError(f"connection failed: {err.strerror or err}", name) from None
-    if not first:
-        raise LiveSourceError("the server closed the connection at once (too many clients?)", name)
-
-
-def _network_opener(dv, host: str, port: int, name: str, timeout_s: float) -> Callable:
-    def open_input():
-        _probe(host, port, name, timeout_s)
-        try:
-            return dv.io.NetworkReader(host, port)
-        except RuntimeError as err:
-            raise LiveSourceError(_dv_problem(err), name) from None
-
-    return open_input
 
 
 def _camera_opener(dv, wanted: str | None, name: str) -> Callable:
@@ -123,23 +55,32 @@ def _camera_opener(dv, wanted: str | None, name: str) -> Callable:
         try:
             return dv.io.camera.open(found[picked[0]])
         except RuntimeError as err:
-            raise LiveSourceError(f"cannot open {picked[0]}: {_dv_problem(err)}", name) from None
+            raise LiveSourceError(f"cannot open {picked[0]}: {dv_problem(err)}", name) from None
 
     return open_input
 
 
 def _sensor(dv_input, name: str) -> SensorSize:
+    """The input's event resolution: ``LiveSourceError`` when it has none, or one outside 1..``MAX_SIDE``."""
     resolution = dv_input.getEventResolution() if dv_input.isEventStreamAvailable() else None
     if resolution is None:
         raise LiveSourceError("the stream carries no events", name)
-    return SensorSize(int(resolution[0]), int(resolution[1]), 2)
+    width, height = (int(v) for v in resolution)
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+        raise LiveSourceError(
+            f"the stream header gives a {width}x{height} sensor: not a valid event resolution (each side must be "
+            f"1..{MAX_SIDE})",
+            name,
+        )
+    return SensorSize(width, height, 2)
 
 
 class LiveSource:
-    """An open live event stream (see the module docstring); made by :func:`open_source`.
+    """An open live event stream (see ``events.live``); made by :func:`open_source`.
 
         ``name``: the source as given (``dv://HOST:PORT``, ``camera[:NAME]``); ``format``: what it is;
-        ``sensor_size``: the stream's event resolution; ``events_received``: events read so far. A thread reads
+        ``sensor_size``: the stream's event resolution; ``events_received``: events read so far; ``clock_gaps``: the
+        gaps in the event clock of the packets taken so far (:class:`ClockGaps`). A thread reads
         the source from the moment it is opened, since dv-processing discards the packets not yet read when a
         connection closes; its packets wait in a queue for :meth:`iter_chunks`, at most ``MAX_QUEUED_EVENTS`` events
     (beyond, the stream ends with :class:`SourceLost`: the consumer cannot keep up). A context manager:
@@ -161,8 +102,13 @@ class LiveSource:
         self.stall_timeout_s, self.reconnect_s = stall_timeout_s, reconnect_s
         self._notify = notify or (lambda message: None)
         self._input = open_input()
-        self.sensor_size = _sensor(self._input, name)
+        try:
+            self.sensor_size = _sensor(self._input, name)
+        except LiveSourceError:
+            self._drop_input()
+            raise
         self.events_received = 0
+        self.clock_gaps = ClockGaps()
         self._stopped = self._closed = False
         self._packets: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # events in the queue (the reader adds, iter_chunks takes away, under _lock)
@@ -190,6 +136,7 @@ class LiveSource:
                 raise item
             with self._lock:
                 self._queued -= len(item)
+            self.clock_gaps.add(item["t"])
             for start in range(0, len(item), max_events):
                 yield item[start : start + max_events]
 
@@ -211,7 +158,14 @@ class LiveSource:
         except BaseException as err:  # handed over to iter_chunks, to be raised there
             self._packets.put(err)
         finally:
-            self._input = None
+            self._drop_input()
+
+    def _drop_input(self) -> None:
+        """Let go of the input: a reader process is ended at once, dv-processing's own inputs when freed."""
+        dv_input, self._input = self._input, None
+        close = getattr(dv_input, "close", None)
+        if close is not None:
+            close()
 
     def _next_packet(self) -> np.ndarray | None:
         """The next packet's events, or ``None`` at the end of the stream (in the reading thread)."""
@@ -240,12 +194,12 @@ class LiveSource:
         return None
 
     def _reconnect(self) -> None:
-        """Reopen the lost source (see the module docstring); return without it once :meth:`stop` is called."""
+        """Reopen the lost source (see ``events.live``); return without it once :meth:`stop` is called."""
         self._notify(
             f"{self.name}: {self._ended} after {self.events_received} events; "
             f"waiting up to {self.reconnect_s:g} s for it to come back"
         )
-        self._input = None
+        self._drop_input()
         lost = time.monotonic()
         pause = FIRST_RETRY_S
         while True:
@@ -261,14 +215,17 @@ class LiveSource:
             if self._stopped:
                 return
             pause = min(2 * pause, MAX_RETRY_S)
-        sensor = _sensor(new, self.name)
+        self._input = new  # dropped by the reading thread, whatever happens next
+        try:
+            sensor = _sensor(new, self.name)
+        except LiveSourceError as err:
+            raise SourceLost(f"came back with a bad stream: {err.problem}", self.name) from None
         if sensor != self.sensor_size:
             raise SourceLost(
                 f"came back with a {sensor.width}x{sensor.height} sensor instead of "
                 f"{self.sensor_size.width}x{self.sensor_size.height}",
                 self.name,
             )
-        self._input = new
         self._notify(f"{self.name}: back after {time.monotonic() - lost:.1f} s")
 
     def _pause(self, seconds: float) -> None:
@@ -299,7 +256,7 @@ def open_source(
     reconnect_s: float | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> LiveSource:
-    """Open ``dv://HOST:PORT`` or ``camera[:NAME]`` as a :class:`LiveSource` (see the module docstring).
+    """Open ``dv://HOST:PORT`` or ``camera[:NAME]`` as a :class:`LiveSource` (see ``events.live``).
 
     ``stall_timeout_s``: seconds without a packet, or while connecting without an answer, before giving up.
     ``reconnect_s``: wait this long for a lost source to come back (``None``: its loss ends the stream).
@@ -319,7 +276,8 @@ def open_source(
             host = port = None
         if not host or not port or parts.path or parts.query or parts.fragment:
             raise ValueError(f"{source!r}: a network source is dv://HOST:PORT, e.g. dv://127.0.0.1:7777")
-        opener = _network_opener(_import_dv(source), host, port, source, float(stall_timeout_s))
+        _import_dv(source)  # here, for its error; the reader process imports it again
+        opener = network.network_opener(host, port, source, float(stall_timeout_s))
         return LiveSource(source, "dv network stream", opener, "the server closed the connection", **settings)
     kind, _, wanted = source.partition(":")
     if kind != "camera":
