@@ -33,19 +33,42 @@ bench: $(STAMP)
 	$(VENV)/bin/nsm bench
 
 # Every export target's --check on a trained `tiny` export and an untrained allconvnet18, float and 8-bit.
-# sinabs pins nir <= 1.0.4 (the project needs >= 1.0.6), so it gets its own venv, with the CPU torch pinned.
-TARGETS_DIR := build/targets
-SINABS_PY   := $(TARGETS_DIR)/sinabs/bin/python
+# Each importer gets its own venv under build/targets/ with pinned versions: sinabs pins nir <= 1.0.4 (the project
+# needs >= 1.0.6), SpikingJelly brings torchvision and torchaudio, Spyx a JAX stack. In the torch venvs torch goes
+# in first, from the CPU wheel index, and stays pinned by a constraint, so no dependency can pull a CUDA build.
+TARGETS_DIR       := build/targets
+TORCH_INDEX       ?= https://download.pytorch.org/whl/cpu
+SINABS_SPEC       ?= "sinabs==3.1.3"
+SPIKINGJELLY_SPEC ?= "spikingjelly[nir]==2.0.0" "nirtorch==2.6" "nir==1.0.8"
+SPYX_SPEC         ?= "spyx==1.0.0" "jax[cpu]==0.10.2" "flax==0.12.8" "nir==1.0.8"
+SINABS_PY         := $(TARGETS_DIR)/sinabs/bin/python
+SPIKINGJELLY_PY   := $(TARGETS_DIR)/spikingjelly/bin/python
+SPYX_PY           := $(TARGETS_DIR)/spyx/bin/python
+TARGET_VENVS      := $(addprefix $(TARGETS_DIR)/,$(addsuffix /.installed,sinabs spikingjelly spyx))
 
-$(SINABS_PY):
-	$(PYTHON) -m venv $(TARGETS_DIR)/sinabs
-	$(SINABS_PY) -m pip install --quiet --upgrade pip
-	$(SINABS_PY) -m pip install --quiet "$(TORCH_SPEC)"
-	echo "$(TORCH_SPEC)" > $(TARGETS_DIR)/sinabs/torch-constraint.txt
-	$(SINABS_PY) -m pip install --quiet -c $(TARGETS_DIR)/sinabs/torch-constraint.txt sinabs
+# $(call target_venv,NAME,SPEC,TORCH): a venv at $(TARGETS_DIR)/NAME holding SPEC; with TORCH = torch, the CPU
+# torch first and pinned. The .installed stamp is written last, so a failed install is retried by the next make.
+define target_venv
+	$(PYTHON) -m venv $(TARGETS_DIR)/$(1)
+	$(TARGETS_DIR)/$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(if $(3),$(TARGETS_DIR)/$(1)/bin/python -m pip install --quiet --index-url $(TORCH_INDEX) "$(TORCH_SPEC)")
+	echo "$(if $(3),$(TORCH_SPEC))" > $(TARGETS_DIR)/$(1)/constraint.txt
+	$(TARGETS_DIR)/$(1)/bin/python -m pip install --quiet -c $(TARGETS_DIR)/$(1)/constraint.txt $(2)
+	touch $(TARGETS_DIR)/$(1)/.installed
+endef
 
-check-targets: $(STAMP) $(SINABS_PY)
-	$(PY) -m pipelines.export.check_targets --out $(TARGETS_DIR)/runs --importer-python $(SINABS_PY)
+$(TARGETS_DIR)/sinabs/.installed:
+	$(call target_venv,sinabs,$(SINABS_SPEC),torch)
+
+$(TARGETS_DIR)/spikingjelly/.installed:
+	$(call target_venv,spikingjelly,$(SPIKINGJELLY_SPEC),torch)
+
+$(TARGETS_DIR)/spyx/.installed:
+	$(call target_venv,spyx,$(SPYX_SPEC),)
+
+check-targets: $(STAMP) $(TARGET_VENVS)
+	$(PY) -m pipelines.export.check_targets --out $(TARGETS_DIR)/runs --importer-python sinabs=$(SINABS_PY) \
+		--importer-python spikingjelly=$(SPIKINGJELLY_PY) --importer-python spyx=$(SPYX_PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""The harness of docs/training-study.md, section 13: the NSM against its deterministic twin, each trained to
+"""The harness of docs/training-study.md, sections 13-15: the NSM against its deterministic twin, each trained to
 convergence, at several seeds (issue 27).
 
 For every variant and seed it runs the library's own commands, one after the other, into ``--out``:
@@ -23,6 +23,12 @@ autocast and compiled training steps, ``train.cpu_bf16``, ``train.compile``):
 
   levels, levels-dcnn             bnsm 24 epochs / dcnn 30 epochs, the thermometer input, float32, eager
   levels-bf16, levels-bf16-dcnn   the same in bfloat16 with compiled steps
+
+and those of section 15 (the thermometer input, bfloat16, compiled steps):
+
+  wide, wide-dcnn     width 0.75 instead of 0.5
+  zoom, zoom-dcnn     train.augment.scale = 0.25 (zooms by 0.8-1.25)
+  levels-gnsm         gnsm, 24 epochs
 
     python scripts/parity_study.py --data g12 --cache cache --out parity --variants dcnn expected curriculum
     python scripts/parity_study.py --data g12 --cache cache --out parity --seeds 0 1 2 --dry-run
@@ -54,6 +60,12 @@ VARIANTS = {
     "levels-dcnn": ["model.neuron=dcnn", "train.epochs=30", *LEVELS, *EAGER, *COSINE],
     "levels-bf16": ["train.epochs=24", *LEVELS, *FAST, *COSINE],
     "levels-bf16-dcnn": ["model.neuron=dcnn", "train.epochs=30", *LEVELS, *FAST, *COSINE],
+    # section 15: the same code at width 0.75, with zooms, and gnsm
+    "wide": ["train.epochs=24", "model.options.width=0.75", *LEVELS, *FAST, *COSINE],
+    "wide-dcnn": ["model.neuron=dcnn", "train.epochs=30", "model.options.width=0.75", *LEVELS, *FAST, *COSINE],
+    "zoom": ["train.epochs=24", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
+    "zoom-dcnn": ["model.neuron=dcnn", "train.epochs=30", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
+    "levels-gnsm": ["model.neuron=gnsm", "train.epochs=24", *LEVELS, *FAST, *COSINE],
 }
 PRESET = "gestures-allconv18"
 SAMPLES = 16

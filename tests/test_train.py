@@ -389,6 +389,18 @@ def even_split(data, cache) -> tuple[str, int]:
     raise AssertionError("no validation fraction leaves a multiple of 4 training clips")
 
 
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``nsm ARGS`` under torchrun in 2 CPU processes (gloo on the loopback device); it must succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "pipelines.cli", *args]
+    env = subprocess_env()
+    if sys.platform == "linux":  # gloo on the loopback device, whatever the host name resolves to
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
 def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     """torchrun, 2 CPU processes (gloo), against one process on the same data: one epoch of two steps, each
     global batch (half the training set) split 2 x half of it.
@@ -420,27 +432,7 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     ]
     extra = [a for s in sets for a in ("--set", s)]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "pipelines.cli",
-        *train_args(data, cache, ddp, *extra),
-    ]
-    env = subprocess_env()
-    if sys.platform == "linux":  # gloo on the loopback device, whatever the host name resolves to
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = torchrun(train_args(data, cache, ddp, *extra))
     assert "2 process(es)" in res.stdout
     assert res.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
     assert cli.main(train_args(data, cache, single, *extra)) == 0
@@ -463,6 +455,44 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
         assert a["train_accuracy"] == b["train_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
     assert [r["step"] for r in activity_lines(ddp)] == [r["step"] for r in activity_lines(single)]
     assert not [p.name for p in ddp.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_default_bnsm_recipe_trains_under_torchrun_and_resumes_to_the_uninterrupted_run(gestures, tmp_path):
+    """torchrun, 2 CPU processes, with the library's default recipe for bnsm (the ``tiny`` preset: a smooth warm-up
+    epoch, then expected states, batch-normalized logits whose statistics are each process's own): the run trains
+    (the loss falls, the best network is fitted and loads), and one stopped after epoch 1 of 2 and resumed under
+    torchrun ends with the parameters, normalization moments and optimizer state of the uninterrupted one.
+
+    Both runs see the same per-process batches (the distributed sampler's order is seeded by epoch), the expected
+    pass draws no noise, and the resumed processes restore the random state rank 0 saved, which equals rank 1's
+    (both seeded alike, both drew the same number of values: batches of equal size), so the two runs differ only
+    where float sums are reordered; here they agree to 1e-6."""
+    data, cache = gestures
+    extra = ["--set", "train.epochs=2", "--set", "train.augment.time_flip=0"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    torchrun(train_args(data, cache, whole, *extra))
+    torchrun(train_args(data, cache, cut, *extra, "--epochs", "1"))
+    assert load_checkpoint(cut / "checkpoint.pt").epoch == 1
+    resume = ["train", "--resume", "--epochs", "2", "--out", str(cut), "--data", str(data), "--cache", str(cache)]
+    res = torchrun([*resume, "--quiet"])  # the cut run's config says 1 epoch: --epochs extends it
+    assert "2 process(es)" in res.stdout
+
+    a, b = state(whole / "checkpoint.pt"), state(cut / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["logit_norm"] is not None
+    for part in ("model_state", "train_model_state"):
+        for key, w in a[part].items():
+            torch.testing.assert_close(b[part][key], w, rtol=0, atol=1e-6, msg=f"{part} {key}")
+    for key, w in a["logit_norm"].items():
+        torch.testing.assert_close(b["logit_norm"][key], w, rtol=0, atol=1e-6, msg=f"logit_norm {key}")
+    moments = [v for v in a["optimizer_state"]["state"].values()]
+    assert moments and all(
+        torch.allclose(m["exp_avg"], n["exp_avg"], rtol=0, atol=1e-6)
+        for m, n in zip(moments, b["optimizer_state"]["state"].values())
+    )
+    losses = [m["train_loss"] for m in metric_lines(whole)]
+    assert [m["epoch"] for m in metric_lines(cut)] == [1, 2] and losses[1] < losses[0]
+    best = load_checkpoint(whole / "best.pt")  # folded into a plain NSM, the readout and temperature fitted
+    assert best.model.spec["neuron"] == "bnsm" and "temperature" in best.state
 
 
 @pytest.mark.parametrize(

@@ -35,23 +35,26 @@ def add_parser(sub) -> None:
         "--check",
         action="store_true",
         help="read the file back, run it through the target's own importer (generic and norse: norse; snntorch; "
-        "sinabs and speck: sinabs) and compare its top class and logits with the deterministic PyTorch model "
-        "(with --quantize-bits: exactly, with the quantized graph's reference runtime) on random event frames; "
-        "a toolchain that is not installed is reported as not checked (exit status 1)",
+        "sinabs and speck: sinabs; spikingjelly; spyx) and compare its top class and logits with the deterministic "
+        "PyTorch model (with --quantize-bits: exactly, with the quantized graph's reference runtime) on random event "
+        "frames; a toolchain that is not installed is reported as not checked (exit status 1)",
     )
     p.add_argument(
         "--target",
         choices=TARGETS,
         default="generic",
         help="the graph form to write: generic (one LIF per layer), norse and snntorch (float32-exact split "
-        "synapses; snntorch with tau = 1e-4), sinabs (IF neurons), speck (integer IF, needs --quantize-bits)",
+        "synapses; snntorch with tau = 1e-4), sinabs (IF neurons), speck (integer IF, needs --quantize-bits), "
+        "spikingjelly (IF neurons, dt = 1), spyx (memoryless LIF, dt = 1, channels-last dense layers as convolutions; "
+        "feed the input for the graph's `steps` metadata steps)",
     )
     p.add_argument(
         "--importer-python",
         default=None,
         metavar="PYTHON",
         help="for --check: an interpreter whose environment holds the target's toolchain, used when it is not "
-        "installed here (e.g. build/targets/sinabs/bin/python from make check-targets); checked before the export "
+        "installed here (e.g. build/targets/sinabs/bin/python, .../spikingjelly/bin/python or .../spyx/bin/python from "
+        "make check-targets); checked before the export "
         "runs, and an importer that exits without writing its outputs is reported as a check not run",
     )
     p.add_argument(

@@ -1,11 +1,13 @@
 """NIR export of binary spike networks (docs/design.md section 6).
 
-``metadata``: the graph's contract (spike domain, threshold rule, metadata) and NIR file I/O; ``forms``: the
-graph each target's importer runs exactly (``target_form``); ``graph``: the network as a graph (``to_nir``);
-``runtime``: runs a graph without the checkpoint, deterministically or sampling; ``quantize``: integer weights;
-``importers``: norse, snnTorch and sinabs run a file (also as a script under another interpreter); ``check``:
-agreement of a target's import with the model; ``targets``: the report of what was verified or checked by rule;
-``write``: a checkpoint exported (what ``nsm export`` runs). Each module imports only ``metadata`` and the
+``metadata``: the graph's contract (spike domain, threshold rule, metadata) and NIR file I/O; ``layout``: rewrites
+that keep the network for importers that would compute it differently (dense layers on maps as convolutions, sum
+pools as convolutions); ``forms``: the graph each target's importer runs exactly (``target_form``); ``graph``: the
+network as a graph (``to_nir``); ``runtime``: runs a graph without the checkpoint, deterministically or sampling;
+``quantize``: integer weights; ``importers``: norse, snnTorch, sinabs, SpikingJelly and Spyx run a file (also as a
+script under another interpreter); ``check``: agreement of a target's import with the model; ``targets``: the
+report of what was verified, checked by rule or is not a target; ``write``: a checkpoint exported (what ``nsm
+export`` runs). Each module imports only ``metadata`` and the
 modules before it in this list. The ``nsm export`` command is ``pipelines.commands.export``."""
 
 from .check import (

@@ -1,6 +1,6 @@
 """``nsm export --check``: run a written graph through its target's own NIR importer (``importers``: norse,
-snnTorch, sinabs; in this interpreter, or in another one that holds the toolchain) and compare it with the
-PyTorch network's deterministic logits on seeded random event frames."""
+snnTorch, sinabs, SpikingJelly, Spyx; in this interpreter, or in another one that holds the toolchain) and compare
+it with the PyTorch network's deterministic logits on seeded random event frames."""
 
 from __future__ import annotations
 
@@ -155,7 +155,15 @@ def compare_logits(
     return CheckResult(int(ref.shape[0]), agree, diff, close, exact=exact)
 
 
-TARGET_TOOLCHAIN = {"generic": "norse", "norse": "norse", "snntorch": "snntorch", "sinabs": "sinabs", "speck": "sinabs"}
+TARGET_TOOLCHAIN = {
+    "generic": "norse",
+    "norse": "norse",
+    "snntorch": "snntorch",
+    "sinabs": "sinabs",
+    "speck": "sinabs",
+    "spikingjelly": "spikingjelly",
+    "spyx": "spyx",
+}
 """The importer each target's ``--check`` runs (speck: sinabs' simulation of the chip's integer IF neurons)."""
 
 

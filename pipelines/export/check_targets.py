@@ -1,11 +1,15 @@
 """``make check-targets``: every export target's ``--check`` on a trained ``tiny`` and an untrained allconvnet18.
 
-    python -m pipelines.export.check_targets --out build/targets/runs --importer-python build/targets/sinabs/bin/python
+    python -m pipelines.export.check_targets --out build/targets/runs \
+        --importer-python sinabs=build/targets/sinabs/bin/python \
+        --importer-python spikingjelly=build/targets/spikingjelly/bin/python \
+        --importer-python spyx=build/targets/spyx/bin/python
 
 Simulates a small gesture set, trains ``tiny`` on it (CPU, a few epochs), builds untrained full-size allconvnet18s
 (6 x 64 x 64, torch seeds ``--seeds``, default 0), then exports each in every form, float and ``--quantize-bits 8``
-(speck: 8-bit only), with ``--check`` on ``--samples`` inputs; toolchains missing here run under
-``--importer-python``. Prints one line per export and exits 1 if any check did not pass (a toolchain that was not
+(speck: 8-bit only), with ``--check`` on ``--samples`` inputs; a toolchain missing here runs under the interpreter
+``--importer-python TOOLCHAIN=PYTHON`` names for it (or under a plain ``--importer-python PYTHON``, for every
+toolchain not named). Prints one line per export and exits 1 if any check did not pass (a toolchain that was not
 run counts as not passed), except the ``generic`` form's, which is run as the control: its float32 threshold flips
 are reported, not failed on.
 """
@@ -13,13 +17,36 @@ are reported, not failed on.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .check import TARGET_TOOLCHAIN
 from .forms import TARGETS
+from .importers import IMPORTER_TOOLCHAINS
 from .write import export_checkpoint
+
+
+def interpreters(values: list[str] | None) -> dict[str | None, str]:
+    """``--importer-python`` values as {toolchain: interpreter}; a plain ``PYTHON`` is the default (key None).
+    ``SystemExit`` naming the option for a toolchain that ``importers`` does not know, or an empty interpreter."""
+    out: dict[str | None, str] = {}
+    for value in values or []:
+        name, sep, python = value.partition("=")
+        if sep and name in IMPORTER_TOOLCHAINS:
+            key = name
+        elif sep and os.sep not in name:
+            raise SystemExit(
+                f"--importer-python {value}: no toolchain {name!r}; choose one of {', '.join(IMPORTER_TOOLCHAINS)}"
+            )
+        else:
+            key, python = None, value
+        if not python:
+            raise SystemExit(f"--importer-python {value}: no interpreter given")
+        out[key] = python
+    return out
 
 
 def _tiny(out: Path, epochs: int) -> Path:
@@ -56,13 +83,19 @@ def _allconvnet18(out: Path, seed: int) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.export.check_targets", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="build/targets/runs")
-    p.add_argument("--importer-python", default=None)
+    p.add_argument(
+        "--importer-python",
+        action="append",
+        metavar="[TOOLCHAIN=]PYTHON",
+        help="the interpreter of a venv that holds TOOLCHAIN (repeatable; without TOOLCHAIN=, every other toolchain)",
+    )
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--models", default="tiny,allconvnet18", help="which of tiny, allconvnet18 to export")
     p.add_argument("--seeds", default="0", help="torch seeds of the untrained allconvnet18s, e.g. 0,1,2,3,4")
     args = p.parse_args(argv)
+    pythons = interpreters(args.importer_python)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wanted = args.models.split(",")
@@ -87,12 +120,12 @@ def main(argv=None) -> int:
                     check_samples=args.samples,
                     quantize_bits=bits,
                     target=target,
-                    importer_python=args.importer_python,
+                    importer_python=pythons.get(TARGET_TOOLCHAIN.get(target), pythons.get(None)),
                 )
                 rows.append((label, target, bits, result))
     print("\nsummary:")
     for label, target, bits, result in rows:
-        print(f"  {label:<26} {target:<9} {'8-bit' if bits else 'float':<6} {result}")
+        print(f"  {label:<34} {target:<12} {'8-bit' if bits else 'float':<6} {result}")
     return 0 if all(r.ok for _, target, _, r in rows if target != "generic") else 1
 
 

@@ -21,10 +21,26 @@ sinabs     IF nodes (sinabs' importer fails on conv-shaped LIF and pins nir <= 1
 speck      integer graphs only (DYNAP-CNN cores hold 8-bit integer weights): IF nodes with one positive
            integer threshold per layer, 1, and unit bias + 1 (v >= 1 <=> p >= 0, non-strict as sinabs and the
            chip); OR neurons threshold 1. Whether it fits the chip is ``targets.speck_violations``' job.
+spiking-   as sinabs (IF, one positive threshold per layer, non-strict: SpikingJelly 2.0.0's ``IFNode`` fires
+jelly      when v - threshold >= 0), with dt = 1 and r = 1 = 1/dt (its importer refuses an IF whose r is not
+           1/dt, and maps a LIF only when tau/dt > 1, so a memoryless neuron must be an IF); sum pools whose
+           window is not of 2^k cells as convolutions (``layout.pools_as_conv``: its SumPool2d is an LPPool2d
+           that averages, then multiplies). Import with ``import_from_nir(graph, dt=1)``; one step from rest
+           (state None) per batch.
+spyx       memoryless LIF with tau = dt = 1 (Spyx 1.0.0's ``from_nir(graph, x, dt=1)`` sets beta = 1 - dt/tau
+           = 0), units as norse (float graphs split, threshold -FLT_MIN; integer graphs threshold -1/2), OR
+           neurons threshold 0, and every dense layer on a flattened map as a convolution over the whole map
+           (``layout.dense_as_conv``: Spyx runs channels-last). A Spyx neuron spikes from its potential of the
+           step before (one step of latency per neuron layer) and then subtracts threshold x spike from the new
+           potential: with beta = 0 that is v_t = I_t - s_t theta, s_(t+1) = [v_t > theta], so a unit fires
+           at t + 1 when I_t > theta (1 + s_t). The thresholds above make that the same rule for s_t = 0 and 1
+           (integers: I >= 0 either way; OR: I >= 1; float units: I > -FLT_MIN or > -2 FLT_MIN, which differ
+           only for I in (-2.4e-38, -1.2e-38]). Feed the same input for ``steps`` (graph metadata: neuron
+           layers + 1) steps, time-major and channels-last (T, B, H, W, C), and read the last step's output.
 =========  ==========================================================================================
 
-Why float graphs are split (norse, snnTorch and sinabs cast every weight to float32)
--------------------------------------------------------------------------------------
+Why float graphs are split (norse, snnTorch, sinabs, SpikingJelly and Spyx compute in float32)
+----------------------------------------------------------------------------------------------
 A unit fires when p = W s + c >= 0 (W = 2W', c = b' - sum W', s in {0,1}^n). Evaluated in float32, p comes
 out as p + e with |e| <= E ~ n u (sum_j |W_j| + |c|) (u = 2^-24: the cast of each weight plus the rounding of
 the sum), so the sign can differ from the exact float64 one when |p| <= E. No choice of bias or threshold
@@ -60,11 +76,15 @@ import math
 import nir
 import numpy as np
 
+from .layout import dense_as_conv, pools_as_conv
 from .metadata import TAU, ExportError, decode_metadata
 
-TARGETS = ("generic", "norse", "snntorch", "sinabs", "speck")
+TARGETS = ("generic", "norse", "snntorch", "sinabs", "speck", "spikingjelly", "spyx")
 SNNTORCH_DT = 1e-4
 """snnTorch's NIR import uses this fixed time step (``snntorch.import_nir``: ``dt = 1e-4``)."""
+UNIT_DT = 1.0
+"""The time step (and the spyx LIFs' tau) of the spikingjelly and spyx forms: import with ``dt=1``."""
+_IF_TARGETS = ("sinabs", "speck", "spikingjelly")
 _F32_EXACT = 2**24
 HALF = 0.5
 
@@ -192,17 +212,21 @@ def target_form(graph: nir.NIRGraph, target: str) -> nir.NIRGraph:
             "target speck needs integer weights (DYNAP-CNN cores hold 8-bit integers): export with "
             "--quantize-bits 8 (pipelines.export.quantize(graph, 8) before target_form)"
         )
+    if target == "spyx":
+        graph = dense_as_conv(graph)
+    if target == "spikingjelly":
+        graph = pools_as_conv(graph)
     nodes = dict(graph.nodes)
     edges = list(graph.edges)
     split = not integer
-    neuron_kind = "IF" if target in ("sinabs", "speck") else "LIF"
-    tau = SNNTORCH_DT if target == "snntorch" else None
+    neuron_kind = "IF" if target in _IF_TARGETS else "LIF"
+    tau = {"snntorch": SNNTORCH_DT, "spyx": UNIT_DT}.get(target)
     for syn_key, unit_key in _units(graph):
         syn, unit = graph.nodes[syn_key], graph.nodes[unit_key]
         w = np.asarray(syn.weight, dtype=np.float64)
         c = np.asarray(syn.bias, dtype=np.float64)
         k = grid_exponent(w, c, extra_steps=1 if neuron_kind == "IF" else 0) if split else 0
-        if target in ("sinabs", "speck"):
+        if neuron_kind == "IF":
             if integer:
                 threshold, shift = (1.0, 1.0) if target == "speck" else (HALF, 1.0)
                 rule = "non-strict (v >= threshold)" if target == "speck" else "either (v > or >= threshold)"
@@ -224,12 +248,14 @@ def target_form(graph: nir.NIRGraph, target: str) -> nir.NIRGraph:
         nodes[unit_key] = _neuron(unit, neuron_kind, threshold, tau, rule)
     for key, node in graph.nodes.items():
         if isinstance(node, nir.LIF) and decode_metadata(node.metadata or {}).get("role") == "or":
-            threshold = 1.0 if target == "speck" else HALF
-            rule = "non-strict (v >= threshold)" if target == "speck" else "either (v > or >= threshold)"
-            nodes[key] = _neuron(node, neuron_kind, threshold, tau, rule)
+            threshold = {"speck": 1.0, "spyx": 0.0}.get(target, HALF)
+            rule = {"speck": "non-strict (v >= threshold)", "spyx": "strict (v > threshold)"}
+            nodes[key] = _neuron(node, neuron_kind, threshold, tau, rule.get(target, "either (v > or >= threshold)"))
     meta = dict(graph.metadata or {})
     meta["target"] = target
-    meta["dt"] = SNNTORCH_DT if target == "snntorch" else TAU
+    meta["dt"] = {"snntorch": SNNTORCH_DT, "spikingjelly": UNIT_DT, "spyx": UNIT_DT}.get(target, TAU)
+    if target == "spyx":
+        meta["steps"] = 1 + sum(isinstance(n, (nir.LIF, nir.IF)) for n in nodes.values())
     if split:
         meta["threshold_rule"] = (
             "each unit sums an exact dyadic part and a small residual (pipelines.export.forms); "
@@ -238,6 +264,11 @@ def target_form(graph: nir.NIRGraph, target: str) -> nir.NIRGraph:
     elif neuron_kind == "IF":
         meta["threshold_rule"] = "integer pre-activations, unit biases + 1; " + (
             "thresholds 1, fires when v >= 1" if target == "speck" else "thresholds 1/2 (strict and non-strict agree)"
+        )
+    if target == "spyx":
+        meta["threshold_rule"] += (
+            "; OR neurons fire when v > 0; Spyx: one step of latency per neuron layer, so feed the input for "
+            "`steps` steps and read the last output"
         )
     order = _topological(nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False))
     return nir.NIRGraph(nodes={k: nodes[k] for k in order}, edges=edges, metadata=meta)

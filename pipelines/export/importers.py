@@ -1,4 +1,4 @@
-"""Run an exported NIR file through a toolchain's own importer: norse, snnTorch or sinabs.
+"""Run an exported NIR file through a toolchain's own importer: norse, snnTorch, sinabs, SpikingJelly or Spyx.
 
 This file imports only numpy, torch, nir and the toolchain, never the rest of the project, so that it also runs
 as a script under another interpreter, e.g. a venv that holds sinabs (which pins nir <= 1.0.4 and so cannot live
@@ -15,6 +15,14 @@ version is printed on stdout as ``version: X``. Each importer is used as a user 
   ``snn.Leaky`` hidden state reset to zero first (its import sets ``init_hidden=True``).
 - sinabs: ``sinabs.from_nir(graph, batch_size=N, num_timesteps=1)`` then ``spike_fn = SingleSpike`` on every
   ``IAFSqueeze`` (the default ``MultiSpike`` emits floor(v / threshold) spikes); the batch in one call.
+- spikingjelly: ``spikingjelly.activation_based.nir_exchange.import_from_nir(graph, dt=graph's dt)`` (float32,
+  single-step mode, its defaults), one step from rest (``state=None``) per batch of ``BATCH`` samples.
+- spyx: ``spyx.nir.from_nir(graph, x, dt=graph's dt)`` on the first ``BATCH`` samples, then
+  ``spyx.nn.run(model, x)`` on the others (float32, JAX's default); ``x`` time-major and channels-last,
+  (steps, B, H, W, C), the same spikes at every step for the graph's ``steps`` (metadata) steps; the output is
+  the last step's. The last batch is padded to ``BATCH`` so that JAX compiles one shape.
+
+The spyx runner imports no torch (its venv holds JAX, not PyTorch).
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import warnings
 
 import numpy as np
 
-IMPORTER_TOOLCHAINS = ("norse", "snntorch", "sinabs")
+IMPORTER_TOOLCHAINS = ("norse", "snntorch", "sinabs", "spikingjelly", "spyx")
+BATCH = 32
+"""Samples per call for the spikingjelly and spyx importers (bounds their memory on full-size networks)."""
 
 
 def toolchain_version(toolchain: str) -> str | None:
@@ -43,6 +53,18 @@ def toolchain_version(toolchain: str) -> str | None:
             import sinabs.nir  # noqa: F401
 
             v = getattr(sinabs, "__version__", "unknown")
+        elif toolchain == "spikingjelly":
+            from importlib.metadata import version
+
+            import spikingjelly.activation_based.nir_exchange  # noqa: F401
+
+            v = version("spikingjelly")
+        elif toolchain == "spyx":
+            from importlib.metadata import version
+
+            import spyx.nir  # noqa: F401
+
+            v = version("spyx")
         else:
             raise ValueError(f"no importer for toolchain {toolchain!r}; choose one of {IMPORTER_TOOLCHAINS}")
     except ImportError:
@@ -114,7 +136,59 @@ def run_sinabs(graph, spikes: np.ndarray) -> np.ndarray:
     return out.reshape(n, -1).double().numpy()
 
 
-RUNNERS = {"norse": run_norse, "snntorch": run_snntorch, "sinabs": run_sinabs}
+def run_spikingjelly(graph, spikes: np.ndarray) -> np.ndarray:
+    import torch
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    module = import_from_nir(graph, dt=_dt(graph))
+    outs = []
+    with torch.no_grad():
+        for i in range(0, spikes.shape[0], BATCH):
+            out, _ = module(torch.as_tensor(spikes[i : i + BATCH], dtype=torch.float32), None)
+            outs.append(out.reshape(out.shape[0], -1).double().numpy())
+    return np.concatenate(outs)
+
+
+def _steps(graph) -> int:
+    """The graph's ``steps`` metadata (the spyx form's latency + 1), else its neuron nodes + 1."""
+    import nir
+
+    steps = (graph.metadata or {}).get("steps")
+    if steps is not None:
+        return int(np.asarray(steps).reshape(-1)[0])
+    return 1 + sum(isinstance(n, (nir.LIF, nir.IF)) for n in graph.nodes.values())
+
+
+def run_spyx(graph, spikes: np.ndarray) -> np.ndarray:
+    import jax.numpy as jnp
+    from spyx.nir import from_nir
+    from spyx.nn import run as spyx_run
+
+    steps, n = _steps(graph), int(spikes.shape[0])
+    channels_last = np.ascontiguousarray(np.moveaxis(spikes, 1, -1))  # (N, C, H, W) -> (N, H, W, C)
+    model, outs = None, []
+    for i in range(0, n, BATCH):
+        chunk = channels_last[i : i + BATCH]
+        rows = chunk.shape[0]
+        if rows < BATCH and i > 0:
+            chunk = np.concatenate([chunk, np.zeros((BATCH - rows, *chunk.shape[1:]), chunk.dtype)])
+        x = jnp.broadcast_to(jnp.asarray(chunk, dtype=jnp.float32), (steps, *chunk.shape))
+        if model is None:
+            model, out = from_nir(graph, x, dt=_dt(graph))
+        else:
+            out, _ = spyx_run(model, x)
+        last = np.asarray(out[-1], dtype=np.float64)
+        outs.append(last.reshape(last.shape[0], -1)[:rows])
+    return np.concatenate(outs)
+
+
+RUNNERS = {
+    "norse": run_norse,
+    "snntorch": run_snntorch,
+    "sinabs": run_sinabs,
+    "spikingjelly": run_spikingjelly,
+    "spyx": run_spyx,
+}
 
 
 def run(toolchain: str, graph, spikes: np.ndarray) -> np.ndarray:
@@ -161,7 +235,7 @@ def read_graph(path):
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
-        print("usage: importers.py {norse,snntorch,sinabs} GRAPH.nir SPIKES.npy OUT.npy", file=sys.stderr)
+        print(f"usage: importers.py {{{','.join(IMPORTER_TOOLCHAINS)}}} GRAPH.nir SPIKES.npy OUT.npy", file=sys.stderr)
         return 2
     toolchain, graph_path, spikes_path, out_path = argv
     version = toolchain_version(toolchain)

@@ -104,6 +104,8 @@ class NIRRuntime:
         meta = decode_metadata(node.metadata or {})
         if isinstance(node, (nir.Input, nir.Output)):
             return None
+        if meta.get("role") == "readout":  # an Affine, or a Conv2d over the whole map (``layout.dense_as_conv``)
+            self.output_scale = float(meta.get("output_scale", 1.0))
         if isinstance(node, nir.Conv2d):
             w, b = _tensor(node.weight), _tensor(node.bias)
             stride, padding, dilation = _tuple(node.stride), _tuple(node.padding), _tuple(node.dilation)
@@ -112,8 +114,6 @@ class NIRRuntime:
         if isinstance(node, nir.Affine):
             w = _tensor(node.weight)
             b = None if node.bias is None else _tensor(node.bias)
-            if meta.get("role") == "readout":
-                self.output_scale = float(meta.get("output_scale", 1.0))
             return lambda x, mode, g: F.linear(x, w, b)
         if isinstance(node, nir.SumPool2d):
             k, s, p = _tuple(node.kernel_size), _tuple(node.stride), _tuple(node.padding)

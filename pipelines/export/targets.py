@@ -1,6 +1,14 @@
-"""The target report of ``nsm export``: nodes, neurons and synapses per layer, and per toolchain either what was
-verified (imported and run: N/N equal) or which published rules were checked and which failed. Nothing is
-claimed that was not run or checked.
+"""The target report of ``nsm export``: nodes, neurons and synapses per layer, and per toolchain one of
+
+- verified: this export's ``--check`` imported and ran the file in that toolchain (N/N equal); the toolchains
+  that ``--check`` can run are ``CHECKED`` (norse, snnTorch, sinabs, SpikingJelly, Spyx; ``make check-targets``);
+- rules only: the importer's or chip's published rules, checked on the graph, each ok or FAILED (for the
+  ``CHECKED`` toolchains when this export did not run them; Speck always: there is no chip here);
+- not a target: ``NOT_TARGETS``, with the reason, measured (rockpool 3.1.0 and lava-dl 0.6.0, each tried in its
+  own venv: rockpool's ``from_nir`` raises NotImplementedError on Conv2d, SumPool2d, Flatten and IF; lava-dl 0.6.0
+  declares Requires-Python < 3.11 and ships no NIR code).
+
+Nothing is claimed that was not run or checked.
 
 DYNAP-CNN (Speck) limits, as published in sinabs 3.1.3 (``sinabs/backend/dynapcnn``):
 
@@ -34,14 +42,23 @@ SPECK_NEURON_MEMORY = (64, 64, 64, 32, 32, 16, 16, 16, 16)
 SPECK_BITS = 8
 SPECK_SOURCE = "sinabs 3.1.3 sinabs/backend/dynapcnn (chips/dynapcnn.py, dynapcnn_layer.py, discretize.py)"
 
+_SPIKING = {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}
 IMPORTER_NODES = {
-    "norse": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
-    "snnTorch": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
-    "sinabs": {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"},
-    "Xylo (rockpool)": {"Input", "Output", "Affine", "Linear", "LIF", "CubaLIF"},
+    "norse": _SPIKING,
+    "snnTorch": _SPIKING,
+    "sinabs": _SPIKING,
+    "SpikingJelly": _SPIKING | {"Linear", "CubaLIF", "AvgPool2d"},  # SumPool2d through nirtorch's LPPool2d
+    "Spyx": _SPIKING | {"Linear", "CubaLIF"},  # any other node is skipped without a word
 }
-IMPORTERS = tuple(IMPORTER_NODES) + ("Speck (DYNAP-CNN)", "Loihi 2 (lava-dl)")
-_CHECKED_AS = {"norse": "norse", "snnTorch": "snntorch", "sinabs": "sinabs"}
+CHECKED = {"norse": "norse", "snnTorch": "snntorch", "sinabs": "sinabs", "SpikingJelly": "spikingjelly", "Spyx": "spyx"}
+"""The toolchains ``--check`` runs (report name: ``check.TARGET_TOOLCHAIN``'s name)."""
+ROCKPOOL_NODES = {"Input", "Output", "Affine", "Linear", "LI", "LIF", "CubaLIF"}
+NOT_TARGETS = {
+    "Xylo (rockpool)": "rockpool 3.1.0's from_nir maps only LI, LIF, CubaLIF, Linear and Affine (measured: "
+    "NotImplementedError on Conv2d, SumPool2d, Flatten and IF)",
+    "Loihi 2 (lava-dl)": "lava-dl 0.6.0 has no NIR importer, and requires Python < 3.11 (it does not install here)",
+}
+IMPORTERS = tuple(IMPORTER_NODES) + ("Speck (DYNAP-CNN)",) + tuple(NOT_TARGETS)
 
 
 def _node_cost(node) -> tuple[int, int]:
@@ -160,6 +177,87 @@ def speck_violations(graph: nir.NIRGraph) -> list[str]:
     return out
 
 
+def _dt(graph: nir.NIRGraph) -> float | None:
+    dt = (graph.metadata or {}).get("dt")
+    return None if dt is None else float(np.asarray(dt).reshape(-1)[0])
+
+
+def _neurons(graph: nir.NIRGraph, role: str | None = None) -> list:
+    return [
+        n
+        for n in graph.nodes.values()
+        if isinstance(n, (nir.LIF, nir.IF)) and (role is None or _role(n).get("role") == role)
+    ]
+
+
+def _uniform(node) -> bool:
+    fields = ("r", "v_threshold", "v_reset") if isinstance(node, nir.IF) else ("tau", "r", "v_threshold", "v_reset")
+    return all(np.unique(np.asarray(getattr(node, f))).size == 1 for f in fields)
+
+
+def _spikingjelly_rules(graph: nir.NIRGraph) -> list[str]:
+    """SpikingJelly 2.0.0's ``import_from_nir(graph, dt)``, with dt the graph's: per-node uniform neuron parameters,
+    IF r = 1/dt, LIF tau/dt > 1, SumPool2d as LPPool2d (average times area: exact for windows of 2^k cells)."""
+    dt = _dt(graph) or 1e-4
+    rules = []
+    ifs = [n for n in graph.nodes.values() if isinstance(n, nir.IF)]
+    lifs = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
+    if ifs:
+        ok = all(np.allclose(n.r, 1.0 / dt, rtol=1e-6) for n in ifs)
+        rules.append(f"IF r = 1/dt (dt = {dt:g}): " + ("ok" if ok else "FAILED (its import refuses it)"))
+    if lifs:
+        ok = all(float(np.min(n.tau)) / dt > 1 for n in lifs)
+        why = "FAILED (memoryless LIF: tau/dt = 1 is refused; use --target spikingjelly)"
+        rules.append(f"LIF tau/dt > 1: {'ok' if ok else why}")
+    if ifs or lifs:
+        ok = all(_uniform(n) for n in ifs + lifs)
+        rules.append("one threshold, r and reset per node: " + ("ok" if ok else "FAILED (it needs them uniform)"))
+    areas = [
+        int(np.prod(np.broadcast_to(np.asarray(n.kernel_size).reshape(-1), (2,))))
+        for n in graph.nodes.values()
+        if isinstance(n, nir.SumPool2d)
+    ]
+    odd = [a for a in areas if a & (a - 1)]
+    if areas:
+        rules.append(
+            "SumPool2d windows of 2^k cells (LPPool2d averages, then multiplies): "
+            + ("ok" if not odd else f"FAILED for {len(odd)} (sums can round; use --target spikingjelly)")
+        )
+    return rules
+
+
+def _spyx_rules(graph: nir.NIRGraph) -> list[str]:
+    """Spyx 1.0.0's ``from_nir(graph, x, dt)``: a chain from ``input`` to ``output``; channels-last (a Flatten of a
+    map with H W > 1 permutes the next layer's inputs); neurons that spike from the step before and reset by
+    subtraction (``forms``: unit thresholds <= 0, OR thresholds in [0, 1/2)); LIF tau = dt (beta = 0)."""
+    rules = []
+    chain = {"input", "output"} <= set(graph.nodes) and all(
+        sum(a == k for a, _ in graph.edges) == 1 for k in graph.nodes if k != "output"
+    )
+    rules.append("a chain from 'input' to 'output': " + ("ok" if chain else "FAILED (it reads the edges as one)"))
+    maps = [
+        n
+        for n in graph.nodes.values()
+        if isinstance(n, nir.Flatten) and np.prod(np.asarray(n.input_type["input"]).reshape(-1)[1:]) > 1
+    ]
+    if maps:
+        rules.append(f"{len(maps)} Flatten of a map: FAILED (it flattens channels-last; use --target spyx)")
+    dt = _dt(graph) or 1.0
+    lifs = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
+    if lifs:
+        ok = all(np.allclose(n.tau, dt) for n in lifs)
+        rules.append(f"LIF tau = dt (dt = {dt:g}, memoryless): " + ("ok" if ok else "FAILED"))
+    units, ors = _neurons(graph, "unit"), _neurons(graph, "or")
+    ok = all(float(np.max(n.v_threshold)) <= 0 for n in units) and all(
+        0 <= float(np.min(n.v_threshold)) and float(np.max(n.v_threshold)) < 0.5 for n in ors
+    )
+    rules.append(
+        "thresholds its subtractive reset leaves exact (units <= 0, OR neurons in [0, 1/2)): "
+        + ("ok" if ok else "FAILED (a unit that fired can miss its next spike; use --target spyx)")
+    )
+    return rules
+
+
 def target_report(graph: nir.NIRGraph, check=None) -> str:
     """Node counts, neurons and synapses per layer, and per toolchain what was verified or checked by rule.
 
@@ -177,11 +275,14 @@ def target_report(graph: nir.NIRGraph, check=None) -> str:
         tot_n, tot_s = tot_n + neurons, tot_s + synapses
         lines.append(f"{layer:<10} {' + '.join(type(n).__name__ for _, n in nodes):<34} {neurons:>10,} {synapses:>12,}")
     lines.append(f"{'total':<10} {'':<34} {tot_n:>10,} {tot_s:>12,}")
-    lines.append("toolchains (verified = imported and run here; otherwise rules checked, nothing assumed):")
+    lines.append(
+        "toolchains (verified = imported and run here by --check; rules only = published rules checked on this "
+        "graph, not run; not a target = no importer to run):"
+    )
     lifs = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
     for name, accepted in IMPORTER_NODES.items():
         missing = sorted(set(counts) - accepted)
-        if check is not None and _CHECKED_AS.get(name) == check.toolchain:
+        if check is not None and CHECKED[name] == check.toolchain:
             lines.append(f"  {name:<18} {'verified' if check.ok else 'NOT verified'}: {check}")
             continue
         rules = [f"node types {'all imported' if not missing else 'NOT imported: ' + ', '.join(missing)}"]
@@ -190,15 +291,26 @@ def target_report(graph: nir.NIRGraph, check=None) -> str:
             rules.append("LIF tau = 1e-4 (its fixed dt): " + ("FAILED, thresholds would scale" if bad_tau else "ok"))
         if name == "sinabs" and lifs:
             rules.append("LIF nodes: FAILED (its import fails on conv-shaped LIF; use --target sinabs)")
-        if name == "Xylo (rockpool)" and counts.get("Conv2d"):
-            rules.append(f"{counts['Conv2d']} Conv2d: FAILED (no convolutions)")
-        lines.append(f"  {name:<18} not run here; rules checked: {'; '.join(rules)}")
+        if name == "SpikingJelly":
+            rules += _spikingjelly_rules(graph)
+        if name == "Spyx":
+            rules += _spyx_rules(graph)
+        target = CHECKED[name]
+        lines.append(f"  {name:<18} not run here (--check --target {target} runs it); rules: {'; '.join(rules)}")
     violations = speck_violations(graph)
     if violations:
-        lines.append(f"  {'Speck (DYNAP-CNN)':<18} does NOT fit ({len(violations)} violations of {SPECK_SOURCE}):")
+        lines.append(
+            f"  {'Speck (DYNAP-CNN)':<18} rules only, does NOT fit ({len(violations)} violations of {SPECK_SOURCE}):"
+        )
         lines += [f"      - {v}" for v in violations]
     else:
-        lines.append(f"  {'Speck (DYNAP-CNN)':<18} fits every rule checked ({SPECK_SOURCE}); not run on a chip")
+        lines.append(
+            f"  {'Speck (DYNAP-CNN)':<18} rules only: fits every rule checked ({SPECK_SOURCE}); not run on a chip"
+        )
     lines.append(f"  {'':<18} (the readout, real-valued logits from the last core's spikes, runs on the host)")
-    lines.append(f"  {'Loihi 2 (lava-dl)':<18} no released lava-dl has a NIR importer: nothing to run or check")
+    for name, why in NOT_TARGETS.items():
+        extra = ""
+        if name == "Xylo (rockpool)" and set(counts) - ROCKPOOL_NODES:
+            extra = "; this graph has " + ", ".join(f"{counts[k]} {k}" for k in sorted(set(counts) - ROCKPOOL_NODES))
+        lines.append(f"  {name:<18} not a target: {why}{extra}")
     return "\n".join(lines)
