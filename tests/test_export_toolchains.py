@@ -114,9 +114,12 @@ def test_lppool_of_a_25_cell_window_miscounts_spikes_which_is_why_such_pools_bec
 # ------------------------------------------------------------------------------------ the importers, in their venvs
 
 
-@pytest.mark.parametrize("target", ["spikingjelly", "spyx"])
+@pytest.mark.parametrize("target", ["spikingjelly", "spyx", "sinabs", "norse", "snntorch"])
 def test_a_25_cell_readout_pool_is_exact_through_the_importer_for_integer_graphs(target, tmp_path):
-    python = venv_python(target)
+    """Before the pool rewrite, norse, snnTorch and sinabs changed logits (by up to 4.9e-4) and SpikingJelly outputs."""
+    python = venv_python(target) if target in ("spikingjelly", "spyx", "sinabs") else None
+    if python is None:
+        pytest.importorskip(target)
     model, shape = allconv_40(), (2, 40, 40)
     x = check_inputs(shape, 200, seed=6)
     q = quantize(to_nir(model, shape), 8)

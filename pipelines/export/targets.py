@@ -195,9 +195,26 @@ def _uniform(node) -> bool:
     return all(np.unique(np.asarray(getattr(node, f))).size == 1 for f in fields)
 
 
+def _pool_rule(graph: nir.NIRGraph, target: str) -> list[str]:
+    """norse, snnTorch, sinabs and SpikingJelly run ``SumPool2d`` as ``LPPool2d(norm_type=1)`` (a float32 average
+    times the area: exact for windows of 2^k cells; ``forms.POOL_AS_CONV_TARGETS`` rewrites the others)."""
+    areas = [
+        int(np.prod(np.broadcast_to(np.asarray(n.kernel_size).reshape(-1), (2,))))
+        for n in graph.nodes.values()
+        if isinstance(n, nir.SumPool2d)
+    ]
+    odd = [a for a in areas if a & (a - 1)]
+    if not areas:
+        return []
+    return [
+        "SumPool2d windows of 2^k cells (LPPool2d averages, then multiplies): "
+        + ("ok" if not odd else f"FAILED for {len(odd)} (sums can round; use --target {target})")
+    ]
+
+
 def _spikingjelly_rules(graph: nir.NIRGraph) -> list[str]:
     """SpikingJelly 2.0.0's ``import_from_nir(graph, dt)``, with dt the graph's: per-node uniform neuron parameters,
-    IF r = 1/dt, LIF tau/dt > 1, SumPool2d as LPPool2d (average times area: exact for windows of 2^k cells)."""
+    IF r = 1/dt, LIF tau/dt > 1 (its pools: ``_pool_rule``)."""
     dt = _dt(graph) or 1e-4
     rules = []
     ifs = [n for n in graph.nodes.values() if isinstance(n, nir.IF)]
@@ -212,17 +229,6 @@ def _spikingjelly_rules(graph: nir.NIRGraph) -> list[str]:
     if ifs or lifs:
         ok = all(_uniform(n) for n in ifs + lifs)
         rules.append("one threshold, r and reset per node: " + ("ok" if ok else "FAILED (it needs them uniform)"))
-    areas = [
-        int(np.prod(np.broadcast_to(np.asarray(n.kernel_size).reshape(-1), (2,))))
-        for n in graph.nodes.values()
-        if isinstance(n, nir.SumPool2d)
-    ]
-    odd = [a for a in areas if a & (a - 1)]
-    if areas:
-        rules.append(
-            "SumPool2d windows of 2^k cells (LPPool2d averages, then multiplies): "
-            + ("ok" if not odd else f"FAILED for {len(odd)} (sums can round; use --target spikingjelly)")
-        )
     return rules
 
 
@@ -293,6 +299,8 @@ def target_report(graph: nir.NIRGraph, check=None) -> str:
             rules.append("LIF nodes: FAILED (its import fails on conv-shaped LIF; use --target sinabs)")
         if name == "SpikingJelly":
             rules += _spikingjelly_rules(graph)
+        if name != "Spyx":
+            rules += _pool_rule(graph, CHECKED[name])
         if name == "Spyx":
             rules += _spyx_rules(graph)
         target = CHECKED[name]
