@@ -12,6 +12,7 @@ from nsm.neurons import neuron_kind
 from .allconvnet import allconvnet12, allconvnet18
 from .cnn import nmnist_cnn
 from .network import Network
+from .specknet import specknet
 
 NEURON_OPTIONS = ("noise_p", "conv_noise_p", "noise_sigma", "sn_sigma")
 INPUT_OPTION = "input_levels"
@@ -35,6 +36,9 @@ _MODELS = {
         allconvnet18, 6, (64, 64), 11, "18-layer all-convolutional net for DVS Gesture (six 16 ms frames, 64x64)"
     ),
     "allconvnet12": ModelEntry(allconvnet12, 3, (32, 32), 10, "12-layer all-convolutional net (CIFAR-style, seed)"),
+    "specknet": ModelEntry(
+        specknet, 6, (32, 32), 11, "7-convolution NSM sized for Speck (DYNAP-CNN): stride-2 convs, no pools, 32x32"
+    ),
     "nmnist_cnn": ModelEntry(nmnist_cnn, 10, (34, 34), 10, "32c5-p2-64c5-p2-1024-10 for N-MNIST (seed)"),
 }
 

@@ -14,7 +14,7 @@ from events import SensorSize
 from pipelines import cli
 from pipelines import config as configs
 
-PRESETS = ("tiny", "tiny-digits", "gestures-allconv18", "dvsgesture-allconv18", "nmnist-cnn")
+PRESETS = ("tiny", "tiny-digits", "gestures-allconv18", "gestures-speck", "dvsgesture-allconv18", "nmnist-cnn")
 
 
 def parts(cfg: configs.Config):

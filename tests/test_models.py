@@ -8,7 +8,12 @@ import torch
 import models
 import nsm
 
-SIZES = {"allconvnet18": [(64, 64), (24, 40)], "allconvnet12": [(32, 32), (12, 20)], "nmnist_cnn": [(34, 34), (28, 40)]}
+SIZES = {
+    "allconvnet18": [(64, 64), (24, 40)],
+    "allconvnet12": [(32, 32), (12, 20)],
+    "nmnist_cnn": [(34, 34), (28, 40)],
+    "specknet": [(32, 32), (13, 20)],
+}
 
 
 @pytest.mark.parametrize("neuron", nsm.NEURON_KINDS)
@@ -17,7 +22,7 @@ def test_forward_backward_at_two_sizes(name, neuron):
     assert name in SIZES, f"give the new model {name!r} two input sizes to test in SIZES"
     for size in SIZES[name]:
         torch.manual_seed(0)
-        width = {"allconvnet18": 0.25, "allconvnet12": 0.25}.get(name)
+        width = {"allconvnet18": 0.25, "allconvnet12": 0.25, "specknet": 0.5}.get(name)
         kw = {"width": width} if width else {"hidden": 64}
         net = models.create_model(name, input_size=size, in_channels=4, num_classes=7, neuron=neuron, **kw)
         x = torch.randint(0, 3, (3, 4, *size)).float()
@@ -43,6 +48,21 @@ def test_allconvnet18_layout():
     assert all(bool((c.beta == 1.0).all()) for c in convs)
 
 
+def test_specknet_layout():
+    """Seven unit convolutions (one per Speck core), stride-2 downsampling, no pools: 32 -> 16 -> 8 -> 4."""
+    net = models.create_model("specknet")
+    convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
+    assert [c.out_channels for c in convs] == [16, 32, 32, 64, 64, 64, 128]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1]
+    assert not any(isinstance(m, nsm.BinaryMaxPool2d) for m in net)
+    assert isinstance(net[0], nsm.Binarize) and isinstance(net[-1], nsm.Readout) and len(net) == 9
+    x = torch.zeros(1, 6, 32, 32)
+    with torch.no_grad():
+        for layer in list(net)[:-1]:
+            x = layer(x)
+    assert x.shape == (1, 128, 4, 4)
+
+
 def test_nmnist_cnn_layout():
     net = models.create_model("nmnist_cnn", neuron="gnsm")
     convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
@@ -62,7 +82,7 @@ def test_spec_rebuilds_the_same_architecture():
 
 
 def test_bad_arguments_are_clear():
-    assert models.list_models() == ["allconvnet12", "allconvnet18", "nmnist_cnn"]
+    assert models.list_models() == ["allconvnet12", "allconvnet18", "nmnist_cnn", "specknet"]
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         models.create_model("resnet")
     with pytest.raises(ValueError, match="unknown neuron kind"):

@@ -25,7 +25,7 @@ from .graph import as_float64, spike_input, to_nir
 from .metadata import MARGIN, TAU, ExportError, decode_metadata, read_nir, write_nir
 from .quantize import INTEGER_THRESHOLD, QuantizationReport, quantization_report, quantize
 from .runtime import NIRRuntime
-from .targets import IMPORTERS, speck_violations, target_report
+from .targets import IMPORTERS, speck_memory, speck_violations, target_report
 from .write import export_checkpoint
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "TARGET_TOOLCHAIN",
     "check_file",
     "is_integer_graph",
+    "speck_memory",
     "speck_violations",
     "target_form",
     "ExportError",

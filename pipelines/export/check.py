@@ -127,10 +127,13 @@ class CheckResult:
     version: str = ""
     exact: bool = False
     missing: str = ""
+    mapping: object = None
+    """For ``--target speck``: the ``chip.SpeckMapping`` of the same file, which must be ok too."""
 
     @property
     def ok(self) -> bool:
-        return not self.missing and self.top_class_agree == self.n and self.logits_close
+        mapped = self.mapping is None or self.mapping.ok
+        return not self.missing and self.top_class_agree == self.n and self.logits_close and mapped
 
     def __str__(self) -> str:
         if self.missing:

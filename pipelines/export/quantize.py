@@ -12,6 +12,12 @@ halfway between two achievable values, so the strict (v > theta) and non-strict 
 agree and float32 evaluation is exact while |q.s + c_q| < 2^24 (checked). Biases are integers on the
 same scale; a target that takes integer thresholds uses theta_i = -c_q,i with the non-strict rule (or
 -c_q,i - 1 with the strict rule) and no bias; ``QuantizationReport.bias_bits`` gives the width they need.
+Targets whose biases have a width of their own (DYNAP-CNN: 8 bits, like its weights) pass ``bias_limit`` B: then
+
+    k_i = min(Q / max_j |W_s,ij|, B / |c_i|)
+
+so that |c_q,i| <= B; a unit whose |c_i| is large against its weights then keeps fewer weight levels
+(``QuantizationReport`` measures what that costs).
 The readout Affine is quantized with one scale k for all classes (argmax and, after dividing by k,
 the logits are preserved up to rounding); k is stored as the readout's ``output_scale`` metadata.
 Each unit's ``logit_scale`` metadata becomes k_i, so ``pipelines.export.runtime`` still recovers the
@@ -35,11 +41,16 @@ MIN_BITS, MAX_BITS = 2, 16  # the integer weight widths ``quantize`` writes
 _EXACT_LIMIT = 2**24  # integers up to this magnitude are exact in float32
 
 
-def _per_unit_scale(w: np.ndarray, c: np.ndarray, q: int) -> np.ndarray:
-    """k_i = q / max_j |w_ij|; for all-zero weights q / |c_i| (the unit keeps its constant sign), else 1."""
+def _per_unit_scale(w: np.ndarray, c: np.ndarray, q: int, bias_limit: int | None = None) -> np.ndarray:
+    """k_i = q / max_j |w_ij|; for all-zero weights q / |c_i| (the unit keeps its constant sign), else 1; with
+    ``bias_limit`` B also at most B / |c_i|."""
     wmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-    ref = np.where(wmax > 0, wmax, np.abs(c.astype(np.float64)))
-    return np.where(ref > 0, q / np.where(ref > 0, ref, 1.0), 1.0)
+    cabs = np.abs(c.astype(np.float64))
+    ref = np.where(wmax > 0, wmax, cabs)
+    k = np.where(ref > 0, q / np.where(ref > 0, ref, 1.0), 1.0)
+    if bias_limit is not None:
+        k = np.where(cabs > 0, np.minimum(k, bias_limit / np.where(cabs > 0, cabs, 1.0)), k)
+    return k
 
 
 def _scaled(weight: np.ndarray, bias: np.ndarray, k: np.ndarray):
@@ -74,14 +85,18 @@ def _with(node, **changes):
     raise TypeError(type(node).__name__)
 
 
-def quantize(graph: nir.NIRGraph, bits: int) -> nir.NIRGraph:
-    """A copy of ``graph`` (from ``pipelines.export.to_nir``) with ``bits``-bit integer weights (module docstring).
+def quantize(graph: nir.NIRGraph, bits: int, bias_limit: int | None = None) -> nir.NIRGraph:
+    """A copy of ``graph`` (from ``pipelines.export.to_nir``) with ``bits``-bit integer weights (module docstring);
+    ``bias_limit``: the largest |integer unit bias| allowed (``None``: no bound of its own).
 
-    Raises ``ValueError`` for bits outside MIN_BITS..MAX_BITS (2..16), for graphs not written by the export, and when an
-    integer pre-activation could exceed 2^24 (float32 would no longer add it exactly).
+    Raises ``ValueError`` for bits outside MIN_BITS..MAX_BITS (2..16), a ``bias_limit`` below 1, for graphs not
+    written by the export, and when an integer pre-activation could exceed 2^24 (float32 would no longer add it
+    exactly).
     """
     if not MIN_BITS <= int(bits) <= MAX_BITS:
         raise ValueError(f"quantization needs {MIN_BITS} <= bits <= {MAX_BITS} (got {bits})")
+    if bias_limit is not None and int(bias_limit) < 1:
+        raise ValueError(f"quantization needs a bias limit >= 1 (got {bias_limit})")
     q = 2 ** (int(bits) - 1) - 1
     runtime = NIRRuntime(graph)  # validates the chain and gives the order
     order = runtime.order
@@ -92,7 +107,7 @@ def quantize(graph: nir.NIRGraph, bits: int) -> nir.NIRGraph:
         if isinstance(unit, nir.LIF) and unit_meta.get("role") == "unit":
             if not isinstance(syn, (nir.Conv2d, nir.Affine)):
                 raise ValueError(f"unit {post!r} is fed by {type(syn).__name__}, not Conv2d/Affine")
-            k = _per_unit_scale(syn.weight, syn.bias, q)
+            k = _per_unit_scale(syn.weight, syn.bias, q, bias_limit)
             w, c = _scaled(syn.weight, syn.bias, k)
             bound = float(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max() + np.abs(c).max())
             if bound >= _EXACT_LIMIT:

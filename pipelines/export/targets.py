@@ -3,7 +3,8 @@
 - verified: this export's ``--check`` imported and ran the file in that toolchain (N/N equal); the toolchains
   that ``--check`` can run are ``CHECKED`` (norse, snnTorch, sinabs, SpikingJelly, Spyx; ``make check-targets``);
 - rules only: the importer's or chip's published rules, checked on the graph, each ok or FAILED (for the
-  ``CHECKED`` toolchains when this export did not run them; Speck always: there is no chip here);
+  ``CHECKED`` toolchains when this export did not run them; Speck unless ``--check --target speck`` ran sinabs'
+  DYNAP-CNN backend on the file, ``chip.map_onto_speck``: there is no chip here);
 - not a target: ``NOT_TARGETS``, with the reason, measured (rockpool 3.1.0 and lava-dl 0.6.0, each tried in its
   own venv: rockpool's ``from_nir`` raises NotImplementedError on Conv2d, SumPool2d, Flatten and IF; lava-dl 0.6.0
   declares Requires-Python < 3.11 and ships no NIR code).
@@ -40,6 +41,8 @@ SPECK_CORES = 9
 SPECK_KERNEL_MEMORY = (16, 16, 16, 32, 32, 64, 64, 16, 16)  # Ki entries per core
 SPECK_NEURON_MEMORY = (64, 64, 64, 32, 32, 16, 16, 16, 16)
 SPECK_BITS = 8
+SPECK_BIAS_LIMIT = 2 ** (SPECK_BITS - 1) - 2
+"""The largest |unit bias| ``quantize`` may write for the speck form, which adds 1 to every unit bias (``forms``)."""
 SPECK_SOURCE = "sinabs 3.1.3 sinabs/backend/dynapcnn (chips/dynapcnn.py, dynapcnn_layer.py, discretize.py)"
 
 _SPIKING = {"Input", "Output", "Conv2d", "SumPool2d", "Flatten", "Affine", "IF", "LIF"}
@@ -113,6 +116,15 @@ def _fits_cores(needs: list[tuple[int, int]]) -> bool:
 
 def speck_violations(graph: nir.NIRGraph) -> list[str]:
     """Every way ``graph`` breaks the published DYNAP-CNN limits (module docstring), by layer; [] if it fits."""
+    return _speck_scan(graph)[0]
+
+
+def speck_memory(graph: nir.NIRGraph) -> list[tuple[int, int]]:
+    """(kernel, neuron) memory entries of each neuron layer a core would hold, in order (module docstring)."""
+    return _speck_scan(graph)[1]
+
+
+def _speck_scan(graph: nir.NIRGraph) -> tuple[list[str], list[tuple[int, int]]]:
     out = []
     needs = []
     flat_in = None
@@ -174,7 +186,7 @@ def speck_violations(graph: nir.NIRGraph) -> list[str]:
         out.append(f"network: {units} neuron layers > {SPECK_CORES} cores")
     elif needs and not _fits_cores(needs):
         out.append("network: no assignment of the layers to distinct cores meets every core's memory")
-    return out
+    return out, needs
 
 
 def _dt(graph: nir.NIRGraph) -> float | None:
@@ -306,7 +318,13 @@ def target_report(graph: nir.NIRGraph, check=None) -> str:
         target = CHECKED[name]
         lines.append(f"  {name:<18} not run here (--check --target {target} runs it); rules: {'; '.join(rules)}")
     violations = speck_violations(graph)
-    if violations:
+    mapping = getattr(check, "mapping", None)
+    if mapping is not None:
+        state = "mapped onto cores" if mapping.ok else "NOT mapped"
+        rules = "fits every rule checked" if not violations else f"{len(violations)} rule violations"
+        lines.append(f"  {'Speck (DYNAP-CNN)':<18} {state} by sinabs' chip backend ({rules}): {mapping}")
+        lines += [f"      - {v}" for v in violations]
+    elif violations:
         lines.append(
             f"  {'Speck (DYNAP-CNN)':<18} rules only, does NOT fit ({len(violations)} violations of {SPECK_SOURCE}):"
         )

@@ -16,12 +16,13 @@ from .check import (
     check_samples_fit,
     deterministic_logits,
 )
+from .chip import map_onto_speck
 from .forms import target_form
 from .graph import spike_input, to_nir
 from .metadata import write_nir
 from .quantize import quantization_report, quantize
 from .runtime import NIRRuntime
-from .targets import target_report
+from .targets import SPECK_BIAS_LIMIT, target_report
 
 
 def export_checkpoint(
@@ -36,11 +37,13 @@ def export_checkpoint(
     importer_python: str | None = None,
 ) -> CheckResult | None:
     """Write ``checkpoint``'s deterministic binary network to the NIR file ``out`` (atomically) and print its
-    target report. ``quantize_bits``: integer weights of that many bits, with the accuracy change on
+    target report. ``quantize_bits``: integer weights of that many bits (for ``speck`` with unit biases of at most
+    ``targets.SPECK_BIAS_LIMIT``), with the accuracy change on
     ``check_samples`` seeded random inputs (labels: the float model's predictions). ``check``: read the file
     back, run it through ``target``'s own importer (``check.TARGET_TOOLCHAIN``; here, or under ``importer_python``)
     on those inputs and return how it agrees with the PyTorch model (or, when quantized, exactly with the
-    quantized graph's reference runtime). ``target``: the form written (``forms.TARGETS``).
+    quantized graph's reference runtime; for ``speck`` also map it onto DYNAP-CNN cores with sinabs' chip backend,
+    ``chip.map_onto_speck``). ``target``: the form written (``forms.TARGETS``).
 
     Refused before any work, with an error naming the option or file: ``check_samples`` outside
     1..``check.MAX_CHECK_SAMPLES``, or more inputs than fit in ``check.CHECK_INPUT_BYTES`` for this network's input
@@ -64,7 +67,7 @@ def export_checkpoint(
     inputs = spike_input(model, counts) if counts is not None else None  # what the graph reads
     if quantize_bits is not None:
         float_graph = graph
-        graph = quantize(float_graph, quantize_bits)
+        graph = quantize(float_graph, quantize_bits, bias_limit=SPECK_BIAS_LIMIT if target == "speck" else None)
         labels = deterministic_logits(model, counts).argmax(dim=1)
         print(quantization_report(float_graph, graph, inputs, labels, label_source="float model predictions"))
     if quantize_bits is not None:
@@ -80,6 +83,8 @@ def export_checkpoint(
     result = None
     if check:
         result = check_file(target, out, inputs, ref, exact=quantize_bits is not None, python=importer_python)
+        if target == "speck":
+            result.mapping = map_onto_speck(out, importer_python)
     print(target_report(graph, result))
     if result is not None:
         print(result)

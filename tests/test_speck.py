@@ -1,0 +1,136 @@
+"""The Speck-sized NSM (``specknet``, preset ``gestures-speck``) and its deployment form: the chip's rules checked on
+the graph (``targets.speck_violations``, ``speck_memory``), 8-bit weights with biases bounded for the chip
+(``quantize(..., bias_limit)``), and sinabs' own DYNAP-CNN backend mapping the exported file onto cores
+(``chip.map_onto_speck``, ``speck_mapping.py``): an independent implementation of the memory formulas and the core
+matching.
+
+The tests that run sinabs need the venv ``make check-targets`` builds (build/targets/sinabs) and skip, naming it,
+when it is absent; the chip configuration (``make_config``) needs the real samna and skips without it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import nir
+import numpy as np
+import pytest
+import torch
+
+import models
+from pipelines import config as configs
+from pipelines.export import (
+    NIRRuntime,
+    check_inputs,
+    quantize,
+    speck_memory,
+    speck_violations,
+    target_form,
+    target_report,
+    to_nir,
+    write_nir,
+)
+from pipelines.export.chip import map_onto_speck
+from pipelines.export.targets import SPECK_BIAS_LIMIT, SPECK_BITS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (6, 32, 32)
+
+
+def sinabs_python() -> str:
+    path = os.path.join(ROOT, "build", "targets", "sinabs", "bin", "python")
+    if not os.path.exists(path):
+        pytest.skip(f"sinabs venv not found at {path}: run make check-targets to build it")
+    return path
+
+
+def speck_graph(name="specknet", seed=0, bits=SPECK_BITS, **kw):
+    torch.manual_seed(seed)
+    model = models.create_model(name, **kw)
+    q = quantize(to_nir(model, SHAPE), bits, bias_limit=SPECK_BIAS_LIMIT)
+    return model, q, target_form(q, "speck")
+
+
+def unit_synapses(graph):
+    return [n for n in graph.nodes.values() if isinstance(n, nir.Conv2d)]
+
+
+def test_the_speck_preset_trains_specknet_with_the_allconv18_presets_data_and_recipe():
+    speck, allconv = configs.load_config("gestures-speck"), configs.load_config("gestures-allconv18")
+    assert (speck.model.name, speck.model.neuron) == ("specknet", "bnsm")
+    assert speck.data == allconv.data and speck.train == allconv.train and speck.eval == allconv.eval
+
+
+def test_specknet_fits_speck_by_the_rules_and_allconvnet18_does_not():
+    _, _, graph = speck_graph()
+    assert speck_violations(graph) == []
+    assert "fits every rule checked" in target_report(graph)
+    _, _, big = speck_graph("allconvnet18", width=0.5)
+    problems = "\n".join(speck_violations(big))
+    assert "max-pool" in problems and "12 neuron layers > 9 cores" in problems
+
+
+def test_speck_weights_and_biases_are_8_bit_integers_and_the_form_computes_the_quantized_network():
+    _, q, graph = speck_graph(seed=3)
+    for syn in unit_synapses(graph):
+        w, b = np.asarray(syn.weight), np.asarray(syn.bias)
+        assert np.array_equal(w, np.rint(w)) and np.abs(w).max() <= 2 ** (SPECK_BITS - 1) - 1
+        assert np.array_equal(b, np.rint(b)) and -(2 ** (SPECK_BITS - 1)) <= b.min() and b.max() < 2 ** (SPECK_BITS - 1)
+    x = check_inputs(SHAPE, 64, seed=1)
+    spikes = (x > 0).float()
+    assert torch.equal(NIRRuntime(graph).outputs(spikes), NIRRuntime(q).outputs(spikes))
+
+
+def test_the_bias_limit_bounds_every_unit_bias_and_leaves_unbounded_units_as_they_were():
+    torch.manual_seed(0)
+    g = to_nir(models.create_model("specknet"), SHAPE)
+    free, bounded = quantize(g, 8), quantize(g, 8, bias_limit=20)
+    for a, b in zip(unit_synapses(free), unit_synapses(bounded)):
+        assert np.abs(np.asarray(b.bias)).max() <= 20
+        small = np.abs(np.asarray(a.bias)) <= 20  # units whose bias already fit keep their scale
+        assert np.array_equal(np.asarray(a.weight)[small], np.asarray(b.weight)[small])
+    with pytest.raises(ValueError, match="bias limit >= 1"):
+        quantize(g, 8, bias_limit=0)
+
+
+def test_sinabs_maps_specknet_onto_distinct_cores_with_the_memories_the_rules_compute(tmp_path):
+    python = sinabs_python()
+    _, _, graph = speck_graph()
+    path = write_nir(graph, tmp_path / "speck.nir")
+    mapping = map_onto_speck(path, python)
+    assert mapping.ok, str(mapping)
+    assert mapping.layers == 7 and len(set(mapping.cores.values())) == 7
+    ours = speck_memory(graph)
+    assert [mapping.memory["kernel"][str(i)] for i in range(7)] == [k for k, _ in ours]
+    assert [mapping.memory["neuron"][str(i)] for i in range(7)] == [n for _, n in ours]
+
+
+def test_sinabs_refuses_allconvnet18s_or_pools_as_the_rules_say(tmp_path):
+    python = sinabs_python()
+    _, _, graph = speck_graph("allconvnet18", width=0.25)
+    mapping = map_onto_speck(write_nir(graph, tmp_path / "allconv.nir"), python)
+    assert not mapping.ok and mapping.refused and "SumPool2d" in mapping.refused, str(mapping)
+
+
+def test_the_mapping_fails_when_sinabs_would_rescale_the_exported_integers_the_control(tmp_path):
+    """10-bit weights do not fit the chip's 8: sinabs' discretization rescales them, which the check must catch."""
+    python = sinabs_python()
+    torch.manual_seed(0)
+    graph = target_form(quantize(to_nir(models.create_model("specknet"), SHAPE), 10), "speck")
+    mapping = map_onto_speck(write_nir(graph, tmp_path / "ten.nir"), python)
+    assert mapping.cores is not None and mapping.discretize_changed is True and not mapping.ok, str(mapping)
+
+
+def test_make_config_builds_the_chip_configuration_where_samna_is_installed(tmp_path):
+    python = sinabs_python()
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); import speck_mapping; print(speck_mapping.real_samna())"
+    here = os.path.join(ROOT, "pipelines", "export")
+    real = subprocess.run([python, "-c", probe, here], capture_output=True, text=True).stdout.strip()
+    if real != "True":
+        pytest.skip(
+            "samna is not installed in the sinabs venv (its PyPI package is a stub that pip-installs the real one "
+            "from an index this machine cannot reach); make_config needs it"
+        )
+    _, _, graph = speck_graph()
+    mapping = map_onto_speck(write_nir(graph, tmp_path / "speck.nir"), python)
+    assert mapping.ok and mapping.config == "made", str(mapping)
