@@ -126,8 +126,9 @@ def test_norse_matches_trained_model_on_200_inputs(trained, task_inputs, tmp_pat
     _norse_agrees(trained, TASK, torch.cat([x, check_inputs(TASK, 50, seed=5)]), tmp_path, "trained")
 
 
-def tiny_test_clips(tiny_run, gestures, n=200):
-    """The trained ``tiny`` preset (conftest ``tiny_run``) and ``n`` of its test clips as (n, C, H, W) counts."""
+def tiny_test_items(tiny_run, gestures, n=200):
+    """The trained ``tiny`` preset (conftest ``tiny_run``), its first ``n`` test clips as (n, C, H, W) counts and
+    their labels."""
     from pipelines.checkpoint import load_checkpoint
     from pipelines.config import from_dict
     from pipelines.data import test_set
@@ -137,12 +138,35 @@ def tiny_test_clips(tiny_run, gestures, n=200):
     clips = test_set(from_dict(ck.config).data, data, cache, progress=False)
     assert len(clips) >= n
     x = torch.stack([clips[i][0] for i in range(n)])
-    return ck.model.eval(), x.flatten(1, 2)
+    return ck.model.eval(), x.flatten(1, 2), torch.tensor([clips[i][1] for i in range(n)])
+
+
+def tiny_test_clips(tiny_run, gestures, n=200):
+    """``tiny_test_items`` without the labels."""
+    return tiny_test_items(tiny_run, gestures, n)[:2]
 
 
 def test_norse_matches_the_trained_tiny_preset_on_200_test_clips(tiny_run, gestures, tmp_path):
     model, x = tiny_test_clips(tiny_run, gestures)
     _norse_agrees(model, tuple(x.shape[1:]), x, tmp_path, "tiny")
+
+
+def test_export_data_checks_on_the_test_clips_with_their_labels(tiny_run, gestures, tmp_path, capsys):
+    """``--data``: the quantization report's accuracy is the deterministic network's on the first N test clips,
+    against their labels (computed here from the clips), and the check runs on those clips."""
+    from pipelines.cli import main
+
+    data, cache = gestures
+    n = 60
+    argv = ["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "t.nir"), "--quiet"]
+    argv += ["--data", str(data), "--cache", str(cache), "--check-samples", str(n), "--quantize-bits", "8"]
+    assert main(argv + ["--check", "--target", "norse"]) == 0
+    out = capsys.readouterr().out
+    model, x, labels = tiny_test_items(tiny_run, gestures, n=n)
+    accuracy = float((deterministic_logits(model, x).argmax(1) == labels).float().mean())
+    assert f"on {n} inputs (labels: the labels of {n} test clips of {data})" in out
+    assert f"accuracy {100 * accuracy:.2f}% ->" in out
+    assert f"check on {n} inputs: top class equal on {n}/{n}" in out
 
 
 def test_runtime_mc_of_the_trained_tiny_preset_matches_mc_predict(tiny_run, gestures):
@@ -693,6 +717,18 @@ def _one_line_error(capsys, argv, expected: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nsm export: error: ") and expected in err[0], err
     return err[0]
+
+
+def test_export_data_without_check_or_quantize_bits_is_one_line_and_writes_nothing(small_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.nir"
+    argv = ["export", "--checkpoint", str(small_checkpoint), "--out", str(out), "--data", str(tmp_path)]
+    _one_line_error(capsys, argv, f"--data {tmp_path}: the test clips are inputs for --check and --quantize-bits")
+    assert not out.exists()
+
+
+def test_export_data_of_a_checkpoint_without_a_run_configuration_is_one_line(small_checkpoint, tmp_path, capsys):
+    argv = ["export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.nir"), "--check"]
+    _one_line_error(capsys, argv + ["--data", str(tmp_path)], "holds no run configuration, so --data cannot be binned")
 
 
 def test_export_refuses_an_output_that_is_the_checkpoint_or_not_a_regular_file(small_checkpoint, tmp_path, capsys):

@@ -10,6 +10,7 @@ from ..export.check import CHECK_INPUT_BYTES, MAX_CHECK_SAMPLES
 from ..export.forms import TARGETS
 from ..export.quantize import MAX_BITS, MIN_BITS
 from ..export.write import export_checkpoint
+from ..runs import DEFAULT_CACHE
 from . import InRange, add_seed
 
 
@@ -64,9 +65,19 @@ def add_parser(sub) -> None:
         action=InRange,
         minimum=1,
         maximum=MAX_CHECK_SAMPLES,
-        help=f"number of random inputs for --check and --quantize-bits, at most {MAX_CHECK_SAMPLES} and at most "
-        f"as many as fit in {CHECK_INPUT_BYTES >> 20} MiB as float32 frames of the network's input",
+        help=f"number of random inputs (with --data: the most test clips) for --check and --quantize-bits, at most "
+        f"{MAX_CHECK_SAMPLES} and at most as many as fit in {CHECK_INPUT_BYTES >> 20} MiB as float32 frames of the "
+        "network's input",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="for --check and --quantize-bits: use the first --check-samples clips of this data set's test split "
+        "(binned as the run was) instead of random frames, and their labels for the quantization report",
+    )
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="frame cache folder for --data")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--quantize-bits",
         type=int,
@@ -77,7 +88,7 @@ def add_parser(sub) -> None:
         metavar="N",
         help=f"write integer weights of N bits ({MIN_BITS}..{MAX_BITS}) and integer biases (unit thresholds -1/2, "
         "between two integer pre-activations: exact on any target) and report the accuracy change on the check "
-        "inputs (labels: the float model's own predictions)",
+        "inputs (labels: the float model's own predictions, or with --data the clips' labels)",
     )
     add_seed(p, "seed of the random check inputs")
     p.set_defaults(func=run)
@@ -93,5 +104,8 @@ def run(args) -> int:
         seed=args.seed,
         target=args.target,
         importer_python=args.importer_python,
+        data=args.data,
+        cache_dir=args.cache,
+        progress=not args.quiet,
     )
     return 0 if result is None or result.ok else 1

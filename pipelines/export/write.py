@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import torch
+
 from events.atomic import check_output
 from events.types import check_int
 
+from .. import config as configs
 from ..checkpoint import load_checkpoint
+from ..data import item_shape, open_dataset, test_set
+from ..evaluate import check_data_fits
+from ..runs import DEFAULT_CACHE
 from .check import (
     MAX_CHECK_SAMPLES,
     CheckResult,
@@ -35,6 +41,9 @@ def export_checkpoint(
     seed: int = 0,
     target: str = "generic",
     importer_python: str | None = None,
+    data=None,
+    cache_dir=DEFAULT_CACHE,
+    progress: bool = True,
 ) -> CheckResult | None:
     """Write ``checkpoint``'s deterministic binary network to the NIR file ``out`` (atomically) and print its
     target report. ``quantize_bits``: integer weights of that many bits (for ``speck`` with unit biases of at most
@@ -43,17 +52,22 @@ def export_checkpoint(
     back, run it through ``target``'s own importer (``check.TARGET_TOOLCHAIN``; here, or under ``importer_python``)
     on those inputs and return how it agrees with the PyTorch model (or, when quantized, exactly with the
     quantized graph's reference runtime; for ``speck`` also map it onto DYNAP-CNN cores with sinabs' chip backend,
-    ``chip.map_onto_speck``). ``target``: the form written (``forms.TARGETS``).
+    ``chip.map_onto_speck``). ``target``: the form written (``forms.TARGETS``). ``data``: a data set folder whose
+    test split's first ``check_samples`` clips (binned as the run was, through the frame cache ``cache_dir``) are
+    the inputs instead of random frames, with their own labels (:func:`held_out_clips`).
 
     Refused before any work, with an error naming the option or file: ``check_samples`` outside
-    1..``check.MAX_CHECK_SAMPLES``, or more inputs than fit in ``check.CHECK_INPUT_BYTES`` for this network's input
-    (``check.check_samples_fit``, once the checkpoint is read, before they are allocated); an ``importer_python``
+    1..``check.MAX_CHECK_SAMPLES``, ``data`` without ``check`` or ``quantize_bits``, or more inputs than fit in
+    ``check.CHECK_INPUT_BYTES`` for this network's input (``check.check_samples_fit``, once the checkpoint is read,
+    before they are allocated); an ``importer_python``
     that is missing or cannot be run (``check.check_importer_python``); an ``out`` that is the checkpoint (or the
     interpreter) itself, also through a link, or that exists and is not a regular file
     (``events.atomic.check_output``)."""
     check_samples = check_int("--check-samples", check_samples, 1, MAX_CHECK_SAMPLES)
     if importer_python is not None:
         check_importer_python(importer_python)
+    if data is not None and not (check or quantize_bits is not None):
+        raise ValueError(f"--data {data}: the test clips are inputs for --check and --quantize-bits; give one of them")
     check_output(out, {"--checkpoint": checkpoint, "--importer-python": importer_python})
     ck = load_checkpoint(checkpoint)
     model = ck.model
@@ -63,13 +77,19 @@ def export_checkpoint(
     if check or quantize_bits is not None:
         check_samples_fit(check_samples, input_shape)  # before the graph is built and the inputs allocated
     graph = to_nir(model, input_shape, classes=ck.classes, frame_spec=ck.frame_spec)
-    counts = check_inputs(count_shape, check_samples, seed) if (check or quantize_bits) else None
+    counts, labels, label_source = None, None, "float model predictions"
+    if data is not None and (check or quantize_bits):
+        counts, labels = held_out_clips(ck, checkpoint, data, cache_dir, check_samples, progress)
+        label_source = f"the labels of {counts.shape[0]} test clips of {data}"
+    elif check or quantize_bits:
+        counts = check_inputs(count_shape, check_samples, seed)
     inputs = spike_input(model, counts) if counts is not None else None  # what the graph reads
     if quantize_bits is not None:
         float_graph = graph
         graph = quantize(float_graph, quantize_bits, bias_limit=SPECK_BIAS_LIMIT if target == "speck" else None)
-        labels = deterministic_logits(model, counts).argmax(dim=1)
-        print(quantization_report(float_graph, graph, inputs, labels, label_source="float model predictions"))
+        if labels is None:
+            labels = deterministic_logits(model, counts).argmax(dim=1)
+        print(quantization_report(float_graph, graph, inputs, labels, label_source=label_source))
     if quantize_bits is not None:
         ref = NIRRuntime(graph).outputs(inputs) if check else None
     else:
@@ -89,3 +109,27 @@ def export_checkpoint(
     if result is not None:
         print(result)
     return result
+
+
+def held_out_clips(ck, checkpoint, data_root, cache_dir, n: int, progress: bool = True):
+    """(counts (m, C, H, W) float32, labels (m,)) of the first m = min(n, split size) clips of the test split under
+    ``data_root``, binned with the run's frame settings (the frame cache ``cache_dir``); ``ValueError`` when the run
+    holds no configuration, the data's items do not fit the network (``evaluate.check_data_fits``), or the split is
+    empty. Clips are read one at a time (``FrameSet``), and n is bounded by ``check.check_samples_fit``."""
+    cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
+    if cfg is None:
+        raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration, so --data cannot be binned like it")
+    dataset = open_dataset(cfg.data, data_root, train=False)
+    check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
+    test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
+    if len(test) == 0:
+        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
+    m = min(int(n), len(test))
+    first = test[0][0]
+    counts = torch.empty((m, first.shape[0] * first.shape[1], *first.shape[2:]))
+    labels = torch.empty(m, dtype=torch.long)
+    for i in range(m):
+        frames, label = test[i]
+        counts[i] = frames.reshape(-1, *frames.shape[2:])
+        labels[i] = label
+    return counts, labels
