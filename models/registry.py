@@ -37,7 +37,7 @@ _MODELS = {
     ),
     "allconvnet12": ModelEntry(allconvnet12, 3, (32, 32), 10, "12-layer all-convolutional net (CIFAR-style, seed)"),
     "specknet": ModelEntry(
-        specknet, 6, (32, 32), 11, "7-convolution NSM sized for Speck (DYNAP-CNN): stride-2 convs, no pools, 32x32"
+        specknet, 6, (32, 32), 11, "9-convolution NSM sized for Speck (DYNAP-CNN): stride-2 convs, no pools, 32x32"
     ),
     "nmnist_cnn": ModelEntry(nmnist_cnn, 10, (34, 34), 10, "32c5-p2-64c5-p2-1024-10 for N-MNIST (seed)"),
 }

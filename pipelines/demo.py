@@ -38,8 +38,8 @@ PRESET = "gestures-allconv18"  # the network the demo trains
 DEMO_EPOCHS = 8  # the demo's short schedule (the preset's own runs to convergence: FULL_SCHEDULE says what it reaches)
 FULL_SCHEDULE = (
     "The preset's own schedule trains to convergence ({epochs} epochs); on 12 simulated users it reached "
-    "87.5-88.5 % per clip with 16 Monte Carlo samples at seeds 0-2 in float32 (its dcnn twin, 30 epochs: 89.6-92.9 %; "
-    "docs/training-study.md, section 13). The demo trains {demo} epochs to finish in minutes."
+    "88.8-89.9 % per clip with 16 Monte Carlo samples at seeds 0-2 (its dcnn twin, 30 epochs: 91.1-92.2 %; "
+    "docs/training-study.md, section 16). The demo trains {demo} epochs to finish in minutes."
 )
 TWIN = "dcnn"  # the neuron kind of its deterministic twin
 

@@ -1,4 +1,4 @@
-"""The harness of docs/training-study.md, sections 13-15: the NSM against its deterministic twin, each trained to
+"""The harness of docs/training-study.md, sections 13-16: the NSM against its deterministic twin, each trained to
 convergence, at several seeds (issue 27).
 
 For every variant and seed it runs the library's own commands, one after the other, into ``--out``:
@@ -24,9 +24,9 @@ autocast and compiled training steps, ``train.cpu_bf16``, ``train.compile``):
   levels, levels-dcnn             bnsm 24 epochs / dcnn 30 epochs, the thermometer input, float32, eager
   levels-bf16, levels-bf16-dcnn   the same in bfloat16 with compiled steps
 
-and those of section 15 (the thermometer input, bfloat16, compiled steps):
+and those of sections 15 and 16 (the thermometer input, bfloat16, compiled steps; width 0.5 unless named):
 
-  wide, wide-dcnn     width 0.75 instead of 0.5
+  wide, wide-dcnn     width 0.75 instead of 0.5: the preset's recipe since section 16
   zoom, zoom-dcnn     train.augment.scale = 0.25 (zooms by 0.8-1.25)
   levels-gnsm         gnsm, 24 epochs
 
@@ -44,9 +44,12 @@ import sys
 from pathlib import Path
 
 COSINE = ["train.lr_schedule=cosine"]
+HALF = ["model.options.width=0.5"]  # the preset's width until section 16 (0.75 since)
 # Section 13's runs: binarized input, float32, eager (what the preset trained then)
-SECTION_13 = ["model.options.input_levels=[1]", "train.cpu_bf16=false", "train.compile=false", *COSINE]
-LEVELS = ["model.options.input_levels=[1,2,4,8]"]
+SECTION_13 = ["model.options.input_levels=[1]", "train.cpu_bf16=false", "train.compile=false", *COSINE, *HALF]
+CODE = ["model.options.input_levels=[1,2,4,8]"]
+LEVELS = [*CODE, *HALF]
+WIDE = [*CODE, "model.options.width=0.75"]  # the preset since section 16
 FAST = ["train.cpu_bf16=true", "train.compile=true"]
 EAGER = ["train.cpu_bf16=false", "train.compile=false"]
 VARIANTS = {
@@ -61,8 +64,8 @@ VARIANTS = {
     "levels-bf16": ["train.epochs=24", *LEVELS, *FAST, *COSINE],
     "levels-bf16-dcnn": ["model.neuron=dcnn", "train.epochs=30", *LEVELS, *FAST, *COSINE],
     # section 15: the same code at width 0.75, with zooms, and gnsm
-    "wide": ["train.epochs=24", "model.options.width=0.75", *LEVELS, *FAST, *COSINE],
-    "wide-dcnn": ["model.neuron=dcnn", "train.epochs=30", "model.options.width=0.75", *LEVELS, *FAST, *COSINE],
+    "wide": ["train.epochs=24", *WIDE, *FAST, *COSINE],
+    "wide-dcnn": ["model.neuron=dcnn", "train.epochs=30", *WIDE, *FAST, *COSINE],
     "zoom": ["train.epochs=24", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
     "zoom-dcnn": ["model.neuron=dcnn", "train.epochs=30", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
     "levels-gnsm": ["model.neuron=gnsm", "train.epochs=24", *LEVELS, *FAST, *COSINE],

@@ -51,7 +51,9 @@ PRESET = "gestures-allconv18"
 
 def setup(args, with_test: bool):
     """(the data splits, a function building a fresh model with the run's seed)."""
-    cfg = configs.load_config(PRESET, [f"model.neuron={args.neuron}", f"model.options.width={args.width}"])
+    overrides = [f"model.neuron={args.neuron}", f"model.options.width={args.width}"]
+    # binarized input, as the preset had it in sections 1-12 (a four-level code since section 16)
+    cfg = configs.load_config(PRESET, overrides + ["model.options.input_levels=[1]"])
     splits = load_data(
         cfg.data,
         args.data,

@@ -49,13 +49,14 @@ def test_allconvnet18_layout():
 
 
 def test_specknet_layout():
-    """Seven unit convolutions (one per Speck core), stride-2 downsampling, no pools: 32 -> 16 -> 8 -> 4."""
+    """Nine unit convolutions (one per Speck core), stride-2 downsampling, no pools: 32 -> 16 -> 8 -> 4."""
     net = models.create_model("specknet")
     convs = [m for m in net if isinstance(m, nsm.NSMConv2d)]
-    assert [c.out_channels for c in convs] == [16, 32, 32, 64, 64, 64, 128]
-    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1]
+    assert [c.out_channels for c in convs] == [32, 32, 32, 32, 64, 64, 64, 128, 128]
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 2, 1, 2, 1, 1]
+    assert [c.kernel_size[0] for c in convs] == [3] * 7 + [1, 1]
     assert not any(isinstance(m, nsm.BinaryMaxPool2d) for m in net)
-    assert isinstance(net[0], nsm.Binarize) and isinstance(net[-1], nsm.Readout) and len(net) == 9
+    assert isinstance(net[0], nsm.Binarize) and isinstance(net[-1], nsm.Readout) and len(net) == 11
     x = torch.zeros(1, 6, 32, 32)
     with torch.no_grad():
         for layer in list(net)[:-1]:
