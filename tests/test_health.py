@@ -33,9 +33,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(name: str = "nmnist_cnn", neuron: str = "bnsm"):
-    """``name`` with few channels, for 2-channel 16 x 16 (allconvnet) or 20 x 20 (nmnist_cnn) input, 3 classes."""
+    """``name`` with few channels, for 2-channel 16 x 16 (allconvnet, specknet) or 20 x 20 (nmnist_cnn) input, 3
+    classes."""
     torch.manual_seed(0)
-    if name.startswith("allconvnet"):
+    if name.startswith("allconvnet") or name == "specknet":
         return models.create_model(
             name, in_channels=2, input_size=(16, 16), num_classes=3, neuron=neuron, width=0.125
         ), (16, 16)
