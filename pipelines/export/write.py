@@ -78,10 +78,10 @@ def export_checkpoint(
         check_samples_fit(check_samples, input_shape)  # before the graph is built and the inputs allocated
     graph = to_nir(model, input_shape, classes=ck.classes, frame_spec=ck.frame_spec)
     counts, labels, label_source = None, None, "float model predictions"
-    if data is not None and (check or quantize_bits):
+    if data is not None:
         counts, labels = held_out_clips(ck, checkpoint, data, cache_dir, check_samples, progress)
         label_source = f"the labels of {counts.shape[0]} test clips of {data}"
-    elif check or quantize_bits:
+    elif check or quantize_bits is not None:
         counts = check_inputs(count_shape, check_samples, seed)
     inputs = spike_input(model, counts) if counts is not None else None  # what the graph reads
     if quantize_bits is not None:
