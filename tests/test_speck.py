@@ -22,6 +22,7 @@ from pipelines import config as configs
 from pipelines.export import (
     NIRRuntime,
     check_inputs,
+    importers,
     quantize,
     speck_memory,
     speck_violations,
@@ -124,6 +125,27 @@ def test_the_mapping_fails_when_sinabs_would_rescale_the_exported_integers_the_c
     graph = target_form(quantize(to_nir(models.create_model("specknet"), SHAPE), 10), "speck")
     mapping = map_onto_speck(write_nir(graph, tmp_path / "ten.nir"), python)
     assert mapping.cores is not None and mapping.discretize_changed is True and not mapping.ok, str(mapping)
+
+
+def test_cli_export_for_speck_checks_in_sinabs_and_maps_onto_cores(tmp_path, capsys):
+    """``nsm export --target speck --quantize-bits 8 --check``: exact in sinabs, mapped by its chip backend, exit 0;
+    without an interpreter that has sinabs, the mapping is reported as not run and the exit status is 1."""
+    from pipelines.checkpoint import save_checkpoint
+    from pipelines.cli import main
+
+    python = sinabs_python()
+    model = speck_graph()[0]
+    ck = tmp_path / "speck.pt"
+    save_checkpoint(ck, model, classes=[str(i) for i in range(11)], frame_spec={"n_time_bins": 6})
+    argv = ["export", "--checkpoint", str(ck), "--out", str(tmp_path / "s.nir"), "--target", "speck"]
+    argv += ["--quantize-bits", "8", "--check", "--check-samples", "40"]
+    assert main(argv + ["--importer-python", python]) == 0
+    out = capsys.readouterr().out
+    assert "mapped onto cores by sinabs' chip backend (fits every rule checked)" in out
+    assert "top class equal on 40/40" in out and "DYNAP-CNN mapping ok -> OK" in out
+    if importers.toolchain_version("sinabs") is None:  # this environment has no sinabs of its own
+        assert main(argv) == 1
+        assert "DYNAP-CNN mapping NOT RUN: sinabs is not installed" in capsys.readouterr().out
 
 
 def test_make_config_builds_the_chip_configuration_where_samna_is_installed(tmp_path):

@@ -140,10 +140,11 @@ class CheckResult:
             return f"{self.toolchain} check NOT RUN: {self.missing} -> not passed"
         name = f"{self.toolchain} {self.version}".strip()
         rule = "exactly equal" if self.exact else "within rtol = atol = 1e-4"
+        mapped = "" if self.mapping is None else f"; DYNAP-CNN mapping {'ok' if self.mapping.ok else 'NOT passed'}"
         return (
             f"{name} check on {self.n} inputs: top class equal on {self.top_class_agree}/{self.n}, "
             f"max |logit difference| {self.max_abs_logit_diff:.3g} (logits {rule}: "
-            f"{'yes' if self.logits_close else 'no'}) -> {'OK' if self.ok else 'FAILED'}"
+            f"{'yes' if self.logits_close else 'no'}){mapped} -> {'OK' if self.ok else 'FAILED'}"
         )
 
 
