@@ -91,6 +91,18 @@ def check_data_fits(ck, checkpoint, shape: tuple[int, tuple[int, int]], classes,
         )
 
 
+def checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress: bool = True):
+    """The test split under ``data_root`` binned with the run's frame settings ``cfg.data`` (a ``FrameSet``, through
+    the frame cache ``cache_dir``), once :func:`check_data_fits` has passed, before anything is binned;
+    ``ValueError`` when the split has no items."""
+    dataset = open_dataset(cfg.data, data_root, train=False)
+    check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
+    test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
+    if len(test) == 0:
+        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
+    return test
+
+
 def _shown(value) -> str:
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -129,14 +141,9 @@ def evaluate(
     out = Path(checkpoint).parent if out is None else Path(out)
     for path in (out / EVALUATION, out / RELIABILITY):
         check_output(path, {"--checkpoint": checkpoint})
-    dataset = open_dataset(cfg.data, data_root, train=False)
-    check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
+    test = checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress)
     dev = select_device(device)
     model = ck.model.to(dev)
-
-    test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
-    if len(test) == 0:
-        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
     loader = DataLoader(test, batch_size=ev.batch_size)
     p = predict(model, loader, mc=mc, seed=seed, device=dev, progress=progress)
     labels = p["labels"]

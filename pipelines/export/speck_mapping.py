@@ -20,8 +20,9 @@ in by empty placeholders for the import only, and ``make_config`` is not run (th
 
 Prints one line ``result: {json}`` with ``layers`` (sinabs' layer count), ``cores`` (layer -> core, or null),
 ``memory`` (kernel / neuron / bias per layer), ``refused`` (sinabs' error, or null), ``discretize_changed``
-(whether sinabs' discretization rescaled any weight, bias or threshold: it must not, the graph is already the
-chip's integers), ``config`` ("made", or why not).
+(whether sinabs' discretization changed any weight or bias: it must not, the graph is already the chip's integers;
+its one scale factor also multiplies the thresholds, so unchanged weights mean unchanged thresholds), ``config``
+("made", or why not).
 """
 
 from __future__ import annotations
@@ -130,8 +131,8 @@ def main(argv: list[str]) -> int:
     for layer in net:
         if isinstance(layer, sinabs.layers.IAFSqueeze):
             one_threshold(layer)
-    before = [(m.weight.detach().clone(), m.bias) for m in net if isinstance(m, nn.Conv2d)]
-    before = [(w, None if b is None else b.detach().clone()) for w, b in before]
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    before = [(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()) for m in convs]
     shape = tuple(int(v) for v in graph.nodes["input"].input_type["input"])
     from sinabs.backend.dynapcnn import DynapcnnNetwork
     from sinabs.backend.dynapcnn.chip_factory import ChipFactory
@@ -143,9 +144,9 @@ def main(argv: list[str]) -> int:
         result["memory"] = {
             kind: {str(k): int(v) for k, v in per.items()} for kind, per in chip.memory_summary().items()
         }
-        convs = [chip.dynapcnn_layers[k].conv_layer for k in sorted(chip.dynapcnn_layers)]
-        result["discretize_changed"] = len(convs) != len(before) or not all(
-            same(conv.weight, w) and same(conv.bias, b) for conv, (w, b) in zip(convs, before)
+        chip_convs = [chip.dynapcnn_layers[k].conv_layer for k in sorted(chip.dynapcnn_layers)]
+        result["discretize_changed"] = len(chip_convs) != len(before) or not all(
+            same(conv.weight, w) and same(conv.bias, b) for conv, (w, b) in zip(chip_convs, before)
         )
         cores = ChipFactory(DEVICE).get_config_builder().map_layers_to_cores(chip.dynapcnn_layers)
         result["cores"] = {str(k): int(v) for k, v in cores.items()}

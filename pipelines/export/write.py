@@ -10,8 +10,7 @@ from events.types import check_int
 
 from .. import config as configs
 from ..checkpoint import load_checkpoint
-from ..data import item_shape, open_dataset, test_set
-from ..evaluate import check_data_fits
+from ..evaluate import checked_test_set
 from ..runs import DEFAULT_CACHE
 from .check import (
     MAX_CHECK_SAMPLES,
@@ -114,16 +113,12 @@ def export_checkpoint(
 def held_out_clips(ck, checkpoint, data_root, cache_dir, n: int, progress: bool = True):
     """(counts (m, C, H, W) float32, labels (m,)) of the first m = min(n, split size) clips of the test split under
     ``data_root``, binned with the run's frame settings (the frame cache ``cache_dir``); ``ValueError`` when the run
-    holds no configuration, the data's items do not fit the network (``evaluate.check_data_fits``), or the split is
-    empty. Clips are read one at a time (``FrameSet``), and n is bounded by ``check.check_samples_fit``."""
+    holds no configuration, or ``evaluate.checked_test_set`` refuses the data (items the network cannot take, an empty
+    split). Clips are read one at a time (``FrameSet``), and n is bounded by ``check.check_samples_fit``."""
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
     if cfg is None:
         raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration, so --data cannot be binned like it")
-    dataset = open_dataset(cfg.data, data_root, train=False)
-    check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
-    test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
-    if len(test) == 0:
-        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
+    test = checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress)
     m = min(int(n), len(test))
     first = test[0][0]
     counts = torch.empty((m, first.shape[0] * first.shape[1], *first.shape[2:]))
