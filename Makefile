@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo bench clean check-targets
+.PHONY: venv test demo bench clean check-targets target-venvs
 
 venv: $(STAMP)
 
@@ -32,7 +32,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/nsm bench
 
-# Every export target's --check on a trained `tiny` export and an untrained allconvnet18, float and 8-bit.
+# Every export target's --check on a trained `tiny` export, an untrained allconvnet18 and an untrained specknet, float
+# and 8-bit (the speck form 8-bit, on specknet only). Over 10 minutes on 2 cores (the 64 x 64 allconvnet18 through
+# every form): not part of CI, whose suite runs the importers on smaller networks once the venvs exist.
 # Each importer gets its own venv under build/targets/ with pinned versions: sinabs pins nir <= 1.0.4 (the project
 # needs >= 1.0.6), SpikingJelly brings torchvision and torchaudio, Spyx a JAX stack. In the torch venvs torch goes
 # in first, from the CPU wheel index, and stays pinned by a constraint, so no dependency can pull a CUDA build.
@@ -65,6 +67,9 @@ $(TARGETS_DIR)/spikingjelly/.installed:
 
 $(TARGETS_DIR)/spyx/.installed:
 	$(call target_venv,spyx,$(SPYX_SPEC),)
+
+# The importer venvs alone: with them the test suite runs the importers too (CI builds them; .ci/run).
+target-venvs: $(TARGET_VENVS)
 
 check-targets: $(STAMP) $(TARGET_VENVS)
 	$(PY) -m pipelines.export.check_targets --out $(TARGETS_DIR)/runs --importer-python sinabs=$(SINABS_PY) \

@@ -29,6 +29,15 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+def importer_python(toolchain: str) -> str:
+    """The interpreter of the importer venv ``make target-venvs`` builds for ``toolchain`` (build/targets/TOOLCHAIN,
+    complete once its ``.installed`` stamp is written); a test that needs it skips, naming it, without it."""
+    venv = Path(__file__).resolve().parents[1] / "build" / "targets" / toolchain
+    if not (venv / ".installed").exists():
+        pytest.skip(f"{toolchain} venv not built at {venv}: run make target-venvs (or make check-targets)")
+    return str(venv / "bin" / "python")
+
+
 def shared_once(tmp_path_factory, name: str, build) -> Path:
     """Folder ``name``, made by ``build(folder)`` once per test session and shared by every test worker.
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,73 @@ def test_the_next_conversion_removes_what_killed_ones_left_and_nothing_else(tmp_
     assert main(["convert", str(src), str(target), "--format", fmt, "--quiet"]) == 0
     assert np.array_equal(events.read(target).events, events.read(src).events)
     assert sorted(p for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted([running, mine, other])
+
+
+LONG_EVENTS = 6_000_000  # 78 MB as EVENT_DTYPE records; reading them whole takes about twice that at its peak
+HEADROOM = 96 << 20  # address space allowed beyond the interpreter with its libraries loaded
+LIMITED = """
+import resource, sys
+import h5py, events, events.convert, events.formats.prophesee, events.formats.aedat4_writer
+import pipelines.commands.convert
+from pipelines import cli
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.RLIM_INFINITY))
+if sys.argv[2] == "whole":
+    try:
+        print(len(events.read(sys.argv[3]).events))
+    except MemoryError:
+        print("MemoryError")
+else:
+    print(cli.main(["convert", sys.argv[3], sys.argv[2], "--chunk-events", "100000", "--quiet"]))
+"""
+
+
+def run_limited(*args) -> str:
+    """``LIMITED`` in a fresh Python whose address space may grow by ``HEADROOM`` once its libraries are loaded."""
+    res = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(HEADROOM), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def long_files(tmp_path_factory):
+    """One long recording (LONG_EVENTS events on 128 x 128 over about 6 s) as EVT 3.0, EVT 2.0 and HDF5."""
+    rng = np.random.default_rng(7)
+    t = np.cumsum(rng.integers(0, 3, LONG_EVENTS))
+    ev = make_events(
+        rng.integers(0, 128, LONG_EVENTS), rng.integers(0, 128, LONG_EVENTS), t, rng.integers(0, 2, LONG_EVENTS)
+    )
+    root = tmp_path_factory.mktemp("long")
+    paths = {"evt3": root / "long.raw", "evt2": root / "long-evt2.raw", "hdf5": root / "long.h5"}
+    write_prophesee(paths["evt3"], ev, (128, 128), "evt3")
+    write_prophesee(paths["evt2"], ev, (128, 128), "evt2")
+    write_hdf5(paths["hdf5"], ev, (128, 128))
+    return ev, paths
+
+
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc for the limit")
+
+
+@LINUX_PROC
+@pytest.mark.parametrize(
+    "source, name", [("evt3", "out.h5"), ("evt2", "out.aedat4"), ("hdf5", "out.raw"), ("hdf5", "out.npy")]
+)
+def test_a_long_recording_converts_within_a_memory_limit_too_small_to_hold_it(long_files, tmp_path, source, name):
+    """``nsm convert`` under an address-space limit (RLIMIT_AS) of HEADROOM beyond the loaded interpreter: the
+    Prophesee and HDF5 readers and every writer hold a chunk, not the recording, so the conversion completes and
+    reads back exactly. Measured beyond the loaded interpreter with chunks of 100 000 events: at most 52 MB."""
+    ev, paths = long_files
+    target = tmp_path / name
+    out = run_limited(target, paths[source]).splitlines()
+    assert out[-1] == "0" and out[0].startswith(f"wrote {LONG_EVENTS} events")
+    assert np.array_equal(events.read(target).events, ev)
+
+
+@LINUX_PROC
+@pytest.mark.parametrize("source", ["evt3", "evt2", "hdf5"])
+def test_the_memory_limit_is_too_small_to_read_the_long_recording_whole(long_files, source):
+    """The control of the test above: under the same limit, reading the file whole raises MemoryError (it takes
+    about 26 bytes per event at its peak, 160 MB here), so the limit binds."""
+    assert run_limited("whole", long_files[1][source]) == "MemoryError"

@@ -14,6 +14,7 @@ import nir
 import numpy as np
 import pytest
 import torch
+from conftest import importer_python
 
 import models
 import nsm
@@ -539,15 +540,6 @@ def test_cli_refuses_dcnn_checkpoint(tmp_path):
 from pipelines.export import TARGETS, check_file, speck_violations, target_form  # noqa: E402
 from pipelines.export.importers import toolchain_version  # noqa: E402
 
-SINABS_PYTHON = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build/targets/sinabs/bin/python"
-)
-
-
-def target_python(toolchain: str) -> str:
-    """The interpreter of the venv ``make check-targets`` builds for ``toolchain`` (it may not exist)."""
-    return os.path.join(os.path.dirname(SINABS_PYTHON), "..", "..", toolchain, "bin", "python")
-
 
 def _reference(model, graph, x, bits):
     """The graph (quantized if ``bits``) and what its import must give: model logits, or the integer runtime's."""
@@ -594,14 +586,13 @@ def test_target_import_matches_the_model_on_200_inputs(target, tiny_run, gesture
     """Export -> write -> read -> the target's own importer -> the model's outputs, for a trained tiny, an
     untrained allconvnet18 and their 8-bit forms: float graphs within 1e-4 and the same top class on every input,
     integer graphs exactly equal. sinabs (and speck, run by sinabs), SpikingJelly and Spyx run in their own venvs
-    (build/targets/TOOLCHAIN, made by make check-targets)."""
+    (build/targets/TOOLCHAIN, made by make target-venvs)."""
     toolchain = "sinabs" if target in ("sinabs", "speck") else target
     python = None
     if toolchain_version(toolchain) is None:
-        python = target_python(toolchain)
-        if toolchain in ("norse", "snntorch") or not os.path.exists(python):
-            where = "" if toolchain in ("norse", "snntorch") else f" and there is no {python} (make check-targets)"
-            pytest.skip(f"{toolchain} is not installed here{where}")
+        if toolchain in ("norse", "snntorch"):
+            pytest.skip(f"{toolchain} is not installed here")
+        python = importer_python(toolchain)
     for name, model, shape, x in _target_cases(tiny_run, gestures, untrained_full):
         graph = to_nir(model, shape)
         for bits in (None, 8):

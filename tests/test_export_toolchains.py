@@ -1,19 +1,19 @@
 """The SpikingJelly and Spyx export forms (``pipelines.export.forms``, ``layout``), their importers run in their own
 venvs, the target report's three kinds of toolchain rows, and ``check_targets``' per-toolchain interpreters.
 
-The tests that run an importer need the venv ``make check-targets`` builds (build/targets/spikingjelly,
+The tests that run an importer need the venv ``make target-venvs`` builds (build/targets/spikingjelly,
 build/targets/spyx) and skip, naming it, when it is absent. The full check on a trained ``tiny`` and an untrained
 allconvnet18, float and 8-bit, is ``test_export.test_target_import_matches_the_model_on_200_inputs``."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import nir
 import numpy as np
 import pytest
 import torch
+from conftest import importer_python
 
 import models
 from pipelines.export import (
@@ -30,16 +30,6 @@ from pipelines.export import (
 from pipelines.export.check_targets import interpreters
 from pipelines.export.layout import dense_as_conv, pools_as_conv
 from pipelines.export.metadata import decode_metadata
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def venv_python(toolchain: str) -> str:
-    """build/targets/TOOLCHAIN/bin/python, or skip naming it (and how to build it) when it is absent."""
-    path = os.path.join(ROOT, "build", "targets", toolchain, "bin", "python")
-    if not os.path.exists(path):
-        pytest.skip(f"{toolchain} venv not found at {path}: run make check-targets to build it")
-    return path
 
 
 def tiny_like(seed=0, size=32):
@@ -117,7 +107,7 @@ def test_lppool_of_a_25_cell_window_miscounts_spikes_which_is_why_such_pools_bec
 @pytest.mark.parametrize("target", ["spikingjelly", "spyx", "sinabs", "norse", "snntorch"])
 def test_a_25_cell_readout_pool_is_exact_through_the_importer_for_integer_graphs(target, tmp_path):
     """Before the pool rewrite, norse, snnTorch and sinabs changed logits (by up to 4.9e-4) and SpikingJelly outputs."""
-    python = venv_python(target) if target in ("spikingjelly", "spyx", "sinabs") else None
+    python = importer_python(target) if target in ("spikingjelly", "spyx", "sinabs") else None
     if python is None:
         pytest.importorskip(target)
     model, shape = allconv_40(), (2, 40, 40)
@@ -131,7 +121,7 @@ def test_a_25_cell_readout_pool_is_exact_through_the_importer_for_integer_graphs
 def test_spyx_needs_the_stated_steps_the_control(tmp_path):
     """The control: read one step early, the Spyx import's output is not yet the network's (one step of latency per
     neuron layer); at ``steps`` it is."""
-    python = venv_python("spyx")
+    python = importer_python("spyx")
     model, shape = tiny_like(), (2, 32, 32)
     x = check_inputs(shape, 24, seed=2)
     ref = deterministic_logits(model, x)
@@ -151,7 +141,7 @@ def test_cli_export_check_spyx_and_spikingjelly_end_to_end(tmp_path, capsys):
     ck = tmp_path / "ck.pt"
     save_checkpoint(ck, tiny_like(), classes=[f"c{i}" for i in range(11)], frame_spec={"n_time_bins": 2})
     for target, name in (("spikingjelly", "SpikingJelly"), ("spyx", "Spyx")):
-        python = venv_python(target)
+        python = importer_python(target)
         for bits in ([], ["--quantize-bits", "8"]):
             out = tmp_path / f"{target}{len(bits)}.nir"
             argv = ["export", "--checkpoint", str(ck), "--out", str(out), "--target", target, "--check"]

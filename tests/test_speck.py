@@ -4,7 +4,7 @@ the graph (``targets.speck_violations``, ``speck_memory``), 8-bit weights with b
 (``chip.map_onto_speck``, ``speck_mapping.py``): an independent implementation of the memory formulas and the core
 matching.
 
-The tests that run sinabs need the venv ``make check-targets`` builds (build/targets/sinabs) and skip, naming it,
+The tests that run sinabs need the venv ``make target-venvs`` builds (build/targets/sinabs) and skip, naming it,
 when it is absent; the chip configuration (``make_config``) needs the real samna and skips without it."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import nir
 import numpy as np
 import pytest
 import torch
+from conftest import importer_python
 
 import models
 from pipelines import config as configs
@@ -37,13 +38,6 @@ from pipelines.export.targets import SPECK_BIAS_LIMIT, SPECK_BITS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (6, 32, 32)
-
-
-def sinabs_python() -> str:
-    path = os.path.join(ROOT, "build", "targets", "sinabs", "bin", "python")
-    if not os.path.exists(path):
-        pytest.skip(f"sinabs venv not found at {path}: run make check-targets to build it")
-    return path
 
 
 def speck_graph(name="specknet", seed=0, bits=SPECK_BITS, **kw):
@@ -100,7 +94,7 @@ def test_the_bias_limit_bounds_every_unit_bias_and_leaves_unbounded_units_as_the
 
 
 def test_sinabs_maps_specknet_onto_distinct_cores_with_the_memories_the_rules_compute(tmp_path):
-    python = sinabs_python()
+    python = importer_python("sinabs")
     _, _, graph = speck_graph()
     path = write_nir(graph, tmp_path / "speck.nir")
     mapping = map_onto_speck(path, python)
@@ -112,7 +106,7 @@ def test_sinabs_maps_specknet_onto_distinct_cores_with_the_memories_the_rules_co
 
 
 def test_sinabs_refuses_allconvnet18s_or_pools_as_the_rules_say(tmp_path):
-    python = sinabs_python()
+    python = importer_python("sinabs")
     _, _, graph = speck_graph("allconvnet18", width=0.25)
     mapping = map_onto_speck(write_nir(graph, tmp_path / "allconv.nir"), python)
     assert not mapping.ok and mapping.refused and "SumPool2d" in mapping.refused, str(mapping)
@@ -120,7 +114,7 @@ def test_sinabs_refuses_allconvnet18s_or_pools_as_the_rules_say(tmp_path):
 
 def test_the_mapping_fails_when_sinabs_would_rescale_the_exported_integers_the_control(tmp_path):
     """10-bit weights do not fit the chip's 8: sinabs' discretization rescales them, which the check must catch."""
-    python = sinabs_python()
+    python = importer_python("sinabs")
     torch.manual_seed(0)
     graph = target_form(quantize(to_nir(models.create_model("specknet"), SHAPE), 10), "speck")
     mapping = map_onto_speck(write_nir(graph, tmp_path / "ten.nir"), python)
@@ -133,7 +127,7 @@ def test_cli_export_for_speck_checks_in_sinabs_and_maps_onto_cores(tmp_path, cap
     from pipelines.checkpoint import save_checkpoint
     from pipelines.cli import main
 
-    python = sinabs_python()
+    python = importer_python("sinabs")
     model = speck_graph()[0]
     ck = tmp_path / "speck.pt"
     save_checkpoint(ck, model, classes=[str(i) for i in range(11)], frame_spec={"n_time_bins": 6})
@@ -149,7 +143,7 @@ def test_cli_export_for_speck_checks_in_sinabs_and_maps_onto_cores(tmp_path, cap
 
 
 def test_make_config_builds_the_chip_configuration_where_samna_is_installed(tmp_path):
-    python = sinabs_python()
+    python = importer_python("sinabs")
     probe = "import sys; sys.path.insert(0, sys.argv[1]); import speck_mapping; print(speck_mapping.real_samna())"
     here = os.path.join(ROOT, "pipelines", "export")
     real = subprocess.run([python, "-c", probe, here], capture_output=True, text=True).stdout.strip()

@@ -1,4 +1,5 @@
-"""``make check-targets``: every export target's ``--check`` on a trained ``tiny`` and an untrained allconvnet18.
+"""``make check-targets``: every export target's ``--check`` on a trained ``tiny``, an untrained allconvnet18 and an
+untrained specknet.
 
     python -m pipelines.export.check_targets --out build/targets/runs \
         --importer-python sinabs=build/targets/sinabs/bin/python \
@@ -6,8 +7,10 @@
         --importer-python spyx=build/targets/spyx/bin/python
 
 Simulates a small gesture set, trains ``tiny`` on it (CPU, a few epochs), builds untrained full-size allconvnet18s
-(6 x 64 x 64, torch seeds ``--seeds``, default 0), then exports each in every form, float and ``--quantize-bits 8``
-(speck: 8-bit only), with ``--check`` on ``--samples`` inputs; a toolchain missing here runs under the interpreter
+(6 x 64 x 64, torch seeds ``--seeds``, default 0) and an untrained specknet (6 x 32 x 32 in the four-level input
+code of ``gestures-speck``), then exports each in every form, float and ``--quantize-bits 8``; the speck form only
+8-bit and only for the Speck-sized network (``SPECK_SIZED``: the others do not fit the chip, which their reports
+say), with ``--check`` on ``--samples`` inputs; a toolchain missing here runs under the interpreter
 ``--importer-python TOOLCHAIN=PYTHON`` names for it (or under a plain ``--importer-python PYTHON``, for every
 toolchain not named). Prints one line per export and exits 1 if any check did not pass (a toolchain that was not
 run counts as not passed), except the ``generic`` form's, which is run as the control: its float32 threshold flips
@@ -68,15 +71,20 @@ def _tiny(out: Path, epochs: int) -> Path:
     return run / "best.pt"
 
 
-def _allconvnet18(out: Path, seed: int) -> Path:
+SPECK_SIZED = "specknet (untrained)"
+"""The one network the speck form is checked on: it fits Speck's cores by the report's rules."""
+
+
+def _untrained(out: Path, name: str, seed: int, **options) -> Path:
+    """An untrained ``name`` (``models.create_model``, torch seed ``seed``) saved as a checkpoint under ``out``."""
     import models
     from pipelines.checkpoint import save_checkpoint
 
-    path = out / ("allconvnet18-untrained.pt" if seed == 0 else f"allconvnet18-untrained-s{seed}.pt")
+    path = out / (f"{name}-untrained.pt" if seed == 0 else f"{name}-untrained-s{seed}.pt")
     if not path.exists():
         torch.manual_seed(seed)
-        model = models.create_model("allconvnet18")
-        save_checkpoint(path, model, classes=[f"class{i}" for i in range(11)])
+        model = models.create_model(name, **options)
+        save_checkpoint(path, model, classes=[f"class{i}" for i in range(model.spec["num_classes"])])
     return path
 
 
@@ -92,7 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--models", default="tiny,allconvnet18", help="which of tiny, allconvnet18 to export")
+    p.add_argument(
+        "--models", default="tiny,allconvnet18,specknet", help="which of tiny, allconvnet18, specknet to export"
+    )
     p.add_argument("--seeds", default="0", help="torch seeds of the untrained allconvnet18s, e.g. 0,1,2,3,4")
     args = p.parse_args(argv)
     pythons = interpreters(args.importer_python)
@@ -104,12 +114,14 @@ def main(argv=None) -> int:
         checkpoints["tiny (trained)"] = _tiny(out, args.epochs)
     if "allconvnet18" in wanted:
         for seed in (int(s) for s in args.seeds.split(",")):
-            checkpoints[f"allconvnet18 (untrained, seed {seed})"] = _allconvnet18(out, seed)
+            checkpoints[f"allconvnet18 (untrained, seed {seed})"] = _untrained(out, "allconvnet18", seed)
+    if "specknet" in wanted:
+        checkpoints[SPECK_SIZED] = _untrained(out, "specknet", 0, input_levels=[1, 2, 4, 8])
     rows = []
     for label, ck in checkpoints.items():
         for target in args.targets.split(","):
             for bits in (None, 8):
-                if target == "speck" and bits is None:
+                if target == "speck" and (bits is None or label != SPECK_SIZED):
                     continue
                 name = f"{ck.stem}-{target}{'-q8' if bits else ''}.nir"
                 print(f"== {label}, target {target}, {'8-bit' if bits else 'float'}", flush=True)
