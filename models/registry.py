@@ -6,7 +6,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nsm.layers import Binarize, check_input_levels
+from nsm.grid import WeightGrid
+from nsm.layers import Binarize, NSMConv2d, NSMLinear, Readout, check_input_levels
 from nsm.neurons import neuron_kind
 
 from .allconvnet import allconvnet12, allconvnet18
@@ -16,6 +17,7 @@ from .specknet import specknet
 
 NEURON_OPTIONS = ("noise_p", "conv_noise_p", "noise_sigma", "sn_sigma")
 INPUT_OPTION = "input_levels"
+GRID_OPTIONS = ("weight_bits", "bias_limit")
 _SIZE_ARGS = ("in_channels", "input_size", "num_classes", "kind")
 MAX_PARAMETERS = 1 << 28
 """The most parameters a network may have: 2^28 float32 weights are 1 GiB, and training holds four times that
@@ -81,7 +83,9 @@ def create_model(
     Sizes default to the architecture's own (see ``list_models``). Neuron options ``noise_p``,
     ``conv_noise_p`` (the convolutions' own Bernoulli p), ``noise_sigma``, ``sn_sigma`` go to
     ``nsm.neuron_kind``; ``input_levels`` (event counts, default [1]) sets the input's thermometer code
-    (``nsm.Binarize``: ``in_channels`` count channels become ``in_channels`` x levels state channels); other
+    (``nsm.Binarize``: ``in_channels`` count channels become ``in_channels`` x levels state channels);
+    ``weight_bits`` (and ``bias_limit``) put every unit and the readout on an n-bit integer weight grid
+    (``nsm.grid``: the network is then the one an n-bit target runs; NSM kinds only); other
     keywords (e.g. ``width``) go to the architecture. The returned network's ``spec`` rebuilds it
     (``create_model(**net.spec)``), the neuron and input options included.
     """
@@ -90,17 +94,35 @@ def create_model(
     input_size = tuple(int(s) for s in (entry.input_size if input_size is None else input_size))
     num_classes = entry.num_classes if num_classes is None else int(num_classes)
     kind = neuron_kind(neuron, **{k: kw[k] for k in NEURON_OPTIONS if k in kw})
-    arch_kw = {k: v for k, v in kw.items() if k not in NEURON_OPTIONS and k != INPUT_OPTION}
+    arch_kw = {k: v for k, v in kw.items() if k not in (*NEURON_OPTIONS, INPUT_OPTION, *GRID_OPTIONS)}
     allowed = [p for p in inspect.signature(entry.build).parameters if p not in _SIZE_ARGS]
     unknown = sorted(set(arch_kw) - set(allowed))
     if unknown:
-        valid = allowed + list(NEURON_OPTIONS) + [INPUT_OPTION]
+        valid = allowed + list(NEURON_OPTIONS) + [INPUT_OPTION] + list(GRID_OPTIONS)
         raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {valid}")
     binarize = Binarize(check_input_levels(kw.get(INPUT_OPTION, (1,)), f"model option {INPUT_OPTION}"))
     # Every architecture starts with its own default Binarize: built for the coded channels, it takes this one.
     layers = entry.build(binarize.out_channels(in_channels), input_size, num_classes, kind, **arch_kw)
     layers[0] = binarize
+    if "weight_bits" in kw:
+        _put_on_grid(layers, WeightGrid(kw["weight_bits"], kw.get("bias_limit")), neuron)
+    elif "bias_limit" in kw:
+        raise ValueError("model option bias_limit needs weight_bits (the grid it bounds the biases of)")
     spec = dict(
         name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes, neuron=neuron, **kw
     )
     return Network(layers, spec)
+
+
+def _put_on_grid(layers, grid: WeightGrid, neuron: str) -> None:
+    """Every NSM unit and the readout of ``layers`` on ``grid``; ``ValueError`` for units of another kind."""
+    modules = [m for layer in layers for m in layer.modules()]
+    readout_parts = {id(part) for m in modules if isinstance(m, Readout) for part in m.children()}
+    for module in modules:
+        if isinstance(module, (NSMConv2d, NSMLinear, Readout)):
+            module.grid = grid
+        elif "weight" in module._parameters and id(module) not in readout_parts:
+            raise ValueError(
+                f"model option weight_bits needs NSM units (bnsm, gnsm, ste, bn); {neuron} units "
+                f"({type(module).__name__}) have no weight grid"
+            )

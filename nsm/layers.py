@@ -28,6 +28,7 @@ from torch.nn.modules.utils import _pair
 
 from . import functional as nsmf
 from . import moments
+from .grid import WeightGrid, readout_on_grid, unit_on_grid
 from .noise import BernoulliNoise, Noise
 from .weight_cache import memo
 
@@ -199,6 +200,7 @@ class _NSMUnit(StochasticUnit):
     pad_value = -1.0
     logit_norm = None  # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
     uses_weight_cache = True  # effective weights and border maps through ``memo`` (``nsm.weight_cache``)
+    grid: WeightGrid | None = None  # an n-bit integer weight grid (``nsm.grid``), set by models.create_model
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
@@ -215,18 +217,18 @@ class _NSMUnit(StochasticUnit):
         return "hardtanh" if self.estimator == "ste" else "erf"
 
     def effective_weight(self):
-        """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``).
+        """(W_eff, b_eff) with v = W_eff z + b_eff the firing logit (see ``functional.effective_weight``), on the
+        unit's ``grid`` when it has one (``nsm.grid.unit_on_grid``).
 
         Inside a :class:`WeightCache` (Monte Carlo rounds, streaming) and without autograd it is computed once
         and reused until a parameter changes."""
         params = [p for p in (self.weight, self.bias, self.beta) if p is not None]
-        return memo(
-            self,
-            "_effective_cache",
-            params,
-            self.noise,
-            lambda: nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise),
-        )
+
+        def compute():
+            w_eff, b_eff = nsmf.effective_weight(self.weight, self.bias, self.beta, self.noise)
+            return (w_eff, b_eff) if self.grid is None else unit_on_grid(self.grid, w_eff, b_eff)
+
+        return memo(self, "_effective_cache", params, (self.noise, self.grid), compute)
 
     def logit(self, z: torch.Tensor) -> torch.Tensor:
         """v_i = beta_i (w_i/||w_i||).z + b_i / (sqrt(2) s ||w_i||) at every output position; with batch-normalized
@@ -477,6 +479,8 @@ class Readout(Modal, nn.Module):
     Every other mode: W f + b.
     """
 
+    grid: WeightGrid | None = None  # an n-bit integer weight grid (``nsm.grid``), set by models.create_model
+
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         self.linear = nn.Linear(in_features, num_classes)
@@ -486,14 +490,27 @@ class Readout(Modal, nn.Module):
         """The linear layer's input: ``x`` averaged over H, W when it is 4-d, else ``x``."""
         return x.mean(dim=(2, 3)) if x.dim() == 4 else x
 
+    @staticmethod
+    def positions(x: torch.Tensor) -> int:
+        """How many positions ``pool`` averages over."""
+        return x.shape[2] * x.shape[3] if x.dim() == 4 else 1
+
+    def affine_parameters(self, positions: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(A, a) of the logits l = A f + a: the linear layer's, on the ``grid`` when there is one
+        (``nsm.grid.readout_on_grid`` for an input of ``positions`` positions)."""
+        if self.grid is None:
+            return self.linear.weight, self.linear.bias
+        return readout_on_grid(self.grid, self.linear.weight, self.linear.bias, positions)
+
     def logit_moments(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the logits when the input holds independent +-1 states with means ``m``."""
-        positions = m.shape[2] * m.shape[3] if m.dim() == 4 else 1
+        positions = self.positions(m)
+        weight, bias = self.affine_parameters(positions)
         pooled_var = self.pool((1.0 - m * m).clamp_min(0.0)) / positions
-        return moments.widened(self.linear(self.pool(m))), moments.widened(F.linear(pooled_var, self.linear.weight**2))
+        return moments.widened(F.linear(self.pool(m), weight, bias)), moments.widened(F.linear(pooled_var, weight**2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded)."""
         if self.mode in NOISY_INPUT_MODES:
             return moments.probit_logits(*self.logit_moments(x))
-        return moments.widened(self.linear(self.pool(x)))
+        return moments.widened(F.linear(self.pool(x), *self.affine_parameters(self.positions(x))))

@@ -30,6 +30,8 @@ and those of sections 15 and 16 (the thermometer input, bfloat16, compiled steps
   zoom, zoom-dcnn     train.augment.scale = 0.25 (zooms by 0.8-1.25)
   levels-gnsm         gnsm, 24 epochs
 
+and those of section 17: full, full-dcnn   the preset's recipe (wide, wide-dcnn) at width 1.0
+
     python scripts/parity_study.py --data g12 --cache cache --out parity --variants dcnn expected curriculum
     python scripts/parity_study.py --data g12 --cache cache --out parity --seeds 0 1 2 --dry-run
 """
@@ -50,6 +52,7 @@ SECTION_13 = ["model.options.input_levels=[1]", "train.cpu_bf16=false", "train.c
 CODE = ["model.options.input_levels=[1,2,4,8]"]
 LEVELS = [*CODE, *HALF]
 WIDE = [*CODE, "model.options.width=0.75"]  # the preset since section 16
+FULL = [*CODE, "model.options.width=1.0"]  # the paper's width (section 17)
 FAST = ["train.cpu_bf16=true", "train.compile=true"]
 EAGER = ["train.cpu_bf16=false", "train.compile=false"]
 VARIANTS = {
@@ -69,6 +72,9 @@ VARIANTS = {
     "zoom": ["train.epochs=24", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
     "zoom-dcnn": ["model.neuron=dcnn", "train.epochs=30", "train.augment.scale=0.25", *LEVELS, *FAST, *COSINE],
     "levels-gnsm": ["model.neuron=gnsm", "train.epochs=24", *LEVELS, *FAST, *COSINE],
+    # section 17: the preset's recipe at full width
+    "full": ["train.epochs=24", *FULL, *FAST, *COSINE],
+    "full-dcnn": ["model.neuron=dcnn", "train.epochs=30", *FULL, *FAST, *COSINE],
 }
 PRESET = "gestures-allconv18"
 SAMPLES = 16

@@ -55,11 +55,13 @@ def unit_synapses(graph):
     return [n for n in graph.nodes.values() if isinstance(n, nir.Conv2d)]
 
 
-def test_the_speck_preset_trains_specknet_with_the_allconv18_presets_data_recipe_and_input_code():
+def test_the_speck_preset_trains_specknet_with_allconv18s_recipe_and_input_code_on_the_chips_weight_grid():
     speck, allconv = configs.load_config("gestures-speck"), configs.load_config("gestures-allconv18")
     assert (speck.model.name, speck.model.neuron) == ("specknet", "bnsm")
     assert speck.data == allconv.data and speck.train == allconv.train and speck.eval == allconv.eval
     assert speck.model.options["input_levels"] == allconv.model.options["input_levels"]
+    # on the chip's weight grid: its 8-bit export is the network trained and evaluated
+    assert (speck.model.options["weight_bits"], speck.model.options["bias_limit"]) == (SPECK_BITS, SPECK_BIAS_LIMIT)
 
 
 def test_specknet_fits_speck_by_the_rules_and_allconvnet18_does_not():

@@ -121,8 +121,9 @@ def _pool_nodes(name: str, layer: nn.MaxPool2d, shape: tuple) -> tuple[list, tup
 
 def _readout_nodes(name: str, layer: Readout, shape: tuple) -> list:
     with torch.no_grad():
-        a = layer.linear.weight.detach().double().numpy()
-        a0 = layer.linear.bias.detach().double().numpy() if layer.linear.bias is not None else np.zeros(a.shape[0])
+        weight, bias0 = layer.affine_parameters(int(np.prod(shape[1:])) if len(shape) == 3 else 1)
+        a = weight.detach().double().numpy()
+        a0 = bias0.detach().double().numpy() if bias0 is not None else np.zeros(a.shape[0])
     bias = a0 - a.sum(axis=1)
     meta = {"role": "readout", "layer": name, "output_scale": 1.0}
     if len(shape) == 3:

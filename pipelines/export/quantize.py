@@ -7,7 +7,11 @@ scaled per output unit and rounded:
     q_ij = round(k_i W_s,ij) in [-Q, Q],        c_q,i = round(k_i c_i)
 
 A positive per-unit scale does not change the sign of a unit's pre-activation, so this costs nothing
-beyond the rounding. Pre-activations q.s + c_q are then integers and the unit LIF's threshold is -1/2:
+beyond the rounding. A graph exported from a network on an n-bit weight grid (``nsm.grid``: quantization-aware
+training) is kept as it is: where the power-of-two scales of ``nsm.grid.power_of_two_scale`` make every weight
+and bias of a layer (or of the readout) an integer within the bounds, those scales are used, so the integers are
+the ones the network computed with and its deterministic outputs are the graph's exactly.
+Pre-activations q.s + c_q are then integers and the unit LIF's threshold is -1/2:
 halfway between two achievable values, so the strict (v > theta) and non-strict (v >= theta) rules
 agree and float32 evaluation is exact while |q.s + c_q| < 2^24 (checked). Biases are integers on the
 same scale; a target that takes integer thresholds uses theta_i = -c_q,i with the non-strict rule (or
@@ -33,11 +37,12 @@ import nir
 import numpy as np
 import torch
 
+from nsm.grid import MAX_BITS, MIN_BITS, power_of_two_scale
+
 from .metadata import decode_metadata
 from .runtime import NIRRuntime
 
 INTEGER_THRESHOLD = -0.5
-MIN_BITS, MAX_BITS = 2, 16  # the integer weight widths ``quantize`` writes
 _EXACT_LIMIT = 2**24  # integers up to this magnitude are exact in float32
 
 
@@ -51,6 +56,19 @@ def _per_unit_scale(w: np.ndarray, c: np.ndarray, q: int, bias_limit: int | None
     if bias_limit is not None:
         k = np.where(cabs > 0, np.minimum(k, bias_limit / np.where(cabs > 0, cabs, 1.0)), k)
     return k
+
+
+def _grid_scale(w: np.ndarray, c: np.ndarray, q: int, bias_limit: int | None) -> np.ndarray | None:
+    """The power-of-two scales of ``nsm.grid`` per row of ``w`` when they make every weight and bias an integer
+    (a graph on a weight grid, module docstring), else None."""
+    k = power_of_two_scale(
+        torch.from_numpy(np.asarray(w, np.float64)), torch.from_numpy(np.asarray(c, np.float64)), q, bias_limit
+    ).numpy()
+    scaled_w = w.astype(np.float64) * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    scaled_c = c.astype(np.float64) * k
+    if np.array_equal(scaled_w, np.rint(scaled_w)) and np.array_equal(scaled_c, np.rint(scaled_c)):
+        return k
+    return None
 
 
 def _scaled(weight: np.ndarray, bias: np.ndarray, k: np.ndarray):
@@ -107,7 +125,8 @@ def quantize(graph: nir.NIRGraph, bits: int, bias_limit: int | None = None) -> n
         if isinstance(unit, nir.LIF) and unit_meta.get("role") == "unit":
             if not isinstance(syn, (nir.Conv2d, nir.Affine)):
                 raise ValueError(f"unit {post!r} is fed by {type(syn).__name__}, not Conv2d/Affine")
-            k = _per_unit_scale(syn.weight, syn.bias, q, bias_limit)
+            k = _grid_scale(syn.weight, syn.bias, q, bias_limit)
+            k = _per_unit_scale(syn.weight, syn.bias, q, bias_limit) if k is None else k
             w, c = _scaled(syn.weight, syn.bias, k)
             bound = float(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max() + np.abs(c).max())
             if bound >= _EXACT_LIMIT:
@@ -124,6 +143,9 @@ def quantize(graph: nir.NIRGraph, bits: int, bias_limit: int | None = None) -> n
         elif isinstance(syn, nir.Affine) and decode_metadata(syn.metadata or {}).get("role") == "readout":
             wmax = float(np.abs(syn.weight).max())
             k = q / wmax if wmax > 0 else 1.0
+            grid = _grid_scale(syn.weight.reshape(1, -1), np.zeros(1), q, None)  # one scale for every class
+            if grid is not None and np.array_equal(syn.bias * grid[0], np.rint(syn.bias * grid[0])):
+                k = float(grid[0])
             w, c = _scaled(syn.weight, syn.bias, np.full(syn.weight.shape[0], k))
             nodes[pre] = _with(syn, weight=w, bias=c, metadata={"output_scale": float(k), "quantized_bits": int(bits)})
     meta = dict(graph.metadata or {})
