@@ -1,8 +1,9 @@
 """``nsm compare``: the seed's "Comparison with Other Training Methods", on your data.
 
 Trains one preset with each neuron kind (``bnsm, gnsm, dcnn, ste, bd, wbd, sn, bn`` by default:
-docs/design.md section 4) on the same data and seed, evaluates each on the test split with adaptive
-Monte Carlo sampling, and writes a Markdown table (error %, ECE, NLL, mean MC samples, training
+docs/design.md section 4) on the same data and seed, each for its own epochs (``train.kind_epochs``: the epochs it
+needs to converge where the preset states them), evaluates each on the test split with adaptive
+Monte Carlo sampling, and writes a Markdown table (epochs, error %, ECE, NLL, mean MC samples, training
 time) to ``OUT/comparison.md`` (numbers also in ``OUT/comparison.json``). Each kind trains in its
 own run folder ``OUT/runs/<kind>/``; a finished run is reused and an interrupted one resumed, so
 the command can be re-run after a crash. ``nsm analyze --run OUT`` then draws the
@@ -11,7 +12,6 @@ weight-normalization figures from the same runs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from .train import train
 
 def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, progress: bool) -> None:
     """Train ``cfg`` with ``kind`` units into ``run``: reuse a finished run, resume an interrupted one."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, neuron=kind))
+    cfg = cfg.with_neuron(kind)
     checkpoint = RunFolder(run).checkpoint
     done = load_checkpoint(checkpoint).epoch if checkpoint.is_file() else None
     if done is not None and done >= cfg.train.epochs:
@@ -39,10 +39,13 @@ def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| neuron | error % | ECE | NLL | mean MC samples | training time (s) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| neuron | epochs | error % | ECE | NLL | mean MC samples | training time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['neuron']} | {100 * (1 - r['accuracy']):.2f} | {r['ece']:.3f} | {r['nll']:.3f} "
+            f"| {r['neuron']} | {r['epochs']} | {100 * (1 - r['accuracy']):.2f} | {r['ece']:.3f} | {r['nll']:.3f} "
             f"| {r['mean_samples']:.1f} | {r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -65,6 +68,7 @@ def compare(
         rows.append(
             {
                 "neuron": kind,
+                "epochs": cfg.with_neuron(kind).train.epochs,
                 "accuracy": m["accuracy"],
                 "ece": m["ece"],
                 "nll": m["nll"],
@@ -80,7 +84,7 @@ def compare(
             flush=True,
         )
     heading = (
-        f"Comparison of training methods: preset `{cfg.name}`, {cfg.train.epochs} epochs, seed "
+        f"Comparison of training methods: preset `{cfg.name}`, each kind for its epochs (train.kind_epochs), seed "
         f"{cfg.train.seed}, test split of {data_root}; adaptive MC (threshold {cfg.eval.threshold:g}, "
         f"at most {cfg.eval.max_samples} samples). Error % is per item (clip or sample)."
     )

@@ -227,7 +227,11 @@ class TrainConfig:
     trained.
     ``temperature_fit``: ``"validation"``: after that, one temperature for the Monte Carlo prediction of ``best.pt``
     (every kind; ``eval.samples`` passes) is fitted to the validation items' NLL and recorded in it, and evaluation
-    and streaming predict at it (``pipelines.temperature``); ``"none"``: temperature 1."""
+    and streaming predict at it (``pipelines.temperature``); ``"none"``: temperature 1.
+    ``kind_epochs``: {neuron kind: epochs} for the kinds that converge in another number of epochs than
+    ``epochs`` (measured per preset: docs/training-study.md); a network of such a kind trains that many
+    (``Config.with_neuron``: ``nsm train`` with ``model.neuron`` set to it, ``nsm compare`` for each kind), unless
+    ``train.epochs`` is set explicitly (``--set``, ``--epochs``), which then holds for every kind."""
 
     epochs: int = 200
     batch_size: int = 32
@@ -255,6 +259,7 @@ class TrainConfig:
     sampled_lr_factor: float = 0.2
     readout_fit: str = "sampled"
     temperature_fit: str = "validation"
+    kind_epochs: dict[str, int] = field(default_factory=dict)
     augment: AugmentConfig = AugmentConfig()
 
     @property
@@ -271,6 +276,10 @@ class TrainConfig:
             check_int(f"train.{name}", getattr(self, name), 1)
         for name in ("warmup_epochs", "workers"):
             check_int(f"train.{name}", getattr(self, name), 0)
+        for kind, epochs in self.kind_epochs.items():
+            if kind not in NEURON_KINDS:
+                raise ValueError(f"train.kind_epochs: unknown neuron kind {kind!r}; kinds: {', '.join(NEURON_KINDS)}")
+            check_int(f"train.kind_epochs.{kind}", epochs, 1)
         check_int("train.seed", self.seed, 0, SEED_MAX)
         for name in ("lr", "lr_gamma", "gain_lr_factor"):
             check_float(f"train.{name}", getattr(self, name), 0, open_min=True)
@@ -376,6 +385,16 @@ class Config:
             raise ValueError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
         check_parameter_count(net, f"model.options {m.options}")
         return self
+
+    def with_neuron(self, kind: str) -> Config:
+        """This configuration for ``kind`` units, trained for ``train.kind_epochs[kind]`` epochs where the table
+        names the kind (each kind to its own convergence), else ``train.epochs``."""
+        epochs = self.train.kind_epochs.get(kind, self.train.epochs)
+        return dataclasses.replace(
+            self,
+            model=dataclasses.replace(self.model, neuron=kind),
+            train=dataclasses.replace(self.train, epochs=epochs),
+        ).validate()
 
     def to_dict(self) -> dict:
         """Plain nested dict (``None`` values omitted, as TOML has no null)."""
@@ -534,4 +553,8 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
     d.setdefault("name", path.stem)
-    return from_dict(apply_overrides(d, list(overrides)), str(path))
+    d = apply_overrides(d, list(overrides))
+    if any(parse_override(item)[0] == ["train", "epochs"] for item in overrides):
+        d.get("train", {}).pop("kind_epochs", None)  # explicit epochs hold for every kind (TrainConfig)
+    cfg = from_dict(d, str(path))
+    return cfg.with_neuron(cfg.model.neuron) if cfg.model.neuron in cfg.train.kind_epochs else cfg

@@ -378,3 +378,27 @@ def test_resolved_config_round_trips_through_toml(preset, overrides, tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(text)
     assert configs.load_config(str(path)) == cfg
+
+
+def test_each_kind_trains_its_own_epochs_unless_epochs_are_set():
+    """``train.kind_epochs``: the preset's twin converges in 30 epochs (docs/training-study.md, section 13); switching
+    the preset to it trains that many, an explicit ``train.epochs`` holds for every kind, a kind not named keeps
+    ``train.epochs``; and the resolved configuration round-trips."""
+    preset = configs.load_config("gestures-allconv18")
+    assert (preset.train.epochs, preset.train.kind_epochs) == (24, {"dcnn": 30})
+    twin = configs.load_config("gestures-allconv18", ["model.neuron=dcnn"])
+    assert (twin.model.neuron, twin.train.epochs) == ("dcnn", 30)
+    assert configs.from_dict(tomllib.loads(twin.to_toml())).train.epochs == 30
+    explicit = configs.load_config("gestures-allconv18", ["model.neuron=dcnn", "train.epochs=5"])
+    assert (explicit.train.epochs, explicit.train.kind_epochs) == (5, {})
+    assert preset.with_neuron("dcnn").train.epochs == 30 and preset.with_neuron("gnsm").train.epochs == 24
+    assert preset.with_neuron("dcnn").model.neuron == "dcnn"
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [("{foo = 3}", "unknown neuron kind 'foo'"), ("{dcnn = 0}", "kind_epochs.dcnn must be an integer >= 1")],
+)
+def test_kind_epochs_name_known_kinds_and_whole_epochs(table, message):
+    with pytest.raises(ValueError, match=message):
+        configs.load_config("gestures-allconv18", [f"train.kind_epochs={table}"])

@@ -739,3 +739,22 @@ def test_lr_ramp_rises_linearly_over_the_warmup_then_holds_and_leaves_the_schedu
         optimizer.step()  # Adam's first step moves every coordinate by its rate, against the gradient's sign
     torch.testing.assert_close(w.detach(), torch.tensor([-2.5e-4, 2.5e-4, -2.5e-4]))
     assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_compare_trains_each_kind_for_its_own_epochs_and_tabulates_them(gestures, tmp_path, capsys):
+    """``nsm compare`` with ``train.kind_epochs``: bnsm for 1 epoch, dcnn for 2, each evaluated; the table and the
+    JSON give each kind's epochs and metrics, and each run folder holds that many epochs."""
+    data, cache = gestures
+    out = tmp_path / "compare"
+    args = ["compare", "--config", "tiny", "--data", str(data), "--cache", str(cache), "--out", str(out)]
+    args += ["--neurons", "bnsm,dcnn", "--quiet"]
+    for s in ["train.workers=0", "train.device=cpu", "train.kind_epochs={bnsm = 1, dcnn = 2}"]:
+        args += ["--set", s]
+    assert cli.main(args) == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [(r["neuron"], r["epochs"]) for r in rows] == [("bnsm", 1), ("dcnn", 2)]
+    for r in rows:
+        assert [m["epoch"] for m in metric_lines(out / "runs" / r["neuron"])] == list(range(1, r["epochs"] + 1))
+        assert 0 <= r["accuracy"] <= 1 and r["mean_samples"] >= 1
+    table = (out / "comparison.md").read_text()
+    assert "| neuron | epochs | error % |" in table and "| dcnn | 2 |" in table
