@@ -284,13 +284,18 @@ def check_finite(path: Path, model_state: Mapping) -> None:
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     """Rebuild the network of a checkpoint (``read_checkpoint``'s errors for missing, foreign, unsafe or damaged
-    files; a ``ValueError`` for NaN or infinite weights, ``check_finite``, or for a ``model_spec`` whose network
-    would exceed ``models.registry.MAX_PARAMETERS``, checked on the meta device before anything is allocated)."""
+    files; a ``ValueError`` naming the file for NaN or infinite weights, ``check_finite``, or for a ``model_spec`` that
+    does not build a network (an unknown model or option, a value out of its range) or whose network would exceed
+    ``models.registry.MAX_PARAMETERS``, checked on the meta device before anything is allocated)."""
     path = Path(path)
     state = read_checkpoint(path, map_location)
     check_finite(path, state["model_state"])
-    with torch.device("meta"):
-        check_parameter_count(models.create_model(**state["model_spec"]), f"{path}: its model_spec")
+    try:
+        with torch.device("meta"):
+            shape_only = models.create_model(**state["model_spec"])
+    except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: torch's, e.g. a negative size
+        raise ValueError(f"{path}: its model_spec does not build a network ({one_line(err)})") from None
+    check_parameter_count(shape_only, f"{path}: its model_spec")
     model = models.create_model(**state["model_spec"])
     try:
         model.load_state_dict(state["model_state"])

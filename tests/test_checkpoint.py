@@ -314,3 +314,25 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path, damage):
     with pytest.raises(ValueError) as info:
         load_checkpoint(path)
     assert str(info.value).startswith(f"{path}: not a readable checkpoint (")
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"name": "resnet"}, "unknown model 'resnet'"),
+        ({"weight_bits": 1000}, "weight_bits must be a whole number from 2 to 16"),
+        ({"channels": [16, -2]}, "negative dimension -2"),
+        ({"surprise": 1}, "unknown option(s) ['surprise']"),
+    ],
+)
+def test_a_model_spec_that_does_not_build_is_one_error_naming_the_file(tmp_path, change, problem):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, small_net(), classes=CLASSES)
+    state = torch.load(path, weights_only=True)
+    state["model_spec"].update(change)
+    torch.save(state, path)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: its model_spec does not build a network (") and problem in str(
+        info.value
+    )
