@@ -11,7 +11,7 @@ import torch
 import models
 from nsm import using_mode
 from nsm.grid import WeightGrid, readout_on_grid, unit_on_grid
-from pipelines.export import NIRRuntime, check_inputs, quantize, spike_input, to_nir
+from pipelines.export import NIRRuntime, check_inputs, quantization_report, quantize, spike_input, to_nir
 from pipelines.export.targets import SPECK_BIAS_LIMIT, SPECK_BITS
 
 
@@ -89,12 +89,15 @@ def test_the_float32_deterministic_network_on_a_grid_is_its_8_bit_export_exactly
     x = check_inputs((6, 32, 32), 64, seed=2)
     with torch.inference_mode(), using_mode(model, "deterministic"):
         library = model(x)  # float32, as nsm evaluate computes it
-    graph = quantize(to_nir(model, (24, 32, 32)), SPECK_BITS, bias_limit=SPECK_BIAS_LIMIT)
+    float_graph = to_nir(model, (24, 32, 32))
+    graph = quantize(float_graph, SPECK_BITS, bias_limit=SPECK_BIAS_LIMIT)
     exported = NIRRuntime(graph).forward(spike_input(model, x))
     readout = next(n for n in graph.nodes.values() if (n.metadata or {}).get("role") == "readout")
     scale = float(readout.metadata["output_scale"])
     if grid:
         assert torch.equal(library.double() * scale, exported)
         assert torch.equal(library.argmax(1), exported.argmax(1))
+        report = quantization_report(float_graph, graph, spike_input(model, x), library.argmax(1))
+        assert report.agreement == 1.0 and report.bias_bits <= SPECK_BITS  # the units' biases: the chip's 8 bits
     else:
         assert not torch.equal(library.double() * scale, exported)

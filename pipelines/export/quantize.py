@@ -168,7 +168,7 @@ class QuantizationReport:
     accuracy_before: float
     accuracy_after: float
     agreement: float
-    bias_bits: int
+    bias_bits: int  # the width the unit layers' integer biases need (the readout's are the host's)
     label_source: str = "labels"
 
     def __str__(self) -> str:
@@ -193,8 +193,12 @@ def quantization_report(
         raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
     before = NIRRuntime(float_graph).outputs(inputs).argmax(dim=1)
     after = NIRRuntime(quantized_graph).outputs(inputs).argmax(dim=1)
-    biases = [
-        n.bias for n in quantized_graph.nodes.values() if isinstance(n, (nir.Conv2d, nir.Affine)) and n.bias is not None
+    biases = [  # the units' (the readout's bias is the host's, of any width)
+        n.bias
+        for n in quantized_graph.nodes.values()
+        if isinstance(n, (nir.Conv2d, nir.Affine))
+        and n.bias is not None
+        and decode_metadata(n.metadata or {}).get("role") == "synapses"
     ]
     n = int(labels.shape[0])
     return QuantizationReport(
