@@ -40,6 +40,7 @@ from tqdm import tqdm
 import models
 import nsm
 from events.atomic import remove_dead_temps, write_text_atomic
+from nsm.grid import without_grid
 from nsm.initialization import data_init
 from nsm.neurons import gain_parameters
 from nsm.normalization import LogitNormalization
@@ -93,18 +94,26 @@ def init_batch(train_set, device: torch.device, seed: int) -> torch.Tensor:
     return torch.stack([train_set[int(i)][0] for i in chosen]).to(device)
 
 
+@contextmanager
+def _warmup_passes(model, mode: str):
+    """The warm-up's ``mode``, off the model's weight grid if it has one (``nsm.grid.without_grid``)."""
+    with nsm.using_mode(model, mode), without_grid(model):
+        yield
+
+
 def training_mode(model, epoch: int, tc: configs.TrainConfig):
     """The units' mode in training epoch ``epoch``: during the first ``tc.warmup_epochs`` epochs, for networks that
     take expectations (``nsm.sampling.takes_expectations``), ``tc.warmup_forward`` (``mean-input``: E z = erf(v) of
     the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (the
     learning rate ramps up meanwhile for both: ``ramp_factor``); in the last ``tc.sampled_epochs`` epochs (the
     sampled phase) the units' own modes; between them the mode ``tc.forward`` names (``expected``, ``mean-input`` or
-    ``sampled-logit``) when the network takes expectations, else the units' own modes. The sampled and deterministic
+    ``sampled-logit``) when the network takes expectations, else the units' own modes. A network on a weight grid
+    (model option ``weight_bits``) computes off it in the warm-up epochs. The sampled and deterministic
     passes share the backward rule (the gradient of E z); the expectation modes back-propagate through their own
     pass."""
     expectations = takes_expectations(model)
     if epoch < tc.warmup_epochs:
-        return nsm.using_mode(model, tc.warmup_forward if expectations else "deterministic")
+        return _warmup_passes(model, tc.warmup_forward if expectations else "deterministic")
     if tc.forward != "sampled" and expectations and epoch < tc.epochs - tc.sampled_epochs:
         return nsm.using_mode(model, tc.forward)
     return nullcontext()

@@ -10,7 +10,7 @@ import torch
 
 import models
 from nsm import using_mode
-from nsm.grid import WeightGrid, readout_on_grid, unit_on_grid
+from nsm.grid import WeightGrid, readout_on_grid, unit_on_grid, without_grid
 from pipelines.export import NIRRuntime, check_inputs, quantization_report, quantize, spike_input, to_nir
 from pipelines.export.targets import SPECK_BIAS_LIMIT, SPECK_BITS
 
@@ -101,3 +101,26 @@ def test_the_float32_deterministic_network_on_a_grid_is_its_8_bit_export_exactly
         assert report.agreement == 1.0 and report.bias_bits <= SPECK_BITS  # the units' biases: the chip's 8 bits
     else:
         assert not torch.equal(library.double() * scale, exported)
+
+
+def test_without_grid_computes_with_the_float_weights_and_restores_the_grid():
+    model = specknet_with_varied_units(grid=True)
+    units = [m for m in model.modules() if hasattr(m, "beta")]
+    on_grid = units[0].effective_weight()[0].detach()
+    with without_grid(model):
+        assert all(m.grid is None for m in units) and model[-1].grid is None
+        free = units[0].effective_weight()[0].detach()
+    assert not torch.equal(free, on_grid) and units[0].grid == WeightGrid(SPECK_BITS, SPECK_BIAS_LIMIT)
+    assert torch.equal(units[0].effective_weight()[0].detach(), on_grid) and model[-1].grid is not None
+
+
+def test_training_keeps_the_warmup_epochs_off_the_grid():
+    from pipelines import config as configs
+    from pipelines.train import training_mode
+
+    tc = configs.load_config("gestures-speck").train
+    model = specknet_with_varied_units(grid=True)
+    with training_mode(model, 0, tc):
+        assert model[-1].grid is None and model[1].mode == tc.warmup_forward
+    with training_mode(model, tc.warmup_epochs, tc):
+        assert model[-1].grid == WeightGrid(SPECK_BITS, SPECK_BIAS_LIMIT) and model[1].mode == tc.forward
