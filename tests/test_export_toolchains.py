@@ -28,6 +28,7 @@ from pipelines.export import (
     write_nir,
 )
 from pipelines.export.check_targets import interpreters
+from pipelines.export.check_targets import main as check_targets_main
 from pipelines.export.layout import dense_as_conv, pools_as_conv
 from pipelines.export.metadata import decode_metadata
 
@@ -209,3 +210,19 @@ def test_check_targets_takes_one_interpreter_per_toolchain_and_a_default():
         interpreters(["lava=/x/python"])
     with pytest.raises(SystemExit, match="--importer-python spyx=: no interpreter given"):
         interpreters(["spyx="])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "foo"], "--models foo: choose from tiny, allconvnet18, specknet (got foo)"),
+        (["--targets", "norse,bogus"], "--targets norse,bogus: choose from generic,"),
+        (["--seeds", "0,x"], "--seeds 0,x: give whole numbers"),
+        (["--seeds=-1"], "--seeds -1: give whole numbers"),
+    ],
+)
+def test_check_targets_refuses_unknown_models_targets_and_seeds_before_any_work(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        check_targets_main([*args, "--out", str(tmp_path / "runs")])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from events.types import SEED_MAX
+
 from .check import TARGET_TOOLCHAIN
 from .forms import TARGETS
 from .importers import IMPORTER_TOOLCHAINS
@@ -52,6 +54,15 @@ def interpreters(values: list[str] | None) -> dict[str | None, str]:
     return out
 
 
+def _listed(parser, option: str, value: str, choices) -> list[str]:
+    """The comma-separated names of ``value``; the parser's one-line error for a name not in ``choices``."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        parser.error(f"{option} {value}: choose from {', '.join(choices)} (got {', '.join(unknown) or 'none'})")
+    return names
+
+
 def _tiny(out: Path, epochs: int) -> Path:
     import events
     from pipelines import cli
@@ -71,6 +82,7 @@ def _tiny(out: Path, epochs: int) -> Path:
     return run / "best.pt"
 
 
+MODELS = ("tiny", "allconvnet18", "specknet")
 SPECK_SIZED = "specknet (untrained)"
 """The one network the speck form is checked on: it fits Speck's cores by the report's rules."""
 
@@ -101,25 +113,31 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument(
-        "--models", default="tiny,allconvnet18,specknet", help="which of tiny, allconvnet18, specknet to export"
+        "--models", default=",".join(MODELS), help=f"which of {', '.join(MODELS)} to export (comma-separated)"
     )
     p.add_argument("--seeds", default="0", help="torch seeds of the untrained allconvnet18s, e.g. 0,1,2,3,4")
     args = p.parse_args(argv)
+    wanted, targets = _listed(p, "--models", args.models, MODELS), _listed(p, "--targets", args.targets, TARGETS)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        seeds = [-1]
+    if any(not 0 <= s <= SEED_MAX for s in seeds):
+        p.error(f"--seeds {args.seeds}: give whole numbers 0..{SEED_MAX} separated by commas, e.g. 0,1,2")
     pythons = interpreters(args.importer_python)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = args.models.split(",")
     checkpoints = {}
     if "tiny" in wanted:
         checkpoints["tiny (trained)"] = _tiny(out, args.epochs)
     if "allconvnet18" in wanted:
-        for seed in (int(s) for s in args.seeds.split(",")):
+        for seed in seeds:
             checkpoints[f"allconvnet18 (untrained, seed {seed})"] = _untrained(out, "allconvnet18", seed)
     if "specknet" in wanted:
         checkpoints[SPECK_SIZED] = _untrained(out, "specknet", 0, input_levels=[1, 2, 4, 8])
     rows = []
     for label, ck in checkpoints.items():
-        for target in args.targets.split(","):
+        for target in targets:
             for bits in (None, 8):
                 if target == "speck" and (bits is None or label != SPECK_SIZED):
                     continue
