@@ -384,6 +384,11 @@ class Config:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ValueError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
         check_parameter_count(net, f"model.options {m.options}")
+        if "weight_bits" in m.options and self.train.logit_norm != "none":
+            raise ValueError(
+                "model.options.weight_bits needs train.logit_norm = \"none\": batch-normalized logits train off the "
+                "weight grid (they are folded into the units only after training)"
+            )
         return self
 
     def with_neuron(self, kind: str) -> Config:

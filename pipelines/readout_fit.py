@@ -11,7 +11,8 @@ the cross-entropy of single samples, the seed's sampled training rule for the re
 readout W0 by L-BFGS; the penalty keeps the fit near W0 (without it the readout fits the training items' draws so
 closely that single samples' NLL on held-out users rose from 0.67 to 0.97). The fit is kept only if it also lowers
 the Monte Carlo NLL of the run's validation items (on a small set a wide readout can fit the training draws and
-nothing else). The fitted readout predicts from the
+nothing else). A readout on a weight grid (``nsm.grid``) is fitted as it computes: the losses use its gridded W and
+b, the gradient passing straight through the rounding. The fitted readout predicts from the
 states that evaluation, streaming and export see: docs/training-study.md, section 10 measures what it does to Monte
 Carlo accuracy, NLL and calibration. Networks without sampling units are left as they are (their readout already
 saw the states it predicts from).
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import nsm
+from nsm.grid import readout_on_grid
 from nsm.sampling import draws_noise
 from nsm.weight_cache import WeightCache
 
@@ -74,11 +76,12 @@ def samples_the_readout(model) -> bool:
 
 def sampled_features(
     model, items: Dataset, *, draws: int, generator: torch.Generator, device, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f (N, draws, C): the readout's pooled input in ``draws`` sampled passes of each item, labels (N,))."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(f (N, draws, C): the readout's pooled input in ``draws`` sampled passes of each item, labels (N,), the number
+    of positions the readout pools)."""
     layers = list(model)
     readout, trunk = layers[-1], layers[:-1]
-    features, labels = [], []
+    features, labels, positions = [], [], 1
     model.eval()
     with torch.inference_mode(), nsm.using_generator(model, generator), WeightCache(model):
         loader = DataLoader(items, batch_size=BATCH)
@@ -89,7 +92,8 @@ def sampled_features(
             f = readout.pool(h).float().reshape(draws, len(x), -1)
             features.append(f.transpose(0, 1).cpu())
             labels.append(y)
-    return torch.cat(features), torch.cat(labels)
+            positions = readout.positions(h)
+    return torch.cat(features), torch.cat(labels), positions
 
 
 def single_sample_loss(weight, bias, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,27 +123,33 @@ def fit_readout(
         chosen = torch.randperm(len(train_items), generator=torch.Generator().manual_seed(seed))[:MAX_ITEMS]
         train_items = Subset(train_items, chosen.tolist())
     draw = dict(generator=generator, device=device, progress=progress)
-    features, labels = sampled_features(model, train_items, draws=DRAWS, **draw)
-    val_features, val_labels = sampled_features(model, val_items, draws=VAL_DRAWS, **draw)
-    linear = list(model)[-1].linear
+    features, labels, positions = sampled_features(model, train_items, draws=DRAWS, **draw)
+    val_features, val_labels, _ = sampled_features(model, val_items, draws=VAL_DRAWS, **draw)
+    readout = list(model)[-1]
+    linear = readout.linear
     weight = linear.weight.detach().cpu().float().clone().requires_grad_(True)
     bias = linear.bias.detach().cpu().float().clone().requires_grad_(True)
     trained = weight.detach().clone()
+
+    def used(w, b):
+        """(W, b) as the readout's forward computes with them: on its weight grid when it has one."""
+        return (w, b) if readout.grid is None else readout_on_grid(readout.grid, w, b, positions)
+
     with torch.no_grad():
-        before = float(single_sample_loss(weight, bias, features, labels))
-        val_before = monte_carlo_nll(weight, bias, val_features, val_labels)
+        before = float(single_sample_loss(*used(weight, bias), features, labels))
+        val_before = monte_carlo_nll(*used(weight, bias), val_features, val_labels)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=LBFGS_STEPS)
 
     def closure():
         optimizer.zero_grad()
-        loss = single_sample_loss(weight, bias, features, labels) + ANCHOR * (weight - trained).pow(2).sum()
+        loss = single_sample_loss(*used(weight, bias), features, labels) + ANCHOR * (weight - trained).pow(2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
     with torch.no_grad():
-        after = float(single_sample_loss(weight, bias, features, labels))
-        val_after = monte_carlo_nll(weight, bias, val_features, val_labels)
+        after = float(single_sample_loss(*used(weight, bias), features, labels))
+        val_after = monte_carlo_nll(*used(weight, bias), val_features, val_labels)
         kept = after < before and val_after < val_before  # False when either is NaN
         if kept:
             linear.weight.copy_(weight.to(linear.weight))

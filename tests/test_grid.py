@@ -124,3 +124,10 @@ def test_training_keeps_the_warmup_epochs_off_the_grid():
         assert model[-1].grid is None and model[1].mode == tc.warmup_forward
     with training_mode(model, tc.warmup_epochs, tc):
         assert model[-1].grid == WeightGrid(SPECK_BITS, SPECK_BIAS_LIMIT) and model[1].mode == tc.forward
+
+
+def test_the_weight_grid_needs_unnormalized_logits_in_training():
+    from pipelines import config as configs
+
+    with pytest.raises(ValueError, match='weight_bits needs train.logit_norm = "none"'):
+        configs.load_config("gestures-speck", ["train.logit_norm=batch"])

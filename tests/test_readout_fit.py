@@ -71,7 +71,7 @@ def test_features_stay_with_their_items_and_labels(tiny_run, gestures):
     model = load_checkpoint(tiny_run / runs.BEST).model
     items = torch.utils.data.Subset(split(tiny_run, gestures)[0], range(70))  # more than one batch
     nsm.set_mode(model, "deterministic")
-    features, labels = sampled_features(
+    features, labels, positions = sampled_features(
         model, items, draws=3, generator=torch.Generator().manual_seed(0), device="cpu", progress=False
     )
     x = torch.stack([items[i][0] for i in range(len(items))])
@@ -84,6 +84,7 @@ def test_features_stay_with_their_items_and_labels(tiny_run, gestures):
     for d in range(3):
         torch.testing.assert_close(features[:, d], expected)
     assert labels.tolist() == [items[i][1] for i in range(len(items))]
+    assert positions == model[-1].positions(h)
 
 
 def test_networks_that_do_not_sample_are_left_alone():
