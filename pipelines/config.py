@@ -386,7 +386,7 @@ class Config:
         check_parameter_count(net, f"model.options {m.options}")
         if "weight_bits" in m.options and self.train.logit_norm != "none":
             raise ValueError(
-                "model.options.weight_bits needs train.logit_norm = \"none\": batch-normalized logits train off the "
+                'model.options.weight_bits needs train.logit_norm = "none": batch-normalized logits train off the '
                 "weight grid (they are folded into the units only after training)"
             )
         return self

@@ -9,6 +9,7 @@ when it is absent; the chip configuration (``make_config``) needs the real samna
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 
@@ -58,7 +59,8 @@ def unit_synapses(graph):
 def test_the_speck_preset_trains_specknet_with_allconv18s_recipe_and_input_code_on_the_chips_weight_grid():
     speck, allconv = configs.load_config("gestures-speck"), configs.load_config("gestures-allconv18")
     assert (speck.model.name, speck.model.neuron) == ("specknet", "bnsm")
-    assert speck.data == allconv.data and speck.train == allconv.train and speck.eval == allconv.eval
+    same_recipe = dataclasses.replace(allconv.train, kind_epochs={})  # the twin's epochs are measured for allconv18
+    assert speck.data == allconv.data and speck.train == same_recipe and speck.eval == allconv.eval
     assert speck.model.options["input_levels"] == allconv.model.options["input_levels"]
     # on the chip's weight grid: its 8-bit export is the network trained and evaluated
     assert (speck.model.options["weight_bits"], speck.model.options["bias_limit"]) == (SPECK_BITS, SPECK_BIAS_LIMIT)
@@ -114,13 +116,30 @@ def test_sinabs_refuses_allconvnet18s_or_pools_as_the_rules_say(tmp_path):
     assert not mapping.ok and mapping.refused and "SumPool2d" in mapping.refused, str(mapping)
 
 
-def test_the_mapping_fails_when_sinabs_would_rescale_the_exported_integers_the_control(tmp_path):
-    """10-bit weights do not fit the chip's 8: sinabs' discretization rescales them, which the check must catch."""
+def test_the_mapping_fails_on_integers_beyond_the_chips_ranges_the_control(tmp_path):
+    """10-bit weights (and their biases) do not fit the chip's 8 bits: mapped, but the check must fail, naming them."""
     python = importer_python("sinabs")
     torch.manual_seed(0)
     graph = target_form(quantize(to_nir(models.create_model("specknet"), SHAPE), 10), "speck")
     mapping = map_onto_speck(write_nir(graph, tmp_path / "ten.nir"), python)
-    assert mapping.cores is not None and mapping.discretize_changed is True and not mapping.ok, str(mapping)
+    assert mapping.cores is not None and not mapping.ok, str(mapping)
+    assert "layer 0: weights not 8-bit integers" in mapping.out_of_range and "OUT OF the chip's ranges" in str(mapping)
+
+
+def test_a_network_on_speck_weight_grid_maps_with_its_integers_as_they_are(tmp_path):
+    """A power-of-two grid leaves a layer's largest integer below 127, which sinabs' own discretization would rescale
+    (it makes each layer's largest weight 127): passed as they are, the integers are in range and the mapping
+    passes."""
+    python = importer_python("sinabs")
+    torch.manual_seed(0)
+    model = models.create_model(
+        "specknet", input_levels=[1, 2, 4, 8], weight_bits=SPECK_BITS, bias_limit=SPECK_BIAS_LIMIT
+    )
+    graph = target_form(quantize(to_nir(model, (24, 32, 32)), SPECK_BITS, bias_limit=SPECK_BIAS_LIMIT), "speck")
+    largest = [float(np.abs(n.weight).max()) for n in unit_synapses(graph)]
+    assert min(largest) < 127  # a layer sinabs' discretize=True would rescale
+    mapping = map_onto_speck(write_nir(graph, tmp_path / "grid.nir"), python)
+    assert mapping.ok and mapping.out_of_range == [], str(mapping)
 
 
 def test_cli_export_for_speck_checks_in_sinabs_and_maps_onto_cores(tmp_path, capsys):

@@ -24,14 +24,14 @@ class SpeckMapping:
     cores: dict | None = None
     memory: dict | None = None
     refused: str | None = None
-    discretize_changed: bool | None = None
+    out_of_range: list | None = None
     config: str = ""
     missing: str = ""
 
     @property
     def ok(self) -> bool:
-        """Mapped onto distinct cores, with sinabs' discretization leaving the exported integers as they are."""
-        return not self.missing and self.cores is not None and self.discretize_changed is False
+        """Mapped onto distinct cores, every weight, bias and threshold an integer within the chip's ranges."""
+        return not self.missing and self.cores is not None and self.out_of_range == []
 
     def __str__(self) -> str:
         if self.missing:
@@ -40,10 +40,14 @@ class SpeckMapping:
         if self.refused:
             return f"{name} refused the network for DYNAP-CNN: {self.refused[:400]}"
         cores = ", ".join(f"{k}->{v}" for k, v in (self.cores or {}).items())
-        kept = "kept" if self.discretize_changed is False else "CHANGED"
+        ranges = (
+            "the exported integers within the chip's ranges, passed as they are"
+            if self.out_of_range == []
+            else "OUT OF the chip's ranges: " + "; ".join(self.out_of_range or ["not checked"])
+        )
         return (
-            f"{name} mapped {self.layers} layers onto DYNAP-CNN cores (layer->core {cores}); its discretization "
-            f"{kept} the exported integers; chip configuration (make_config): {self.config}"
+            f"{name} mapped {self.layers} layers onto DYNAP-CNN cores (layer->core {cores}); {ranges}; chip "
+            f"configuration (make_config): {self.config}"
         )
 
 
@@ -71,5 +75,5 @@ def map_onto_speck(path, python: str | None = None) -> SpeckMapping:
         fields = json.loads(results[-1])
     except ValueError as err:
         return SpeckMapping(missing=f"{python} wrote an unreadable mapping result ({err})")
-    known = {k: fields.get(k) for k in ("layers", "cores", "memory", "refused", "discretize_changed")}
+    known = {k: fields.get(k) for k in ("layers", "cores", "memory", "refused", "out_of_range")}
     return SpeckMapping(version=versions[-1] if versions else "", config=str(fields.get("config", "")), **known)

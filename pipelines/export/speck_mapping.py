@@ -8,7 +8,7 @@ It imports only torch, nir, sinabs and ``importers.read_graph`` (never the rest 
 user deploying to Speck does: ``sinabs.from_nir``; the chain from the input up to the last IF node as an
 ``nn.Sequential`` (the readout after it runs on the host); each ``IAFSqueeze``'s per-neuron threshold (as
 ``from_nir`` writes it) as the one value it holds (the chip takes one per core; a layer with several is refused);
-``DynapcnnNetwork(net, input_shape, discretize=True)``; its ``memory_summary()``; and sinabs' core mapper
+``DynapcnnNetwork(net, input_shape, discretize=False)``; its ``memory_summary()``; and sinabs' core mapper
 (``ChipFactory("speck2fmodule").get_config_builder().map_layers_to_cores``, Edmonds' matching of layers to cores
 under ``get_constraints()``). Where samna is installed it then calls ``make_config(device="speck2fmodule")``, the
 chip configuration itself.
@@ -18,11 +18,18 @@ call it, and samna's PyPI package is a stub whose import pip-installs the real o
 cannot reach. Where the real samna is absent (its package holds no compiled extension), samna's modules are stood
 in by empty placeholders for the import only, and ``make_config`` is not run (the result says so).
 
+The graph already holds the chip's integers, so they go to the chip as they are (``discretize=False``;
+``make_config`` writes each weight's and bias's ``int()``). sinabs' discretization (``discretize=True``, meant for
+float networks) would rescale each layer by one factor that makes its largest weight or bias the largest 8-bit
+integer, and so change a graph whose largest integer is smaller (a network trained on a power-of-two weight grid,
+``nsm.grid``); instead the script checks, with the precisions sinabs' ``discretize.py`` defines
+(``DYNAPCNN_WEIGHT_PRECISION_BITS``, ``DYNAPCNN_STATE_PRECISION_BITS``), that every weight and bias is an integer
+within the weights' signed range and every threshold an integer within the neuron state's.
+
 Prints one line ``result: {json}`` with ``layers`` (sinabs' layer count), ``cores`` (layer -> core, or null),
-``memory`` (kernel / neuron / bias per layer), ``refused`` (sinabs' error, or null), ``discretize_changed``
-(whether sinabs' discretization changed any weight or bias: it must not, the graph is already the chip's integers;
-its one scale factor also multiplies the thresholds, so unchanged weights mean unchanged thresholds), ``config``
-("made", or why not).
+``memory`` (kernel / neuron / bias per layer), ``refused`` (sinabs' error, or null), ``out_of_range`` (the chip
+layers whose weights, biases or threshold are not integers within those ranges, each with what is wrong: empty
+when all fit; null when sinabs refused the network), ``config`` ("made", or why not).
 """
 
 from __future__ import annotations
@@ -106,13 +113,25 @@ def one_threshold(layer) -> None:
         setattr(layer, name, scalar)
 
 
-def same(a, b) -> bool:
-    """Whether two optional tensors hold the same values (a missing bias equals an all-zero one)."""
+def out_of_range(index: int, layer) -> list[str]:
+    """What of chip layer ``index`` (a ``DynapcnnLayer``) is not an integer within the chip's ranges: weights and
+    biases in [-2^(b-1), 2^(b-1) - 1] for sinabs' weight precision b, the threshold in the neuron state's."""
     import torch
+    from sinabs.backend.dynapcnn.discretize import DYNAPCNN_STATE_PRECISION_BITS, DYNAPCNN_WEIGHT_PRECISION_BITS
 
-    a = torch.zeros(()) if a is None else a.detach().float()
-    b = torch.zeros(()) if b is None else b.detach().float()
-    return bool(torch.equal(*torch.broadcast_tensors(a, b)))
+    def fits(t, bits) -> bool:
+        t = torch.as_tensor(t).detach().double()
+        return bool(torch.equal(t, torch.round(t)) and t.min() >= -(2 ** (bits - 1)) and t.max() <= 2 ** (bits - 1) - 1)
+
+    conv, spike = layer.conv_layer, layer.spk_layer
+    problems = []
+    if not fits(conv.weight, DYNAPCNN_WEIGHT_PRECISION_BITS):
+        problems.append(f"layer {index}: weights not {DYNAPCNN_WEIGHT_PRECISION_BITS}-bit integers")
+    if conv.bias is not None and not fits(conv.bias, DYNAPCNN_WEIGHT_PRECISION_BITS):
+        problems.append(f"layer {index}: biases not {DYNAPCNN_WEIGHT_PRECISION_BITS}-bit integers")
+    if not fits(spike.spike_threshold, DYNAPCNN_STATE_PRECISION_BITS):
+        problems.append(f"layer {index}: threshold not a {DYNAPCNN_STATE_PRECISION_BITS}-bit integer")
+    return problems
 
 
 def main(argv: list[str]) -> int:
@@ -131,23 +150,19 @@ def main(argv: list[str]) -> int:
     for layer in net:
         if isinstance(layer, sinabs.layers.IAFSqueeze):
             one_threshold(layer)
-    convs = [m for m in net if isinstance(m, nn.Conv2d)]
-    before = [(m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone()) for m in convs]
     shape = tuple(int(v) for v in graph.nodes["input"].input_type["input"])
     from sinabs.backend.dynapcnn import DynapcnnNetwork
     from sinabs.backend.dynapcnn.chip_factory import ChipFactory
 
-    result = {"layers": None, "cores": None, "memory": None, "refused": None, "discretize_changed": None}
+    result = {"layers": None, "cores": None, "memory": None, "refused": None, "out_of_range": None}
     try:
-        chip = DynapcnnNetwork(net, input_shape=shape, discretize=True)
+        chip = DynapcnnNetwork(net, input_shape=shape, discretize=False)
         result["layers"] = len(chip.dynapcnn_layers)
         result["memory"] = {
             kind: {str(k): int(v) for k, v in per.items()} for kind, per in chip.memory_summary().items()
         }
-        chip_convs = [chip.dynapcnn_layers[k].conv_layer for k in sorted(chip.dynapcnn_layers)]
-        result["discretize_changed"] = len(chip_convs) != len(before) or not all(
-            same(conv.weight, w) and same(conv.bias, b) for conv, (w, b) in zip(chip_convs, before)
-        )
+        layers = chip.dynapcnn_layers
+        result["out_of_range"] = [p for k in sorted(layers) for p in out_of_range(int(k), layers[k])]
         cores = ChipFactory(DEVICE).get_config_builder().map_layers_to_cores(chip.dynapcnn_layers)
         result["cores"] = {str(k): int(v) for k, v in cores.items()}
     except Exception as err:  # sinabs' refusals (InvalidModel, InvalidEdge, "No valid mapping found") are the result
