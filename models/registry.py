@@ -121,7 +121,7 @@ def _put_on_grid(layers, grid: WeightGrid, neuron: str) -> None:
     for module in modules:
         if isinstance(module, (NSMConv2d, NSMLinear, Readout)):
             module.grid = grid
-        elif "weight" in module._parameters and id(module) not in readout_parts:
+        elif next(module.parameters(recurse=False), None) is not None and id(module) not in readout_parts:
             raise ValueError(
                 f"model option weight_bits needs NSM units (bnsm, gnsm, ste, bn); {neuron} units "
                 f"({type(module).__name__}) have no weight grid"
