@@ -25,17 +25,19 @@ from .runs import DEFAULT_CACHE, RunFolder, read_records
 from .train import train
 
 
-def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, progress: bool) -> None:
-    """Train ``cfg`` with ``kind`` units into ``run``: reuse a finished run, resume an interrupted one."""
+def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, progress: bool) -> configs.Config:
+    """Train ``cfg`` with ``kind`` units (``Config.with_neuron``) into ``run``: reuse a finished run, resume an
+    interrupted one. Returns the kind's configuration."""
     cfg = cfg.with_neuron(kind)
     checkpoint = RunFolder(run).checkpoint
     done = load_checkpoint(checkpoint).epoch if checkpoint.is_file() else None
     if done is not None and done >= cfg.train.epochs:
         print(f"{kind}: reusing the finished run in {run}", flush=True)
-        return
+        return cfg
     if done is not None:
         print(f"{kind}: resuming {run} after epoch {done}", flush=True)
     train(cfg, data_root, run, cache_dir=cache_dir, resume=done is not None, progress=progress)
+    return cfg
 
 
 def table(rows: list[dict]) -> str:
@@ -62,13 +64,13 @@ def compare(
     rows = []
     for kind in kinds:
         run = RunFolder(out / "runs" / kind)
-        train_kind(cfg, kind, data_root, run.out, cache_dir, progress)
+        epochs = train_kind(cfg, kind, data_root, run.out, cache_dir, progress).train.epochs
         m = evaluate(run.best, data_root, run.out, adaptive=True, cache_dir=cache_dir, progress=progress)
         seconds = sum(r.get("seconds", 0.0) for r in read_records(run.metrics))
         rows.append(
             {
                 "neuron": kind,
-                "epochs": cfg.with_neuron(kind).train.epochs,
+                "epochs": epochs,
                 "accuracy": m["accuracy"],
                 "ece": m["ece"],
                 "nll": m["nll"],
