@@ -14,7 +14,16 @@ from .layers import MODES, Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Read
 from .neurons import NEURON_KINDS, neuron_kind, pool_unit
 from .noise import BernoulliNoise, GaussianNoise, noise_from_dict
 from .normalization import LogitNormalization
-from .sampling import MCResult, MCSettings, mc_predict, sample_probabilities, set_mode, using_generator, using_mode
+from .sampling import (
+    MCResult,
+    MCSettings,
+    mc_predict,
+    sample_probabilities,
+    set_mode,
+    using_generator,
+    using_mode,
+    using_variance_rule,
+)
 from .weight_cache import WeightCache
 
 __all__ = [
@@ -41,4 +50,5 @@ __all__ = [
     "set_mode",
     "using_generator",
     "using_mode",
+    "using_variance_rule",
 ]

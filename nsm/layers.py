@@ -102,6 +102,11 @@ class AffineConv2d(nn.Module):
         """W * x with the border filled by 0 (e.g. the variances of states whose border is constant)."""
         return F.conv2d(x, weight, None, self.stride, self.padding).to(x.dtype)
 
+    def receptive_field_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H', W'): the mean of ``x`` over each output position's receptive field, every channel and kernel
+        offset, the border counting as 0 (the ``window-mean`` variance rule, ``nsm.moments``)."""
+        return F.avg_pool2d(x.mean(1, keepdim=True), self.kernel_size, self.stride, self.padding)
+
     def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         """W * x + b with the border filled by ``pad_value``."""
         if self.pad_value == 0.0:
@@ -178,6 +183,11 @@ class AffineLinear(nn.Module):
     def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight).to(x.dtype)
 
+    @staticmethod
+    def receptive_field_mean(x: torch.Tensor) -> torch.Tensor:
+        """(B, 1): the mean of ``x`` over the features, every unit's receptive field."""
+        return x.mean(1, keepdim=True)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -201,6 +211,7 @@ class _NSMUnit(StochasticUnit):
     logit_norm = None  # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
     uses_weight_cache = True  # effective weights and border maps through ``memo`` (``nsm.weight_cache``)
     grid: WeightGrid | None = None  # an n-bit integer weight grid (``nsm.grid``), set by models.create_model
+    variance_rule = "exact"  # how expectation passes compute the logit's variance (``nsm.moments.VARIANCE_RULES``)
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
@@ -253,11 +264,12 @@ class _NSMUnit(StochasticUnit):
     def expected_logit(self, m: torch.Tensor, track: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the firing logit v_i when the inputs are independent states with means ``m``:
         W_eff_i.m + b_eff_i (the -1 border is a constant input) and sum_j W_eff_ij^2 (1 - m_j^2) (0 at the
-        border). With batch-normalized logits attached, those of the normalized logit
-        (``BatchMoments.expected_logit``; ``track`` as in ``_logit``)."""
+        border), or its estimate by ``variance_rule`` (``nsm.moments.affine_moments``). With batch-normalized
+        logits attached, those of the normalized logit (``BatchMoments.expected_logit``; ``track`` as in
+        ``_logit``)."""
         if self.logit_norm is not None:
             return self.logit_norm.expected_logit(self, m, track)
-        return moments.affine_moments(self.affine, self.affine_zero_padded, m, *self.effective_weight())
+        return moments.affine_moments(self, m, *self.effective_weight(), variance=self.variance_rule)
 
     def expected_states(self, m: torch.Tensor, track: bool = False, input_variance: bool = True) -> torch.Tensor:
         """E(z_i) when the inputs are independent states with means ``m``, the logit taken as Gaussian with the

@@ -9,7 +9,15 @@ before anything else touches them.
 
 - An affine map x = W z + b (``affine_moments``):
 
-      E x = W m + b,        Var x = sum_j W_j^2 (1 - m_j^2).
+      E x = W m + b,        Var x = sum_j W_j^2 (1 - m_j^2)   (the ``exact`` rule).
+
+  The ``window-mean`` rule (``VARIANCE_RULES``) replaces each input's variance by the mean over the unit's
+  receptive field R (every channel and kernel offset, the border counting as variance 0):
+
+      Var x ~ (sum_j W_j^2) mean_{j in R} (1 - m_j^2),
+
+  exact when the inputs of a receptive field share one variance; its cost is an average pool of one channel
+  instead of a second convolution (docs/training-study.md, section 18, measures what it changes).
 
 - A sign unit that fires with P(z = +1 | v) = 1/2 (1 + erf v), its logit v Gaussian with mean mu and variance s^2
   (``expected_sign``):
@@ -30,10 +38,10 @@ before anything else touches them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
+VARIANCE_RULES = ("exact", "window-mean")
 PROBIT = math.pi / 8
 MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
 MIN_SAMPLED_VARIANCE = 1e-8  # the floor of a sampled logit's variance (its square root's gradient is 1/(2 s))
@@ -45,19 +53,23 @@ def widened(x: torch.Tensor) -> torch.Tensor:
 
 
 def affine_moments(
-    affine: Callable[..., torch.Tensor],
-    affine_zero_padded: Callable[..., torch.Tensor],
-    m: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    variance: bool = True,
+    unit, m: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, variance: str | None = "exact"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(E x, Var x) of x = W z + b for independent states with means ``m``: ``affine(m, weight, bias)`` (the border
-    at the constant -1 state) and ``affine_zero_padded(1 - m^2, weight^2)`` (a constant border adds no variance);
-    Var x is None without ``variance``; both in at least float32 (``widened``)."""
-    mean = widened(affine(m, weight, bias))
-    return mean, (widened(affine_zero_padded(1.0 - m * m, weight * weight)) if variance else None)
+    """(E x, Var x) of x = W z + b for independent states with means ``m``, computed by ``unit`` (an
+    ``nsm.layers.AffineConv2d`` or ``AffineLinear``): ``unit.affine(m, weight, bias)`` (the border at the constant
+    -1 state) and, by the rule ``variance`` names (``VARIANCE_RULES``; None: no variance),
+    ``unit.affine_zero_padded(1 - m^2, weight^2)`` (a constant border adds no variance) or its ``window-mean``
+    estimate ``sum_j weight_j^2 * unit.receptive_field_mean(1 - m^2)``; both in at least float32 (``widened``)."""
+    mean = widened(unit.affine(m, weight, bias))
+    if variance is None:
+        return mean, None
+    spread, squared = 1.0 - m * m, weight * weight
+    if variance == "exact":
+        return mean, widened(unit.affine_zero_padded(spread, squared))
+    if variance == "window-mean":
+        per_unit = squared.flatten(1).sum(1).reshape((1, -1) + (1,) * (m.dim() - 2))
+        return mean, widened(unit.receptive_field_mean(spread)) * per_unit
+    raise ValueError(f"unknown variance rule {variance!r}; expected one of {VARIANCE_RULES}")
 
 
 def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:

@@ -41,10 +41,10 @@ EPS = 1e-5
 
 def _a_and_spread(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
     """(a, s2) for the unit's input ``z``: a = (w/||w||).z per position; with ``noisy_states`` (z holds the means
-    of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states' noise, else
-    None."""
+    of independent states) s2 = (w/||w||)^2.(1 - z^2), a's variance per position over the states' noise, by the
+    unit's ``variance_rule`` (``nsm.moments.affine_moments``), else None."""
     return moments.affine_moments(
-        unit.affine, unit.affine_zero_padded, z, nsmf.unit_direction(unit.weight), variance=noisy_states
+        unit, z, nsmf.unit_direction(unit.weight), variance=unit.variance_rule if noisy_states else None
     )
 
 

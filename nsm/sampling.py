@@ -26,6 +26,7 @@ from torch import nn
 from events.types import check_int
 
 from .layers import EXPECTATION_MODES, MODES, AffineConv2d, AffineLinear, Modal, StochasticUnit, _NSMUnit
+from .moments import VARIANCE_RULES
 from .neurons import KINDS
 from .weight_cache import WeightCache
 
@@ -87,17 +88,34 @@ def takes_expectations(model: nn.Module) -> bool:
 
 
 @contextmanager
-def using_generator(model: nn.Module, generator: torch.Generator | None):
-    """Draw every stochastic unit's noise from ``generator`` within the block (None: torch's global RNG)."""
-    units = stochastic_units(model)
-    saved = [u.generator for u in units]
+def _attribute_set(units: list[nn.Module], name: str, value):
+    """Set attribute ``name`` of each of ``units`` to ``value`` within the block; each one's own value is restored
+    afterwards."""
+    saved = [getattr(u, name) for u in units]
     try:
         for unit in units:
-            unit.generator = generator
-        yield model
+            setattr(unit, name, value)
+        yield
     finally:
-        for unit, g in zip(units, saved):
-            unit.generator = g
+        for unit, own in zip(units, saved):
+            setattr(unit, name, own)
+
+
+@contextmanager
+def using_generator(model: nn.Module, generator: torch.Generator | None):
+    """Draw every stochastic unit's noise from ``generator`` within the block (None: torch's global RNG)."""
+    with _attribute_set(stochastic_units(model), "generator", generator):
+        yield model
+
+
+@contextmanager
+def using_variance_rule(model: nn.Module, rule: str):
+    """Let every NSM unit of ``model`` compute its logit's variance in the expectation passes by ``rule``
+    (``nsm.moments.VARIANCE_RULES``) within the block; each unit's own rule is restored afterwards."""
+    if rule not in VARIANCE_RULES:
+        raise ValueError(f"unknown variance rule {rule!r}; expected one of {VARIANCE_RULES}")
+    with _attribute_set([u for u in model.modules() if isinstance(u, _NSMUnit)], "variance_rule", rule):
+        yield model
 
 
 @dataclass

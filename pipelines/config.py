@@ -29,6 +29,7 @@ import events
 import models
 from events.types import SEED_MAX, check_float, check_int
 from models.registry import NEURON_OPTIONS, check_parameter_count
+from nsm.moments import VARIANCE_RULES
 from nsm.neurons import NEURON_KINDS, neuron_kind
 from nsm.sampling import MCSettings
 
@@ -215,6 +216,10 @@ class TrainConfig:
     given the draw, the local reparameterization trick) or ``"sampled"`` (one draw per unit and the gradient of
     E z at the draw: the seed's rule); docs/training-study.md compares them. Other kinds train in their own modes
     either way; evaluation always samples.
+    ``variance``: how the ``expected`` and ``sampled-logit`` passes compute each unit's logit variance
+    (``nsm.moments.VARIANCE_RULES``): ``"exact"`` (sum_j W_j^2 (1 - m_j^2), a second convolution as large as the
+    first) or ``"window-mean"`` (sum_j W_j^2 times the mean of 1 - m^2 over the unit's receptive field: an average
+    pool of one channel; docs/training-study.md, section 18, measures its accuracy and speed).
     ``sampled_share``: the share of the epochs (rounded to whole epochs, never the warm-up's) at the end of the run
     in which sampling NSM units train on sampled states (``"sampled"``) whatever ``forward`` says: a curriculum in
     which the expectation pass optimizes and the sampled noise then regularizes and calibrates
@@ -255,6 +260,7 @@ class TrainConfig:
     lr_ramp: str = "warmup"
     logit_norm: str = "batch"
     forward: str = "expected"
+    variance: str = "exact"
     sampled_share: float = 0.0
     sampled_lr_factor: float = 0.2
     readout_fit: str = "sampled"
@@ -300,6 +306,8 @@ class TrainConfig:
             raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
         if self.forward not in FORWARDS:
             raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
+        if self.variance not in VARIANCE_RULES:
+            raise ValueError(f"train.variance must be one of {VARIANCE_RULES}, got {self.variance!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.lr_ramp not in LR_RAMPS:

@@ -107,16 +107,24 @@ def training_mode(model, epoch: int, tc: configs.TrainConfig):
     the mean input; ``deterministic``: every stochastic unit z = sgn(E u)), for the others deterministic (the
     learning rate ramps up meanwhile for both: ``ramp_factor``); in the last ``tc.sampled_epochs`` epochs (the
     sampled phase) the units' own modes; between them the mode ``tc.forward`` names (``expected``, ``mean-input`` or
-    ``sampled-logit``) when the network takes expectations, else the units' own modes. A network on a weight grid
-    (model option ``weight_bits``) computes off it in the warm-up epochs. The sampled and deterministic
+    ``sampled-logit``, the logit's variance by the rule ``tc.variance``) when the network takes expectations, else
+    the units' own modes. A network on a weight grid (model option ``weight_bits``) computes off it in the warm-up
+    epochs. The sampled and deterministic
     passes share the backward rule (the gradient of E z); the expectation modes back-propagate through their own
     pass."""
     expectations = takes_expectations(model)
     if epoch < tc.warmup_epochs:
         return _warmup_passes(model, tc.warmup_forward if expectations else "deterministic")
     if tc.forward != "sampled" and expectations and epoch < tc.epochs - tc.sampled_epochs:
-        return nsm.using_mode(model, tc.forward)
+        return _expectation_pass(model, tc)
     return nullcontext()
+
+
+@contextmanager
+def _expectation_pass(model, tc: configs.TrainConfig):
+    """The units in mode ``tc.forward``, their logits' variance by the rule ``tc.variance``."""
+    with nsm.using_mode(model, tc.forward), nsm.using_variance_rule(model, tc.variance):
+        yield model
 
 
 def ramp_factor(tc: configs.TrainConfig, global_step: int, steps_per_epoch: int) -> float:

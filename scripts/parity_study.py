@@ -1,4 +1,4 @@
-"""The harness of docs/training-study.md, sections 13-16: the NSM against its deterministic twin, each trained to
+"""The harness of docs/training-study.md, sections 13-18: the NSM against its deterministic twin, each trained to
 convergence, at several seeds (issue 27).
 
 For every variant and seed it runs the library's own commands, one after the other, into ``--out``:
@@ -31,6 +31,8 @@ and those of sections 15 and 16 (the thermometer input, bfloat16, compiled steps
   levels-gnsm         gnsm, 24 epochs
 
 and those of section 17: full, full-dcnn   the preset's recipe (wide, wide-dcnn) at width 1.0
+
+and that of section 18: window-mean   the preset's recipe (wide) with train.variance = "window-mean"
 
     python scripts/parity_study.py --data g12 --cache cache --out parity --variants dcnn expected curriculum
     python scripts/parity_study.py --data g12 --cache cache --out parity --seeds 0 1 2 --dry-run
@@ -75,6 +77,8 @@ VARIANTS = {
     # section 17: the preset's recipe at full width
     "full": ["train.epochs=24", *FULL, *FAST, *COSINE],
     "full-dcnn": ["model.neuron=dcnn", "train.epochs=30", *FULL, *FAST, *COSINE],
+    # section 18: the variance estimated over each receptive field (its twin is wide-dcnn)
+    "window-mean": ["train.epochs=24", *WIDE, *FAST, *COSINE, "train.variance=window-mean"],
 }
 PRESET = "gestures-allconv18"
 SAMPLES = 16

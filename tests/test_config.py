@@ -101,6 +101,10 @@ def test_tiny_presets_keep_their_frames_and_one_noise():
             'train.forward="mean"',
             "train.forward must be one of ('expected', 'mean-input', 'sampled-logit', 'sampled'), got 'mean'",
         ),
+        (
+            'train.variance="sampled"',
+            "train.variance must be one of ('exact', 'window-mean'), got 'sampled'",
+        ),
         ("train.sampled_share=1.5", "train.sampled_share must be a finite number in [0, 1], got 1.5"),
         ("train.sampled_lr_factor=0", "train.sampled_lr_factor must be a finite number in (0, 1], got 0"),
         (

@@ -69,6 +69,54 @@ def test_unit_logit_moments_are_those_of_independent_input_states():
     assert_mean_within_error(centred, var)
 
 
+def window_mean_variance_by_patches(unit: nsm.NSMConv2d, m: torch.Tensor) -> torch.Tensor:
+    """(sum_j W_eff_ij^2) times the mean of 1 - m_j^2 over the receptive field of every output position (channels
+    and kernel offsets, the zero border included), over explicit patches (F.unfold), not by pooling."""
+    w_eff, _ = unit.effective_weight()
+    patches = F.unfold(1 - m * m, unit.kernel_size, padding=unit.padding, stride=unit.stride)  # (B, C k, L)
+    out = (w_eff * w_eff).flatten(1).sum(1)[None, :, None] * patches.mean(1, keepdim=True)
+    return out.reshape(m.shape[0], -1, m.shape[2], m.shape[3])
+
+
+def test_window_mean_variance_is_the_estimate_it_states_and_exact_when_a_field_shares_one_variance():
+    unit = conv_unit()
+    g = torch.Generator().manual_seed(11)
+    m = torch.rand(2, 3, 6, 6, generator=g, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        mean_exact, var_exact = unit.expected_logit(m)
+        with nsm.using_variance_rule(unit, "window-mean"):
+            mean, var = unit.expected_logit(m)
+        torch.testing.assert_close(mean, mean_exact)
+        torch.testing.assert_close(var, window_mean_variance_by_patches(unit, m))
+        assert float((var - var_exact).abs().max()) > 1e-3  # inputs of different variances: an estimate
+        # one |m| for every input (signs differ): the estimate is exact wherever the field misses the border
+        shared = 0.4 * torch.where(torch.rand(m.shape, generator=g) < 0.5, -1.0, 1.0).double()
+        with nsm.using_variance_rule(unit, "window-mean"):
+            _, var_shared = unit.expected_logit(shared)
+        inner = (..., slice(1, -1), slice(1, -1))
+        torch.testing.assert_close(var_shared[inner], unit.expected_logit(shared)[1][inner])
+    assert unit.variance_rule == "exact"
+
+
+def test_window_mean_variance_of_a_linear_unit_and_its_gradients():
+    """For a linear unit the rule is mean_j (1 - m_j^2) sum_j W_eff_ij^2; gradients reach the input and every
+    parameter; an unknown rule is refused."""
+    torch.manual_seed(3)
+    unit = nsm.NSMLinear(6, 4).double()
+    m = (torch.rand(3, 6, dtype=torch.float64) * 2 - 1).requires_grad_()
+    with nsm.using_variance_rule(unit, "window-mean"):
+        _, var = unit.expected_logit(m)
+        unit.mode = "expected"
+        unit(m).sum().backward()
+    w_eff, _ = unit.effective_weight()
+    torch.testing.assert_close(var, (1 - m * m).mean(1, keepdim=True) * (w_eff * w_eff).sum(1))
+    for grad in (m.grad, unit.weight.grad, unit.beta.grad, unit.bias.grad):
+        assert grad is not None and bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
+    with pytest.raises(ValueError, match="unknown variance rule 'mean'"):
+        with nsm.using_variance_rule(unit, "mean"):
+            pass
+
+
 def test_unit_expected_mode_outputs_erf_of_the_moments_and_mean_input_mode_erf_of_the_mean():
     unit = conv_unit()
     m = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 2 - 1

@@ -535,6 +535,17 @@ def test_units_train_in_the_warmup_mode_then_in_the_mode_train_forward_picks(neu
     }
 
 
+def test_expectation_epochs_compute_the_variance_by_train_variance_and_restore_the_units_rule():
+    cfg = configs.load_config("gestures-allconv18", ["train.variance=window-mean", "train.warmup_epochs=1"])
+    model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, width=0.25)
+    units = [m for m in model.modules() if isinstance(m, nsm.NSMConv2d)]
+    with training.training_mode(model, 1, cfg.train):
+        assert {u.variance_rule for u in units} == {"window-mean"}
+    assert {u.variance_rule for u in units} == {"exact"}
+    with training.training_mode(model, 0, cfg.train):  # the warm-up's mean-input pass has no input variance
+        assert {u.variance_rule for u in units} == {"exact"}
+
+
 # ----------------------------------------------------------------------------------------------
 # divergence
 # ----------------------------------------------------------------------------------------------

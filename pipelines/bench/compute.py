@@ -79,33 +79,48 @@ def training(quick: bool) -> list[Row]:
 
     One step (``_stepper``) on the same random binary input; the bnsm network trains as ``nsm train`` trains it
     after its warm-up epochs, on batch-normalized firing logits (``nsm.normalization``), in the ``expected`` mode
-    (``train.forward = "expected"``, the default: a mean and a variance convolution per layer) and sampling its
-    states (``train.forward = "sampled"``), each in float32 and, where the CPU has native bf16, under bfloat16
+    (``train.forward = "expected"``, the default: a mean and a variance convolution per layer), the same with the
+    ``window-mean`` variance (``train.variance``: an average pool instead of the variance convolution) and sampling
+    its states (``train.forward = "sampled"``), each in float32 and, where the CPU has native bf16, under bfloat16
     autocast (``train.cpu_bf16``), and (not with ``quick``: compiling takes minutes) the expected pass compiled too
-    (``train.compile``); subnormal numbers flushed to zero, as ``nsm train`` does. The reference is always float32
-    and eager."""
+    (``train.compile``), with each variance rule; subnormal numbers flushed to zero, as ``nsm train`` does. The
+    reference is always float32 and eager."""
     batch = 16
     torch.manual_seed(0)
     x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
     y = torch.randint(0, 11, (batch,))
 
-    def bnsm(mode, **how):
+    def bnsm(mode, rule, **how):
         net = models.create_model("allconvnet18", neuron="bnsm")
         nsm.LogitNormalization.attach(net, x)
         if mode is not None:
             nsm.set_mode(net, mode)
-        return _stepper(net, x, y, **how)
+        step = _stepper(net, x, y, **how)
 
-    variants = [(forward, mode, bf16, False) for bf16 in _precisions() for forward, mode in FORWARDS]
+        def by_rule():
+            with nsm.using_variance_rule(net, rule):
+                step()
+
+        return by_rule
+
+    variants = [(forward, mode, rule, bf16, False) for bf16 in _precisions() for forward, mode, rule in FORWARDS]
     if not quick and cpu_has_native_bf16():
-        variants.append(("expected", "expected", True, True))
+        variants += [("expected", "expected", rule, True, True) for rule in nsm.moments.VARIANCE_RULES]
     rows = []
     goals = {"expected": ">= 0.6x (issue 28)", "sampled": ">= 1.0x (issue 28)"}
-    for forward, mode, bf16, compiled in variants:
+    for forward, mode, rule, bf16, compiled in variants:
         plain = _stepper(models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE), x, y)
         with flushing_denormals():  # as nsm train runs
-            t_nsm, t_plain, ratio = interleaved(bnsm(mode, bf16=bf16, compiled=compiled), plain, 2 if quick else 6)
-        how = "".join((", bfloat16" if bf16 else "", ", compiled" if compiled else ""))
+            t_nsm, t_plain, ratio = interleaved(
+                bnsm(mode, rule, bf16=bf16, compiled=compiled), plain, 2 if quick else 6
+            )
+        how = "".join(
+            (
+                ", window-mean variance" if rule == "window-mean" else "",
+                ", bfloat16" if bf16 else "",
+                ", compiled" if compiled else "",
+            )
+        )
         rows.append(
             Row(
                 f"allconvnet18 training step ({forward}{how}), 64x64, batch 16",
@@ -120,20 +135,31 @@ def training(quick: bool) -> list[Row]:
     return rows
 
 
-FORWARDS = (("expected", "expected"), ("sampled", None))
-"""The training passes the training rows time: (``train.forward``, the units' mode; None: their own)."""
+FORWARDS = (("expected", "expected", "exact"), ("expected", "expected", "window-mean"), ("sampled", None, "exact"))
+"""The training passes the training rows time: (``train.forward``, the units' mode (None: their own),
+``train.variance``)."""
 
 
-def preset_training(quick: bool) -> Row:
+def preset_training(quick: bool) -> list[Row]:
     """Training samples per second of the ``gestures-allconv18`` preset's network (bnsm) trained as its recipe says
     against its dcnn twin trained by the same recipe (``--set model.neuron=dcnn``): the preset's model options,
     batch and 32x32 input, each kind in the mode its epochs after the warm-up train in, bfloat16 autocast and
     compiled steps where the preset turns them on (``train.cpu_bf16`` on a CPU with native bf16,
-    ``train.compile``). The ratio is an epoch's (data loading, the same for both, aside)."""
+    ``train.compile``). One row for the preset's ``train.variance``, one for each other rule (``--set
+    train.variance=...``). The ratio is an epoch's (data loading, the same for both, aside)."""
+    from ..config import load_config
+
+    preset = load_config("gestures-allconv18").train.variance
+    rules = [preset] + [rule for rule in nsm.moments.VARIANCE_RULES if rule != preset]
+    return [_preset_row(rule, rule == preset, quick) for rule in rules]
+
+
+def _preset_row(rule: str, as_preset: bool, quick: bool) -> Row:
+    """``preset_training``'s row for the preset with ``train.variance = rule``."""
     from ..config import load_config
     from ..train import autocast_for, training_mode
 
-    cfg = load_config("gestures-allconv18")
+    cfg = load_config("gestures-allconv18", [f"train.variance={rule}"])
     tc, m = cfg.train, cfg.model
     torch.manual_seed(0)
     x = torch.randint(0, 4, (tc.batch_size, 6, 32, 32)).float()
@@ -156,7 +182,8 @@ def preset_training(quick: bool) -> Row:
         t_nsm, t_twin, ratio = interleaved(stepper("bnsm"), stepper("dcnn"), 3 if quick else 8)
     how = ", ".join(["bfloat16" if bf16 else "float32"] + (["compiled"] if tc.compile else []))
     return Row(
-        f"gestures-allconv18 training step as the preset trains ({how}), batch {tc.batch_size}",
+        f"gestures-allconv18 training step {'as the preset trains' if as_preset else f'with train.variance = {rule}'}"
+        f" ({how}), batch {tc.batch_size}",
         "samples/s",
         tc.batch_size / t_nsm,
         "its dcnn twin, same recipe",
@@ -187,7 +214,7 @@ def binning(quick: bool) -> Row:
         "tonic ToFrame",
         n / t_ref / 1e6,
         ratio,
-        ">= 25x tonic",
+        ">= 40x tonic (issue 28)",
     )
 
 
