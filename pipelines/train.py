@@ -109,9 +109,8 @@ def training_mode(model, epoch: int, tc: configs.TrainConfig):
     sampled phase) the units' own modes; between them the mode ``tc.forward`` names (``expected``, ``mean-input`` or
     ``sampled-logit``, the logit's variance by the rule ``tc.variance``) when the network takes expectations, else
     the units' own modes. A network on a weight grid (model option ``weight_bits``) computes off it in the warm-up
-    epochs. The sampled and deterministic
-    passes share the backward rule (the gradient of E z); the expectation modes back-propagate through their own
-    pass."""
+    epochs. The sampled and deterministic passes share the backward rule (the gradient of E z); the expectation modes
+    back-propagate through their own pass."""
     expectations = takes_expectations(model)
     if epoch < tc.warmup_epochs:
         return _warmup_passes(model, tc.warmup_forward if expectations else "deterministic")

@@ -116,7 +116,7 @@ def training(quick: bool) -> list[Row]:
             )
         how = "".join(
             (
-                ", window-mean variance" if rule == "window-mean" else "",
+                f", {rule} variance" if rule != "exact" else "",
                 ", bfloat16" if bf16 else "",
                 ", compiled" if compiled else "",
             )
