@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nsm.grid import WeightGrid
-from nsm.layers import Binarize, NSMConv2d, NSMLinear, Readout, check_input_levels
-from nsm.neurons import neuron_kind
+from nsm.layers import Binarize, Readout, check_input_levels
+from nsm.neurons import KINDS, NEURON_KINDS, neuron_kind
 
 from .allconvnet import allconvnet12, allconvnet18
 from .cnn import nmnist_cnn
@@ -115,14 +115,16 @@ def create_model(
 
 
 def _put_on_grid(layers, grid: WeightGrid, neuron: str) -> None:
-    """Every NSM unit and the readout of ``layers`` on ``grid``; ``ValueError`` for units of another kind."""
+    """Every NSM unit (``firing_logit``) and the readout of ``layers`` on ``grid``; ``ValueError`` for units of
+    another kind."""
     modules = [m for layer in layers for m in layer.modules()]
     readout_parts = {id(part) for m in modules if isinstance(m, Readout) for part in m.children()}
     for module in modules:
-        if isinstance(module, (NSMConv2d, NSMLinear, Readout)):
+        if isinstance(module, Readout) or getattr(module, "firing_logit", False):
             module.grid = grid
         elif next(module.parameters(recurse=False), None) is not None and id(module) not in readout_parts:
+            nsm_kinds = ", ".join(name for name in NEURON_KINDS if KINDS[name].conv.firing_logit)
             raise ValueError(
-                f"model option weight_bits needs NSM units (bnsm, gnsm, ste, bn); {neuron} units "
+                f"model option weight_bits needs NSM units ({nsm_kinds}); {neuron} units "
                 f"({type(module).__name__}) have no weight grid"
             )

@@ -1,20 +1,19 @@
 """Layers of Neural Sampling Machine networks.
 
 - ``NSMConv2d`` / ``NSMLinear``: binary stochastic sign units (docs/design.md section 3). Input and
-  output are states in {-1, +1}. Convolutions pad with -1, the "off" state, so that every input a
-  unit reads is +-1 (z_j^2 = 1 holds at the borders too) and the {0, 1} spike form with zero padding
-  is exact (section 6).
+  output are states in {-1, +1}; convolutions pad with -1, the "off" state (``nsm.affine.border_value``).
 - ``Binarize``: event counts -> +1 where a pixel saw at least one event in its bin, else -1.
 - ``BinaryMaxPool2d``: max-pooling, which over +-1 states is a logical OR.
 - ``Readout``: global average pooling and a real-valued linear layer giving class logits.
 
-Every stochastic unit has a ``mode`` (``MODES``) switched for a whole network by ``nsm.set_mode``,
-and an optional ``generator`` (a ``torch.Generator``) from which it draws its noise. The OR-pools follow
-the mode too: in the ``expected`` and ``mean-input`` modes every NSM unit and pool outputs the expected
-value of its state instead of a state (moment propagation, the rules of ``nsm.moments``; ``mean-input``
-leaves out the inputs' variance), the passes that sampling networks train on (``docs/training-study.md``);
-in ``sampled-logit`` mode each unit draws its logit from the Gaussian that the ``expected`` pass describes and
-outputs the expected state given that draw (the local reparameterization trick).
+The units are built on ``nsm.affine`` (``AffineConv2d``, ``AffineLinear``), as every kind's are. Every stochastic
+unit has a ``mode`` (``nsm.modes.MODES``) switched for a whole network by ``nsm.set_mode``, and an optional
+``generator`` (a ``torch.Generator``) from which it draws its noise. The OR-pools follow the mode too: in the
+``expected`` and ``mean-input`` modes every NSM unit and pool outputs the expected value of its state instead of a
+state (moment propagation, the rules of ``nsm.moments``; ``mean-input`` leaves out the inputs' variance), the passes
+that sampling networks train on (``docs/training-study.md``); in ``sampled-logit`` mode each unit draws its logit
+from the Gaussian that the ``expected`` pass describes and outputs the expected state given that draw (the local
+reparameterization trick).
 """
 
 from __future__ import annotations
@@ -24,172 +23,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from . import functional as nsmf
 from . import moments
+from .affine import AffineConv2d, AffineLinear, AffineMap, MapSet
 from .grid import WeightGrid, readout_on_grid, unit_on_grid
+from .modes import EXPECTATION_MODES, NOISY_INPUT_MODES, Modal, StochasticUnit
 from .noise import BernoulliNoise, Noise
 from .weight_cache import memo
 
-MODES = ("probability", "synapse", "deterministic", "expected", "mean-input", "sampled-logit")
-EXPECTATION_MODES = ("expected", "mean-input", "sampled-logit")  # the modes whose units and pools pass state means
-NOISY_INPUT_MODES = ("expected", "sampled-logit")  # expectation modes that count the input states' noise
 ESTIMATORS = ("nsm", "ste")
-
-
-class Modal:
-    """Mixin for modules whose forward pass depends on ``mode`` (one of ``MODES``)."""
-
-    _mode = "probability"
-
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in MODES:
-            raise ValueError(f"unknown mode {value!r}; expected one of {MODES}")
-        self._mode = value
-
-
-class StochasticUnit(Modal):
-    """Mixin for modules whose forward pass depends on ``mode`` and draws from ``generator``."""
-
-    generator: torch.Generator | None = None
-
-
-class AffineConv2d(nn.Module):
-    """Weights and the 2-d convolution shared by the unit kinds; ``pad_value`` fills the border.
-
-    Every product returns the dtype of its input. Under autocast (``torch.autocast``, e.g. bfloat16 on a CPU with
-    native bf16 instructions) the convolution runs in the lower precision; states that are exact in it (sampled or
-    deterministic +-1, ``Binarize``'s) stay in it from layer to layer, while moments and means (the expectation
-    modes) and logits are float32 (``nsm.moments.widened``), so that only the products are rounded there."""
-
-    pad_value = 0.0
-    unit_dim = 1
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
-        super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's default initialisation of ``nn.Conv2d``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    @property
-    def out_features(self) -> int:
-        return self.out_channels
-
-    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
-        ph, pw = self.padding
-        return F.pad(x, (pw, pw, ph, ph), value=self.pad_value) if (ph or pw) else x
-
-    def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        """W * x + b for an input already padded by ``pad_input``."""
-        return F.conv2d(x, weight, bias, self.stride).to(x.dtype)
-
-    def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """W * x with the border filled by 0 (e.g. the variances of states whose border is constant)."""
-        return F.conv2d(x, weight, None, self.stride, self.padding).to(x.dtype)
-
-    def receptive_field_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H', W'): the mean of ``x`` over each output position's receptive field, every channel and kernel
-        offset, the border counting as 0 (the ``window-mean`` variance rule, ``nsm.moments``)."""
-        return F.avg_pool2d(x.mean(1, keepdim=True), self.kernel_size, self.stride, self.padding)
-
-    def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        """W * x + b with the border filled by ``pad_value``."""
-        if self.pad_value == 0.0:
-            return F.conv2d(x, weight, bias, self.stride, self.padding).to(x.dtype)
-        (ph, pw), (kh, kw) = self.padding, self.kernel_size
-        same = self.stride == (1, 1) and (kh, kw) == (2 * ph + 1, 2 * pw + 1)
-        # Under autograd the in-place border writes below cost more (slice copies) than padding the input.
-        if not same or x.shape[-2] < kh or x.shape[-1] < kw or not (ph or pw) or torch.is_grad_enabled():
-            return self.affine_padded(self.pad_input(x), weight, bias)
-        # Zero padding, then add what the pad_value border contributes (``border_rows``; kept in a WeightCache).
-        out = F.conv2d(x, weight, bias, 1, self.padding).to(x.dtype)
-        h, w = out.shape[-2:]
-        top, bottom, sides = memo(self, "_border_cache", [weight], w, lambda: self.border_rows(weight, w))
-        if ph:
-            out[..., :ph, :] += top
-            out[..., h - ph :, :] += bottom
-        if pw:
-            out[..., ph : h - ph, :pw] += sides[..., :pw]
-            out[..., ph : h - ph, w - pw :] += sides[..., pw:]
-        return out
-
-    def border_rows(self, weight: torch.Tensor, width: int):
-        """What the ``pad_value`` border adds to a 'same' convolution's output, beyond zero padding.
-
-        It depends only on how many taps of a position fall outside, which is the same all along each edge,
-        so a (kh x kw) map of the border's contribution holds every case. Returns the top rows and bottom rows
-        (C_out, ph, width) and the side columns (C_out, 1, 2 pw): left pw, then right pw.
-        """
-        (ph, pw), (kh, kw) = self.padding, self.kernel_size
-        with torch.autocast(weight.device.type, enabled=False):  # cached and reused: kept exact
-            edge = F.conv2d(
-                F.pad(weight.new_zeros(1, weight.shape[1], kh, kw), (pw, pw, ph, ph), value=self.pad_value), weight
-            )[0]
-        cols = torch.cat([torch.arange(pw), torch.full((width - 2 * pw,), pw), torch.arange(pw + 1, kw)])
-        cols = cols.to(weight.device)
-        sides = torch.cat([edge[:, ph : ph + 1, :pw], edge[:, ph : ph + 1, pw + 1 :]], dim=-1)
-        return edge[:, :ph][..., cols], edge[:, ph + 1 :][..., cols], sides
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding} (value {self.pad_value:g}), bias={self.bias is not None}"
-        )
-
-
-class AffineLinear(nn.Module):
-    """Weights and the matrix product shared by the unit kinds (no padding); products return the input's dtype, as
-    ``AffineConv2d``'s do."""
-
-    unit_dim = 1
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """PyTorch's default initialisation of ``nn.Linear``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1.0 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        return F.linear(x, weight, bias).to(x.dtype)
-
-    affine = affine_padded
-
-    def affine_zero_padded(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight).to(x.dtype)
-
-    @staticmethod
-    def receptive_field_mean(x: torch.Tensor) -> torch.Tensor:
-        """(B, 1): the mean of ``x`` over the features, every unit's receptive field."""
-        return x.mean(1, keepdim=True)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class _NSMUnit(StochasticUnit):
@@ -207,7 +50,8 @@ class _NSMUnit(StochasticUnit):
     ``ste`` passes the gradient straight through to v_i where |v_i| <= 1.
     """
 
-    pad_value = -1.0
+    binary = True
+    firing_logit = True
     logit_norm = None  # a ``nsm.normalization.BatchMoments`` while trained with batch-normalized logits
     uses_weight_cache = True  # effective weights and border maps through ``memo`` (``nsm.weight_cache``)
     grid: WeightGrid | None = None  # an n-bit integer weight grid (``nsm.grid``), set by models.create_model
@@ -222,6 +66,11 @@ class _NSMUnit(StochasticUnit):
         self.beta = nn.Parameter(torch.ones(self.out_features))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+
+    @property
+    def gain(self) -> nn.Parameter:
+        """beta: it scales the firing logit."""
+        return self.beta
 
     @property
     def surrogate(self) -> str:
@@ -277,7 +126,7 @@ class _NSMUnit(StochasticUnit):
         ``input_variance`` (the ``mean-input`` mode) the inputs are taken as the constants m: E(z_i) = erf(v_i(m))."""
         if input_variance:
             return moments.expected_sign(*self.expected_logit(m, track))
-        return torch.erf(moments.widened(self._logit(m, track)))
+        return moments.sign_mean(self._logit(m, track))
 
     def state_probability(self, v: torch.Tensor) -> torch.Tensor:
         """P(state = +1) for firing logits ``v`` in the current mode: 1/2 (1 + erf v) when sampling (or
@@ -305,6 +154,49 @@ class _NSMUnit(StochasticUnit):
         self.beta.copy_(beta)
         if bias is not None:
             self.bias.copy_(bias)
+
+    def preactivation_map(self) -> AffineMap:
+        """The firing logit as the map (``effective_weight``): w' = beta w/||w||, b' = b/(sqrt(2) s ||w||), whose sign
+        is that of the mean pre-activation E(u | z); the synapse noise left out."""
+        return AffineMap(
+            *self.effective_weight(),
+            folded="beta and noise scale into w' = beta w/||w||, b' = b/(sqrt(2) s ||w||) (the firing logit)",
+            dropped=f"synapse noise {self.noise}",
+        )
+
+    @torch.no_grad()
+    def set_preactivation_map(self, weight: torch.Tensor, bias: torch.Tensor | None) -> MapSet:
+        """weight = w', bias = b', beta = 1/(sqrt(2) s): then v = (w'.z + b')/(sqrt(2) s ||w'||), the pre-activation
+        over a positive factor, and m + a = sqrt(2) s beta = 1 (the mean synaptic weight is w', so E(u | z) = u)."""
+        names = super().set_preactivation_map(weight, bias).names
+        beta = 1.0 / (math.sqrt(2.0) * self.noise.std)
+        self.beta.fill_(beta)
+        rule = (
+            f"weight = w', bias = b', beta = 1/(sqrt(2) s) = {beta:.4g}, so the firing logit "
+            f"v = (w'.z + b')/(sqrt(2) s ||w'||) is the source's pre-activation u = w'.x + b' over a "
+            f"positive factor"
+        )
+        return MapSet((*names, "beta"), rule)
+
+    @torch.no_grad()
+    def keep_logit_of(self, source) -> MapSet | None:
+        """From another NSM unit: weight and beta copied, bias times s / s_source (the noise standard deviations), so
+        that the firing logit v, hence P(z = +1 | z), is the source's (every parameter as is for equal noise
+        laws). None for a source of another family."""
+        if not source.firing_logit:
+            return None
+        ratio = self.noise.std / source.noise.std
+        self.weight.copy_(source.weight)
+        self.beta.copy_(source.beta)
+        names = ("weight", "beta")
+        if source.bias is not None:
+            self.bias.copy_(source.bias * ratio)
+            names = (*names, "bias")
+        rule = (
+            f"weight and beta copied, bias times s_target/s_source = {ratio:.4g}, so the firing logit v and "
+            f"P(z = +1) are the source's"
+        )
+        return MapSet(names, rule)
 
     def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
         """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
@@ -515,11 +407,10 @@ class Readout(Modal, nn.Module):
         return readout_on_grid(self.grid, self.linear.weight, self.linear.bias, positions)
 
     def logit_moments(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of the logits when the input holds independent +-1 states with means ``m``."""
+        """Mean and variance of the logits when the input holds independent +-1 states with means ``m``
+        (``moments.pooled_affine_moments``)."""
         positions = self.positions(m)
-        weight, bias = self.affine_parameters(positions)
-        pooled_var = self.pool((1.0 - m * m).clamp_min(0.0)) / positions
-        return moments.widened(F.linear(self.pool(m), weight, bias)), moments.widened(F.linear(pooled_var, weight**2))
+        return moments.pooled_affine_moments(m, *self.affine_parameters(positions), self.pool, positions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded)."""

@@ -1,6 +1,7 @@
 """The moment rules of the expectation passes: every formula that carries the means of independent +-1 states
 through a layer lives here, and the units (``nsm.layers``), their batch-normalized logits
-(``nsm.normalization``), the OR-pools and the readout call it (docs/design.md section 3, eqs. 10-10b).
+(``nsm.normalization``), the OR-pools and the readout call it (docs/design.md section 3, eqs. 9-10b and 12). Changing
+the expected pass means changing this module and its tests (tests/test_expected_mode.py).
 
 Inputs are states z_j in {-1, +1}, independent, with means m_j (so Var z_j = 1 - m_j^2); a border filled with the
 constant -1 state has variance 0. The rules compute in at least float32 (``widened``): under autocast a product
@@ -22,7 +23,14 @@ before anything else touches them.
 - A sign unit that fires with P(z = +1 | v) = 1/2 (1 + erf v), its logit v Gaussian with mean mu and variance s^2
   (``expected_sign``):
 
-      E z = E erf(v) = erf(mu / sqrt(1 + 2 s^2)).
+      E z = E erf(v) = erf(mu / sqrt(1 + 2 s^2)),
+
+  and for a logit taken as the constant v (the ``mean-input`` mode, ``sign_mean``): E z = erf(v).
+
+- Batch-normalized logits (``nsm.normalization``): the moments of a = (w/||w||).z over the batch, positions and the
+  states' noise (``batch_moments``: the variance of E a plus the mean of Var a), and those of the normalized logit
+  v = beta (a - mu) / sqrt(var + eps) + b' (``normalized_moments``): E v = g (E a - mu) + b', Var v = g^2 Var a,
+  g = beta / sqrt(var + eps).
 
 - A draw of that logit and the unit's expected state given it (``sampled_logit_state``, the local
   reparameterization trick): erf(mu + s eps), eps ~ N(0, 1), whose mean over eps is ``expected_sign``.
@@ -31,6 +39,9 @@ before anything else touches them.
   (``or_on_probability``: the product from the sum of ``log_off`` over each window, which the pool computes);
   its mean is 2 P - 1.
 
+- The readout's logits l = W f + b of states averaged over P positions, f_c = mean_p z_cp
+  (``pooled_affine_moments``, eq. 10b): E l = W mean_p m + b, Var l_k = sum_c W_kc^2 sum_p (1 - m_cp^2) / P^2.
+
 - A softmax readout of Gaussian logits with means mu_k and variances s_k^2 (``probit_logits``): the softmax of
   mu_k / sqrt(1 + pi s_k^2 / 8) approximates E softmax (the probit approximation, MacKay 1992).
 """
@@ -38,8 +49,10 @@ before anything else touches them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 VARIANCE_RULES = ("exact", "window-mean")
 PROBIT = math.pi / 8
@@ -78,6 +91,11 @@ def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:
     return torch.erf(v_mean * torch.rsqrt(1.0 + 2.0 * v_var))
 
 
+def sign_mean(v: torch.Tensor) -> torch.Tensor:
+    """E z = erf(v) for z = +1 with probability 1/2 (1 + erf(v)), the logit v a constant; in at least float32."""
+    return torch.erf(widened(v))
+
+
 def sampled_logit_state(v_mean: torch.Tensor, v_var: torch.Tensor, generator: torch.Generator | None):
     """erf(v) for one draw v = v_mean + sqrt(v_var) eps, eps ~ N(0, 1) from ``generator`` per element: the expected
     state given the draw, whose mean over the draws is ``expected_sign``; differentiable in both moments. A variance
@@ -101,3 +119,43 @@ def or_on_probability(summed_log_off: torch.Tensor) -> torch.Tensor:
 def probit_logits(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """mean / sqrt(1 + pi var / 8): logits whose softmax approximates E softmax of Gaussian logits."""
     return mean * torch.rsqrt(1.0 + PROBIT * var)
+
+
+def pooled_affine_moments(
+    m: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    average: Callable[[torch.Tensor], torch.Tensor],
+    positions: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E l, Var l) of l = W f + b, f = ``average``(z) the mean of independent states with means ``m`` over
+    ``positions`` positions: W average(m) + b and (W^2) average(1 - m^2) / positions (a variance below 0 from
+    rounding taken as 0); in at least float32."""
+    spread = average((1.0 - m * m).clamp_min(0.0)) / positions
+    return widened(F.linear(average(m), weight, bias)), widened(F.linear(spread, weight**2))
+
+
+def batch_moments(a: torch.Tensor, spread: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) per unit (dimension 1) of ``a`` over the batch and positions, the (biased) variance plus, with
+    ``spread`` (the variance of each a over the input states' noise), the mean of ``spread``: the moments of a
+    over the batch, positions and the noise (the law of total variance)."""
+    dims = [d for d in range(a.dim()) if d != 1]
+    var, mean = torch.var_mean(a, dim=dims, correction=0)
+    return mean, (var if spread is None else var + spread.mean(dim=dims))
+
+
+def normalized_moments(
+    a: torch.Tensor,
+    spread: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    beta: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of v = beta (x - mean) / sqrt(var + eps) + shift per position, x with mean ``a`` and
+    variance ``spread``, ``mean``, ``var``, ``beta`` and ``shift`` one per unit (dimension 1): g (a - mean) + shift and
+    g^2 spread, g = beta / sqrt(var + eps)."""
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    gain = beta * (var + eps).rsqrt()
+    return gain.reshape(shape) * (a - mean.reshape(shape)) + shift.reshape(shape), (gain * gain).reshape(shape) * spread

@@ -33,7 +33,8 @@ from torch import nn
 
 from . import functional as nsmf
 from . import moments
-from .layers import NOISY_INPUT_MODES, _NSMUnit
+from .layers import _NSMUnit
+from .modes import NOISY_INPUT_MODES
 
 MOMENTUM = 0.1
 EPS = 1e-5
@@ -46,14 +47,6 @@ def _a_and_spread(unit: _NSMUnit, z: torch.Tensor, noisy_states: bool):
     return moments.affine_moments(
         unit, z, nsmf.unit_direction(unit.weight), variance=unit.variance_rule if noisy_states else None
     )
-
-
-def _batch_moments(a: torch.Tensor, s2: torch.Tensor | None):
-    """(mean, var): the (biased) moments of a over the batch and positions, plus, with ``s2``, over the states'
-    noise (var = variance of a + mean of s2)."""
-    dims = [d for d in range(a.dim()) if d != 1]
-    var, mean = torch.var_mean(a, dim=dims, correction=0)
-    return mean, (var if s2 is None else var + s2.mean(dim=dims))
 
 
 class BatchMoments:
@@ -73,23 +66,21 @@ class BatchMoments:
         """Mean and variance of the normalized logit when the inputs are independent states with means ``m``
         (the ``expected`` mode): a has mean E a = (w/||w||).m and variance s^2 = (w/||w||)^2.(1 - m^2) per
         position, the moments mu and var are those of a over the batch, positions and the states' noise
-        (``_batch_moments``), and v has mean beta (E a - mu) / sqrt(var + eps) + b' and variance
+        (``moments.batch_moments``), and v has mean beta (E a - mu) / sqrt(var + eps) + b' and variance
         beta^2 s^2 / (var + eps). The running moments (moved when ``track``) are thus those that a sampling pass
-        would see, so the folded network is the one trained."""
+        would see, so the folded network is the one trained (the rules: ``moments.batch_moments``,
+        ``moments.normalized_moments``)."""
         a, s2 = _a_and_spread(unit, m, noisy_states=True)
-        shape = (1, -1) + (1,) * (a.dim() - 2)
         if not unit.training:
             mean, var = self.mean, self.var
         else:
-            mean, var = _batch_moments(a, s2)
+            mean, var = moments.batch_moments(a, s2)
         if unit.training and track:
             n = a.numel() // a.shape[1]
             with torch.no_grad():
                 self.mean.mul_(1 - self.momentum).add_(self.momentum * mean)
                 self.var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
-        gain = unit.beta * (var + self.eps).rsqrt()
-        v_mean = gain.reshape(shape) * (a - mean.reshape(shape)) + unit.effective_weight()[1].reshape(shape)
-        return v_mean, (gain * gain).reshape(shape) * s2
+        return moments.normalized_moments(a, s2, mean, var, unit.beta, unit.effective_weight()[1], self.eps)
 
     def folded(self, unit: _NSMUnit) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) that turn the unit's normalized logit into the plain NSM logit in evaluation mode:
@@ -106,16 +97,16 @@ class LogitNormalization:
     ending it (what a checkpoint saves); ``state_dict()`` / ``resume`` carry it across a restart.
     """
 
-    def __init__(self, model: nn.Module, moments: dict[str, BatchMoments]):
+    def __init__(self, model: nn.Module, running: dict[str, BatchMoments]):
         self.model = model
-        self.units = {name: m for name, m in model.named_modules() if name in moments}
+        self.units = {name: m for name, m in model.named_modules() if name in running}
         for name, unit in self.units.items():
-            unit.logit_norm = moments[name]
+            unit.logit_norm = running[name]
 
     @staticmethod
     def units_of(model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """The (name, module) of every NSM unit of ``model``: what ``attach`` normalizes."""
-        return [(name, m) for name, m in model.named_modules() if isinstance(m, _NSMUnit)]
+        """The (name, module) of every NSM unit of ``model`` (``firing_logit``): what ``attach`` normalizes."""
+        return [(name, m) for name, m in model.named_modules() if getattr(m, "firing_logit", False)]
 
     @classmethod
     @torch.no_grad()
@@ -143,13 +134,14 @@ class LogitNormalization:
                 raise ValueError(f"unit {name} has no bias to hold the normalization's shift")
             if name not in inputs:
                 raise ValueError(f"unit {name} was not reached by a forward pass")
-        moments = {}
+        running = {}
         for unit, name in names.items():
-            mean, var = _batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=unit.mode in NOISY_INPUT_MODES))
-            moments[name] = BatchMoments(mean, var, momentum, eps)
+            noisy = unit.mode in NOISY_INPUT_MODES
+            mean, var = moments.batch_moments(*_a_and_spread(unit, inputs[name], noisy_states=noisy))
+            running[name] = BatchMoments(mean, var, momentum, eps)
             sigma, b_eff = (var + eps).sqrt(), unit.effective_weight()[1]
             unit.scale_preactivation(sigma, b_eff * (1 - sigma) + unit.beta * mean)  # beta sigma, b' + beta mu
-        return cls(model, moments)
+        return cls(model, running)
 
     @classmethod
     def resume(cls, model: nn.Module, state: dict) -> LogitNormalization:

@@ -18,16 +18,16 @@ returned: T < 1 sharpens an underconfident average, T > 1 softens an overconfide
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from events.types import check_int
 
-from .layers import EXPECTATION_MODES, MODES, AffineConv2d, AffineLinear, Modal, StochasticUnit, _NSMUnit
+from .affine import AffineUnit
+from .modes import EXPECTATION_MODES, MODES, Modal, StochasticUnit
 from .moments import VARIANCE_RULES
-from .neurons import KINDS
 from .weight_cache import WeightCache
 
 
@@ -40,8 +40,7 @@ def runs_in_torch(model: nn.Module) -> bool:
     """Whether every unit of ``model`` computes in its current mode with torch operations alone, which
     ``torch.compile`` can trace and fuse: units of real-valued kinds, and binary units in an expectation mode.
     Binary states drawn or thresholded go through ``nsm.kernels`` (numba), which it cannot."""
-    units = [m for m in model.modules() if isinstance(m, (AffineConv2d, AffineLinear))]
-    binary = [u for u in units if getattr(KINDS.get(u.neuron), "binary", False)]  # ``plain`` is not in KINDS
+    binary = [m for m in model.modules() if isinstance(m, AffineUnit) and m.binary]
     return all(getattr(u, "mode", None) in EXPECTATION_MODES for u in binary)
 
 
@@ -83,7 +82,7 @@ def takes_expectations(model: nn.Module) -> bool:
     (bnsm, gnsm; not ``ste``, whose gradient is another rule, nor units that do not sample)."""
     units = stochastic_units(model)
     return bool(units) and all(
-        isinstance(u, _NSMUnit) and u.mode == "probability" and u.estimator == "nsm" for u in units
+        getattr(u, "firing_logit", False) and u.mode == "probability" and u.estimator == "nsm" for u in units
     )
 
 
@@ -114,7 +113,7 @@ def using_variance_rule(model: nn.Module, rule: str):
     (``nsm.moments.VARIANCE_RULES``) within the block; each unit's own rule is restored afterwards."""
     if rule not in VARIANCE_RULES:
         raise ValueError(f"unknown variance rule {rule!r}; expected one of {VARIANCE_RULES}")
-    with _attribute_set([u for u in model.modules() if isinstance(u, _NSMUnit)], "variance_rule", rule):
+    with _attribute_set([u for u in model.modules() if getattr(u, "firing_logit", False)], "variance_rule", rule):
         yield model
 
 
@@ -134,7 +133,11 @@ class MCResult:
         return self.probs.max(dim=1).values
 
 
-def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_batch: int = 256) -> torch.Tensor:
+MAX_BATCH = 256
+"""The most rows one forward pass of Monte Carlo prediction runs at a time (its default ``max_batch``)."""
+
+
+def sample_probabilities(model: nn.Module, x: torch.Tensor, samples: int, max_batch: int = MAX_BATCH) -> torch.Tensor:
     """softmax(f(x; noise_k)) for k = 1..samples as a (samples, B, classes) tensor.
 
     The samples of all inputs are stacked along the batch dimension and run ``max_batch`` rows at
@@ -179,7 +182,7 @@ def _first_unit(model: nn.Module):
     modules = list(model)
     for i, module in enumerate(modules):
         if isinstance(module, StochasticUnit):
-            return (modules, i) if hasattr(module, "states_from_logit") and module.mode != "synapse" else None
+            return (modules, i) if getattr(module, "firing_logit", False) and module.mode != "synapse" else None
     return None
 
 
@@ -225,7 +228,7 @@ class MCSettings:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("samples", "min_samples", "max_samples") + (("step",) if self.step is not None else ()):
+        for name in ("samples", "max_samples", "min_samples") + (("step",) if self.step is not None else ()):
             object.__setattr__(self, name, check_int(f"Monte Carlo {name}", getattr(self, name), 1, MAX_SAMPLES))
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
@@ -241,6 +244,20 @@ class MCSettings:
         if self.precision not in PRECISIONS:
             raise ValueError(f"Monte Carlo precision must be one of {PRECISIONS}, got {self.precision!r}")
 
+    def overridden(self, **given) -> MCSettings:
+        """These settings with the fields in ``given`` (``MCSettings`` field names) replaced, a ``None`` value
+        counting as not given, as a command line's options come: ``samples`` given makes them fixed (``adaptive``
+        false), ``adaptive=True`` adaptive, and a ``max_samples`` below ``min_samples`` lowers ``min_samples`` to it
+        unless that is given too. ``ValueError`` for ``samples`` with ``adaptive=True``, or settings out of range."""
+        given = {name: value for name, value in given.items() if value is not None}
+        if "samples" in given:
+            if given.get("adaptive"):
+                raise ValueError("give either samples=K or adaptive=True, not both")
+            given["adaptive"] = False
+        if "max_samples" in given and "min_samples" not in given:
+            given["min_samples"] = min(self.min_samples, given["max_samples"])
+        return replace(self, **given)
+
     def describe(self) -> str:
         """``MC 16`` or ``MC adaptive (0.9)``, with ``, bfloat16`` in that precision (the temperature is reported on
         its own)."""
@@ -248,7 +265,12 @@ class MCSettings:
         return name if self.precision == "float32" else f"{name}, {self.precision}"
 
     def predict(
-        self, model: nn.Module, x: torch.Tensor, *, generator: torch.Generator | None = None, max_batch: int = 256
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        max_batch: int = MAX_BATCH,
     ) -> MCResult:
         """Monte Carlo prediction of ``model`` on the batch ``x`` (``mc_predict``)."""
         was_training = model.training
@@ -280,17 +302,13 @@ def mc_predict(
     samples: int | None = None,
     *,
     adaptive: bool = False,
-    threshold: float = 0.9,
-    min_samples: int = 4,
-    max_samples: int = 64,
-    step: int | None = None,
-    temperature: float = 1.0,
-    max_batch: int = 256,
+    max_batch: int = MAX_BATCH,
     generator: torch.Generator | None = None,
+    **settings,
 ) -> MCResult:
-    """Monte Carlo prediction of ``model`` on the batch ``x``: ``samples=K`` passes per input, or
-    ``adaptive=True`` with ``threshold``, ``min_samples``, ``max_samples`` and ``step``, at ``temperature``
-    (``MCSettings``).
+    """Monte Carlo prediction of ``model`` on the batch ``x``: ``samples=K`` passes per input, or ``adaptive=True``;
+    ``settings``: the other fields of ``MCSettings`` (``threshold``, ``min_samples``, ``max_samples``, ``step``,
+    ``temperature``, ``precision``), its defaults where not given (``MCSettings.predict``).
 
     Adaptive results are the running mean at the pass where an input stopped, exactly as if it had been sampled
     one pass at a time (passes drawn beyond it within a round are discarded). The model is put in eval mode for
@@ -299,16 +317,8 @@ def mc_predict(
     """
     if adaptive == (samples is not None):
         raise ValueError("give either samples=K or adaptive=True")
-    settings = MCSettings(
-        samples=16 if adaptive else samples,
-        adaptive=adaptive,
-        threshold=threshold,
-        min_samples=min_samples,
-        max_samples=max_samples,
-        step=step,
-        temperature=temperature,
-    )
-    return settings.predict(model, x, generator=generator, max_batch=max_batch)
+    mc = MCSettings(adaptive=True, **settings) if adaptive else MCSettings(samples=samples, **settings)
+    return mc.predict(model, x, generator=generator, max_batch=max_batch)
 
 
 def _adaptive(model, x, threshold, min_samples, max_samples, step, max_batch, temperature) -> MCResult:

@@ -22,7 +22,7 @@ from . import config as configs
 from .checkpoint import load_checkpoint
 from .evaluate import evaluate
 from .runs import DEFAULT_CACHE, RunFolder, read_records
-from .train import train
+from .training import train
 
 
 def train_kind(cfg: configs.Config, kind: str, data_root, run: Path, cache_dir, progress: bool) -> configs.Config:

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 import events
 
-from .config import AugmentConfig, DataConfig
+from .config import DataConfig
+from .train_config import AugmentConfig
 
 # Playing a DVS Gesture clip backwards turns clockwise arm circles into counter-clockwise ones.
 TIME_FLIP_LABELS = {"dvsgesture": {3: 4, 4: 3, 5: 6, 6: 5}, "nmnist": {}}

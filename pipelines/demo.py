@@ -32,7 +32,7 @@ from .evaluate import evaluate, predictor_table, summary
 from .export import export_checkpoint
 from .replay import replay
 from .runs import CURVES, EVALUATION, RELIABILITY, RunFolder, read_records
-from .train import train
+from .training import train
 
 PRESET = "gestures-allconv18"  # the network the demo trains
 DEMO_EPOCHS = 8  # the demo's short schedule (the preset's own runs to convergence: FULL_SCHEDULE says what it reaches)
@@ -76,7 +76,8 @@ def twin_table(m: dict, twin: dict) -> str:
 
 
 def readout_fit_sentence(fit: dict | None) -> str:
-    """What ``nsm train``'s readout fit (``pipelines.readout_fit``) did, as recorded in ``best.pt`` ("" without one)."""
+    """What ``nsm train``'s readout fit (``pipelines.training.readout_fit``) did, as recorded in ``best.pt`` ("" without
+    one)."""
     if fit is None:
         return ""
     verdict = "refitted to" if fit["kept"] else "kept as trained after a fit to"

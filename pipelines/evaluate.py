@@ -112,18 +112,18 @@ def evaluate(
     data_root,
     out=None,
     *,
-    samples: int | None = None,
-    adaptive: bool | None = None,
-    threshold: float | None = None,
-    max_samples: int | None = None,
-    precision: str | None = None,
     seed: int = 0,
     cache_dir=DEFAULT_CACHE,
     device: str = "auto",
     progress: bool = True,
+    **mc,
 ) -> dict:
     """Evaluate ``checkpoint`` on the test split under ``data_root``; write metrics.json and reliability.png into
     ``out`` (default: the checkpoint's folder).
+
+    Monte Carlo as the run's eval settings say (``cfg.eval.mc``), at the checkpoint's fitted temperature; ``mc``:
+    the settings to change from them, by ``nsm.MCSettings`` field (``samples=K``, ``adaptive=True``, ``threshold``,
+    ``min_samples``, ``max_samples``, ``precision``; ``None`` values: not given; ``MCSettings.overridden``).
 
     Before anything is binned: an output that is the checkpoint itself or exists and is not a regular file is an
     ``OutputError`` (``events.atomic.check_output``), and data whose items the network cannot take a ``ValueError``
@@ -132,19 +132,15 @@ def evaluate(
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
     if cfg is None:
         raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
-    ev = cfg.eval
-    given = dict(samples=samples, adaptive=adaptive, threshold=threshold, max_samples=max_samples, precision=precision)
-    if max_samples is not None:  # a --max-samples below the run's minimum lowers the minimum too
-        given["min_samples"] = min(ev.min_samples, max_samples)
-    given["temperature"] = checkpoint_temperature(ck.state, checkpoint)
-    mc = dataclasses.replace(ev.mc, **{k: v for k, v in given.items() if v is not None})
+    temperature = checkpoint_temperature(ck.state, checkpoint)
+    mc = dataclasses.replace(cfg.eval.mc.overridden(**mc), temperature=temperature)
     out = Path(checkpoint).parent if out is None else Path(out)
     for path in (out / EVALUATION, out / RELIABILITY):
         check_output(path, {"--checkpoint": checkpoint})
     test = checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress)
     dev = select_device(device)
     model = ck.model.to(dev)
-    loader = DataLoader(test, batch_size=ev.batch_size)
+    loader = DataLoader(test, batch_size=cfg.eval.batch_size)
     p = predict(model, loader, mc=mc, seed=seed, device=dev, progress=progress)
     labels = p["labels"]
     mc_name = mc.describe()

@@ -23,7 +23,7 @@ from nsm.sampling import temper
 
 from .calibration import NLL_EPS, expected_calibration_error
 from .figures import plot_timeline
-from .stream import DEFAULT_CHUNK_EVENTS, Prediction, StreamingClassifier
+from .stream import DEFAULT_CHUNK_EVENTS, STREAM_MC, Prediction, StreamingClassifier
 
 
 class LabelScorer:
@@ -138,9 +138,10 @@ def replay(
     counts the gaps in its event clock (``events.live.ClockGaps``: data the source may have dropped), with a
     warning line when there is one.
 
-    ``labels``: a DVS Gesture labels CSV to score against; ``mc``: the ``StreamingClassifier`` Monte Carlo
-    keywords (``{"samples": K}`` or ``{"adaptive": True, "threshold": ..., "min_samples": ...,
-    "max_samples": ...}``); the other settings as ``StreamingClassifier.from_checkpoint`` takes them.
+    ``labels``: a DVS Gesture labels CSV to score against; ``mc``: the Monte Carlo settings to change from the
+    stream's (``pipelines.stream.STREAM_MC``), by ``nsm.MCSettings`` field (``{"samples": K}``, ``{"adaptive":
+    True, "max_samples": ...}``; ``MCSettings.overridden``), at the checkpoint's fitted temperature; the other
+    settings as ``StreamingClassifier.from_checkpoint`` takes them.
     ``predictions`` is the user's live output, so it is deliberately not written atomically: it is opened
     (truncated) at the start and each prediction is appended as one JSON line and flushed at once, so that
     ``tail -f`` follows the stream and a damaged or out-of-order input keeps every prediction made before the
@@ -150,7 +151,7 @@ def replay(
     labels; also through a symbolic or hard link), or a summary or timeline path that exists and is not a regular
     file, is an ``OutputError`` naming it (``events.atomic.check_output``).
     """
-    mc = mc or {}
+    mc = STREAM_MC.overridden(**(mc or {}))
     live = isinstance(recording, LiveSource)
     name = recording.name if live else str(recording)
     chunk_events = check_chunk_size(chunk_events, name, "chunk_events")  # before any output is opened
@@ -173,7 +174,7 @@ def replay(
             crop=crop,
             sort_chunks=sort_chunks,
             source=name,
-            **mc,
+            mc=mc,
         )
         n_classes = int(clf.model.spec["num_classes"])
         scorer = LabelScorer(labels, n_classes, clf.mc.temperature) if labels is not None else None

@@ -13,7 +13,7 @@ A run folder holds:
                   the figures under ``readout_fit``)
   metrics.jsonl   one line per epoch (loss, accuracy, lr, time, throughput, and ``health``: per hidden
                   layer its firing rate, saturated share and weight-gradient norm, per max-pool layer
-                  its rate, each the mean over the epoch's recorded steps; see ``pipelines.health``)
+                  its rate, each the mean over the epoch's recorded steps; see ``pipelines.training.health``)
   curves.png      loss, accuracy and learning rate against epoch
   health.png      the ``health`` records per layer against epoch
   activity.jsonl  the records ``nsm analyze`` draws from

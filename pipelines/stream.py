@@ -13,13 +13,12 @@ downsampling from the frame spec, as a float32 tensor ``(1, T, P, H, W)`` of cou
 binarize themselves). A sensor larger than the model's input is centre-cropped to ``input_size x
 downsample`` first (:func:`events.stream.fit_frame_spec`); one that cannot fill it is an error.
 
-Prediction: Monte Carlo over the network's noise, ``samples=K`` passes or adaptive sampling (stop
-once the running mean's top probability reaches ``threshold``, between ``min_samples`` and
-``max_samples`` passes, drawn in at most two rounds: the minimum, then the rest), the mean's probabilities at
-``temperature`` (``nsm.MCSettings``; a checkpoint's fitted one by default, ``pipelines.temperature``). Each
-window draws its noise from its own ``torch.Generator`` seeded from ``(seed, window index)``, so a window's
-result depends only on its events, the model and the seed: pushing a recording at once, in chunks of any size,
-or windowing it offline with :func:`predict_recording` gives identical predictions.
+Prediction: Monte Carlo over the network's noise as an ``nsm.MCSettings`` says, by default :data:`STREAM_MC`
+(K = 8 passes, or adaptive between 4 and 16 passes in at most two rounds: the minimum, then the rest), the mean's
+probabilities at its ``temperature`` (a checkpoint's fitted one with :meth:`StreamingClassifier.from_checkpoint`,
+``pipelines.temperature``). Each window draws its noise from its own ``torch.Generator`` seeded from ``(seed,
+window index)``, so a window's result depends only on its events, the model and the seed: pushing a recording at
+once, in chunks of any size, or windowing it offline with :func:`predict_recording` gives identical predictions.
 
 Evidence accumulation: next to each window's own output, a running mean of the probabilities of all
 non-empty windows since the last :meth:`StreamingClassifier.reset_evidence` (or the start), each
@@ -34,6 +33,7 @@ keeps a few numbers a window for its summary and one running sum per labelled ge
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -45,13 +45,16 @@ import events
 import nsm
 from events.stream import SlidingWindows, Window, fit_frame_spec, iter_windows, window_frames
 from events.types import check_in_bounds, check_int
+from nsm.sampling import MAX_SAMPLES
 
 from .checkpoint import load_checkpoint
 from .temperature import checkpoint_temperature
 
-DEFAULT_SAMPLES = 8  # fixed K when neither samples nor adaptive is given
-DEFAULT_MIN_SAMPLES = 4  # adaptive sampling: at least this many passes ...
-DEFAULT_MAX_SAMPLES = 16  # ... and at most this many, which bounds a window's latency
+STREAM_MC = nsm.MCSettings(samples=8, min_samples=4, max_samples=16, step=MAX_SAMPLES)
+"""The stream's Monte Carlo settings: fewer passes than ``nsm.MCSettings``' defaults, for they bound a window's
+latency. K = 8 passes; adaptive (``STREAM_MC.overridden(adaptive=True)``): between 4 and 16 passes in at most two
+rounds, the minimum, then whatever remains (``step``, whatever the bounds), so that a window costs at most two
+forward passes (with a small, overhead-bound network also the fastest)."""
 DEFAULT_CHUNK_EVENTS = 8_192  # events read per chunk by nsm stream (about 0.4 s of a DVS Gesture recording)
 TIMING_FIELDS = ("latency_ms", "compute_ms")  # the Prediction fields that differ from run to run
 
@@ -138,9 +141,8 @@ class StreamingClassifier:
     downsampling, crop, ``time_window_us`` and ``frames_per_clip``. ``sensor_size``: ``(width, height[, p])``
     of the incoming events; default the sensor the spec implies (its crop, else input size x downsample).
     ``window_us``/``hop_us``: default ``frames_per_clip * time_window_us`` and half of it; the window must
-    split into ``frames_per_clip`` frames of whole µs. ``samples`` or ``adaptive`` (with ``threshold``,
-    ``min_samples``, ``max_samples``): Monte Carlo as ``nsm.mc_predict``; neither gives ``samples=8``;
-    ``temperature`` and ``precision`` as ``nsm.MCSettings`` takes them.
+    split into ``frames_per_clip`` frames of whole µs. ``mc``: how a window is predicted (``nsm.MCSettings``;
+    default :data:`STREAM_MC`).
     ``decay``: evidence weight kept per window, in (0, 1]. ``seed``: noise seed (>= 0). ``classes``: names.
     ``downsample``/``crop``: override the spec's (crop as ``(width, height)``). ``origin_us``: start of
     window 0 (default: first event). ``sort_chunks``: sort chunks by time instead of rejecting disorder.
@@ -158,14 +160,8 @@ class StreamingClassifier:
         *,
         window_us: int | None = None,
         hop_us: int | None = None,
-        samples: int | None = None,
-        adaptive: bool = False,
-        threshold: float = 0.9,
-        min_samples: int = DEFAULT_MIN_SAMPLES,
-        max_samples: int = DEFAULT_MAX_SAMPLES,
+        mc: nsm.MCSettings = STREAM_MC,
         decay: float = 1.0,
-        temperature: float = 1.0,
-        precision: str = "float32",
         seed: int = 0,
         classes=None,
         downsample: int | None = None,
@@ -229,25 +225,7 @@ class StreamingClassifier:
             sort_chunks=sort_chunks,
             source=source,
         )
-        if samples is not None and adaptive:
-            raise ValueError("give either samples=K or adaptive=True, not both")
-        # Adaptive: two rounds at most, the minimum, then the rest for a window still undecided. A window's latency
-        # is then at most two forward passes; with a small network (overhead-bound) this is also the fastest.
-        self.mc = (
-            nsm.MCSettings(
-                adaptive=True,
-                threshold=threshold,
-                min_samples=min_samples,
-                max_samples=max_samples,
-                step=max(1, max_samples - min_samples),
-                temperature=temperature,
-                precision=precision,
-            )
-            if adaptive
-            else nsm.MCSettings(
-                samples=DEFAULT_SAMPLES if samples is None else samples, temperature=temperature, precision=precision
-            )
-        )
+        self.mc = mc
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"decay must be in (0, 1], got {decay!r}")
         self.decay, self.seed = float(decay), check_int("seed", seed, 0)
@@ -258,18 +236,21 @@ class StreamingClassifier:
         self.reset_evidence()
 
     @classmethod
-    def from_checkpoint(cls, path, **overrides) -> StreamingClassifier:
-        """A classifier for the network of a checkpoint (``pipelines.checkpoint``), with its classes and
-        frame spec and its fitted Monte Carlo temperature (``pipelines.temperature``); keyword arguments override any
-        constructor argument (``frame_spec``, ``classes`` and ``temperature`` too)."""
+    def from_checkpoint(
+        cls, path, *, mc: nsm.MCSettings = STREAM_MC, temperature: float | None = None, **overrides
+    ) -> StreamingClassifier:
+        """A classifier for the network of a checkpoint (``pipelines.checkpoint``), with its classes and frame spec,
+        predicting as ``mc`` says at the checkpoint's fitted Monte Carlo temperature (``pipelines.temperature``;
+        ``mc.temperature`` is replaced) or at ``temperature`` when given; keyword arguments override any other
+        constructor argument (``frame_spec`` and ``classes`` too)."""
         ck = load_checkpoint(path)
         overrides.setdefault("frame_spec", ck.frame_spec)
         overrides.setdefault("classes", ck.classes)
-        overrides.setdefault("temperature", checkpoint_temperature(ck.state, path))
+        t = checkpoint_temperature(ck.state, path) if temperature is None else temperature
         frame_spec = overrides.pop("frame_spec")
         if frame_spec is None:
             raise ValueError(f"{path}: the checkpoint holds no frame spec; pass frame_spec=...")
-        return cls(ck.model, frame_spec, **overrides)
+        return cls(ck.model, frame_spec, mc=dataclasses.replace(mc, temperature=t), **overrides)
 
     @property
     def window_us(self) -> int:

@@ -44,7 +44,7 @@ from nsm import functional as nsmf
 from nsm.initialization import data_init
 from pipelines import config as configs
 from pipelines.data import load_data
-from pipelines.train import build_model, init_batch
+from pipelines.training.setup import build_model, init_batch
 
 PRESET = "gestures-allconv18"
 

@@ -22,7 +22,8 @@ from pipelines.calibration import (
     reliability_bins,
     tempered_nll,
 )
-from pipelines.figures import plot_curves, plot_reliability
+from pipelines.figures import plot_reliability
+from pipelines.training.figures import plot_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

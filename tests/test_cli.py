@@ -16,6 +16,9 @@ import pytest
 from events.atomic import OutputError, atomic_file, os_refusal, write_text_atomic
 from pipelines import cli
 from pipelines.commands import InRange
+from pipelines.commands.mc_options import mc_choices
+from pipelines.config import EvalConfig
+from pipelines.stream import STREAM_MC
 
 
 def test_a_missing_file_is_one_line_and_status_2(tmp_path, capsys):
@@ -125,6 +128,61 @@ def test_other_command_line_mistakes_are_one_line(capsys):
             cli.main(argv)
         err = capsys.readouterr().err
         assert done.value.code == 2 and err.count("\n") == 1 and err.startswith(expected), err
+
+
+# ----------------------------------------------------------------------------------------------
+# the Monte Carlo options: defined once, each stating the default its command uses
+# ----------------------------------------------------------------------------------------------
+
+MC_OPTIONS = {
+    "--samples": "samples",
+    "--adaptive": "adaptive",
+    "--threshold": "threshold",
+    "--min-samples": "min_samples",
+    "--max-samples": "max_samples",
+    "--precision": "precision",
+}
+
+
+def mc_helps(command: str) -> dict[str, str]:
+    """The help of each Monte Carlo option of ``nsm command``, by option."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.option_strings[0]: a.help for a in sub._actions if a.option_strings and a.option_strings[0] in MC_OPTIONS}
+
+
+@pytest.mark.parametrize(
+    "command, required, base, stated",
+    [
+        (
+            "evaluate",
+            ["--checkpoint", "c.pt", "--data", "d"],
+            EvalConfig().mc,
+            "the run's eval.{field}, {value} unless",
+        ),
+        ("stream", ["--checkpoint", "c.pt", "--events", "e.aedat"], STREAM_MC, "{value}, the stream's own"),
+    ],
+)
+def test_each_monte_carlo_option_states_the_default_its_command_uses(command, required, base, stated):
+    """Without the options, a command predicts as ``base`` says (the run's eval settings, whose configuration
+    defaults ``EvalConfig`` holds; the stream's own), and each option's help says so, with ``base``'s value."""
+    args = cli.build_parser().parse_args([command, *required])
+    assert base.overridden(**mc_choices(args)) == base
+    helps = mc_helps(command)
+    assert set(helps) == set(MC_OPTIONS)
+    for option, field in MC_OPTIONS.items():
+        value = getattr(base, field)
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        assert "(default: " + stated.format(field=field, value=shown) in helps[option], (option, helps[option])
+    assert STREAM_MC != EvalConfig().mc  # the stream's defaults differ, stated as its own
+
+
+def test_the_monte_carlo_options_are_one_definition():
+    """``nsm evaluate`` and ``nsm stream`` describe each option alike but for its default."""
+    evaluate, stream = mc_helps("evaluate"), mc_helps("stream")
+    assert {o: h.split(" (default: ")[0] for o, h in evaluate.items()} == {
+        o: h.split(" (default: ")[0] for o, h in stream.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------

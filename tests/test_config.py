@@ -13,6 +13,7 @@ import nsm
 from events import SensorSize
 from pipelines import cli
 from pipelines import config as configs
+from pipelines.train_config import AugmentConfig
 
 PRESETS = ("tiny", "tiny-digits", "gestures-allconv18", "gestures-speck", "dvsgesture-allconv18", "nmnist-cnn")
 
@@ -32,7 +33,7 @@ def test_presets_load_into_frozen_dataclasses(preset):
         configs.DataConfig,
         configs.ModelConfig,
         configs.TrainConfig,
-        configs.AugmentConfig,
+        AugmentConfig,
         configs.EvalConfig,
     ]
     for part, cls in zip(parts(cfg), expected):
@@ -233,7 +234,7 @@ def test_set_overrides_parse_values_as_toml():
     assert cfg.train.amp is False
     assert cfg.model.neuron == "gnsm" and cfg.model.name == "nmnist_cnn"
     assert cfg.data.crop == [96, 96]
-    assert cfg.train.augment == configs.AugmentConfig(jitter_px=3, time_flip=0.5, polarity_flip=0.0)
+    assert cfg.train.augment == AugmentConfig(jitter_px=3, time_flip=0.5, polarity_flip=0.0)
     assert cfg.model.options == {"channels": [8, 16], "hidden": 64}
     assert cfg.description == "changed"
     # untouched keys keep the preset's values, and the preset itself is not changed

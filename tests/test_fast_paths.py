@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import models
 import nsm
 from pipelines import config as configs
-from pipelines import runs
-from pipelines import train as training
+from pipelines import runs, training
+from pipelines.training import steps
 
 U = 2.0**-8  # bfloat16's unit roundoff (8 significant bits)
 
@@ -76,15 +76,15 @@ def test_bf16_autocast_keeps_the_networks_logits_and_monte_carlo_average_float32
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_autocasts_training_only_on_cpus_with_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(steps, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     on = configs.TrainConfig(cpu_bf16=True)
-    context, scaler = training.autocast_for(cpu, on)
+    context, scaler = steps.autocast_for(cpu, on)
     assert scaler is None
     assert isinstance(context, torch.autocast) == native
     if native:
         assert context.fast_dtype == torch.bfloat16 and context.device == "cpu"
-    context, _ = training.autocast_for(cpu, configs.TrainConfig(cpu_bf16=False))
+    context, _ = steps.autocast_for(cpu, configs.TrainConfig(cpu_bf16=False))
     assert not isinstance(context, torch.autocast)
 
 
@@ -156,20 +156,20 @@ def test_compiled_steps_are_full_batches_after_the_warmup_in_passes_torch_can_tr
     tc = configs.TrainConfig(batch_size=8, warmup_epochs=1, compile=True)
     if mode is not None:
         nsm.set_mode(net, mode)
-    assert training.uses_compiled(net, batch, tc, epoch, recording) == compiled
+    assert steps.uses_compiled(net, batch, tc, epoch, recording) == compiled
 
 
 def test_compiled_model_only_when_asked_in_one_process_with_a_compiler(monkeypatch, capsys):
     monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # compiled_model sets it: restored after
     net = models.create_model("allconvnet18", neuron="bnsm", width=0.125)
     one = runs.Process(rank=0, world=1, device=torch.device("cpu"))
-    assert training.compiled_model(net, configs.TrainConfig(compile=False), one) is None
-    assert training.compiled_model(net, configs.TrainConfig(compile=True), one) is not None
+    assert steps.compiled_model(net, configs.TrainConfig(compile=False), one) is None
+    assert steps.compiled_model(net, configs.TrainConfig(compile=True), one) is not None
     two = runs.Process(rank=0, world=2, device=torch.device("cpu"))
-    assert training.compiled_model(net, configs.TrainConfig(compile=True), two) is None
+    assert steps.compiled_model(net, configs.TrainConfig(compile=True), two) is None
     assert "distributed runs train eagerly" in capsys.readouterr().out
-    monkeypatch.setattr(training.shutil, "which", lambda name: None)
-    assert training.compiled_model(net, configs.TrainConfig(compile=True), one) is None
+    monkeypatch.setattr(steps.shutil, "which", lambda name: None)
+    assert steps.compiled_model(net, configs.TrainConfig(compile=True), one) is None
     assert "no C++ compiler" in capsys.readouterr().out
 
 
@@ -177,7 +177,7 @@ def test_compiled_model_only_when_asked_in_one_process_with_a_compiler(monkeypat
 def test_a_bfloat16_run_trains_and_records_its_activity_for_every_kind(gestures, tmp_path, monkeypatch, neuron):
     """``train.cpu_bf16`` through ``nsm train`` (forced on, as on a CPU with native bf16): finite losses and an
     activity record at every step, whose pre-activations are computed from what the layers passed in bfloat16."""
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(steps, "cpu_has_native_bf16", lambda: True)
     data, cache = gestures
     sets = ["train.epochs=1", "train.cpu_bf16=true", "train.record_every=1", "train.device=cpu", "train.workers=0"]
     cfg = configs.load_config("tiny", [f"model.neuron={neuron}", *sets])

@@ -116,7 +116,7 @@ def test_without_grid_computes_with_the_float_weights_and_restores_the_grid():
 
 def test_training_keeps_the_warmup_epochs_off_the_grid():
     from pipelines import config as configs
-    from pipelines.train import training_mode
+    from pipelines.training.modes import training_mode
 
     tc = configs.load_config("gestures-speck").train
     model = specknet_with_varied_units(grid=True)

@@ -1,4 +1,5 @@
-"""Training health (``pipelines.health``): the ``health`` records of ``nsm train``, health.png and the warnings.
+"""Training health (``pipelines.training.health``): the ``health`` records of ``nsm train``, health.png and
+the warnings.
 
 The monitor is tested on small networks of every registered model and neuron kind, one training step at a
 time, and once through a one-epoch ``nsm train`` run of the ``tiny`` preset on the session's simulated
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 import models
 import nsm
 from nsm.neurons import NEURON_KINDS
-from pipelines import cli, health
+from pipelines import cli
 from pipelines import config as configs
-from pipelines import train as training
-from pipelines.activity import ActivityRecorder, weight_units
 from pipelines.data import load_data
-from pipelines.figures import plot_health
+from pipelines.training import health
+from pipelines.training.activity import ActivityRecorder, weight_units
+from pipelines.training.figures import plot_health
+from pipelines.training.setup import build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PRIOR = np.array([0.6, 0.3, 0.1])  # unbalanced, so that uniform logits are not the prior
@@ -326,7 +328,7 @@ def test_train_writes_health_records_and_figure(gestures, tmp_path, capsys):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1
     cfg = configs.load_config("tiny", sets)
-    model = training.build_model(cfg, load_data(cfg.data, data, cache, with_test=False, progress=False))
+    model = build_model(cfg, load_data(cfg.data, data, cache, with_test=False, progress=False))
     units, pools = expected_layers(model)
     assert units and pools
     for line in lines:

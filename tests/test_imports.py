@@ -100,3 +100,17 @@ def test_no_module_imports_in_a_circle():
         if name not in state:
             visit(name, [name])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_library_modules_never_import_the_command_line():
+    """Only the parser (``pipelines.cli``) and the subcommands (``pipelines.commands``) may import
+    ``pipelines.cli`` or ``pipelines.commands``: the library below them is called by them, never the reverse."""
+    modules = project_modules()
+    front = ("pipelines.cli", "pipelines.commands")
+    bad = {
+        name: sorted(m for m in imported_modules(name, path, modules) if m.startswith(front))
+        for name, path in modules.items()
+        if not name.startswith(front)
+    }
+    bad = {name: found for name, found in bad.items() if found}
+    assert not bad, f"library modules that import the command line: {bad}"

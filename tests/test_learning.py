@@ -14,7 +14,7 @@ import pytest
 
 from pipelines import config as configs
 from pipelines.evaluate import evaluate
-from pipelines.train import train
+from pipelines.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,7 +97,7 @@ def test_specknet_on_the_chips_weight_grid_learns_from_scratch(gestures, tmp_pat
     and the deterministic network (the one the chip runs, its 8-bit export exactly) two chance spreads above chance
     on the held-out user at seed 0. Measured: 46.3 % MC 8 and 49.1 % deterministic (off the grid 47.7 and 45.8 %);
     on the grid from the first step, warm-up included, it stayed at chance (9.3 %), which is why the warm-up epochs
-    train off the grid (``pipelines.train.training_mode``)."""
+    train off the grid (``pipelines.training.modes.training_mode``)."""
     m = learned(gestures, tmp_path, 0, preset="gestures-speck")
     assert m["accuracy"] >= REQUIRED, m["accuracy"]
     assert m["deterministic"]["accuracy"] >= REQUIRED, m["deterministic"]["accuracy"]

@@ -24,6 +24,7 @@ import events
 import models
 from events.datasets import GESTURE_CLASSES
 from events.formats.aedat3 import write_aedat3
+from nsm import MCSettings
 from pipelines import cli
 from pipelines.checkpoint import save_checkpoint
 from pipelines.stream import TIMING_FIELDS, predict_recording
@@ -85,7 +86,8 @@ def lines_of(path) -> list[dict]:
 
 def expected(ev, sensor, **kw) -> list[dict]:
     """What ``nsm stream --samples 2 --seed 3`` predicts for ``ev`` (ended as a file ends, unless ``end_us``)."""
-    preds = predict_recording(tiny_net(), ev, SPEC, sensor, samples=2, seed=3, classes=GESTURE_CLASSES, **kw)
+    mc = MCSettings(samples=2)
+    preds = predict_recording(tiny_net(), ev, SPEC, sensor, mc=mc, seed=3, classes=GESTURE_CLASSES, **kw)
     return [json_result(p.to_dict()) for p in preds]
 
 

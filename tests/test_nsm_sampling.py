@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -204,3 +206,21 @@ def test_eval_config_takes_the_mc_settings_defaults():
     from pipelines.config import EvalConfig
 
     assert EvalConfig().mc == nsm.MCSettings()
+
+
+def test_overridden_changes_the_given_settings_only():
+    base = nsm.MCSettings(samples=8, adaptive=True, min_samples=4, max_samples=16, temperature=2.0)
+    assert base.overridden() == base == base.overridden(samples=None, adaptive=None, threshold=None)
+    assert base.overridden(samples=3) == dataclasses.replace(base, samples=3, adaptive=False)  # samples: fixed
+    assert base.overridden(adaptive=False) == dataclasses.replace(base, adaptive=False)
+    assert base.overridden(threshold=0.7, precision="bfloat16") == dataclasses.replace(
+        base, threshold=0.7, precision="bfloat16"
+    )
+    # a maximum below the minimum lowers it, unless the minimum is given too
+    assert (base.overridden(max_samples=2).min_samples, base.overridden(max_samples=32).min_samples) == (2, 4)
+    with pytest.raises(ValueError, match="min_samples <= max_samples"):
+        base.overridden(min_samples=3, max_samples=2)
+    with pytest.raises(ValueError, match="give either"):
+        base.overridden(samples=3, adaptive=True)
+    with pytest.raises(ValueError, match="max_samples must be an integer in 1..4096"):
+        base.overridden(max_samples=0)

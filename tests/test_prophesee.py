@@ -1,9 +1,7 @@
-"""Prophesee RAW (EVT 2.0, 2.1, 3.0) and DAT: files written by this project read back exactly, whole and chunked,
-and by an independent decoder (expelliarmus) with the same absolute times; byte sequences built here from the
-format pages (docs.prophesee.ai "EVT 2.0 / 2.1 / 3.0 Format", "RAW / DAT File Format": the encoders below, not
-the library under test) read as the pages say, including EVT 2.1's ``endianness=legacy`` layout, time-counter
-wraps and steps back, vectors, headers without ``% end``; the header's sensor size, versions and ``% t0``;
-damaged files."""
+"""Prophesee RAW (EVT 2.0, 2.1, 3.0) and DAT read as the format pages say (byte sequences built in
+``prophesee_pages.py``, not by the library under test): EVT 2.1's ``endianness=legacy`` layout, time-counter wraps
+and steps back, vectors, headers without ``% end``; the header's sensor size, versions and ``% t0``; damaged
+files. Files this project writes: ``test_prophesee_write.py``."""
 
 from __future__ import annotations
 
@@ -11,317 +9,31 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from prophesee_pages import (
+    SENSOR,
+    TH2,
+    TH3,
+    damaged,
+    dat_bytes,
+    evt2_bytes,
+    evt2_words,
+    evt3_bytes,
+    evt3_words,
+    evt21_body,
+    evt21_bytes,
+    evt21_words,
+    good_before,
+    low_bits_never_fall,
+    raw_header,
+    read_chunked,
+    simulated,
+)
 
 import events
 from events.formats import prophesee
-from events.formats.prophesee import MAX_WRAPS, PropheseeReader, PropheseeWriter, read_header, write_prophesee
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize, make_events
-
-SENSOR = SensorSize(640, 480, 2)
-TH2, TH3 = 0b1000 << 28, 0b1000 << 12  # EVT 2.0 / EVT 3.0 EVT_TIME_HIGH words of value 0
-
-
-def simulated(n=3000, seed=0, start=3 * 2**24 + 5, max_gap=2000, sensor=SENSOR):
-    """``n`` events in time order on ``sensor``, starting at ``start`` µs (past several EVT 3.0 periods)."""
-    rng = np.random.default_rng(seed)
-    t = start + np.cumsum(rng.integers(0, max_gap, n))
-    return make_events(rng.integers(0, sensor.width, n), rng.integers(0, sensor.height, n), t, rng.integers(0, 2, n))
-
-
-# --- encoders written from the format pages (independent of events.formats.prophesee) -----------------------------
-
-
-def raw_header(version: str, sensor=SENSOR, extra: str = "", end=True) -> bytes:
-    """A RAW header: '% evt', '% format EVTx;width;height', optional extra lines, '% end' (optional per the page)."""
-    name = {"2.0": "EVT2", "2.1": "EVT21", "3.0": "EVT3"}[version]
-    text = f"% evt {version}\n% format {name};height={sensor[1]};width={sensor[0]}{extra}\n"
-    return (text + ("% end\n" if end else "")).encode()
-
-
-def evt2_words(ev, camera=False) -> list[int]:
-    """EVT 2.0: EVT_TIME_HIGH (type 1000, bits 27-0 = time bits 33-6) where the time's bits 33-6 change (with
-    ``camera``, also one for every 64 µs in between, as a sensor sends them), then CD_OFF / CD_ON (type 0000 /
-    0001, bits 27-22 time bits 5-0, 21-11 x, 10-0 y)."""
-    words, high = [], None
-    for x, y, t, p in zip(*(ev[f].tolist() for f in ("x", "y", "t", "p"))):
-        if t >> 6 != high:
-            first = t >> 6 if (high is None or not camera) else high + 1
-            for h in range(first, (t >> 6) + 1):
-                words.append((0b1000 << 28) | (h & 0x0FFFFFFF))
-            high = t >> 6
-        words.append((p << 28) | ((t & 63) << 22) | (x << 11) | y)
-    return words
-
-
-def evt2_bytes(ev, sensor=SENSOR, camera=False) -> bytes:
-    return raw_header("2.0", sensor) + np.array(evt2_words(ev, camera), "<u4").tobytes()
-
-
-def evt21_words(ev) -> list[int]:
-    """EVT 2.1 64-bit words: EVT_TIME_HIGH (type 1000 in bits 63-60, bits 59-32 = time bits 33-6) where those bits
-    change, then EVT_NEG / EVT_POS (type 0000 / 0001; 59-54 time bits 5-0, 53-43 x aligned on 32, 42-32 y, 31-0
-    valid: bit i an event at x + i), one word per run of events at the same (t, y, p) in one 32-pixel block with x
-    increasing."""
-    words, high, i = [], None, 0
-    while i < len(ev):
-        x, y, t, p = (int(ev[f][i]) for f in ("x", "y", "t", "p"))
-        if t >> 6 != high:
-            high = t >> 6
-            words.append((0b1000 << 60) | ((high & 0x0FFFFFFF) << 32))
-        base, mask, j = x & ~31, 1 << (x & 31), i + 1
-        while j < len(ev):
-            xj = int(ev["x"][j])
-            if (int(ev["t"][j]), int(ev["y"][j]), int(ev["p"][j])) != (t, y, p) or xj & ~31 != base:
-                break
-            if xj <= int(ev["x"][j - 1]):
-                break
-            mask |= 1 << (xj & 31)
-            j += 1
-        words.append((p << 60) | ((t & 63) << 54) | (base << 43) | (y << 32) | mask)
-        i = j
-    return words
-
-
-def evt21_body(words, legacy=False) -> bytes:
-    """64-bit words as a GenX320 writes them (little-endian as a whole) or, ``legacy``, as an IMX636 does: the high
-    32-bit half first, each half little-endian ("0x0102030405060708 is transmitted as 0x0403020108070605")."""
-    if not legacy:
-        return np.array(words, "<u8").tobytes()
-    return b"".join(
-        ((w >> 32) & 0xFFFFFFFF).to_bytes(4, "little") + (w & 0xFFFFFFFF).to_bytes(4, "little") for w in words
-    )
-
-
-def evt21_bytes(ev, sensor=SENSOR, header=True, legacy=False) -> bytes:
-    """An EVT 2.1 file of ``ev`` (``legacy``: IMX636's layout, said so in the header)."""
-    head = raw_header("2.1", sensor, ";endianness=legacy" if legacy else "") if header else b""
-    return head + evt21_body(evt21_words(ev), legacy)
-
-
-def evt3_words(ev, vectors=False) -> list[int]:
-    """EVT 3.0 16-bit words: EVT_TIME_HIGH (1000, time bits 23-12) where those change, EVT_TIME_LOW (0110, time
-    bits 11-0) where those change or after a TIME_HIGH, EVT_ADDR_Y (0000, y) where y changes, then EVT_ADDR_X (0010,
-    polarity bit 11, x) per event -- or, with ``vectors``, per run of events at the same (t, y, p) with x increasing
-    within 32 of the run's first, VECT_BASE_X (0011, polarity, x) then VECT_12, VECT_12, VECT_8 (0100, 0100, 0101:
-    valid bits for x = base + i, the base advancing by 12, 12, 8)."""
-    words, high, low, yy, i = [], None, None, None, 0
-    while i < len(ev):
-        x, y, t, p = (int(ev[f][i]) for f in ("x", "y", "t", "p"))
-        if (t >> 12) & 0xFFF != high:
-            high = (t >> 12) & 0xFFF
-            words.append((0b1000 << 12) | high)
-            low = None
-        if t & 0xFFF != low:
-            low = t & 0xFFF
-            words.append((0b0110 << 12) | low)
-        if y != yy:
-            yy = y
-            words.append(y)
-        j = i + 1
-        if vectors:
-            mask = 1
-            while j < len(ev) and (int(ev["t"][j]), int(ev["y"][j]), int(ev["p"][j])) == (t, y, p):
-                xj = int(ev["x"][j])
-                if not (xj > int(ev["x"][j - 1]) and xj - x < 32):
-                    break
-                mask |= 1 << (xj - x)
-                j += 1
-            if j > i + 1:
-                words += [(0b0011 << 12) | (p << 11) | x, (0b0100 << 12) | (mask & 0xFFF)]
-                words += [(0b0100 << 12) | ((mask >> 12) & 0xFFF), (0b0101 << 12) | (mask >> 24)]
-                i = j
-                continue
-        words.append((0b0010 << 12) | (p << 11) | x)
-        i = j
-    return words
-
-
-def evt3_bytes(ev, sensor=SENSOR, vectors=False) -> bytes:
-    return raw_header("3.0", sensor) + np.array(evt3_words(ev, vectors), "<u2").tobytes()
-
-
-def dat_bytes(ev, sensor=SENSOR, kind=12) -> bytes:
-    """DAT: '% ' header lines, the event type (12 CD, 0 2D) and size (8) bytes, then per event 32 bits of time (its
-    low 32 bits), 14 bits x, 14 bits y, 4 bits polarity."""
-    head = f"% Data file containing CD events\n% Version 2\n% Width {sensor[0]}\n% Height {sensor[1]}\n".encode()
-    t = ev["t"].astype(np.uint64) & np.uint64(0xFFFFFFFF)
-    data = (
-        ev["x"].astype(np.uint64)
-        | ev["y"].astype(np.uint64) << np.uint64(14)
-        | ev["p"].astype(np.uint64) << np.uint64(28)
-    )
-    return head + bytes([kind, 8]) + (t | data << np.uint64(32)).astype("<u8").tobytes()
-
-
-def read_chunked(path, size=97):
-    with events.reader(path) as r:
-        parts = list(r.iter_chunks(size))
-    return np.concatenate(parts) if parts else np.zeros(0, EVENT_DTYPE)
-
-
-def damaged(path, payload: bytes):
-    path.write_bytes(payload)
-    with pytest.raises(EventFormatError) as err:
-        events.read(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
-    return err.value
-
-
-def good_before(path):
-    """The events handed over before the reader's error, and the error."""
-    got = []
-    with events.reader(path) as r, pytest.raises(EventFormatError) as err:
-        for chunk in r.iter_chunks(50):
-            got.append(chunk)
-    return (np.concatenate(got) if got else np.zeros(0, EVENT_DTYPE)), err.value
-
-
-# --- files written by this project --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat"])
-def test_written_files_read_back_exactly_whole_and_chunked(tmp_path, fmt):
-    ev = simulated()
-    path = tmp_path / f"rec.{'dat' if fmt == 'dat' else 'raw'}"
-    write_prophesee(path, ev, SENSOR, fmt)
-    assert events.detect_format(path) == fmt
-    rec = events.read(path)
-    assert rec.events.dtype == EVENT_DTYPE and np.array_equal(rec.events, ev)
-    assert rec.sensor_size == SENSOR and rec.meta["format"] == fmt
-    with events.reader(path) as r:
-        chunks = list(r.iter_chunks(333))
-    assert max(len(c) for c in chunks) <= 333 and np.array_equal(np.concatenate(chunks), ev)
-    head = read_header(path)
-    assert head.t0 == 0  # absolute times: no offset for other readers to miss
-    if fmt != "dat":  # the body starts with TIME_HIGH 0, so decoders that subtract the first TIME_HIGH subtract 0
-        first = np.frombuffer(path.read_bytes()[head.body :], "<u4" if fmt == "evt2" else "<u2")[0]
-        assert first == (TH2 if fmt == "evt2" else TH3)
-
-
-@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat"])
-def test_writer_takes_chunks_and_empty_recordings(tmp_path, fmt):
-    ev = simulated(seed=1)
-    path = tmp_path / "chunked.bin"  # content, not the name, tells the format
-    with PropheseeWriter(path, fmt, SENSOR) as w:
-        for part in np.array_split(ev, 7):
-            w.write(part)
-    assert np.array_equal(events.read(path).events, ev)
-    write_prophesee(tmp_path / "empty", ev[:0], (32, 24), fmt)
-    rec = events.read(tmp_path / "empty")
-    assert len(rec) == 0 and rec.sensor_size == SensorSize(32, 24, 2)
-
-
-@pytest.mark.parametrize("fmt, period", [("evt3", 2**24), ("evt2", 2**34), ("dat", 2**32)])
-def test_written_files_cross_many_counter_wraps_and_long_gaps(tmp_path, fmt, period):
-    rng = np.random.default_rng(3)
-    n = 2000
-    gaps = np.where(rng.random(n) < 0.02, rng.integers(period // 3, period // 2, n), rng.integers(0, 3000, n))
-    ev = make_events(rng.integers(0, 640, n), rng.integers(0, 480, n), 17 + np.cumsum(gaps), rng.integers(0, 2, n))
-    assert ev["t"][-1] // period >= 5
-    if fmt != "dat":  # EVT fills in the wraps of gaps up to MAX_WRAPS periods long; DAT's times can only go ahead
-        ev["t"][n // 2 :] += 7 * period + 123
-    path = tmp_path / "wraps.raw"
-    write_prophesee(path, ev, SENSOR, fmt)
-    assert np.array_equal(events.read(path).events, ev) and np.array_equal(read_chunked(path, 301), ev)
-
-
-@pytest.mark.parametrize("fmt", ["evt3", "evt2", "dat"])
-def test_first_event_far_past_the_counter_range_is_read_back_exactly(tmp_path, fmt):
-    ev = make_events([1, 2, 3], [4, 5, 6], [2**60 + 5, 2**60 + 6, 2**60 + 2**20], [0, 1, 1])
-    path = tmp_path / "late.raw"
-    write_prophesee(path, ev, SENSOR, fmt)
-    assert np.array_equal(events.read(path).events, ev)
-    assert path.stat().st_size < 4096  # a whole number of periods in % t0, not millions of filler words
-
-
-def test_writer_refuses_what_the_format_cannot_hold_and_keeps_the_old_file(tmp_path):
-    path = tmp_path / "keep.raw"
-    path.write_bytes(b"old")
-    far = make_events([1, 2], [1, 1], [10, 10 + (MAX_WRAPS + 2) * 2**24], [0, 1])
-    with pytest.raises(ValueError, match="2\\^24"):
-        write_prophesee(path, far, SENSOR, "evt3")
-    with pytest.raises(ValueError, match="2\\^31"):  # across a DAT wrap, too far apart to tell from a step back
-        write_prophesee(path, make_events([1, 2], [1, 1], [2**32 - 10, 2**32 + 2**31], [0, 1]), SENSOR, "dat")
-    with pytest.raises(EventFormatError, match="outside"):
-        write_prophesee(path, make_events([700], [1], [0], [0]), SENSOR, "evt2")
-    with pytest.raises(ValueError, match="does not fit"):
-        PropheseeWriter(path, "evt3", (4096, 64))
-    with pytest.raises(ValueError, match="writable"):
-        PropheseeWriter(path, "evt21", SENSOR)
-    for fmt in ("evt2", "evt3", "dat"):
-        with pytest.raises(ValueError, match="time order"):
-            write_prophesee(path, make_events([1, 1], [1, 1], [100, 50], [0, 1]), SENSOR, fmt)
-    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
-    write_prophesee(path, far, SENSOR, "evt2")  # EVT 2.0 holds it
-    assert np.array_equal(events.read(path).events, far)
-    sparse = make_events([1, 2, 3], [1, 1, 1], [10, 10 + 2**24, 2**32 - 3], [0, 1, 0])  # ticks and periods apart
-    for fmt in ("evt3", "dat"):
-        write_prophesee(path, sparse, SENSOR, fmt)
-        assert np.array_equal(events.read(path).events, sparse)
-
-
-# --- an independent decoder: expelliarmus (which tonic installs) ---------------------------------------------------
-
-
-def expelliarmus_read(path, fmt):
-    wizard = pytest.importorskip("expelliarmus").Wizard(encoding=fmt)
-    arr = wizard.read(str(path))
-    return make_events(arr["x"], arr["y"], arr["t"], arr["p"])
-
-
-def low_bits_never_fall(n, seed, start_tick):
-    """Events whose time's 12 low bits never decrease while its bits 12 and up climb (across several 2^24 µs
-    wraps): expelliarmus 1.1.12 adds 4096 µs whenever EVT 3.0's TIME_LOW decreases, even right after a TIME_HIGH
-    (its issue #19, "Different duration compared to metavision_studio"), so only such times can be compared."""
-    rng = np.random.default_rng(seed)
-    low = np.sort(rng.integers(0, 4096, n))
-    tick = start_tick + np.cumsum(rng.integers(0, 400, n))
-    return make_events(rng.integers(0, 640, n), rng.integers(0, 480, n), (tick << 12) + low, rng.integers(0, 2, n))
-
-
-@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat"])
-def test_expelliarmus_reads_written_files_with_the_absolute_times(tmp_path, fmt):
-    """What ``nsm convert`` writes, read by another decoder: the same x, y, p and absolute t. EVT 2.0 stays below
-    2^34 µs (expelliarmus counts no EVT 2.0 wraps); EVT 3.0 uses times whose low 12 bits never fall (its TIME_LOW
-    bug, ``low_bits_never_fall``) but crosses several 24-bit wraps; DAT crosses a 32-bit wrap."""
-    if fmt == "evt3":
-        ev = low_bits_never_fall(3000, 4, start_tick=3 * 4096 + 7)
-        assert ev["t"][-1] >> 24 >= 6
-    else:
-        start = 2**32 - 3 * 10**6 if fmt == "dat" else 3 * 2**24 + 5
-        ev = simulated(start=start, max_gap=3000)
-    path = tmp_path / f"w.{'dat' if fmt == 'dat' else 'raw'}"
-    write_prophesee(path, ev, SENSOR, fmt)
-    assert np.array_equal(expelliarmus_read(path, fmt), ev)
-
-
-@pytest.mark.parametrize("fmt", ["evt2", "evt3", "dat"])
-def test_spec_built_files_read_the_same_here_and_in_expelliarmus(tmp_path, fmt):
-    """Files not written by this project (the encoders above, from the format pages): EVT 2.0 as a camera sends it
-    (a TIME_HIGH every 64 µs), EVT 3.0 with vectors, DAT of type CD and of type 2D crossing a 32-bit wrap."""
-    rng = np.random.default_rng(5)
-    if fmt == "evt2":
-        ev = simulated(n=1500, start=2**30 + 3, max_gap=200)
-        payloads = {"cam.raw": evt2_bytes(ev, camera=True)}
-    elif fmt == "evt3":
-        rows = []
-        for x, y, t, p in low_bits_never_fall(1000, 6, start_tick=3600)[["x", "y", "t", "p"]].tolist():
-            rows.append((x, y, t, p))
-            if rng.random() < 0.3:  # neighbours on the row at the same time: vector words
-                rows += [(nx, y, t, p) for nx in x + np.cumsum(rng.integers(1, 6, 5)) if nx < min(x + 32, 640)]
-        ev = make_events(*map(list, zip(*rows)))
-        payloads = {"vec.raw": evt3_bytes(ev, vectors=True)}
-        assert any(w >> 12 == 0b0100 for w in evt3_words(ev, vectors=True))
-    else:
-        ev = simulated(n=1500, start=2**32 - 10**6, max_gap=2000)
-        payloads = {"cd.dat": dat_bytes(ev), "2d.dat": dat_bytes(ev, kind=0)}
-    for name, payload in payloads.items():
-        path = tmp_path / name
-        path.write_bytes(payload)
-        assert np.array_equal(events.read(path).events, ev), name
-        assert np.array_equal(read_chunked(path), ev), name
-        assert np.array_equal(expelliarmus_read(path, fmt), ev), name
-
+from events.formats.prophesee import PropheseeReader, PropheseeWriter, read_header, write_prophesee
+from events.formats.prophesee.reader import WORD_BYTES
+from events.types import SensorSize, make_events
 
 # --- EVT 2.1, both layouts ----------------------------------------------------------------------------------------
 
@@ -657,7 +369,7 @@ def test_decoding_does_not_depend_on_where_the_chunks_of_words_end(tmp_path, mon
     damaged_body = (
         evt3_bytes(ev, vectors=True)[:-2] + np.array([(0b0011 << 12) | 630, (0b0100 << 12) | 0x401], "<u2").tobytes()
     )
-    monkeypatch.setattr(prophesee, "_CHUNK_WORDS", dict.fromkeys(prophesee.WORD_BYTES, words))
+    monkeypatch.setattr(prophesee.reader, "_CHUNK_WORDS", dict.fromkeys(WORD_BYTES, words))
     for name, (payload, want) in files.items():
         path = tmp_path / name
         path.write_bytes(payload)

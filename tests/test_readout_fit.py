@@ -1,4 +1,4 @@
-"""The readout fit after training (``pipelines.readout_fit``, ``train.readout_fit``) on the shared tiny run."""
+"""The readout fit after training (``pipelines.training.readout_fit``, ``train.readout_fit``) on the shared tiny run."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 import models
 import nsm
 from pipelines import config as configs
-from pipelines import readout_fit, runs
-from pipelines import train as training
+from pipelines import runs
 from pipelines.checkpoint import load_checkpoint
 from pipelines.data import load_data
-from pipelines.readout_fit import DRAWS, fit_readout, sampled_features, samples_the_readout
+from pipelines.training import fits, readout_fit
+from pipelines.training.readout_fit import DRAWS, fit_readout, sampled_features, samples_the_readout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,7 +102,7 @@ def test_a_fitted_run_is_not_fitted_again(tiny_run, gestures, tmp_path):
     shutil.copytree(tiny_run, run)
     written = (run / runs.BEST).read_bytes()
     train_items, val_items = split(run, gestures)
-    training.fit_best_readout(runs.RunFolder(run), train_items, val_items, 0, torch.device("cpu"), False)
+    fits.fit_best_readout(runs.RunFolder(run), train_items, val_items, 0, torch.device("cpu"), False)
     assert (run / runs.BEST).read_bytes() == written
 
 

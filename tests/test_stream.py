@@ -21,13 +21,15 @@ from events.datasets import GESTURE_CLASSES, parse_labels
 from events.formats.aedat3 import Aedat3Reader, write_aedat3
 from events.stream import SlidingWindows, fit_frame_spec, iter_windows, read_windows, window_frames
 from events.types import EventFormatError
+from nsm import MCSettings
 from pipelines.calibration import expected_calibration_error
 from pipelines.checkpoint import save_checkpoint
 from pipelines.commands.stream import add_parser, main
 from pipelines.replay import LabelScorer
-from pipelines.stream import TIMING_FIELDS, StreamingClassifier, predict_recording
+from pipelines.stream import STREAM_MC, TIMING_FIELDS, StreamingClassifier, predict_recording
 
 SPEC = events.FrameSpec(time_window_us=16_000, polarity="merge", downsample=8, frames_per_clip=6)
+K2 = MCSettings(samples=2)  # the settings of `nsm stream --samples 2` (at the checkpoint's temperature, 1 here)
 
 
 def result(pred) -> dict:
@@ -191,7 +193,7 @@ def test_fit_frame_spec_crops_a_larger_sensor_and_rejects_a_smaller_one():
 def test_predictions_are_identical_for_any_chunking_and_equal_offline(short):
     ev, sensor = short
     net = tiny_net()
-    kw = dict(samples=2, seed=5, classes=GESTURE_CLASSES)
+    kw = dict(mc=K2, seed=5, classes=GESTURE_CLASSES)
     clf = StreamingClassifier(net, SPEC, sensor, **kw)
     at_once = [result(p) for p in clf.push(ev) + clf.flush()]
     assert len(at_once) == (int(ev["t"][-1]) + 1 - int(ev["t"][0]) - 96_000) // 48_000 + 1
@@ -204,14 +206,14 @@ def test_predictions_are_identical_for_any_chunking_and_equal_offline(short):
         assert [result(p) for p in preds] == at_once
     offline = [result(p) for p in predict_recording(net, ev, SPEC, sensor, **kw)]
     assert offline == at_once
-    other_seed = [result(p) for p in predict_recording(net, ev, SPEC, sensor, samples=2, seed=6)]
+    other_seed = [result(p) for p in predict_recording(net, ev, SPEC, sensor, mc=K2, seed=6)]
     assert [p["probs"] for p in other_seed] != [p["probs"] for p in at_once]  # the seed matters
 
 
 def test_prediction_fields_and_model_input(short):
     ev, sensor = short
     net = tiny_net()
-    clf = StreamingClassifier(net, SPEC, sensor, samples=3, classes=GESTURE_CLASSES)
+    clf = StreamingClassifier(net, SPEC, sensor, mc=MCSettings(samples=3), classes=GESTURE_CLASSES)
     assert (clf.window_us, clf.hop_us) == (96_000, 48_000)
     windows = list(iter_windows(ev, 96_000, 48_000))
     x = clf.model_input(windows[3])
@@ -230,7 +232,8 @@ def test_prediction_fields_and_model_input(short):
 def test_adaptive_sampling_and_evidence_accumulation_with_decay(short):
     ev, sensor = short
     net = tiny_net()
-    clf = StreamingClassifier(net, SPEC, sensor, adaptive=True, threshold=0.9, min_samples=2, max_samples=6, decay=0.8)
+    mc = STREAM_MC.overridden(adaptive=True, threshold=0.9, min_samples=2, max_samples=6)  # two rounds: 2, then 4
+    clf = StreamingClassifier(net, SPEC, sensor, mc=mc, decay=0.8)
     preds = clf.push(ev)
     assert all(2 <= p.samples <= 6 for p in preds)
     total, weight = np.zeros(11), 0.0
@@ -248,7 +251,7 @@ def test_empty_windows_are_predicted_and_carry_no_evidence():
     ev = random_events(600, 300_000, seed=4, t0=0)
     late = random_events(600, 300_000, seed=5, t0=1_000_000)
     stream = np.concatenate([ev, late])  # 0.7 s without events
-    clf = StreamingClassifier(tiny_net(), SPEC, (128, 128), samples=2)
+    clf = StreamingClassifier(tiny_net(), SPEC, (128, 128), mc=K2)
     preds = clf.push(stream) + clf.flush()
     empty = [p for p in preds if p.empty]
     assert len(empty) >= 10 and all(p.n_events == 0 for p in empty)
@@ -271,15 +274,15 @@ def test_out_of_order_timestamps_error_or_sort_within_chunks(short):
     bad = chunks[4].copy()
     i = rising(bad["t"], 100)
     bad[[i, i + 1]] = bad[[i + 1, i]]
-    clf = StreamingClassifier(net, SPEC, sensor, samples=2, source="rec.aedat")
+    clf = StreamingClassifier(net, SPEC, sensor, mc=K2, source="rec.aedat")
     good = [p for c in chunks[:4] for p in clf.push(c)]
     with pytest.raises(EventFormatError, match=r"rec\.aedat.*t=\d+ µs after \d+ µs"):
         clf.push(bad)
     rest = [p for c in [chunks[4]] + chunks[5:] for p in clf.push(c)] + clf.flush()  # state was unchanged
-    reference = [result(p) for p in predict_recording(net, ev, SPEC, sensor, samples=2)]
+    reference = [result(p) for p in predict_recording(net, ev, SPEC, sensor, mc=K2)]
     assert [result(p) for p in good + rest] == reference
 
-    sorting = StreamingClassifier(net, SPEC, sensor, samples=2, sort_chunks=True)
+    sorting = StreamingClassifier(net, SPEC, sensor, mc=K2, sort_chunks=True)
     shuffled = [c[np.random.default_rng(i).permutation(len(c))] for i, c in enumerate(chunks)]
     assert [result(p) for c in shuffled for p in sorting.push(c)] + [result(p) for p in sorting.flush()] == reference
 
@@ -287,7 +290,7 @@ def test_out_of_order_timestamps_error_or_sort_within_chunks(short):
     with pytest.raises(EventFormatError, match="after the windows up to \\d+ µs were fixed"):
         sorting.push(chunks[0][:5])  # older than windows already predicted: sorting cannot help
 
-    strict = StreamingClassifier(net, SPEC, sensor, samples=2)
+    strict = StreamingClassifier(net, SPEC, sensor, mc=K2)
     strict.push(chunks[1])
     with pytest.raises(EventFormatError, match="go back in time"):
         strict.push(chunks[0])  # across chunks
@@ -299,28 +302,38 @@ def test_larger_sensor_is_centre_cropped_and_downsampled(real_data):
     assert tuple(rec.sensor_size[:2]) == (320, 240)
     spec = events.FrameSpec(time_window_us=8_000, polarity="both", downsample=4, frames_per_clip=3)
     net = tiny_net(input_size=(32, 32), in_channels=6)
-    clf = StreamingClassifier(net, spec, rec.sensor_size, samples=2)
+    clf = StreamingClassifier(net, spec, rec.sensor_size, mc=K2)
     assert clf.frame_spec.crop == (128, 128)
     # the same events cut out by hand: columns 96..223, rows 56..183, on a 128x128 sensor
     keep = (ev["x"] >= 96) & (ev["x"] < 224) & (ev["y"] >= 56) & (ev["y"] < 184)
     cut = ev[keep].copy()
     cut["x"] -= 96
     cut["y"] -= 56
-    on_crop = StreamingClassifier(net, spec, (128, 128), samples=2, origin_us=int(ev["t"][0]))
+    on_crop = StreamingClassifier(net, spec, (128, 128), mc=K2, origin_us=int(ev["t"][0]))
     a = clf.push(ev) + clf.flush()
     b = on_crop.push(cut) + on_crop.flush(end_us=int(ev["t"][-1]) + 1)
     assert len(a) == len(b) > 5
     for p, q in zip(a, b):
         assert np.array_equal(p.probs, q.probs) and (p.start_us, p.end_us) == (q.start_us, q.end_us)
     with pytest.raises(ValueError, match="cannot fill"):
-        StreamingClassifier(tiny_net(input_size=(64, 64)), spec, rec.sensor_size, samples=2)
+        StreamingClassifier(tiny_net(input_size=(64, 64)), spec, rec.sensor_size, mc=K2)
+
+
+def test_the_stream_samples_as_stream_mc_says_by_default(checkpoint, short):
+    """K = 8 passes a window, or adaptive between 4 and 16 in at most two rounds: 4, then the other 12."""
+    ev, sensor = short
+    assert (STREAM_MC.samples, STREAM_MC.adaptive, STREAM_MC.min_samples, STREAM_MC.max_samples) == (8, False, 4, 16)
+    clf = StreamingClassifier.from_checkpoint(checkpoint, sensor_size=sensor)
+    assert clf.mc == STREAM_MC  # at the checkpoint's temperature: 1, none fitted
+    assert {p.samples for p in clf.push(ev)} == {8}
+    adaptive = STREAM_MC.overridden(adaptive=True, threshold=0.15)
+    used = {p.samples for p in StreamingClassifier(tiny_net(), SPEC, sensor, mc=adaptive).push(ev)}
+    assert used == {4, 16}  # stopped after the first round, or went on to the maximum
 
 
 def test_from_checkpoint_uses_its_spec_and_classes_with_overrides(checkpoint, short):
     ev, sensor = short
-    clf = StreamingClassifier.from_checkpoint(
-        checkpoint, sensor_size=sensor, samples=2, window_us=60_000, hop_us=20_000
-    )
+    clf = StreamingClassifier.from_checkpoint(checkpoint, sensor_size=sensor, mc=K2, window_us=60_000, hop_us=20_000)
     assert (clf.window_us, clf.hop_us, clf.n_frames) == (60_000, 20_000, 6)
     assert clf.classes == list(GESTURE_CLASSES) and clf.frame_spec.downsample == 8
     preds = clf.push(ev)
@@ -431,9 +444,7 @@ def test_cli_end_to_end_with_labels_summary_and_timeline(gestures, checkpoint, t
         == 0
     )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = predict_recording(
-        tiny_net(), rec.events, SPEC, rec.sensor_size, samples=2, seed=3, classes=GESTURE_CLASSES
-    )
+    expected = predict_recording(tiny_net(), rec.events, SPEC, rec.sensor_size, mc=K2, seed=3, classes=GESTURE_CLASSES)
     assert [json_result(line) for line in lines] == [json_result(p.to_dict()) for p in expected]
     assert timeline.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
@@ -483,7 +494,7 @@ def test_cli_truncated_file_keeps_every_earlier_prediction(short, checkpoint, tm
     last_good_t = int(ev["t"][n_good_packets * 1000 - 1])
     expected = [
         p
-        for p in predict_recording(tiny_net(), ev, SPEC, sensor, samples=2, classes=GESTURE_CLASSES)
+        for p in predict_recording(tiny_net(), ev, SPEC, sensor, mc=K2, classes=GESTURE_CLASSES)
         if p.end_us <= last_good_t
     ]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -516,13 +527,13 @@ def test_cli_out_of_order_file_writes_predictions_before_the_disorder(short, che
         main(args)
     # the good part bad[:k + 1] is in order; its windows that end by its last event are out
     expected = predict_recording(
-        tiny_net(), bad[: k + 1], SPEC, sensor, samples=2, classes=GESTURE_CLASSES, end_us=int(bad["t"][k])
+        tiny_net(), bad[: k + 1], SPEC, sensor, mc=K2, classes=GESTURE_CLASSES, end_us=int(bad["t"][k])
     )
     assert len(expected) > 10
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [json_result(line) for line in lines] == [json_result(p.to_dict()) for p in expected]
     assert main(args + ["--sort-chunks"]) == 0
-    assert len(out.read_text().splitlines()) == len(predict_recording(tiny_net(), ev, SPEC, sensor, samples=2))
+    assert len(out.read_text().splitlines()) == len(predict_recording(tiny_net(), ev, SPEC, sensor, mc=K2))
 
 
 def test_cli_bad_sensor_fit_is_a_clear_error(real_data, checkpoint, tmp_path):

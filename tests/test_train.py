@@ -31,12 +31,16 @@ import models
 import nsm
 from events.datasets import GESTURE_CLASSES
 from nsm.layers import EXPECTATION_MODES
-from pipelines import cli, runs
+from pipelines import cli, runs, training
 from pipelines import config as configs
-from pipelines import train as training
 from pipelines.analyze import read_activity
 from pipelines.checkpoint import load_checkpoint
 from pipelines.data import TIME_FLIP_LABELS, augment, load_data, shift, validation_samples, zoom
+from pipelines.train_config import AugmentConfig
+from pipelines.training import epoch as epoch_steps
+from pipelines.training import setup, steps, trainer
+from pipelines.training.modes import training_mode
+from pipelines.training.schedule import lr_scheduler, parameter_groups, ramp_factor, ramped
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -145,7 +149,7 @@ def test_validation_holds_out_whole_gestures(gestures):
 def test_augmentation_is_a_pure_function_of_seed_epoch_and_index(gestures):
     data, cache = gestures
     cfg = configs.load_config("tiny")
-    aug = configs.AugmentConfig(jitter_px=2, time_flip=0.5, polarity_flip=0.5)
+    aug = AugmentConfig(jitter_px=2, time_flip=0.5, polarity_flip=0.5)
     a = load_data(cfg.data, data, cache, augmentation=aug, seed=3, with_test=False, progress=False).train
     b = load_data(cfg.data, data, cache, augmentation=aug, seed=3, with_test=False, progress=False).train
     order = [5, 0, 17, 5, 40]
@@ -168,7 +172,7 @@ def test_time_flip_maps_rotation_direction_and_reverses_time_and_polarity(gestur
         cw, ccw = sorted((GESTURE_CLASSES[a], GESTURE_CLASSES[b]), key=len)
         assert cw.endswith("_clockwise") and ccw == cw.replace("_clockwise", "_counter_clockwise")
     frames = np.random.default_rng(0).poisson(1.0, size=(4, 2, 5, 6)).astype(np.float32)
-    always = configs.AugmentConfig(time_flip=1.0)
+    always = AugmentConfig(time_flip=1.0)
     for label in range(len(GESTURE_CLASSES)):
         out, new = augment(frames, label, always, np.random.default_rng(label), flips)
         assert new == flips.get(label, label)
@@ -200,7 +204,7 @@ def test_zoom_scales_about_the_centre_with_empty_fill():
     shrunk = zoom(np.ones((1, 1, 8, 8), dtype=np.float32), 0.5)
     assert shrunk[..., 2:6, 2:6].all() and shrunk.sum() == 16  # the border left empty
     # augment draws factors within [1 / (1 + s), 1 + s]
-    aug = configs.AugmentConfig(scale=0.5)
+    aug = AugmentConfig(scale=0.5)
     factors = set()
     for seed in range(30):
         out, label = augment(frames, 3, aug, np.random.default_rng(seed), {})
@@ -210,7 +214,7 @@ def test_zoom_scales_about_the_centre_with_empty_fill():
         factors.add(round(f, 3))
     assert len(factors) == 30
     with pytest.raises(ValueError, match="train.augment.scale"):
-        configs.AugmentConfig(scale=1.5).validate()
+        AugmentConfig(scale=1.5).validate()
 
 
 def test_jitter_shifts_with_empty_fill():
@@ -221,7 +225,7 @@ def test_jitter_shifts_with_empty_fill():
     np.testing.assert_array_equal(shift(frames, 0, 0), frames)
     assert not shift(frames, 6, 0).any() and not shift(frames, 0, -7).any()
     # augment draws shifts within +-jitter_px and fills what it uncovers with zeros
-    aug = configs.AugmentConfig(jitter_px=2)
+    aug = AugmentConfig(jitter_px=2)
     shifts = set()
     for seed in range(40):
         out, label = augment(frames, 7, aug, np.random.default_rng(seed), {})
@@ -294,16 +298,16 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_parameters(reference_ru
     """Interrupted (Ctrl-C) after epoch 1 of 3, then ``--resume``: bnsm noise and augmentation repeat."""
     data, cache = gestures
     out = tmp_path / "run"
-    plot = training.plot_curves
+    plot = trainer.plot_curves
 
     def interrupt_after_first_epoch(history, path):
         plot(history, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "plot_curves", interrupt_after_first_epoch)
+    monkeypatch.setattr(trainer, "plot_curves", interrupt_after_first_epoch)
     assert cli.main(train_args(data, cache, out)) == 130
     assert state(out / "checkpoint.pt")["epoch"] == 1
-    monkeypatch.setattr(training, "plot_curves", plot)
+    monkeypatch.setattr(trainer, "plot_curves", plot)
     assert (
         cli.main(["train", "--resume", "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]) == 0
     )
@@ -445,7 +449,7 @@ def test_two_process_ddp_matches_a_single_process(gestures, tmp_path):
     # and training moved the parameters far beyond that tolerance (the initial ones are seeded)
     cfg = configs.load_config("tiny", SETS + sets)
     torch.manual_seed(cfg.train.seed)
-    init = training.build_model(cfg, load_data(cfg.data, data, cache, with_test=False, progress=False)).state_dict()
+    init = setup.build_model(cfg, load_data(cfg.data, data, cache, with_test=False, progress=False)).state_dict()
     assert max(float((w - init[k]).abs().max()) for k, w in want["model_state"].items()) > 1e-3
     # only rank 0 wrote: one metrics line per epoch, one activity line per record
     ddp_metrics, single_metrics = metric_lines(ddp), metric_lines(single)
@@ -523,7 +527,7 @@ def test_units_train_in_the_warmup_mode_then_in_the_mode_train_forward_picks(neu
         "allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, neuron=neuron, width=0.25
     )
     for epoch, mode in enumerate(modes):
-        with training.training_mode(model, epoch, cfg.train):
+        with training_mode(model, epoch, cfg.train):
             assert {m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)} == {mode}
             pools = {m.mode for m in model.modules() if isinstance(m, nsm.BinaryMaxPool2d)}
             if mode in EXPECTATION_MODES:
@@ -539,10 +543,10 @@ def test_expectation_epochs_compute_the_variance_by_train_variance_and_restore_t
     cfg = configs.load_config("gestures-allconv18", ["train.variance=window-mean", "train.warmup_epochs=1"])
     model = models.create_model("allconvnet18", in_channels=6, input_size=(16, 16), num_classes=11, width=0.25)
     units = [m for m in model.modules() if isinstance(m, nsm.NSMConv2d)]
-    with training.training_mode(model, 1, cfg.train):
+    with training_mode(model, 1, cfg.train):
         assert {u.variance_rule for u in units} == {"window-mean"}
     assert {u.variance_rule for u in units} == {"exact"}
-    with training.training_mode(model, 0, cfg.train):  # the warm-up's mean-input pass has no input variance
+    with training_mode(model, 0, cfg.train):  # the warm-up's mean-input pass has no input variance
         assert {u.variance_rule for u in units} == {"exact"}
 
 
@@ -554,7 +558,7 @@ def test_expectation_epochs_compute_the_variance_by_train_variance_and_restore_t
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tmp_path, monkeypatch):
     data, cache = gestures
     out = tmp_path / "run"
-    compute_loss = training.compute_loss
+    compute_loss = steps.compute_loss
     kept = {}
 
     def nan_from_second_epoch(logits, labels):
@@ -565,7 +569,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tm
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(training, "compute_loss", nan_from_second_epoch)
+    monkeypatch.setattr(epoch_steps, "compute_loss", nan_from_second_epoch)
     cfg = configs.load_config("tiny", SETS)
     with pytest.raises(training.TrainingDiverged, match="the loss became nan at epoch 2, step 1") as err:
         training.train(cfg, data, out, cache_dir=cache, progress=False)
@@ -578,8 +582,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(gestures, tm
 
 def test_cli_exits_with_status_2_when_the_loss_diverges(gestures, tmp_path, monkeypatch, capsys):
     data, cache = gestures
-    compute_loss = training.compute_loss
-    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: compute_loss(logits, labels) + float("inf"))
+    compute_loss = steps.compute_loss
+    monkeypatch.setattr(epoch_steps, "compute_loss", lambda logits, labels: compute_loss(logits, labels) + float("inf"))
     assert cli.main(train_args(data, cache, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "nsm train: error: the loss became inf at epoch 1, step 1" in err
@@ -592,8 +596,8 @@ def test_a_warm_started_run_that_diverges_names_its_initial_checkpoint(gestures,
     data, cache = gestures
     cfg = configs.load_config("tiny", [*SETS, "train.epochs=1"])
     training.train(cfg, data, tmp_path / "first", cache_dir=cache, progress=False)
-    compute_loss = training.compute_loss
-    monkeypatch.setattr(training, "compute_loss", lambda logits, labels: compute_loss(logits, labels) * float("nan"))
+    compute_loss = steps.compute_loss
+    monkeypatch.setattr(epoch_steps, "compute_loss", lambda logits, labels: compute_loss(logits, labels) * float("nan"))
     source = tmp_path / "first" / "best.pt"
     with pytest.raises(training.TrainingDiverged) as err:
         training.train(cfg, data, tmp_path / "warm", cache_dir=cache, progress=False, init_from=source)
@@ -612,14 +616,14 @@ def test_fresh_run_drops_records_left_by_a_run_killed_in_its_first_epoch(gesture
     (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 9.0}) + "\n")
     stale = {"epoch": 0.0, "step": 0, "neuron": "bnsm", "stale": True}
     (out / "activity.jsonl").write_text(json.dumps(stale) + "\n" + '{"epoch": 0.5, "st')
-    compute_loss = training.compute_loss
+    compute_loss = steps.compute_loss
     calls = []
 
     def nan_at_second_step(logits, labels):
         calls.append(1)
         return compute_loss(logits, labels) * (float("nan") if len(calls) == 2 else 1.0)
 
-    monkeypatch.setattr(training, "compute_loss", nan_at_second_step)
+    monkeypatch.setattr(epoch_steps, "compute_loss", nan_at_second_step)
     with pytest.raises(training.TrainingDiverged, match="epoch 1, step 2"):
         training.train(configs.load_config("tiny", SETS), data, out, cache_dir=cache, progress=False)
     assert (out / "metrics.jsonl").read_text() == ""
@@ -657,13 +661,13 @@ def test_gain_lr_factor_gives_the_units_gains_their_own_rate(neuron, gain):
         "nmnist_cnn", in_channels=2, input_size=(18, 18), num_classes=4, neuron=neuron, hidden=8
     )
     tc = configs.TrainConfig(lr=1e-3, gain_lr_factor=10)
-    rest, gains = training.parameter_groups(model, tc)
+    rest, gains = parameter_groups(model, tc)
     named = {id(p): name for name, p in model.named_parameters()}
     assert {named[id(p)].rsplit(".", 1)[-1] for p in gains["params"]} == {gain}
     assert gain not in {named[id(p)].rsplit(".", 1)[-1] for p in rest["params"]}
     assert len(rest["params"]) + len(gains["params"]) == len(list(model.parameters()))
     assert gains["lr"] == pytest.approx(1e-2) and "lr" not in rest
-    assert len(training.parameter_groups(model, configs.TrainConfig(gain_lr_factor=1))) == 1
+    assert len(parameter_groups(model, configs.TrainConfig(gain_lr_factor=1))) == 1
 
 
 @pytest.mark.parametrize(
@@ -677,7 +681,7 @@ def test_lr_schedules_set_each_epochs_rate_for_every_parameter_group(schedule, e
     tc = configs.TrainConfig(lr=1e-3, epochs=4, gain_lr_factor=10, **schedule)
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 1e-2}], lr=tc.lr)
-    scheduler = training.lr_scheduler(optimizer, tc)
+    scheduler = lr_scheduler(optimizer, tc)
     rates = []
     for _ in range(4):
         rates += [group["lr"] for group in optimizer.param_groups]
@@ -707,7 +711,7 @@ def test_sampling_units_train_on_sampled_states_in_the_sampled_phase(neuron, pha
     )
     modes = []
     for epoch in range(5):
-        with training.training_mode(model, epoch, cfg.train):
+        with training_mode(model, epoch, cfg.train):
             modes.append({m.mode for m in model.modules() if isinstance(m, nsm.NSMConv2d)})
     if phase_mode is None:  # units that do not sample: deterministic throughout
         assert modes == [{"deterministic"}] * 5
@@ -727,7 +731,7 @@ def test_the_sampled_phase_restarts_the_rate_at_its_factor_and_anneals_it_to_zer
     for config in (tc, plain):
         w = torch.nn.Parameter(torch.zeros(1))
         optimizer = torch.optim.Adam([w], lr=config.lr)
-        scheduler = training.lr_scheduler(optimizer, config)
+        scheduler = lr_scheduler(optimizer, config)
         run = []
         for _ in range(config.epochs):
             run.append(optimizer.param_groups[0]["lr"])
@@ -740,13 +744,13 @@ def test_the_sampled_phase_restarts_the_rate_at_its_factor_and_anneals_it_to_zer
 
 def test_lr_ramp_rises_linearly_over_the_warmup_then_holds_and_leaves_the_scheduled_rates():
     tc = configs.TrainConfig(lr=1e-3, warmup_epochs=2, lr_ramp="warmup")  # 2 epochs of 2 steps
-    assert [training.ramp_factor(tc, k, steps_per_epoch=2) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert training.ramp_factor(configs.TrainConfig(lr_ramp="none"), 0, steps_per_epoch=2) == 1.0
-    assert training.ramp_factor(configs.TrainConfig(warmup_epochs=0), 0, steps_per_epoch=2) == 1.0
+    assert [ramp_factor(tc, k, steps_per_epoch=2) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert ramp_factor(configs.TrainConfig(lr_ramp="none"), 0, steps_per_epoch=2) == 1.0
+    assert ramp_factor(configs.TrainConfig(warmup_epochs=0), 0, steps_per_epoch=2) == 1.0
     w = torch.nn.Parameter(torch.zeros(3))
     optimizer = torch.optim.Adam([w], lr=1e-3)
     w.grad = torch.tensor([1.0, -2.0, 0.5])
-    with training.ramped(optimizer, training.ramp_factor(tc, 0, steps_per_epoch=2)):
+    with ramped(optimizer, ramp_factor(tc, 0, steps_per_epoch=2)):
         optimizer.step()  # Adam's first step moves every coordinate by its rate, against the gradient's sign
     torch.testing.assert_close(w.detach(), torch.tensor([-2.5e-4, 2.5e-4, -2.5e-4]))
     assert optimizer.param_groups[0]["lr"] == 1e-3

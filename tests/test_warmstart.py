@@ -1,4 +1,4 @@
-"""Warm start (``pipelines.warmstart``, ``nsm train --init-from``): a network of one neuron kind takes the
+"""Warm start (``pipelines.training.warmstart``, ``nsm train --init-from``): a network of one neuron kind takes the
 parameters of a trained network of the same architecture with another kind.
 
 Sources are small ``allconvnet18`` networks (2 input channels, 16 x 16, 3 classes, width 0.25) whose biases,
@@ -20,7 +20,7 @@ from events.datasets import GESTURE_CLASSES
 from nsm.neurons import NEURON_KINDS
 from pipelines import cli
 from pipelines.checkpoint import save_checkpoint
-from pipelines.warmstart import warm_start
+from pipelines.training.warmstart import warm_start
 
 NSM_KINDS = ("bnsm", "gnsm", "ste", "bn")
 CLASSES = ["a", "b", "c"]

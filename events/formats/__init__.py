@@ -1,19 +1,14 @@
-"""Event file formats: one module per format, each with a streaming reader (and, where the
-simulator or the tests need one, a writer).
-
-| module         | format name     | files                                                      |
-| -------------- | --------------- | ---------------------------------------------------------- |
-| ``nmnist``     | ``"nmnist"``    | N-MNIST ``.bin`` (ATIS, 34 x 34), 5 bytes an event          |
-| ``aedat3``     | ``"aedat3"``    | AEDAT 3.1 (IBM DVS Gesture), packets of polarity events     |
-| ``aedat4``     | ``"aedat4"``    | AEDAT 4 (iniVation DV), decoded by the ``aedat`` package    |
-| ``gesture_npy``| ``"gesture_npy"``| tonic's preprocessed DVS Gesture ``.npy`` (x, y, p, t ms)  |
-| ``hdf5``       | ``"hdf5"``      | the project's own HDF5 event files                          |
+"""Event file formats: one module (or package) per format, with its streaming reader, its writer where the
+project writes the format, and its record (``FORMAT``, :class:`~events.formats.record.EventFormat`: name, how its
+files are recognized, name suffixes, reader, writer, sensor size), registered by one line in
+``events.formats.registry``, whose list is the one place that names every format (docs/design.md, section 5,
+tabulates it).
 
 Every reader derives from :class:`EventFileReader`: it parses the file's header when it is
 made, then :meth:`EventFileReader.iter_chunks` decodes the body in bounded batches, in file
 order. Corruption met mid-file is reported only after every good event before it has been
 yielded, so a streaming consumer can act on the good prefix first. ``events.io`` picks the
-reader from the file's content and name; this package imports no format module by itself.
+reader from the file's content and name; this module imports no format module.
 
 Every path a reader or data set opens goes through :func:`check_regular_file` first, so a FIFO,
 a device, a socket, a directory or a symbolic-link loop is refused before anything opens it (a

@@ -41,6 +41,8 @@ import numpy as np
 
 from events.atomic import atomic_write
 from events.formats import EventFileReader, as_event_array
+from events.formats.aedat_magic import SIGNATURE
+from events.formats.record import EventFormat
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
 DEFAULT_SENSOR = SensorSize(128, 128, 2)
@@ -328,3 +330,15 @@ def write_aedat3(path, events, sensor_size: SensorSize = DEFAULT_SENSOR, packet_
             )
             fh.write(hdr.tobytes())
             fh.write(body[a:b].tobytes())
+
+
+FORMAT = EventFormat(
+    name="aedat3",
+    label="AEDAT 3.1",
+    title="AEDAT 3.1 (IBM DVS Gesture)",
+    reader=Aedat3Reader,
+    signature=SIGNATURE,
+    header="version 3.x",
+    suffixes=(".aedat",),
+    sensor="a `#Sensor-Size` line or a camera name in the header, else 128 x 128",
+)

@@ -36,6 +36,9 @@ import aedat
 import numpy as np
 
 from events.formats import EventFileReader, native_call
+from events.formats.aedat4_writer import MAX_SIDE, Aedat4Writer
+from events.formats.aedat_magic import SIGNATURE
+from events.formats.record import EventFormat
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize
 
 MAGIC = b"#!AER-DAT4"
@@ -332,3 +335,18 @@ def check_ioheader(buf: bytes, path, at: int) -> tuple[int, int]:
     if data_table < -1:
         raise bad(f"file data table position {data_table}")
     return compression, data_table
+
+
+FORMAT = EventFormat(
+    name="aedat4",
+    label="AEDAT 4",
+    title="AEDAT 4 (iniVation DV)",
+    reader=Aedat4Reader,
+    signature=SIGNATURE,
+    header="version 4.x",
+    suffixes=(".aedat4",),
+    sensor="its lowest-id event stream's size",
+    writer=Aedat4Writer,
+    max_side=MAX_SIDE,
+    writes="one LZ4 event stream, through faery",
+)

@@ -1,6 +1,6 @@
 """What the writers that go through faery's encoders share (``formats/aedat4_writer.py``: AEDAT 4; the Prophesee
-writer, ``formats/prophesee.py``, encodes EVT 2.0, EVT 3.0 and DAT itself): the encoder opened on a temporary file
-renamed over the target when the block ends without error (``events.atomic``), the chunk checks of
+writer, ``formats/prophesee/writer.py``, encodes EVT 2.0, EVT 3.0 and DAT itself): the encoder opened on a
+temporary file renamed over the target when the block ends without error (``events.atomic``), the chunk checks of
 :class:`~events.formats.CheckedChunks`, and every call into faery turned into ``EventFormatError`` naming the
 file."""
 

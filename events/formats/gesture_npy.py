@@ -1,4 +1,5 @@
-"""tonic's preprocessed DVS Gesture samples (``ibmGestureTrain/userNN_<lighting>/<class>.npy``).
+"""tonic's preprocessed DVS Gesture samples (``ibmGestureTrain/userNN_<lighting>/<class>.npy``): their reader and
+the streaming writer ``nsm convert`` uses.
 
 Each file is a NumPy ``.npy`` array (format 1.0/2.0/3.0 header after the ``\\x93NUMPY`` magic)
 of shape ``(n, 4)`` with numeric columns ``x, y, p, t``: x, y on the 128 x 128 sensor,
@@ -20,15 +21,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import numpy as np
 
-from events.formats import EventFileReader
+from events.atomic import atomic_file
+from events.formats import CheckedChunks, EventFileReader
+from events.formats.record import EventFormat, Signature
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, time_limit, times_us
 
 SENSOR_SIZE = SensorSize(128, 128, 2)
 MAGIC = b"\x93NUMPY"
 US_PER_MS = 1000
+NPY_HEADER_BYTES = 128  # room for any row count; the writer rewrites the header with the count at the end
+NPY_MAX_T_US = 1 << 50  # t / 1000 in float64 comes back to the same µs below this
 
 
 class GestureNpyReader(EventFileReader):
@@ -127,3 +133,62 @@ def _convert(block: np.ndarray):
     out["x"], out["y"], out["p"] = x[:n], y[:n], p[:n]
     out["t"] = times_us(t[:n], US_PER_MS)
     return out, first
+
+
+class GestureNpyWriter(CheckedChunks):
+    """Streaming writer of tonic's DVS Gesture ``.npy``: float64 rows x, y, p, t / 1000 (ms; exact back to the µs
+    below ``NPY_MAX_T_US``), a context manager whose ``write(events)`` appends rows (checked as
+    :class:`~events.formats.CheckedChunks` checks them); the file appears at ``path`` when the block ends without
+    error. A sensor larger than 128 x 128 is a ``ValueError`` naming ``path`` when the block is entered, a later
+    time one when it is written."""
+
+    def __enter__(self) -> GestureNpyWriter:
+        w, h, _ = self.sensor_size
+        if w > SENSOR_SIZE.width or h > SENSOR_SIZE.height:
+            raise ValueError(
+                f"{self.path}: tonic's .npy holds {SENSOR_SIZE.width}x{SENSOR_SIZE.height} DVS Gesture events; "
+                f"this recording's sensor is {w}x{h}"
+            )
+        self.sensor_size = SENSOR_SIZE
+        with ExitStack() as stack:
+            self._fh = stack.enter_context(atomic_file(self.path))
+            self._fh.write(_npy_header(0))
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, events) -> None:
+        """Append ``events`` (fields x, y, t, p; after every event written before)."""
+        ev = self.check(events)
+        if len(ev) and ev["t"].max() >= NPY_MAX_T_US:
+            raise ValueError(f"{self.path}: a time of {NPY_MAX_T_US} µs or later does not survive t / 1000 in ms")
+        rows = np.empty((len(ev), 4), dtype="<f8")
+        rows[:, 0], rows[:, 1], rows[:, 2] = ev["x"], ev["y"], ev["p"]
+        rows[:, 3] = ev["t"] / US_PER_MS
+        self._fh.write(rows.tobytes())
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None:
+            self._fh.seek(0)
+            self._fh.write(_npy_header(self.n))
+        return bool(self._stack.__exit__(*exc))
+
+
+def _npy_header(rows: int) -> bytes:
+    """A ``.npy`` 1.0 header of ``NPY_HEADER_BYTES`` for ``rows`` x 4 little-endian float64, C order."""
+    text = f"{{'descr': '<f8', 'fortran_order': False, 'shape': ({rows}, 4), }}"
+    pad = NPY_HEADER_BYTES - 10 - len(text) - 1
+    return MAGIC + b"\x01\x00" + (NPY_HEADER_BYTES - 10).to_bytes(2, "little") + (text + " " * pad + "\n").encode()
+
+
+FORMAT = EventFormat(
+    name="gesture_npy",
+    label="tonic's .npy",
+    title="tonic's DVS Gesture .npy (x, y, p, t in ms)",
+    reader=GestureNpyReader,
+    signature=Signature(MAGIC, ".npy"),
+    suffixes=(".npy",),
+    sensor=f"{SENSOR_SIZE.width} x {SENSOR_SIZE.height}",
+    writer=GestureNpyWriter,
+    max_side=SENSOR_SIZE.width,
+    writes=f"float64 rows x, y, p, t / 1000, times below 2^{NPY_MAX_T_US.bit_length() - 1} µs",
+)

@@ -1,4 +1,5 @@
-"""The project's own HDF5 event files.
+"""The project's own HDF5 event files: :class:`HDF5EventReader`, the streaming :class:`HDF5Writer` and
+:func:`write_hdf5` (a whole array at once), the only code that writes them.
 
 Layout (HDF5, written with h5py):
 
@@ -27,18 +28,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import numpy as np
 
 from events.atomic import atomic_write
-from events.formats import EventFileReader, as_event_array
-from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, check_in_bounds, first_disorder
+from events.formats import CheckedChunks, EventFileReader, as_event_array
+from events.formats.record import EventFormat, Signature
+from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, first_disorder
 
 FORMAT_MARKER = "nsm-events"
 FORMAT_VERSION = 1
 GROUP = "events"
 COLUMNS = ("x", "y", "t", "p")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_SIDE = 1 << 15
+"""The widest and tallest sensor an event file may give (and the writer takes)."""
 
 
 class HDF5EventReader(EventFileReader):
@@ -77,7 +82,7 @@ class HDF5EventReader(EventFileReader):
                 f"unsupported event file version {version!r} (this reader knows {FORMAT_VERSION})", path
             )
         dims = []
-        for name, top in (("width", 1 << 15), ("height", 1 << 15), ("polarities", 2)):
+        for name, top in (("width", MAX_SIDE), ("height", MAX_SIDE), ("polarities", 2)):
             v = f.attrs.get(name)
             if not (isinstance(v, (int, np.integer)) and 1 <= int(v) <= top):
                 raise EventFormatError(f"attribute {name}={v!r} must be an integer in 1..{top}", path)
@@ -190,27 +195,84 @@ def _byte_offset(ds, i: int) -> int | None:
     return None if base is None else int(base) + i * ds.dtype.itemsize
 
 
-def write_hdf5(path, events, sensor_size) -> None:
-    """Write ``events`` to a project HDF5 event file (atomically: temp file, then rename; a write the system
-    refuses is an ``OutputError`` naming ``path``).
+class HDF5Writer(CheckedChunks):
+    """Streaming writer of a project HDF5 event file: ``with HDF5Writer(path, (w, h)) as out: out.write(events)``
+    (any number of calls, in time order; each chunk checked as :class:`~events.formats.CheckedChunks` checks it);
+    the file appears at ``path`` when the block ends without error (``events.atomic``: a write the system refuses
+    is an ``OutputError`` naming ``path``), else ``path`` is left as it was.
 
-    ``sensor_size`` is ``(width, height[, polarities])``; events must lie on it with polarity
-    0/1, with timestamps >= 0 in time order. Reading the file back returns exactly ``events`` (as ``EVENT_DTYPE``).
+    ``sensor_size`` is ``(width, height[, polarities])``, each side 1..``MAX_SIDE``, 1 or 2 polarities
+    (``ValueError`` naming ``path`` otherwise). With ``n_events`` (how many events will be written, when known
+    beforehand) the columns are stored contiguously, so a reader's errors can give byte offsets; without it they
+    are chunked and grown as events arrive.
     """
-    import h5py
 
+    CHUNK = 1 << 16
+
+    def __init__(self, path, sensor_size, n_events: int | None = None):
+        super().__init__(path, SensorSize(*sensor_size))
+        w, h, n_pol = (int(v) for v in self.sensor_size)
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and n_pol in (1, 2)):
+            raise ValueError(
+                f"{path}: sensor size {w}x{h} with {n_pol} polarities does not fit an HDF5 event file (each side "
+                f"1..{MAX_SIDE}, 1 or 2 polarities)"
+            )
+        self.n_events = n_events
+
+    def __enter__(self) -> HDF5Writer:
+        import h5py
+
+        w, h, n_pol = (int(v) for v in self.sensor_size)
+        if self.n_events is None:
+            shape = {"shape": (0,), "maxshape": (None,), "chunks": (self.CHUNK,)}
+        else:
+            shape = {"shape": (self.n_events,)}
+        with ExitStack() as stack:
+            self._fh, _ = stack.enter_context(atomic_write(self.path, "r+b"))
+            f = stack.enter_context(h5py.File(self._fh, "w"))
+            f.attrs["format"], f.attrs["format_version"] = FORMAT_MARKER, FORMAT_VERSION
+            f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
+            group = f.create_group(GROUP)
+            self._columns = [group.create_dataset(name, dtype=EVENT_DTYPE[name], **shape) for name in COLUMNS]
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, events) -> None:
+        """Append ``events`` (fields x, y, t, p; after every event written before)."""
+        ev = self.check(events)
+        if self.n_events is not None and self.n > self.n_events:
+            raise ValueError(f"{self.path}: {self.n} events written, {self.n_events} announced")
+        for name, ds in zip(COLUMNS, self._columns):
+            if self.n_events is None:
+                ds.resize((self.n,))
+            ds[self.n - len(ev) : self.n] = ev[name]
+        self._fh.check()  # a refused write surfaces now, not after the whole file went to memory
+
+    def __exit__(self, *exc) -> bool:
+        if exc[0] is None and self.n_events not in (None, self.n):
+            err = ValueError(f"{self.path}: {self.n} of the {self.n_events} events announced were written")
+            self._stack.__exit__(ValueError, err, None)
+            raise err
+        return bool(self._stack.__exit__(*exc))
+
+
+def write_hdf5(path, events, sensor_size) -> None:
+    """Write ``events`` to a project HDF5 event file, its columns contiguous (:class:`HDF5Writer`, which lists
+    the checks). Reading the file back returns exactly ``events`` (as ``EVENT_DTYPE``)."""
     ev = as_event_array(events)
-    sensor_size = SensorSize(*sensor_size)
-    w, h, n_pol = (int(v) for v in sensor_size)
-    if not (1 <= w <= 1 << 15 and 1 <= h <= 1 << 15 and n_pol in (1, 2)):
-        raise ValueError(f"bad sensor size {tuple(sensor_size)}")
-    check_in_bounds(ev, sensor_size, path)
-    if bad_times(ev["t"]).any() or first_disorder(ev) >= 0:
-        raise ValueError(f"{path}: event timestamps must be >= 0 and in time order")
-    with atomic_write(path, "r+b") as (fh, _), h5py.File(fh, "w") as f:
-        f.attrs["format"] = FORMAT_MARKER
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
-        g = f.create_group(GROUP)
-        for name in COLUMNS:
-            g.create_dataset(name, data=np.ascontiguousarray(ev[name]))
+    with HDF5Writer(path, sensor_size, n_events=len(ev)) as out:
+        out.write(ev)
+
+
+FORMAT = EventFormat(
+    name="hdf5",
+    label="HDF5",
+    title="the project's HDF5 event files",
+    reader=HDF5EventReader,
+    signature=Signature(HDF5_MAGIC, "HDF5"),
+    suffixes=(".h5", ".hdf5"),
+    sensor=f"its `width` and `height` attributes, 1..{MAX_SIDE} a side",
+    writer=HDF5Writer,
+    max_side=MAX_SIDE,
+    writes="columns chunked and grown as events arrive",
+)

@@ -29,6 +29,7 @@ import numpy as np
 
 from events.atomic import atomic_write
 from events.formats import EventFileReader, as_event_array
+from events.formats.record import EventFormat
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
 
 SENSOR_SIZE = SensorSize(34, 34, 2)
@@ -151,3 +152,14 @@ def write_nmnist(path, events) -> None:
     rec[pos, 4] = stored & 0xFF
     with atomic_write(path) as (fh, _):
         fh.write(rec.tobytes())
+
+
+FORMAT = EventFormat(
+    name="nmnist",
+    label="N-MNIST",
+    title="N-MNIST .bin (ATIS), 5 bytes an event",
+    reader=NMNISTReader,
+    suffixes=(".bin",),
+    sensor="34 x 34",
+)
+"""No header to tell it by: a file that no signature matched is N-MNIST when its name ends ``.bin``."""

@@ -157,7 +157,8 @@ def preset_training(quick: bool) -> list[Row]:
 def _preset_row(rule: str, as_preset: bool, quick: bool) -> Row:
     """``preset_training``'s row for the preset with ``train.variance = rule``."""
     from ..config import load_config
-    from ..train import autocast_for, training_mode
+    from ..training.modes import training_mode
+    from ..training.steps import autocast_for
 
     cfg = load_config("gestures-allconv18", [f"train.variance={rule}"])
     tc, m = cfg.train, cfg.model

@@ -13,8 +13,10 @@ import torch
 
 import events
 import models
+import nsm
 
 from ..runs import cpu_has_native_bf16
+from ..stream import STREAM_MC, StreamingClassifier
 from .common import Row
 from .compute import tiny_model
 
@@ -69,14 +71,15 @@ def _stream_row(name: str, make_classifier, seconds: float, goal: float, threads
     )
 
 
-def _classifier(model, frame_spec, **mc):
-    """``sensor_size -> StreamingClassifier`` of ``model`` with noise seed 0."""
-    from pipelines.stream import StreamingClassifier
-
-    return lambda sensor_size: StreamingClassifier(model, frame_spec, sensor_size, seed=0, **mc)
+def _classifier(model, frame_spec, mc: nsm.MCSettings):
+    """``sensor_size -> StreamingClassifier`` of ``model`` predicting as ``mc`` says, with noise seed 0."""
+    return lambda sensor_size: StreamingClassifier(model, frame_spec, sensor_size, mc=mc, seed=0)
 
 
-_ADAPTIVE = {"adaptive": True, "threshold": 0.9, "min_samples": 4, "max_samples": 16}
+_ADAPTIVE = STREAM_MC.overridden(adaptive=True)
+_ADAPTIVE_NAME = f"adaptive {_ADAPTIVE.min_samples}-{_ADAPTIVE.max_samples}"
+_FIXED = STREAM_MC.overridden(samples=_ADAPTIVE.min_samples)  # adaptive sampling's best case
+_FIXED_NAME = f"K={_FIXED.samples}"
 
 
 def stream_machinery(quick: bool) -> Row:
@@ -120,18 +123,19 @@ def stream_machinery(quick: bool) -> Row:
 
 
 def _stream_rows(label: str, net, downsample: int, seconds: float, goal: float, quick: bool) -> list[Row]:
-    """Adaptive sampling and K=4 on one thread, and at torch's default thread count (adaptive there only
-    without --quick). The networks are untrained, so adaptive sampling never reaches its threshold and
-    always draws max_samples: its worst case; K=4 is its best case (min_samples)."""
+    """The stream's adaptive sampling (``STREAM_MC``) and K = its minimum on one thread, and at torch's default thread
+    count (adaptive there only without --quick). The networks are untrained, so adaptive sampling never reaches its
+    threshold and always draws max_samples: its worst case; K = min_samples is its best case."""
     default = torch.get_num_threads()
-    runs = [(1, "adaptive 4-16 (untrained: 16)", _ADAPTIVE), (1, "K=4", {"samples": 4})]
+    adaptive = (f"{_ADAPTIVE_NAME} (untrained: {_ADAPTIVE.max_samples})", _ADAPTIVE)
+    runs = [(1, *adaptive), (1, _FIXED_NAME, _FIXED)]
     if default != 1:
-        runs += [(default, "adaptive 4-16 (untrained: 16)", _ADAPTIVE)] if not quick else []
-        runs += [(default, "K=4", {"samples": 4})]
+        runs += [(default, *adaptive)] if not quick else []
+        runs += [(default, _FIXED_NAME, _FIXED)]
     spec = events.FrameSpec(downsample=downsample, **STREAM_FRAMES)
     return [
         _stream_row(
-            f"stream {label}, {what}, {_threads(threads)}", _classifier(net, spec, **mc), seconds, goal, threads=threads
+            f"stream {label}, {what}, {_threads(threads)}", _classifier(net, spec, mc), seconds, goal, threads=threads
         )
         for threads, what, mc in runs
     ]
@@ -143,20 +147,20 @@ def _threads(n: int) -> str:
 
 def stream_checkpoint(path, quick: bool) -> list[Row]:
     """Real-time factor and latency of streaming a trained checkpoint (with its frame spec) over the simulated
-    recording with adaptive 4-16 sampling, at torch's default thread count and on one thread: what adaptive
-    sampling costs once the network is confident on most windows. The goal is the issue's: 1x real time for
-    allconvnet18, 10x for smaller networks."""
+    recording with the stream's adaptive sampling (``STREAM_MC``), at torch's default thread count and on one
+    thread: what adaptive sampling costs once the network is confident on most windows. The goal is the issue's: 1x
+    real time for allconvnet18, 10x for smaller networks."""
     from pipelines.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
     if ck.frame_spec is None:
         raise ValueError(f"{path}: the checkpoint holds no frame spec, so its input cannot be binned")
     name = ck.model.spec["name"]
-    make = _classifier(ck.model, ck.frame_spec, **_ADAPTIVE)
+    make = _classifier(ck.model, ck.frame_spec, _ADAPTIVE)
     default = torch.get_num_threads()
     return [
         _stream_row(
-            f"stream {Path(path).name} ({name}), adaptive 4-16, {_threads(threads)}",
+            f"stream {Path(path).name} ({name}), {_ADAPTIVE_NAME}, {_threads(threads)}",
             make,
             3.0 if quick else 13.0,
             1 if name == "allconvnet18" else 10,
@@ -174,7 +178,8 @@ def stream_allconvnet18(quick: bool) -> list[Row]:
     rows = _stream_rows("allconvnet18 64x64", net, 2, seconds, 1, quick)
     if cpu_has_native_bf16():
         threads = torch.get_num_threads()
-        make = _classifier(net, events.FrameSpec(downsample=2, **STREAM_FRAMES), samples=16, precision="bfloat16")
+        mc = STREAM_MC.overridden(samples=16, precision="bfloat16")
+        make = _classifier(net, events.FrameSpec(downsample=2, **STREAM_FRAMES), mc)
         rows.append(_stream_row(f"stream allconvnet18 64x64, K=16, bfloat16, {_threads(threads)}", make, seconds, 1))
     return rows
 

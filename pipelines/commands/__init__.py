@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 
 from events.types import SEED_MAX, check_float, check_int
-from nsm.sampling import PRECISIONS
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,18 +52,6 @@ class InRange(argparse.Action):
         except ValueError as err:
             parser.error(str(err))
         setattr(namespace, self.dest, value)
-
-
-def add_precision(parser: argparse.ArgumentParser, default: str) -> None:
-    """Add ``--precision`` (``nsm.sampling.PRECISIONS``): how the Monte Carlo passes multiply; ``default`` says what
-    applies without it."""
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="float32, or bfloat16: the passes' products rounded to bfloat16 under autocast (the +-1 states exact, "
-        "probabilities float32), several times faster on CPUs with AMX or AVX-512 BF16 and on GPUs; the accuracy "
-        f"it cost is measured in docs/training-study.md, section 14 (default: {default})",
-    )
 
 
 def add_seed(parser: argparse.ArgumentParser, help: str) -> None:

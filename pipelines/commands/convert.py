@@ -9,28 +9,28 @@ from tqdm import tqdm
 from events.atomic import check_output
 from events.convert import SUFFIXES, WRITABLE, convert, output_format
 from events.formats import DEFAULT_CHUNK_EVENTS
+from events.formats.registry import EVENT_FORMATS
 
 from . import InRange
 
-FORMATS_HELP = """formats:
-  read (told by content, N-MNIST by its .bin name):
-    hdf5         the project's HDF5 event files
-    gesture_npy  tonic's DVS Gesture .npy (x, y, p, t ms; 128x128)
-    aedat3       AEDAT 3.1 (IBM DVS Gesture)
-    aedat4       AEDAT 4 (iniVation DV)
-    nmnist       N-MNIST .bin (34x34)
-    evt2, evt21, evt3, dat
-                 Prophesee RAW EVT 2.0 / 2.1 / 3.0 and DAT (sensor size from the header)
-  written (--format, else from OUT's name):
-    hdf5         .h5, .hdf5
-    gesture_npy  .npy (a 128x128 sensor at most)
-    evt3         .raw (Prophesee EVT 3.0, through faery)
-    evt2         Prophesee EVT 2.0 (give --format evt2)
-    dat          .dat (Prophesee DAT)
-    aedat4       .aedat4 (AEDAT 4, one LZ4 event stream, through faery)
-Reading OUT back gives exactly IN's events (x, y, t in µs, polarity 0/1). What a format cannot hold exactly
-(a sensor too large: AEDAT 4 at most 32767 px a side, EVT 2.0/3.0 2048, DAT 16384, HDF5 32768; times too far
-apart for DAT's 32-bit or EVT 3.0's 24-bit clock) is an error, and OUT is then left as it was."""
+
+def formats_help() -> str:
+    """The formats ``nsm convert`` reads and writes, for its ``--help``, from the registered formats' records."""
+    by_name = ", ".join(f"{f.label} by its {'/'.join(f.suffixes)} name" for f in EVENT_FORMATS if f.signature is None)
+    lines = ["formats:", f"  read (told by content{', ' + by_name if by_name else ''}):"]
+    lines += [f"    {f.name:<12} {f.title}; sensor: {f.sensor.replace('`', '')}" for f in EVENT_FORMATS]
+    lines.append("  written (--format, else from OUT's name):")
+    for f in EVENT_FORMATS:
+        if f.writer is not None:
+            names = ", ".join(f.suffixes) or f"give --format {f.name}"
+            more = f"; {f.writes}" if f.writes else ""
+            lines.append(f"    {f.name:<12} {names}: {f.label}, at most {f.max_side} px a side{more}")
+    lines += [
+        "Reading OUT back gives exactly IN's events (x, y, t in µs, polarity 0/1). What a format cannot hold exactly",
+        "(a sensor too large; times too far apart for DAT's 32-bit or EVT 3.0's 24-bit clock) is an error, and OUT",
+        "is then left as it was.",
+    ]
+    return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
         help="convert an event file to another format",
         description="Copy the events of IN (any readable format) to OUT in another format, a chunk at a time, so "
         "a file of any size converts in bounded memory. OUT is written atomically.",
-        epilog=FORMATS_HELP,
+        epilog=formats_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", metavar="IN", help="the event file to read")

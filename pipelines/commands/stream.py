@@ -21,15 +21,17 @@ import torch
 from tqdm import tqdm
 
 from events.live import DEFAULT_STALL_S, INSTALL_HINT, LiveSource, SourceLost, open_source
-from nsm.sampling import MAX_SAMPLES
 
 from ..replay import replay
-from ..stream import DEFAULT_CHUNK_EVENTS, DEFAULT_MAX_SAMPLES, DEFAULT_MIN_SAMPLES, DEFAULT_SAMPLES
-from . import InRange, Parser, add_precision, add_seed
+from ..stream import DEFAULT_CHUNK_EVENTS, STREAM_MC
+from . import InRange, Parser, add_seed
+from .mc_options import add_mc_options, mc_choices
 
 MAX_MS = 2**53 / 1000  # the longest window or hop: 2^53 µs (285 years), whole µs that a float holds exactly
 DEFAULT_RECONNECT_S = 60.0  # --reconnect without a value: how long to wait for a lost source
 MAX_WAIT_S = 7 * 24 * 3600.0  # the longest --stall-timeout or --reconnect: a week
+STREAM_ORIGIN = "{value}, the stream's own"
+"""Where the Monte Carlo options' defaults come from (``mc_options.add_mc_options``): ``STREAM_MC``."""
 
 
 def _ms_to_us(value: float | None, name: str) -> int | None:
@@ -82,45 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ms = dict(type=float, action=InRange, minimum=0, maximum=MAX_MS, open_min=True)
     p.add_argument("--window-ms", **ms, help="window length in ms (default: frames_per_clip x the frame length)")
     p.add_argument("--hop-ms", **ms, help="hop between window starts in ms (default: half a window)")
-    mc = p.add_mutually_exclusive_group()
-    mc.add_argument(
-        "--samples",
-        type=int,
-        action=InRange,
-        minimum=1,
-        maximum=MAX_SAMPLES,
-        help=f"Monte Carlo passes per window, at most {MAX_SAMPLES} (default {DEFAULT_SAMPLES})",
-    )
-    mc.add_argument("--adaptive", action="store_true", help="adaptive sampling: stop once confident")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.9,
-        action=InRange,
-        minimum=0,
-        maximum=1,
-        open_min=True,
-        help="adaptive: top-probability threshold, in (0, 1] (0.9)",
-    )
-    p.add_argument(
-        "--min-samples",
-        type=int,
-        default=DEFAULT_MIN_SAMPLES,
-        action=InRange,
-        minimum=1,
-        maximum=MAX_SAMPLES,
-        help=f"adaptive: fewest passes ({DEFAULT_MIN_SAMPLES})",
-    )
-    p.add_argument(
-        "--max-samples",
-        type=int,
-        default=DEFAULT_MAX_SAMPLES,
-        action=InRange,
-        minimum=1,
-        maximum=MAX_SAMPLES,
-        help=f"adaptive: most passes, at most {MAX_SAMPLES} ({DEFAULT_MAX_SAMPLES})",
-    )
-    add_precision(p, "float32")
+    add_mc_options(p, STREAM_MC, STREAM_ORIGIN)
     p.add_argument(
         "--decay",
         type=float,
@@ -168,7 +132,8 @@ def add_parser(sub) -> None:
         "its window is complete (per-window and accumulated class probabilities, confidence, "
         "entropy, samples, latency), a live progress line, JSON lines, a summary (accuracy with "
         "--labels) and an optional timeline PNG. With --source, Ctrl-C ends the stream (exit 0); "
-        "a lost source exits 1 after the summary.",
+        "a lost source exits 1 after the summary. Its Monte Carlo settings are its own, with fewer passes than "
+        "nsm evaluate's: they bound a window's latency.",
     )
     add_arguments(p)
     p.set_defaults(func=run)
@@ -207,22 +172,11 @@ def run(args) -> int:
         raise ValueError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    mc = (
-        {
-            "adaptive": True,
-            "threshold": args.threshold,
-            "min_samples": args.min_samples,
-            "max_samples": args.max_samples,
-        }
-        if args.adaptive
-        else {"samples": args.samples}
-    )
-    mc["precision"] = args.precision or "float32"
     settings = dict(
         labels=args.labels,
         window_us=window_us,
         hop_us=hop_us,
-        mc=mc,
+        mc=mc_choices(args),
         decay=args.decay,
         seed=args.seed,
         downsample=args.downsample,

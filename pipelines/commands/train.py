@@ -1,4 +1,4 @@
-"""``nsm train``: train a network on event data (``pipelines.train``)."""
+"""``nsm train``: train a network on event data (``pipelines.training``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 from events.atomic import check_output
 
 from .. import config as configs
-from .. import train as training
 from ..runs import DEFAULT_CACHE, RunFolder
+from ..training import trainer as training
 from . import InRange
 
 

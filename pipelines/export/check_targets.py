@@ -65,20 +65,16 @@ def _listed(parser, option: str, value: str, choices) -> list[str]:
 
 def _tiny(out: Path, epochs: int) -> Path:
     import events
-    from pipelines import cli
     from pipelines import config as configs
+    from pipelines.training import train
 
     data, cache, run = out / "gestures", out / "cache", out / "tiny"
     if not (run / "best.pt").exists():
         events.simulate_gestures(data, seed=0, users=4, per_class=1, progress=False)
-        spec = configs.load_config("tiny").data.frame_spec()
+        cfg = configs.load_config("tiny", [f"train.epochs={epochs}", "train.workers=0", "train.device=cpu"])
         for split in (True, False):
-            events.FrameCache(cache).get(events.DVSGesture(data, train=split), spec, progress=False)
-        args = ["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--cache", str(cache), "--quiet"]
-        for s in (f"train.epochs={epochs}", "train.workers=0", "train.device=cpu"):
-            args += ["--set", s]
-        if cli.main(args) != 0:
-            raise SystemExit("training tiny failed")
+            events.FrameCache(cache).get(events.DVSGesture(data, train=split), cfg.data.frame_spec(), progress=False)
+        train(cfg, data, run, cache_dir=cache, progress=False)
     return run / "best.pt"
 
 

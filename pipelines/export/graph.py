@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from nsm.layers import Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout
-from nsm.neurons import BINARY_KINDS, KINDS, SignConv2d, SignLinear
+from nsm.affine import AffineConv2d, AffineUnit
+from nsm.layers import Binarize, BinaryMaxPool2d, Readout
+from nsm.neurons import BINARY_KINDS, KINDS
 
 from ..checkpoint import project_version
 from .forms import target_form
@@ -50,21 +51,16 @@ def _unit_kind(name: str, layer: nn.Module) -> str:
     return kind
 
 
-def _unit_nodes(name: str, layer: nn.Module, shape: tuple) -> tuple[list, tuple]:
-    """(Conv2d or Affine, LIF) of one binary unit layer, and its output shape."""
+def _unit_nodes(name: str, layer: AffineUnit, shape: tuple) -> tuple[list, tuple]:
+    """(Conv2d or Affine, LIF) of one binary unit layer (its ``preactivation_map`` W', b'), and its output shape."""
+    kind = _unit_kind(name, layer)
     with torch.no_grad():  # ``layer`` is float64 here (see ``to_nir``)
-        if isinstance(layer, (NSMConv2d, NSMLinear)):
-            w_eff, b_eff = layer.effective_weight()
-            beta = layer.beta.detach().numpy()
-        else:
-            w_eff, b_eff = layer.effective_weight(), layer.bias
-            beta = None
-        w = w_eff.detach().numpy()
-        b = np.zeros(w.shape[0]) if b_eff is None else b_eff.detach().numpy()
+        unit_map = layer.preactivation_map()
+        w = unit_map.weight.detach().numpy()
+        b = np.zeros(w.shape[0]) if unit_map.bias is None else unit_map.bias.detach().numpy()
     weight2 = 2.0 * w  # exact: a power-of-two scale
     bias = b - w.reshape(w.shape[0], -1).sum(axis=1)
-    kind = _unit_kind(name, layer)
-    if isinstance(layer, (NSMConv2d, SignConv2d)):
+    if isinstance(layer, AffineConv2d):
         if len(shape) != 3 or shape[0] != layer.in_channels:
             raise ExportError(
                 f"layer {name} ({type(layer).__name__}) expects {layer.in_channels} input channels "
@@ -92,13 +88,14 @@ def _unit_nodes(name: str, layer: nn.Module, shape: tuple) -> tuple[list, tuple]
         out_shape = (int(weight2.shape[0]),)
         threshold = -MARGIN
     c = out_shape[0]
+    noise, beta = getattr(layer, "noise", None), getattr(layer, "beta", None)  # an NSM unit's; bd and wbd have none
     meta = {
         "role": "unit",
         "layer": name,
         "neuron": kind,
-        "mode": "probability" if KINDS[kind].samples else "deterministic",
-        "noise": json.dumps(layer.noise.to_dict()) if beta is not None else "",
-        "beta": (beta if beta is not None else np.ones(c)).astype(np.float32),
+        "mode": KINDS[kind].sampling_mode,
+        "noise": json.dumps(noise.to_dict()) if noise is not None else "",
+        "beta": (beta.detach().numpy() if beta is not None else np.ones(c)).astype(np.float32),
         "logit_offset": np.zeros(c, dtype=np.float32),
         "logit_scale": np.ones(c, dtype=np.float32),
     }
@@ -175,7 +172,7 @@ def to_nir(
     for name, layer in children[1:]:
         if done:
             raise ExportError(f"layer {name} ({type(layer).__name__}) follows the Readout; nothing may")
-        if isinstance(layer, (NSMConv2d, NSMLinear, SignConv2d, SignLinear)):
+        if isinstance(layer, AffineUnit) and layer.binary:
             new, shape = _unit_nodes(name, layer, shape)
             tags = ["syn", "lif"]
         elif isinstance(layer, BinaryMaxPool2d):

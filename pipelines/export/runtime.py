@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nsm.sampling import MCResult
+from nsm.sampling import MAX_BATCH, MCResult
 
 from .metadata import decode_metadata, read_nir
 
@@ -204,7 +204,7 @@ class NIRRuntime:
         return self.forward(x, mode, generator) / self.output_scale
 
     def sample_probabilities(
-        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = 256
+        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = MAX_BATCH
     ) -> torch.Tensor:
         """softmax of ``samples`` stochastic passes per input, as a (samples, B, classes) tensor."""
         b = x.shape[0]
@@ -216,7 +216,7 @@ class NIRRuntime:
         return torch.cat(outs).reshape(samples, b, -1)
 
     def mc_predict(
-        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = 256
+        self, x: torch.Tensor, samples: int, generator: torch.Generator | None = None, max_batch: int = MAX_BATCH
     ) -> MCResult:
         """Monte Carlo prediction: the mean softmax of ``samples`` stochastic passes (``nsm.mc_predict``)."""
         if samples < 1:

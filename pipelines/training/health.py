@@ -3,7 +3,7 @@ left the class prior? (the ``health`` field of ``nsm train``'s metrics.jsonl, an
 
 At the steps where the trainer takes activity records (every ``train.record_every`` steps), a
 :class:`HealthMonitor` measures each hidden unit layer (a module with a ``preactivation``, as in
-``pipelines.activity.weight_units``) and each max-pool layer on the batch being trained on, and keeps
+``pipelines.training.activity.weight_units``) and each max-pool layer on the batch being trained on, and keeps
 one record per step. Forward hooks take the measurements during the training step itself, under
 ``torch.no_grad()`` and with the weights that produced the outputs, and keep no activations: on the
 other steps they return at once, and a recorded step costs one extra evaluation of each NSM layer's

@@ -33,11 +33,14 @@ from nsm.grid import readout_on_grid
 from nsm.sampling import draws_noise
 from nsm.weight_cache import WeightCache
 
+from .epoch import VALIDATION
+
 DRAWS = 2  # sampled passes per training item
 MAX_ITEMS = 4096  # training items drawn from (a seeded choice when the set is larger)
 ANCHOR = 1e-3  # lambda: the penalty on the squared distance of W from the trained readout's
 LBFGS_STEPS = 200  # L-BFGS iterations (each one loss and gradient evaluation or more)
-VAL_DRAWS = 8  # sampled passes per validation item, for the Monte Carlo NLL that decides whether the fit is kept
+VAL_DRAWS = VALIDATION.samples  # sampled passes per validation item (as the epochs' validation draws), for the
+# Monte Carlo NLL that decides whether the fit is kept
 BATCH = 64  # items per forward pass (times the draws)
 
 

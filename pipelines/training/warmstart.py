@@ -17,8 +17,9 @@ u_i = w'_i.x + b'_i:
     bnsm, gnsm,  w' = beta w / ||w||,               b' = b / (sqrt(2) s ||w||)  (``nsm.functional.effective_weight``:
     ste, bn      u is the firing logit v, whose sign is that of the mean pre-activation E(u | z))
 
-Each target unit is given that map, so that its deterministic pre-activation is u times a positive factor
-(the same zero crossings):
+Each unit states its own rule (``nsm.affine.AffineUnit.preactivation_map``, ``set_preactivation_map`` and
+``keep_logit_of``, overridden per unit family), so this module never asks a unit's class. Each target unit is given
+that map, so that its deterministic pre-activation is u times a positive factor (the same zero crossings):
 
     NSM kinds    weight = w', bias = b', beta = 1 / (sqrt(2) s), s the target's noise standard deviation. Then
                  v = beta (w'/||w'||).z + b' / (sqrt(2) s ||w'||) = (w'.z + b') / (sqrt(2) s ||w'||),
@@ -45,7 +46,6 @@ outputs in one and +-1 states in the other, which the fine-tuning reconciles.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -56,17 +56,11 @@ from torch import nn
 
 from models import Network
 from models.registry import NEURON_OPTIONS
-from nsm import NSMConv2d, NSMLinear, Readout
-from nsm import functional as nsmf
-from nsm.layers import AffineConv2d, AffineLinear
-from nsm.neurons import NoisyRectifierConv2d, NoisyRectifierLinear, RealConv2d, RealLinear, SignConv2d, SignLinear
+from nsm import Readout
+from nsm.affine import AffineConv2d, AffineLinear, AffineUnit
 
-from .checkpoint import load_checkpoint, non_finite
+from ..checkpoint import load_checkpoint, non_finite
 
-NSM_UNITS = (NSMConv2d, NSMLinear)
-SIGN_UNITS = (SignConv2d, SignLinear)
-REAL_UNITS = (RealConv2d, RealLinear)
-RECTIFIER_UNITS = (NoisyRectifierConv2d, NoisyRectifierLinear)
 SIZE_KEYS = ("name", "in_channels", "input_size", "num_classes")
 
 
@@ -145,99 +139,31 @@ def architecture_mismatch(source: Network, target: Network) -> str | None:
     return "; ".join(reasons) or None
 
 
-def fold_batch_norm(unit: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w', b') with w'.x + b' = BN(w.x + b) in evaluation: w' = gamma w / sqrt(var + eps),
-    b' = gamma (b - mean) / sqrt(var + eps) + beta_bn (a dcnn unit's convolution and batch norm as one map)."""
-    norm = unit.norm
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    bias = unit.bias if unit.bias is not None else torch.zeros_like(norm.running_mean)
-    shape = (-1,) + (1,) * (unit.weight.dim() - 1)
-    return unit.weight * scale.reshape(shape), (bias - norm.running_mean) * scale + norm.bias
-
-
-def preactivation_map(unit: nn.Module, kind: str, report: WarmStartReport):
-    """(w', b'): the affine map of its input that a source ``unit`` of ``kind`` thresholds (module docstring)."""
-    if isinstance(unit, NSM_UNITS):
-        report.folded[
-            f"{kind}'s beta and noise scale into w' = beta w/||w||, b' = b/(sqrt(2) s ||w||) (the firing logit)"
-        ] += 1
-        report.dropped[f"{kind}'s synapse noise {unit.noise}"] += 1
-        return unit.effective_weight()
-    if isinstance(unit, REAL_UNITS):
-        report.folded["batch-norm statistics folded into w', b' (running mean, variance, gamma, beta)"] += 1
-        return fold_batch_norm(unit)
-    if isinstance(unit, SIGN_UNITS):
-        if unit.g is not None:
-            report.folded[f"{kind}'s g into w' = g w/||w||"] += 1
-        return unit.effective_weight(), unit.bias
-    if isinstance(unit, RECTIFIER_UNITS):
-        report.dropped[f"{kind}'s noise n ~ N(0, {unit.sigma:g}^2)"] += 1
-    return unit.weight, unit.bias
-
-
-def set_from_map(
-    unit: nn.Module,
-    kind: str,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    source_kind: str,
-    report: WarmStartReport,
-) -> None:
-    """Give a target ``unit`` of ``kind`` the pre-activation map (weight, bias) (module docstring)."""
-    unit.weight.copy_(weight)
-    names = ["weight"]
-    if bias is not None:
-        unit.bias.copy_(bias)
-        names.append("bias")
-    if isinstance(unit, NSM_UNITS):
-        beta = 1.0 / (math.sqrt(2.0) * unit.noise.std)
-        unit.beta.fill_(beta)
-        names.append("beta")
-        report.rule(
-            f"{kind}: weight = w', bias = b', beta = 1/(sqrt(2) s) = {beta:.4g}, so the firing logit "
-            f"v = (w'.z + b')/(sqrt(2) s ||w'||) is the source's pre-activation u = w'.x + b' over a "
-            f"positive factor"
-        )
-    elif isinstance(unit, SIGN_UNITS) and unit.g is not None:
-        unit.g.copy_(nsmf.weight_norm(weight))
-        names.append("g")
-        report.rule(f"{kind}: weight = w', g = ||w'||, bias = b' (pre-activation u = w'.x + b', the source's)")
-    else:
-        report.rule(f"{kind}: weight = w', bias = b' (pre-activation u = w'.x + b', the source's)")
-    if isinstance(unit, REAL_UNITS):
-        unit.norm.reset_parameters()
-        report.dropped[
-            f"{kind}'s batch norm, which a {source_kind} source lacks: reset to identity (running mean 0, "
-            f"variance 1, gamma 1, beta 0; exact in evaluation, re-centred by batch statistics in "
-            f"training)"
-        ] += 1
-    report.mapped.update(names)
-
-
 def map_unit(source: nn.Module, target: nn.Module, kinds: tuple[str, str], report: WarmStartReport) -> None:
-    """Set one target unit from one source unit by the rules of the module docstring."""
+    """Set one target unit from one source unit by the rules of the module docstring: each unit says what its
+    pre-activation map is and how it takes one (``nsm.affine.AffineUnit``)."""
     source_kind, target_kind = kinds
-    if isinstance(source, NSM_UNITS) and isinstance(target, NSM_UNITS):
-        ratio = target.noise.std / source.noise.std
-        target.weight.copy_(source.weight)
-        target.beta.copy_(source.beta)
-        names = ["weight", "beta"]
-        if source.bias is not None:
-            target.bias.copy_(source.bias * ratio)
-            names.append("bias")
-        report.mapped.update(names)
-        report.rule(
-            f"{source_kind} -> {target_kind}: weight and beta copied, bias times s_target/s_source = "
-            f"{ratio:.4g}, so the firing logit v and P(z = +1) are the source's"
-        )
+    kept = target.keep_logit_of(source)
+    if kept is not None:
+        report.mapped.update(kept.names)
+        report.rule(f"{source_kind} -> {target_kind}: {kept.rule}")
     elif source_kind == target_kind:
         state = source.state_dict()
         target.load_state_dict(state)
         report.mapped.update(list(state))
         report.rule(f"{source_kind} -> {target_kind}: every parameter and buffer copied as is")
     else:
-        weight, bias = preactivation_map(source, source_kind, report)
-        set_from_map(target, target_kind, weight, bias, source_kind, report)
+        read = source.preactivation_map()
+        if read.folded is not None:
+            report.folded[f"{source_kind}'s {read.folded}"] += 1
+        if read.dropped is not None:
+            report.dropped[f"{source_kind}'s {read.dropped}"] += 1
+        done = target.set_preactivation_map(read.weight, read.bias)
+        report.rule(f"{target_kind}: {done.rule}")
+        if done.reset is not None:
+            part, how = done.reset
+            report.dropped[f"{target_kind}'s {part}, which a {source_kind} source lacks: {how}"] += 1
+        report.mapped.update(done.names)
 
 
 def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> WarmStartReport:
@@ -277,7 +203,7 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
                 tgt.linear.load_state_dict(src.linear.state_dict())
                 report.mapped.update(["readout weight", "readout bias"])
                 report.rule("readout: weight and bias copied as is")
-            elif isinstance(src, (AffineConv2d, AffineLinear)):
+            elif isinstance(src, AffineUnit):
                 map_unit(src, tgt, kinds, report)
     problems = [p for name, tensor in model.state_dict().items() if (p := non_finite(name, tensor)) is not None]
     if problems:
