@@ -16,6 +16,11 @@ _PUBLIC = {
     "Recording": "events.types",
     "EventFormatError": "events.types",
     "make_events": "events.types",
+    # the errors a user can mend (what the nsm command prints as one line)
+    "UserError": "events.errors",
+    "InputError": "events.errors",
+    "MissingInputError": "events.errors",
+    "ExistingOutputError": "events.errors",
     # file formats
     "read": "events.io",
     "reader": "events.io",

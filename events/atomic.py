@@ -39,6 +39,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from events.errors import UserError
+
 _TEMP_NAME = re.compile(r"^\.(.+)\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
 STALE_TEMP_S = 24 * 3600.0  # a temporary file not modified for this long belongs to a dead writer
 
@@ -69,7 +71,7 @@ def os_refusal(err: BaseException) -> str | None:
     return f"{where}{err.strerror or os.strerror(err.errno)} ({_ADVICE[err.errno]})"
 
 
-class OutputError(OSError):
+class OutputError(UserError, OSError):
     """A file that could not be written: ``str(err)`` reads ``could not write <path>: <why> (<what to do>)``, with
     the folder at fault before ``<why>`` when creating one of ``path``'s folders failed; ``errno`` is the
     refusal's, ``path`` the destination. ``advice``: what to do, when the refusal's ``errno`` has no entry in

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from events.atomic import check_output, remove_dead_temps
+from events.errors import InputError
 from events.formats import DEFAULT_CHUNK_EVENTS, check_chunk_size
 from events.formats.registry import EVENT_FORMATS, event_format
 from events.io import reader
@@ -44,9 +45,9 @@ def output_format(path, format: str | None = None) -> str:
         format = SUFFIXES.get(Path(path).suffix.lower())
         if format is None:
             known = ", ".join(f"{s} ({f})" for s, f in SUFFIXES.items())
-            raise ValueError(f"{path}: cannot tell the output format from its name (known: {known}); give --format")
+            raise InputError(f"{path}: cannot tell the output format from its name (known: {known}); give --format")
     if format not in WRITABLE:
-        raise ValueError(f"cannot write event format {format!r}; writable: {', '.join(WRITABLE)}")
+        raise InputError(f"cannot write event format {format!r}; writable: {', '.join(WRITABLE)}")
     return format
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from events.errors import InputError
 from events.formats import DEFAULT_CHUNK_EVENTS, as_event_array, check_chunk_size
 from events.frames import FrameSpec, frames_from_spec
 from events.types import (
@@ -84,7 +85,7 @@ class Window:
 
 def _positive_int(name: str, value) -> int:
     if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer number of µs, got {value!r}")
+        raise InputError(f"{name} must be a positive integer number of µs, got {value!r}")
     return int(value)
 
 
@@ -92,7 +93,7 @@ def _optional_int(name: str, value) -> int | None:
     if value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer number of µs or None, got {value!r}")
+        raise InputError(f"{name} must be an integer number of µs or None, got {value!r}")
     return int(value)
 
 
@@ -149,7 +150,7 @@ class SlidingWindows:
     def _check(self, events) -> np.ndarray:
         events = events if isinstance(events, np.ndarray) and events.dtype == EVENT_DTYPE else as_event_array(events)
         if events.ndim != 1:
-            raise ValueError(f"events must be a 1-D EVENT_DTYPE array, got shape {events.shape}")
+            raise InputError(f"events must be a 1-D EVENT_DTYPE array, got shape {events.shape}")
         if self.sensor_size is not None:
             check_in_bounds(events, self.sensor_size, self.source)
         return events
@@ -218,7 +219,7 @@ class SlidingWindows:
         if end_us is None:
             end_us = None if self.last_t is None else self.last_t + 1
         elif self.last_t is not None and end_us <= self.last_t:
-            raise ValueError(f"end_us={end_us} is not after the last event (t={self.last_t} µs)")
+            raise InputError(f"end_us={end_us} is not after the last event (t={self.last_t} µs)")
         out = self._emit(end_us) if end_us is not None else []
         self.reset()
         return out
@@ -316,7 +317,7 @@ def _fit_side(name: str, sensor: int, size: int, f: int) -> int | None:
         return None
     if sensor >= size * f:
         return size * f
-    raise ValueError(
+    raise InputError(
         f"the sensor's {name} of {sensor} px cannot fill the model's input {name} of {size} at "
         f"downsample {f} (needs at least {size * f - f + 1} px); use a smaller downsample"
     )
@@ -352,7 +353,7 @@ def fit_frame_spec(
     fitted = FrameSpec.from_dict(kw)
     shape = fitted.output_shape((w, h))
     if shape[1:] != (in_h, in_w):
-        raise ValueError(
+        raise InputError(
             f"frames of the {w}x{h} sensor with crop {fitted.crop} and downsample {f} are "
             f"{shape[1]}x{shape[2]} (HxW), but the model takes {in_h}x{in_w}"
         )
@@ -370,7 +371,7 @@ def window_frames(
     """
     length = end_us - start_us
     if n_frames < 1 or length < n_frames or length % n_frames:
-        raise ValueError(f"a window of {length} µs does not split into {n_frames} frames of whole µs")
+        raise InputError(f"a window of {length} µs does not split into {n_frames} frames of whole µs")
     framing = FrameSpec(
         time_window_us=length // n_frames,
         polarity=spec.polarity,

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from events.errors import InputError
+
 EVENT_DTYPE = np.dtype([("x", np.int16), ("y", np.int16), ("t", np.int64), ("p", np.int8)])
 
 SEED_MAX = 2**63 - 1
@@ -36,7 +38,7 @@ class SensorSize(NamedTuple):
     polarities: int = 2
 
 
-class EventFormatError(ValueError):
+class EventFormatError(InputError):
     """Malformed event data: names the file and, where it applies, the byte offset.
 
     ``str(err)`` reads ``"<path>: at byte <offset>: <problem>"`` (the offset part only when known).
@@ -66,7 +68,7 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
             bounds = f" >= {minimum}"
         else:
             bounds = "" if maximum is None else f" <= {maximum}"
-        raise ValueError(f"{name} must be an integer{bounds}, got {value!r}")
+        raise InputError(f"{name} must be an integer{bounds}, got {value!r}")
     return int(value)
 
 
@@ -96,7 +98,7 @@ def check_float(
             bounds = f" {'>' if open_min else '>='} {minimum:g}"
         else:
             bounds = "" if maximum is None else f" {'<' if open_max else '<='} {maximum:g}"
-        raise ValueError(f"{name} must be a finite number{bounds}, got {value!r}")
+        raise InputError(f"{name} must be a finite number{bounds}, got {value!r}")
     return float(value)
 
 
@@ -146,7 +148,7 @@ def make_events(x, y, t, p) -> np.ndarray:
     """Pack four equal-length columns into an ``EVENT_DTYPE`` array."""
     x, y, t, p = (np.asarray(c) for c in (x, y, t, p))
     if not (len(x) == len(y) == len(t) == len(p)):
-        raise ValueError(f"columns differ in length: x={len(x)} y={len(y)} t={len(t)} p={len(p)}")
+        raise InputError(f"columns differ in length: x={len(x)} y={len(y)} t={len(t)} p={len(p)}")
     out = np.empty(len(x), dtype=EVENT_DTYPE)
     out["x"], out["y"], out["t"], out["p"] = x, y, t, p
     return out

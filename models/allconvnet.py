@@ -13,6 +13,7 @@ conv3x3 at 192, two conv1x1 at 192; global average pool; linear readout (7 unit 
 
 from __future__ import annotations
 
+from events.errors import InputError
 from nsm import Binarize, Readout
 from nsm.neurons import NeuronKind, pool_unit
 
@@ -27,7 +28,7 @@ ALLCONV12_PLAN = [(96, 3)] * 2 + [POOL] + [(192, 3)] * 2 + [POOL] + [(192, 3), (
 def build_allconv(plan, in_channels: int, input_size, num_classes: int, kind: NeuronKind, width: float = 1.0):
     """Layers of an all-convolutional network following ``plan`` ((channels, kernel) or ``POOL``)."""
     if width <= 0:
-        raise ValueError(f"width must be > 0 (got {width})")
+        raise InputError(f"width must be > 0 (got {width})")
     h, w = input_size
     layers, channels = [Binarize()], in_channels
     for step in plan:
@@ -35,7 +36,7 @@ def build_allconv(plan, in_channels: int, input_size, num_classes: int, kind: Ne
             layers.append(pool_unit(kind, 2))
             h, w = h // 2, w // 2
             if min(h, w) < 1:
-                raise ValueError(
+                raise InputError(
                     f"input size {tuple(input_size)} is too small for this network's "
                     f"{plan.count(POOL)} 2x2 pools (need at least {2 ** plan.count(POOL)} pixels a side)"
                 )

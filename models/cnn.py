@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from events.errors import InputError
 from nsm import Binarize, Readout
 from nsm.neurons import NeuronKind, pool_unit
 
@@ -22,7 +23,7 @@ def nmnist_cnn(
         layers += [kind.conv(c, out, kernel_size), pool_unit(kind, 2)]
         h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
         if min(h, w) < 1:
-            raise ValueError(
+            raise InputError(
                 f"input size {tuple(input_size)} is too small for {len(channels)} conv{kernel_size}-pool2 stages"
             )
         c = out

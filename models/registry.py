@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from events.errors import InputError
 from nsm.grid import WeightGrid
 from nsm.layers import Binarize, Readout, check_input_levels
 from nsm.neurons import KINDS, NEURON_KINDS, neuron_kind
@@ -60,12 +61,12 @@ def check_parameter_count(net: Network, what: str) -> None:
     n = sum(p.numel() for p in net.parameters())
     if n > MAX_PARAMETERS:
         name = net.spec["name"]
-        raise ValueError(f"{what}: {name} would have {n} parameters, more than the {MAX_PARAMETERS} allowed")
+        raise InputError(f"{what}: {name} would have {n} parameters, more than the {MAX_PARAMETERS} allowed")
 
 
 def _entry(name: str) -> ModelEntry:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _MODELS[name]
 
 
@@ -99,7 +100,7 @@ def create_model(
     unknown = sorted(set(arch_kw) - set(allowed))
     if unknown:
         valid = allowed + list(NEURON_OPTIONS) + [INPUT_OPTION] + list(GRID_OPTIONS)
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid: {valid}")
+        raise InputError(f"unknown option(s) {unknown} for model {name!r}; valid: {valid}")
     binarize = Binarize(check_input_levels(kw.get(INPUT_OPTION, (1,)), f"model option {INPUT_OPTION}"))
     # Every architecture starts with its own default Binarize: built for the coded channels, it takes this one.
     layers = entry.build(binarize.out_channels(in_channels), input_size, num_classes, kind, **arch_kw)
@@ -107,7 +108,7 @@ def create_model(
     if "weight_bits" in kw:
         _put_on_grid(layers, WeightGrid(kw["weight_bits"], kw.get("bias_limit")), neuron)
     elif "bias_limit" in kw:
-        raise ValueError("model option bias_limit needs weight_bits (the grid it bounds the biases of)")
+        raise InputError("model option bias_limit needs weight_bits (the grid it bounds the biases of)")
     spec = dict(
         name=name, in_channels=in_channels, input_size=list(input_size), num_classes=num_classes, neuron=neuron, **kw
     )
@@ -124,7 +125,7 @@ def _put_on_grid(layers, grid: WeightGrid, neuron: str) -> None:
             module.grid = grid
         elif next(module.parameters(recurse=False), None) is not None and id(module) not in readout_parts:
             nsm_kinds = ", ".join(name for name in NEURON_KINDS if KINDS[name].conv.firing_logit)
-            raise ValueError(
+            raise InputError(
                 f"model option weight_bits needs NSM units ({nsm_kinds}); {neuron} units "
                 f"({type(module).__name__}) have no weight grid"
             )

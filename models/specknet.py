@@ -17,6 +17,7 @@ this one's (docs/training-study.md, section 16).
 
 from __future__ import annotations
 
+from events.errors import InputError
 from nsm import Binarize, Readout
 from nsm.neurons import NeuronKind
 
@@ -38,7 +39,7 @@ def specknet(in_channels, input_size, num_classes, kind: NeuronKind, width: floa
     """Layers of ``specknet`` (module docstring); 3x3 convolutions pad by 1 (-1 for binary units: no spike), so any
     input size works (an H x W input leaves ceil(H / 8) x ceil(W / 8) positions for the readout)."""
     if width <= 0:
-        raise ValueError(f"width must be > 0 (got {width})")
+        raise InputError(f"width must be > 0 (got {width})")
     layers, channels = [Binarize()], in_channels
     for out, k, stride in SPECKNET_PLAN:
         out = max(1, round(out * width))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from events.errors import InputError
+
 from . import functional as nsmf
 from .affine import AffineConv2d, AffineLinear, AffineMap, MapSet
 from .modes import EXPECTATION_MODES, StochasticUnit
@@ -23,7 +25,7 @@ def _scale_affine(gain: torch.Tensor, bias: torch.Tensor | None, scale: torch.Te
     """u = gain_i (...) + b_i becomes scale_i u + shift_i: ``gain`` (first dimension: units) times scale, and
     b <- scale b + shift."""
     if bias is None and bool((shift != 0).any()):
-        raise ValueError("a unit without bias cannot shift its pre-activation")
+        raise InputError("a unit without bias cannot shift its pre-activation")
     gain.mul_(scale.reshape((-1,) + (1,) * (gain.dim() - 1)))
     if bias is not None:
         bias.mul_(scale).add_(shift)
@@ -106,7 +108,7 @@ class _NoisyRectifierUnit(StochasticUnit):
 
     def _init_unit(self, sigma: float) -> None:
         if not sigma > 0:
-            raise ValueError(f"noisy rectifier needs sigma > 0 (got {sigma})")
+            raise InputError(f"noisy rectifier needs sigma > 0 (got {sigma})")
         self.sigma = sigma
 
     def preactivation(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +126,7 @@ class _NoisyRectifierUnit(StochasticUnit):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode in EXPECTATION_MODES:
-            raise ValueError(
+            raise InputError(
                 f"the noisy rectifier (sn) has no {self.mode} mode: that mode propagates the means of binary states"
             )
         u = self.preactivation(x)

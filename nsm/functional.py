@@ -30,6 +30,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from events.errors import InputError
+
 from . import kernels
 from .noise import Noise
 
@@ -182,7 +184,7 @@ def with_surrogate(
     (inference) the states are written over it instead of into a new tensor (one allocation less per layer).
     """
     if surrogate not in SURROGATES:
-        raise ValueError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
+        raise InputError(f"unknown surrogate {surrogate!r}; expected one of {SURROGATES}")
     if overwrite and not (torch.is_grad_enabled() and v.requires_grad):
         return states_of(v, out=v)
     return _SignWithSurrogate.apply(v, states_of, surrogate)

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from events.errors import InputError
+
 MIN_BITS, MAX_BITS = 2, 16
 """The integer weight widths a grid (and ``pipelines.export.quantize``) may use."""
 
@@ -48,10 +50,10 @@ class WeightGrid:
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
-            raise ValueError(f"weight_bits must be a whole number from {MIN_BITS} to {MAX_BITS} (got {self.bits!r})")
+            raise InputError(f"weight_bits must be a whole number from {MIN_BITS} to {MAX_BITS} (got {self.bits!r})")
         limit = self.bias_limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.q):
-            raise ValueError(
+            raise InputError(
                 f"bias_limit must be a whole number from 1 to {self.q} at {self.bits} bits (got {limit!r})"
             )
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from events.errors import InputError
+
 from .layers import BinaryMaxPool2d
 
 GAIN = 1.0
@@ -74,7 +76,7 @@ def _input_of(model: nn.Module, unit: nn.Module, x: torch.Tensor) -> torch.Tenso
     finally:
         hook.remove()
     if not taken:
-        raise ValueError(f"the unit {unit} was not reached by a forward pass")
+        raise InputError(f"the unit {unit} was not reached by a forward pass")
     return taken[0]
 
 
@@ -101,9 +103,9 @@ def data_init(model: nn.Module, x: torch.Tensor, *, gain: float = GAIN, pool_rat
     sought after each OR-pool.
     """
     if not gain > 0:
-        raise ValueError(f"gain must be > 0 (got {gain})")
+        raise InputError(f"gain must be > 0 (got {gain})")
     if not 0.0 < pool_rate < 1.0:
-        raise ValueError(f"pool_rate must be in (0, 1) (got {pool_rate})")
+        raise InputError(f"pool_rate must be in (0, 1) (got {pool_rate})")
     if not any(hasattr(m, "scale_preactivation") for m in model.modules()):
         return 0
     was_training = model.training

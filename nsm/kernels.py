@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from events.errors import InputError
+
 BLOCK = 1 << 14
 MARGIN = 1e-6
 # Abramowitz & Stegun (1964), 7.1.28: erf(a) ~ 1 - (1 + a1 a + ... + a6 a^6)^-16 for a >= 0.
@@ -236,7 +238,7 @@ def _flat_in_out(v: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.
     flat = np.ascontiguousarray(v, dtype=np.uint16 if bf16 else np.float32).reshape(-1)
     res = np.empty_like(flat) if out is None else out.reshape(-1)
     if res.dtype != flat.dtype:
-        raise ValueError(f"out must be {flat.dtype} like the input, got {res.dtype}")
+        raise InputError(f"out must be {flat.dtype} like the input, got {res.dtype}")
     return flat, res, bf16
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from events.errors import InputError
+
 from . import functional as nsmf
 from . import moments
 from .affine import AffineConv2d, AffineLinear, AffineMap, MapSet
@@ -59,7 +61,7 @@ class _NSMUnit(StochasticUnit):
 
     def _init_unit(self, noise: Noise, estimator: str, mode: str) -> None:
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+            raise InputError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
         self.noise = noise
         self.estimator = estimator
         self.mode = mode
@@ -142,7 +144,7 @@ class _NSMUnit(StochasticUnit):
         (bias None for a unit without one, which cannot shift)."""
         if self.bias is None:
             if bool((shift != 0).any()):
-                raise ValueError("a unit without bias cannot shift its firing logit")
+                raise InputError("a unit without bias cannot shift its firing logit")
             return self.beta * scale, None
         to_bias = math.sqrt(2.0) * self.noise.std * nsmf.weight_norm(self.weight)
         return self.beta * scale, (self.bias / to_bias * scale + shift) * to_bias
@@ -205,7 +207,7 @@ class _NSMUnit(StochasticUnit):
             return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
             return nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
-        raise ValueError(
+        raise InputError(
             f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the input)"
         )
 
@@ -226,7 +228,7 @@ class _NSMUnit(StochasticUnit):
         if self.mode != "synapse":
             return self.states_from_logit(v)
         if self.logit_norm is not None:
-            raise ValueError(
+            raise InputError(
                 "synapse mode draws eq. 4's noise with the unit's own parameters: fold the batch-"
                 "normalized logits first (nsm.normalization.LogitNormalization.fold)"
             )
@@ -289,14 +291,14 @@ def check_input_levels(levels, what: str = "input_levels") -> tuple[int, ...]:
     """``levels`` as a tuple of strictly increasing positive integers, at most ``MAX_INPUT_LEVELS`` of them; else a
     ``ValueError`` naming ``what``."""
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__iter__"):
-        raise ValueError(f"{what} must be a list of event counts such as [1, 2, 4, 8], got {levels!r}")
+        raise InputError(f"{what} must be a list of event counts such as [1, 2, 4, 8], got {levels!r}")
     levels = list(levels)
     if not levels or len(levels) > MAX_INPUT_LEVELS:
-        raise ValueError(f"{what} must hold 1 to {MAX_INPUT_LEVELS} event counts, got {len(levels)}")
+        raise InputError(f"{what} must hold 1 to {MAX_INPUT_LEVELS} event counts, got {len(levels)}")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in levels):
-        raise ValueError(f"{what} must be positive whole event counts, got {levels!r}")
+        raise InputError(f"{what} must be positive whole event counts, got {levels!r}")
     if any(b <= a for a, b in zip(levels, levels[1:])):
-        raise ValueError(f"{what} must increase strictly, got {levels!r}")
+        raise InputError(f"{what} must increase strictly, got {levels!r}")
     return tuple(levels)
 
 
@@ -349,7 +351,7 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
         """P(OR = +1) = 1 - prod_k P(z_k = -1) per window, from ``log_off`` = log P(z_k = -1) per input (the
         border, which max-pooling never picks, counts as off)."""
         if self.dilation not in (1, (1, 1)):
-            raise ValueError("the OR of independent states is computed for max-pools without dilation")
+            raise InputError("the OR of independent states is computed for max-pools without dilation")
         summed = F.avg_pool2d(
             log_off,
             self.kernel_size,

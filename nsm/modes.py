@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from events.errors import InputError
+
 MODES = ("probability", "synapse", "deterministic", "expected", "mean-input", "sampled-logit")
 EXPECTATION_MODES = ("expected", "mean-input", "sampled-logit")  # the modes whose units and pools pass state means
 NOISY_INPUT_MODES = ("expected", "sampled-logit")  # expectation modes that count the input states' noise
@@ -29,7 +31,7 @@ class Modal:
     @mode.setter
     def mode(self, value: str) -> None:
         if value not in MODES:
-            raise ValueError(f"unknown mode {value!r}; expected one of {MODES}")
+            raise InputError(f"unknown mode {value!r}; expected one of {MODES}")
         self._mode = value
 
 

@@ -54,6 +54,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from events.errors import InputError
+
 VARIANCE_RULES = ("exact", "window-mean")
 PROBIT = math.pi / 8
 MIN_OFF = 1e-30  # P(off) is floored here before its logarithm (an input that is surely on)
@@ -82,7 +84,7 @@ def affine_moments(
     if variance == "window-mean":
         per_unit = squared.flatten(1).sum(1).reshape((1, -1) + (1,) * (m.dim() - 2))
         return mean, widened(unit.receptive_field_mean(spread)) * per_unit
-    raise ValueError(f"unknown variance rule {variance!r}; expected one of {VARIANCE_RULES}")
+    raise InputError(f"unknown variance rule {variance!r}; expected one of {VARIANCE_RULES}")
 
 
 def expected_sign(v_mean: torch.Tensor, v_var: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from events.errors import InputError
+
 from .affine import AffineConv2d, AffineLinear, AffineUnit, border_value
 from .baseline_units import (
     NoisyRectifierConv2d,
@@ -56,7 +58,7 @@ class NeuronOptions:
         try:
             conv_bernoulli = bernoulli if conv_noise_p is None else BernoulliNoise(conv_noise_p)
         except ValueError as err:
-            raise ValueError(f"conv_noise_p: {err}") from None
+            raise InputError(f"conv_noise_p: {err}") from None
         return cls(bernoulli, conv_bernoulli, gaussian, sn_sigma)
 
     def for_conv(self) -> NeuronOptions:
@@ -263,7 +265,7 @@ def neuron_kind(
     """
     options = NeuronOptions.of(noise_p, conv_noise_p, noise_sigma, sn_sigma)
     if name not in KINDS:
-        raise ValueError(f"unknown neuron kind {name!r}; expected one of {', '.join(NEURON_KINDS)} (or 'plain')")
+        raise InputError(f"unknown neuron kind {name!r}; expected one of {', '.join(NEURON_KINDS)} (or 'plain')")
     kind = KINDS[name]
     conv = _tagged(name, kind.conv, kind.options(options.for_conv()))
     return NeuronKind(kind, conv, _tagged(name, kind.linear, kind.options(options)))

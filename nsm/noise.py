@@ -18,6 +18,8 @@ from typing import ClassVar
 
 import torch
 
+from events.errors import InputError
+
 
 @dataclass(frozen=True)
 class BernoulliNoise:
@@ -28,7 +30,7 @@ class BernoulliNoise:
 
     def __post_init__(self):
         if not 0.0 < self.p < 1.0:
-            raise ValueError(f"Bernoulli noise needs 0 < p < 1 (got p={self.p}); p = 0 or 1 has no variance")
+            raise InputError(f"Bernoulli noise needs 0 < p < 1 (got p={self.p}); p = 0 or 1 has no variance")
 
     @property
     def mean(self) -> float:
@@ -56,7 +58,7 @@ class GaussianNoise:
 
     def __post_init__(self):
         if not self.sigma > 0.0:
-            raise ValueError(f"Gaussian noise needs sigma > 0 (got sigma={self.sigma})")
+            raise InputError(f"Gaussian noise needs sigma > 0 (got sigma={self.sigma})")
 
     @property
     def mean(self) -> float:
@@ -84,4 +86,4 @@ def noise_from_dict(d: dict) -> Noise:
         return BernoulliNoise(float(d["p"]))
     if kind == GaussianNoise.kind:
         return GaussianNoise(float(d["sigma"]))
-    raise ValueError(f"unknown noise kind {kind!r}; expected 'bernoulli' or 'gaussian'")
+    raise InputError(f"unknown noise kind {kind!r}; expected 'bernoulli' or 'gaussian'")

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from events.errors import InputError
+
 from . import functional as nsmf
 from . import moments
 from .layers import _NSMUnit
@@ -129,11 +131,11 @@ class LogitNormalization:
                 hook.remove()
         for unit, name in names.items():  # every check before any unit changes
             if unit.logit_norm is not None:
-                raise ValueError(f"unit {name} already has batch-normalized logits")
+                raise InputError(f"unit {name} already has batch-normalized logits")
             if unit.bias is None:
-                raise ValueError(f"unit {name} has no bias to hold the normalization's shift")
+                raise InputError(f"unit {name} has no bias to hold the normalization's shift")
             if name not in inputs:
-                raise ValueError(f"unit {name} was not reached by a forward pass")
+                raise InputError(f"unit {name} was not reached by a forward pass")
         running = {}
         for unit, name in names.items():
             noisy = unit.mode in NOISY_INPUT_MODES
@@ -148,7 +150,7 @@ class LogitNormalization:
         """Attach the moments of ``state_dict()`` again; ``model`` must hold the parameters saved with them."""
         names = {name for name, _ in cls.units_of(model)}
         if set(state) != names:
-            raise ValueError(
+            raise InputError(
                 f"the saved logit normalization covers units {sorted(state)}, the network has {sorted(names)}"
             )
         device = next(model.parameters()).device

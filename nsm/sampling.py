@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from events.errors import InputError
 from events.types import check_int
 
 from .affine import AffineUnit
@@ -57,7 +58,7 @@ def modal_modules(model: nn.Module) -> list[nn.Module]:
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Switch every stochastic unit and OR-pool of ``model`` to ``mode`` (one of ``MODES``)."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise InputError(f"unknown mode {mode!r}; expected one of {MODES}")
     for unit in modal_modules(model):
         unit.mode = mode
     return model
@@ -112,7 +113,7 @@ def using_variance_rule(model: nn.Module, rule: str):
     """Let every NSM unit of ``model`` compute its logit's variance in the expectation passes by ``rule``
     (``nsm.moments.VARIANCE_RULES``) within the block; each unit's own rule is restored afterwards."""
     if rule not in VARIANCE_RULES:
-        raise ValueError(f"unknown variance rule {rule!r}; expected one of {VARIANCE_RULES}")
+        raise InputError(f"unknown variance rule {rule!r}; expected one of {VARIANCE_RULES}")
     with _attribute_set([u for u in model.modules() if getattr(u, "firing_logit", False)], "variance_rule", rule):
         yield model
 
@@ -231,18 +232,18 @@ class MCSettings:
         for name in ("samples", "max_samples", "min_samples") + (("step",) if self.step is not None else ()):
             object.__setattr__(self, name, check_int(f"Monte Carlo {name}", getattr(self, name), 1, MAX_SAMPLES))
         if not isinstance(self.adaptive, bool):
-            raise ValueError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
+            raise InputError(f"Monte Carlo adaptive must be true or false, got {self.adaptive!r}")
         if not self.min_samples <= self.max_samples:
-            raise ValueError(
+            raise InputError(
                 f"Monte Carlo needs min_samples <= max_samples, got {self.min_samples}, {self.max_samples}"
             )
         if isinstance(self.threshold, bool) or not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"Monte Carlo threshold must be in (0, 1], got {self.threshold!r}")
+            raise InputError(f"Monte Carlo threshold must be in (0, 1], got {self.threshold!r}")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= MAX_TEMPERATURE:
-            raise ValueError(f"Monte Carlo temperature must be in (0, {MAX_TEMPERATURE:g}], got {t!r}")
+            raise InputError(f"Monte Carlo temperature must be in (0, {MAX_TEMPERATURE:g}], got {t!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Monte Carlo precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise InputError(f"Monte Carlo precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def overridden(self, **given) -> MCSettings:
         """These settings with the fields in ``given`` (``MCSettings`` field names) replaced, a ``None`` value
@@ -252,7 +253,7 @@ class MCSettings:
         given = {name: value for name, value in given.items() if value is not None}
         if "samples" in given:
             if given.get("adaptive"):
-                raise ValueError("give either samples=K or adaptive=True, not both")
+                raise InputError("give either samples=K or adaptive=True, not both")
             given["adaptive"] = False
         if "max_samples" in given and "min_samples" not in given:
             given["min_samples"] = min(self.min_samples, given["max_samples"])
@@ -316,7 +317,7 @@ def mc_predict(
     deterministic predictions). ``generator`` fixes the noise.
     """
     if adaptive == (samples is not None):
-        raise ValueError("give either samples=K or adaptive=True")
+        raise InputError("give either samples=K or adaptive=True")
     mc = MCSettings(adaptive=True, **settings) if adaptive else MCSettings(samples=samples, **settings)
     return mc.predict(model, x, generator=generator, max_batch=max_batch)
 

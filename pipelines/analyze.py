@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from events.atomic import atomic_file
+from events.errors import InputError, MissingInputError
 from nsm.neurons import KINDS
 
 from .figures import new_figure, save_png
@@ -87,61 +88,61 @@ def neuron_name(kind: str) -> str:
 
 def _number(value, where: str, field: str, integer: bool = False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ValueError(f"{where}: {field} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        raise InputError(f"{where}: {field} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{where}: {field} must be finite, got {value!r}")
+        raise InputError(f"{where}: {field} must be finite, got {value!r}")
     return value
 
 
 def _percentiles(part: dict, keys: tuple[str, ...], where: str, field: str) -> None:
     pct = part.get("percentiles")
     if not isinstance(pct, dict):
-        raise ValueError(f"{where}: {field}.percentiles must be an object with keys {', '.join(keys)}")
+        raise InputError(f"{where}: {field}.percentiles must be an object with keys {', '.join(keys)}")
     for k in keys:
         if k not in pct:
-            raise ValueError(f"{where}: {field}.percentiles lacks the {k}th percentile")
+            raise InputError(f"{where}: {field}.percentiles lacks the {k}th percentile")
         _number(pct[k], where, f"{field}.percentiles[{k!r}]")
     values = [pct[k] for k in keys]
     if any(a > b for a, b in zip(values, values[1:])):
-        raise ValueError(f"{where}: {field}.percentiles are not non-decreasing: {values}")
+        raise InputError(f"{where}: {field}.percentiles are not non-decreasing: {values}")
 
 
 def _check_record(record, where: str) -> None:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for key in ("epoch", "step", "neuron", "last_hidden", "third_layer"):
         if key not in record:
-            raise ValueError(f"{where}: missing field {key!r}")
+            raise InputError(f"{where}: missing field {key!r}")
     _number(record["epoch"], where, "epoch")
     _number(record["step"], where, "step", integer=True)
     if not isinstance(record["neuron"], str) or not record["neuron"]:
-        raise ValueError(f"{where}: neuron must be a non-empty string, got {record['neuron']!r}")
+        raise InputError(f"{where}: neuron must be a non-empty string, got {record['neuron']!r}")
     for field, keys in (("last_hidden", INPUT_PERCENTILES), ("third_layer", WEIGHT_PERCENTILES)):
         part = record[field]
         if not isinstance(part, dict):
-            raise ValueError(f"{where}: {field} must be an object")
+            raise InputError(f"{where}: {field} must be an object")
         if not isinstance(part.get("layer"), str):
-            raise ValueError(f"{where}: {field}.layer must be the layer's module name (a string)")
+            raise InputError(f"{where}: {field}.layer must be the layer's module name (a string)")
         _percentiles(part, keys, where, field)
     third = record["third_layer"]
     edges, counts = third.get("hist_edges"), third.get("hist_counts")
     if not isinstance(edges, list) or not isinstance(counts, list) or len(counts) < 1 or len(edges) != len(counts) + 1:
-        raise ValueError(f"{where}: third_layer needs hist_edges (n + 1 numbers) and hist_counts (n >= 1 integers)")
+        raise InputError(f"{where}: third_layer needs hist_edges (n + 1 numbers) and hist_counts (n >= 1 integers)")
     for i, e in enumerate(edges):
         _number(e, where, f"third_layer.hist_edges[{i}]")
     if any(a >= b for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"{where}: third_layer.hist_edges must be strictly increasing")
+        raise InputError(f"{where}: third_layer.hist_edges must be strictly increasing")
     for i, c in enumerate(counts):
         _number(c, where, f"third_layer.hist_counts[{i}]")
         if c < 0 or c != int(c):
-            raise ValueError(f"{where}: third_layer.hist_counts[{i}] must be a count (integer >= 0), got {c!r}")
+            raise InputError(f"{where}: third_layer.hist_counts[{i}] must be a count (integer >= 0), got {c!r}")
 
 
 def read_activity(run: Path) -> Activity:
     """Parse and check ``run/activity.jsonl``. Errors name the run, or the file and line."""
     path = run / ACTIVITY
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{run}: no {ACTIVITY} in this run folder; it is written by 'nsm train' "
             "(train the run, or pass the folder that holds it)"
         )
@@ -152,9 +153,9 @@ def read_activity(run: Path) -> Activity:
         kinds.add(record["neuron"])
         by_step[record["step"]] = record
     if not by_step:
-        raise ValueError(f"{path}: no activity records")
+        raise InputError(f"{path}: no activity records")
     if len(kinds) > 1:
-        raise ValueError(f"{path}: records of several neuron kinds {sorted(kinds)}; one run has one kind")
+        raise InputError(f"{path}: records of several neuron kinds {sorted(kinds)}; one run has one kind")
     kind = kinds.pop()
     records = [by_step[s] for s in sorted(by_step)]
     return Activity(run=run, neuron=kind, label=neuron_name(kind), records=records)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from events.errors import InputError
 from events.types import check_int
 
 NLL_EPS = 1e-12
@@ -42,7 +43,7 @@ def _array(x, name: str) -> np.ndarray:
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} is not an array of numbers: {err}") from None
+        raise InputError(f"{name} is not an array of numbers: {err}") from None
 
 
 def _check_bins(n_bins) -> int:
@@ -52,20 +53,20 @@ def _check_bins(n_bins) -> int:
 def _check_labels(labels, n: int, n_classes: int, name: str = "labels") -> np.ndarray:
     labels = _array(labels, name)
     if labels.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (N,), got shape {labels.shape}")
+        raise InputError(f"{name} must be one-dimensional (N,), got shape {labels.shape}")
     if len(labels) != n:
-        raise ValueError(f"{name} has {len(labels)} entries but there are {n} predictions")
+        raise InputError(f"{name} has {len(labels)} entries but there are {n} predictions")
     if labels.dtype == bool or not (
         np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
     ):
-        raise ValueError(f"{name} must be integer class indices, got dtype {labels.dtype}")
+        raise InputError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise ValueError(f"{name} must be integer class indices; found non-integer values")
+            raise InputError(f"{name} must be integer class indices; found non-integer values")
     labels = labels.astype(np.int64)
     if labels.min() < 0 or labels.max() >= n_classes:
         bad = int(labels[(labels < 0) | (labels >= n_classes)][0])
-        raise ValueError(f"{name} must lie in [0, {n_classes}); found {bad}")
+        raise InputError(f"{name} must lie in [0, {n_classes}); found {bad}")
     return labels
 
 
@@ -78,25 +79,25 @@ def check_probs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     """
     probs = _array(probs, "probs")
     if probs.ndim != 2:
-        raise ValueError(f"probs must be two-dimensional (N, C), got shape {probs.shape}")
+        raise InputError(f"probs must be two-dimensional (N, C), got shape {probs.shape}")
     if probs.shape[0] == 0:
-        raise ValueError("no predictions: probs is empty (N = 0)")
+        raise InputError("no predictions: probs is empty (N = 0)")
     if probs.shape[1] == 0:
-        raise ValueError("probs has no classes (C = 0)")
+        raise InputError("probs has no classes (C = 0)")
     if not (np.issubdtype(probs.dtype, np.floating) or np.issubdtype(probs.dtype, np.integer)):
-        raise ValueError(f"probs must hold real numbers, got dtype {probs.dtype}")
+        raise InputError(f"probs must hold real numbers, got dtype {probs.dtype}")
     probs = probs.astype(np.float64)
     if not np.all(np.isfinite(probs)):
         row = int(np.flatnonzero(~np.all(np.isfinite(probs), axis=1))[0])
-        raise ValueError(f"probs has non-finite values (first in row {row})")
+        raise InputError(f"probs has non-finite values (first in row {row})")
     if probs.min() < 0:
         row = int(np.flatnonzero(probs.min(axis=1) < 0)[0])
-        raise ValueError(f"probs has negative values (first in row {row}: {probs[row].min():g})")
+        raise InputError(f"probs has negative values (first in row {row}: {probs[row].min():g})")
     sums = probs.sum(axis=1)
     off = np.abs(sums - 1.0) > ROW_SUM_TOL
     if off.any():
         row = int(np.flatnonzero(off)[0])
-        raise ValueError(
+        raise InputError(
             f"probs rows must sum to 1 (tolerance {ROW_SUM_TOL:g}); row {row} sums to {sums[row]:.6g} "
             "(pass probabilities, e.g. softmax outputs, not logits)"
         )
@@ -107,24 +108,24 @@ def check_probs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
 def _check_confidence(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
     confidence = _array(confidence, "confidence")
     if confidence.ndim != 1:
-        raise ValueError(f"confidence must be one-dimensional (N,), got shape {confidence.shape}")
+        raise InputError(f"confidence must be one-dimensional (N,), got shape {confidence.shape}")
     if len(confidence) == 0:
-        raise ValueError("no predictions: confidence is empty (N = 0)")
+        raise InputError("no predictions: confidence is empty (N = 0)")
     if confidence.dtype == bool or not (
         np.issubdtype(confidence.dtype, np.floating) or np.issubdtype(confidence.dtype, np.integer)
     ):
-        raise ValueError(f"confidence must hold real numbers, got dtype {confidence.dtype}")
+        raise InputError(f"confidence must hold real numbers, got dtype {confidence.dtype}")
     confidence = confidence.astype(np.float64)
     if not np.all(np.isfinite(confidence)) or confidence.min() < 0 or confidence.max() > 1:
-        raise ValueError("confidence must be finite and lie in [0, 1]")
+        raise InputError("confidence must be finite and lie in [0, 1]")
     correct = _array(correct, "correct")
     if correct.shape != confidence.shape:
-        raise ValueError(f"correct has shape {correct.shape} but confidence has shape {confidence.shape}")
+        raise InputError(f"correct has shape {correct.shape} but confidence has shape {confidence.shape}")
     if correct.dtype != bool:
         if not (np.issubdtype(correct.dtype, np.integer) or np.issubdtype(correct.dtype, np.floating)) or not np.all(
             (correct == 0) | (correct == 1)
         ):
-            raise ValueError("correct must be booleans or 0/1 values")
+            raise InputError("correct must be booleans or 0/1 values")
         correct = correct.astype(bool)
     return confidence, correct
 
@@ -232,7 +233,7 @@ def group_accuracy(probs, labels, groups) -> float:
     probs, labels = check_probs(probs, labels)
     groups = _array(groups, "groups")
     if groups.ndim != 1 or len(groups) != len(labels):
-        raise ValueError(f"groups must have shape ({len(labels)},), got {groups.shape}")
+        raise InputError(f"groups must have shape ({len(labels)},), got {groups.shape}")
     keys, inverse = np.unique(groups, return_inverse=True)
     inverse = inverse.reshape(-1)
     n_groups = len(keys)
@@ -243,7 +244,7 @@ def group_accuracy(probs, labels, groups) -> float:
         g = int(inverse[np.flatnonzero(mixed)[0]])
         found = sorted({int(v) for v in labels[inverse == g]})
         key = keys[g].item() if isinstance(keys[g], np.generic) else keys[g]
-        raise ValueError(f"group {key!r} mixes labels {found}; all items of a group must share one label")
+        raise InputError(f"group {key!r} mixes labels {found}; all items of a group must share one label")
     summed = np.zeros((n_groups, probs.shape[1]))
     np.add.at(summed, inverse, probs)
     counts = np.bincount(inverse, minlength=n_groups)[:, None]

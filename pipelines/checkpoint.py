@@ -53,6 +53,7 @@ from torch import nn
 
 import models
 from events.atomic import atomic_file
+from events.errors import InputError, MissingInputError
 from models.registry import check_parameter_count
 
 FORMAT = "nsm-events-checkpoint"
@@ -174,7 +175,7 @@ def save_checkpoint(
     without a plain form is a ``TypeError`` naming its field, and nothing is written."""
     spec = getattr(model, "spec", None)
     if spec is None:
-        raise ValueError("only networks built by models.create_model can be checkpointed (they carry a spec)")
+        raise InputError("only networks built by models.create_model can be checkpointed (they carry a spec)")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -210,30 +211,30 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     one whose tensors do not match the checksum they were saved with (``tensor_checksum``; none: not checked).
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint (a run folder holds checkpoint.pt and best.pt)")
+        raise MissingInputError(f"{path}: no such checkpoint (a run folder holds checkpoint.pt and best.pt)")
     with open(path, "rb") as f:
         archive = zipfile.is_zipfile(f)
     if not archive:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated, damaged, or not a file written by torch.save)")
+        raise InputError(f"{path}: not a readable checkpoint (truncated, damaged, or not a file written by torch.save)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # the weights-only unpickler met an object it does not build
-        raise ValueError(refusal(path)) from None
+        raise InputError(refusal(path)) from None
     except Exception as err:  # torch raises several types for a damaged archive
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {one_line(err)})") from None
+        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {one_line(err)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an nsm-events checkpoint (missing format marker {FORMAT!r})")
+        raise InputError(f"{path}: not an nsm-events checkpoint (missing format marker {FORMAT!r})")
     version = state.get("version", 0)
     if not isinstance(version, int):
-        raise ValueError(f"{path}: damaged checkpoint (its version {version!r} is not a number)")
+        raise InputError(f"{path}: damaged checkpoint (its version {version!r} is not a number)")
     if version > VERSION:
-        raise ValueError(f"{path}: checkpoint version {version} is newer than this nsm-events reads ({VERSION})")
+        raise InputError(f"{path}: checkpoint version {version} is newer than this nsm-events reads ({VERSION})")
     for name, kind in (("model_spec", Mapping), ("model_state", Mapping), ("classes", list)):
         if not isinstance(state.get(name), kind):
-            raise ValueError(f"{path}: damaged checkpoint (its {name} is missing or not a {kind.__name__})")
+            raise InputError(f"{path}: damaged checkpoint (its {name} is missing or not a {kind.__name__})")
     saved = state.get(CHECKSUM_FIELD)
     if saved is not None and saved != tensor_checksum(state):
-        raise ValueError(
+        raise InputError(
             f"{path}: damaged checkpoint (its tensors do not match the {CHECKSUM_FIELD} checksum they were saved "
             "with: a weight or a training state changed on disk or in a copy); it was not loaded"
         )
@@ -276,10 +277,10 @@ def check_finite(path: Path, model_state: Mapping) -> None:
     network predicts NaN): the ``ValueError`` names the file and the first offending entry."""
     for name, tensor in model_state.items():
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{path}: damaged checkpoint (model_state[{name!r}] is not a tensor)")
+            raise InputError(f"{path}: damaged checkpoint (model_state[{name!r}] is not a tensor)")
         problem = non_finite(name, tensor)
         if problem is not None:
-            raise ValueError(f"{path}: the network's {problem}; a network with non-finite weights is not loaded")
+            raise InputError(f"{path}: the network's {problem}; a network with non-finite weights is not loaded")
 
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:
@@ -294,13 +295,13 @@ def load_checkpoint(path, map_location="cpu") -> Checkpoint:
         with torch.device("meta"):
             shape_only = models.create_model(**state["model_spec"])
     except (TypeError, ValueError, RuntimeError) as err:  # RuntimeError: torch's, e.g. a negative size
-        raise ValueError(f"{path}: its model_spec does not build a network ({one_line(err)})") from None
+        raise InputError(f"{path}: its model_spec does not build a network ({one_line(err)})") from None
     check_parameter_count(shape_only, f"{path}: its model_spec")
     model = models.create_model(**state["model_spec"])
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: its model_state does not fit its model_spec ({one_line(err)})") from None
+        raise InputError(f"{path}: its model_state does not fit its model_spec ({one_line(err)})") from None
     return Checkpoint(
         model=model,
         classes=list(state["classes"]),

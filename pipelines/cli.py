@@ -1,22 +1,21 @@
 """The ``nsm`` command: one console script, one subcommand per job (``pipelines.commands``).
 
 Errors: a mistake on the command line (an unknown option, a number out of its range) is one line naming the
-option, exit status 2 (``commands.Parser``, ``commands.InRange``). A ``ValueError`` or ``OSError``
-(``FileNotFoundError``, ``EventFormatError``, ``CacheError``, ``ExportError``, ``OutputError``, ...) raised by the
-project's own code is a user's mistake (a bad file, option or configuration, whose message names it) and is
-printed as one line, exit status 2; so is, wherever it was raised, an ``OSError`` by which the system refused a
-file (permission denied, a read-only or full disk, a file where a folder should be: ``events.atomic.os_refusal``),
-with the file's name and what to do. Anything else, and any other error raised inside another library (torch,
-h5py, numba, ...), is unexpected and shows its traceback; so does every error under ``nsm --debug``.
+option, exit status 2 (``commands.Parser``, ``commands.InRange``). An error of the type ``events.errors.UserError``
+(a bad file, option or configuration, whose message names it: ``InputError``, ``MissingInputError``,
+``EventFormatError``, ``CacheError``, ``ExportError``, ``OutputError``, ...) is printed as one line, exit status 2;
+so is an ``OSError`` by which the system refused a file (permission denied, a read-only or full disk, a file where a
+folder should be: ``events.atomic.os_refusal``), with the file's name and what to do. Any other error is
+unexpected and shows its traceback; so does every error under ``nsm --debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from events.atomic import os_refusal
+from events.errors import UserError
 
 from .commands import Parser, analyze, bench, compare, convert, demo, evaluate, export, simulate, stream, train
 
@@ -38,20 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PROJECT = tuple(Path(sys.modules[name].__file__).resolve().parent for name in ("events", "nsm", "models", "pipelines"))
-
-
-def raised_by_project(err: BaseException) -> bool:
-    """Whether the innermost Python frame of ``err``'s traceback is in one of the project's packages."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    return any(path.is_relative_to(root) for root in PROJECT)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -59,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
+    except (UserError, OSError) as err:
         refusal = os_refusal(err)
-        if args.debug or not (refusal or raised_by_project(err)):
+        if args.debug or not (isinstance(err, UserError) or refusal):
             raise
         print(f"nsm {args.command}: error: {refusal or err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from events.atomic import write_text_atomic
+from events.errors import InputError
 from nsm.neurons import NEURON_KINDS
 
 from . import config as configs
@@ -59,7 +60,7 @@ def compare(
     """Train and evaluate ``cfg`` with every kind in ``kinds``; write comparison.md and comparison.json."""
     unknown = [k for k in kinds if k not in NEURON_KINDS]
     if unknown:
-        raise ValueError(f"unknown neuron kind(s) {unknown}; choose from {', '.join(NEURON_KINDS)}")
+        raise InputError(f"unknown neuron kind(s) {unknown}; choose from {', '.join(NEURON_KINDS)}")
     out = Path(out)
     rows = []
     for kind in kinds:

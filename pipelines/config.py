@@ -26,6 +26,7 @@ import torch
 
 import events
 import models
+from events.errors import InputError, MissingInputError
 from events.types import check_float, check_int
 from models.registry import NEURON_OPTIONS, check_parameter_count
 from nsm.neurons import NEURON_KINDS, neuron_kind
@@ -76,7 +77,7 @@ class DataConfig:
         """The data set is known, ``val_fraction`` in [0, 1), the frame fields valid (``events.FrameSpec``
         checks them), the crop inside the sensor and the number of frames of an item fixed."""
         if self.dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise InputError(f"data.dataset must be one of {DATASETS}, got {self.dataset!r}")
         check_float("data.val_fraction", self.val_fraction, 0, 1, open_max=True)
         _item_shape(self)
 
@@ -106,17 +107,17 @@ class ModelConfig:
         named like a key of ``[model]`` (``noise_p``, ...) or a size the data give (``in_channels``, ...) is
         refused with what to set instead."""
         if self.name not in models.list_models():
-            raise ValueError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
+            raise InputError(f"model.name must be one of {models.list_models()}, got {self.name!r}")
         if self.neuron not in NEURON_KINDS:
-            raise ValueError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
+            raise InputError(f"model.neuron must be one of {list(NEURON_KINDS)}, got {self.neuron!r}")
         check_float("model.noise_p", self.noise_p, 0, 1, open_min=True, open_max=True)
         check_float("model.noise_sigma", self.noise_sigma, 0, open_min=True)
         for key, value in self.options.items():
             where = f"model.options.{key}"
             if key in (f.name for f in fields(self)):
-                raise ValueError(f"{where} is not an option: {key} is a key of [model] itself, set model.{key} instead")
+                raise InputError(f"{where} is not an option: {key} is a key of [model] itself, set model.{key} instead")
             if key in ("in_channels", "input_size", "num_classes"):
-                raise ValueError(f"{where} is not an option: the network's {key} follows from the data")
+                raise InputError(f"{where} is not an option: the network's {key} follows from the data")
             if key == "conv_noise_p":
                 check_float(where, value, 0, 1, open_min=True, open_max=True)
             elif key == "sn_sigma":
@@ -166,7 +167,7 @@ class EvalConfig:
         try:
             _ = self.mc  # constructing the settings checks each of them
         except ValueError as err:
-            raise ValueError(f"eval: {err}") from None
+            raise InputError(f"eval: {err}") from None
         check_int("eval.batch_size", self.batch_size, 1)
 
 
@@ -205,10 +206,10 @@ class Config:
                 )
         except (TypeError, ValueError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ValueError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
+            raise InputError(f"model {m.name!r} does not build with model.options {m.options}: {first}") from err
         check_parameter_count(net, f"model.options {m.options}")
         if "weight_bits" in m.options and self.train.logit_norm != "none":
-            raise ValueError(
+            raise InputError(
                 'model.options.weight_bits needs train.logit_norm = "none": batch-normalized logits train off the '
                 "weight grid (they are folded into the units only after training)"
             )
@@ -245,10 +246,10 @@ def _item_shape(data: DataConfig) -> tuple[int, int, int]:
         spec = data.frame_spec()
         p, h, w = spec.output_shape(_dataset(data).sensor_size)
     except ValueError as err:
-        raise ValueError(f"data: {err}") from None
+        raise InputError(f"data: {err}") from None
     frames = spec.frames_per_clip or spec.frames_per_sample
     if frames is None:
-        raise ValueError("data: the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
+        raise InputError("data: the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
     return frames * p, h, w
 
 
@@ -285,18 +286,18 @@ def _typed(cls, key: str, value, where: str):
     hint = typing.get_type_hints(cls)[key]
     if not _fits(value, hint):
         name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-        raise ValueError(f"{where} must be of type {name}, got {value!r}")
+        raise InputError(f"{where} must be of type {name}, got {value!r}")
     return float(value) if hint is float else value
 
 
 def _build(cls, table: dict, where: str):
     """Instantiate dataclass ``cls`` from ``table``; unknown keys list the valid ones, wrong types are named."""
     if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table, got {type(table).__name__}")
+        raise InputError(f"{where} must be a table, got {type(table).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown key(s) {', '.join(where + '.' + k for k in unknown)}; "
             f"valid keys in [{where}]: {', '.join(sorted(known))}"
         )
@@ -318,7 +319,7 @@ def from_dict(d: dict, source: str = "config") -> Config:
         top = {f.name: f for f in fields(Config)}
         unknown = sorted(set(tables) - set(top))
         if unknown:
-            raise ValueError(f"unknown table(s) or key(s) {unknown}; valid: {sorted(top)}")
+            raise InputError(f"unknown table(s) or key(s) {unknown}; valid: {sorted(top)}")
         kw = {}
         for key, value in tables.items():
             default = top[key].default
@@ -329,14 +330,14 @@ def from_dict(d: dict, source: str = "config") -> Config:
             )
         return Config(**kw).validate()
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise InputError(f"{source}: {err}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.lr=1e-3"`` -> (["train", "lr"], 0.001); the value is TOML, a bare word a string."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set expects key=value (e.g. train.lr=1e-3), got {item!r}")
+        raise InputError(f"--set expects key=value (e.g. train.lr=1e-3), got {item!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -353,7 +354,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item}: {part!r} is not a table")
+                raise InputError(f"--set {item}: {part!r} is not a table")
         node[path[-1]] = value
     return d
 
@@ -363,11 +364,11 @@ def resolve_source(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such configuration file")
+            raise MissingInputError(f"{path}: no such configuration file")
         return path
     preset = CONFIG_DIR / f"{name_or_path}.toml"
     if not preset.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no preset named {name_or_path!r}; presets: {', '.join(list_presets())} (or pass a path to a .toml file)"
         )
     return preset
@@ -379,7 +380,7 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
     try:
         d = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+        raise InputError(f"{path}: not valid TOML ({err})") from None
     d.setdefault("name", path.stem)
     d = apply_overrides(d, list(overrides))
     if any(parse_override(item)[0] == ["train", "epochs"] for item in overrides):

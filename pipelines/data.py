@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 import events
+from events.errors import InputError
 
 from .config import DataConfig
 from .train_config import AugmentConfig
@@ -154,7 +155,7 @@ def item_shape(data: DataConfig, dataset) -> tuple[int, tuple[int, int]]:
     p, h, w = spec.output_shape(dataset.sensor_size)
     t = spec.frames_per_clip or spec.frames_per_sample
     if t is None:
-        raise ValueError("the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
+        raise InputError("the frame spec must fix the number of frames per item (frames_per_clip or n_time_bins)")
     return t * p, (h, w)
 
 
@@ -191,7 +192,7 @@ def load_data(
     cached = cache.get(train_ds, spec, progress=progress)
     items, groups, labels = _cached_items(cached, spec)
     if len(items) == 0:
-        raise ValueError(
+        raise InputError(
             f"{root}: the training set yields no {'clips' if spec.frames_per_clip else 'samples'} "
             f"with {spec} (recordings shorter than a clip?)"
         )

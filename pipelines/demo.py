@@ -25,6 +25,7 @@ from pathlib import Path
 
 import events
 from events.atomic import write_text_atomic
+from events.errors import InputError
 
 from . import config as configs
 from .checkpoint import read_checkpoint
@@ -55,7 +56,7 @@ def held_out_recording(data: Path) -> tuple[Path, Path]:
     """The first test recording of an IBM-layout folder and its labels CSV."""
     names = [n.strip() for n in (data / "trials_to_test.txt").read_text().split() if n.strip()]
     if not names:
-        raise ValueError(f"{data / 'trials_to_test.txt'} lists no recordings")
+        raise InputError(f"{data / 'trials_to_test.txt'} lists no recordings")
     rec = data / names[0]
     return rec, rec.with_name(rec.stem + "_labels.csv")
 
@@ -250,7 +251,7 @@ def run_demo(out, *, epochs: int | None = DEMO_EPOCHS, seed: int = 0) -> Path:
     line = _step(["export", "--checkpoint", run_dir.best, "--out", nir_path, "--target", "norse", "--check"])
     result = export_checkpoint(run_dir.best, nir_path, check=True, target="norse")
     if not result.ok:
-        raise ValueError(f"the export check failed: {line}")
+        raise InputError(f"the export check failed: {line}")
 
     seconds = time.perf_counter() - started
     write_text_atomic(out / "report.md", report(out, run_dir.out, twin_dir.out, stream_dir, nir_path, seconds))

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import nsm
 from events.atomic import check_output, write_text_atomic
+from events.errors import InputError
 from nsm.sampling import MCSettings, draws_noise, temper
 
 from . import config as configs
@@ -85,7 +86,7 @@ def check_data_fits(ck, checkpoint, shape: tuple[int, tuple[int, int]], classes,
         f"{name} {_shown(a)} in the network, {_shown(b)} in the data" for name, a, b in zip(names, want, have) if a != b
     ]
     if differs:
-        raise ValueError(
+        raise InputError(
             f"{checkpoint}: its network does not fit the test items of {data_root} (with the checkpoint's frame "
             f"settings): {'; '.join(differs)}. Evaluate it on the data set it was trained on"
         )
@@ -99,7 +100,7 @@ def checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress: bool =
     check_data_fits(ck, checkpoint, item_shape(cfg.data, dataset), dataset.classes, data_root)
     test = test_set(cfg.data, data_root, cache_dir, progress=progress, dataset=dataset)
     if len(test) == 0:
-        raise ValueError(f"{data_root}: the test split has no items for this run's frame settings")
+        raise InputError(f"{data_root}: the test split has no items for this run's frame settings")
     return test
 
 
@@ -131,7 +132,7 @@ def evaluate(
     ck = load_checkpoint(checkpoint)
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
     if cfg is None:
-        raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
+        raise InputError(f"{checkpoint}: the checkpoint holds no run configuration (was it written by nsm train?)")
     temperature = checkpoint_temperature(ck.state, checkpoint)
     mc = dataclasses.replace(cfg.eval.mc.overridden(**mc), temperature=temperature)
     out = Path(checkpoint).parent if out is None else Path(out)

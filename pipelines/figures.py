@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from events.atomic import atomic_file
+from events.errors import InputError
 
 from .calibration import DEFAULT_BINS, check_probs, reliability_bins
 
@@ -44,15 +45,15 @@ def plot_reliability(results: dict, path, n_bins: int = DEFAULT_BINS, title: str
     Returns the path written.
     """
     if not isinstance(results, dict) or not results:
-        raise ValueError("plot_reliability needs a non-empty dict {name: (probs, labels)}")
+        raise InputError("plot_reliability needs a non-empty dict {name: (probs, labels)}")
     binned = {}
     for name, pair in results.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(f"results[{name!r}] must be a (probs, labels) pair")
+            raise InputError(f"results[{name!r}] must be a (probs, labels) pair")
         try:
             probs, labels = check_probs(*pair)
         except ValueError as err:
-            raise ValueError(f"results[{name!r}]: {err}") from None
+            raise InputError(f"results[{name!r}]: {err}") from None
         correct = probs.argmax(axis=1) == labels
         binned[name] = reliability_bins(probs.max(axis=1).clip(0.0, 1.0), correct, n_bins)
 

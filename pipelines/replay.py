@@ -16,6 +16,7 @@ from tqdm import tqdm
 import events
 from events.atomic import check_output, write_text_atomic
 from events.datasets import parse_labels
+from events.errors import InputError
 from events.formats import check_chunk_size
 from events.live import LiveSource, SourceLost
 from events.stream import first_disorder
@@ -44,7 +45,7 @@ class LabelScorer:
         rows = np.asarray([(int(c), int(s), int(e)) for c, s, e in labels], dtype=np.int64).reshape(-1, 3)
         bad = (rows[:, 0] < 1) | (rows[:, 0] > num_classes)
         if bad.any():
-            raise ValueError(f"label class {int(rows[bad][0, 0])} outside 1..{num_classes} (the model's classes)")
+            raise InputError(f"label class {int(rows[bad][0, 0])} outside 1..{num_classes} (the model's classes)")
         self.classes, self.starts, self.ends = rows[:, 0] - 1, rows[:, 1], rows[:, 2]
         self.sums = np.zeros((len(rows), num_classes))
         self.counts = np.zeros(len(rows), dtype=np.int64)

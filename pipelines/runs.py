@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from events.atomic import write_text_atomic
+from events.errors import InputError, MissingInputError
 
 CONFIG = "config.toml"
 CHECKPOINT = "checkpoint.pt"
@@ -52,7 +53,7 @@ def select_device(name: str) -> torch.device:
     """``"cpu"``, ``"cuda"`` (an error without one) or ``"auto"`` (CUDA when present); under torchrun the
     process's own GPU (``LOCAL_RANK``)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available (use 'auto' or 'cpu')")
+        raise InputError("device 'cuda' was asked for but no CUDA device is available (use 'auto' or 'cpu')")
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -112,7 +113,7 @@ def numbered_records(path, *, cut_tail: bool = False) -> list[tuple[int, dict]]:
     by a killed writer) is dropped instead."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (run folders are written by 'nsm train')")
+        raise MissingInputError(f"{path}: no such file (run folders are written by 'nsm train')")
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     records = []
@@ -124,9 +125,9 @@ def numbered_records(path, *, cut_tail: bool = False) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as err:
             if cut_tail and lineno == len(lines):
                 break
-            raise ValueError(f"{path}: line {lineno}: not valid JSON ({err.msg})") from None
+            raise InputError(f"{path}: line {lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+            raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
         records.append((lineno, record))
     return records
 

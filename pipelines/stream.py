@@ -43,6 +43,7 @@ from torch import nn
 
 import events
 import nsm
+from events.errors import InputError
 from events.stream import SlidingWindows, Window, fit_frame_spec, iter_windows, window_frames
 from events.types import check_in_bounds, check_int
 from nsm.sampling import MAX_SAMPLES
@@ -172,23 +173,23 @@ class StreamingClassifier:
     ):
         spec_dict = getattr(model, "spec", None)
         if not spec_dict or "in_channels" not in spec_dict or "input_size" not in spec_dict:
-            raise ValueError("model must be built by models.create_model (its spec gives in_channels and input_size)")
+            raise InputError("model must be built by models.create_model (its spec gives in_channels and input_size)")
         if frame_spec is None:
-            raise ValueError("a frame spec is needed (the checkpoint has none: pass frame_spec=...)")
+            raise InputError("a frame spec is needed (the checkpoint has none: pass frame_spec=...)")
         spec = frame_spec if isinstance(frame_spec, events.FrameSpec) else events.FrameSpec.from_dict(frame_spec)
         if spec.overlap:
-            raise ValueError(
+            raise InputError(
                 f"streaming bins windows into back-to-back frames; the spec's overlap={spec.overlap} is not supported"
             )
         in_channels, input_size = int(spec_dict["in_channels"]), tuple(int(s) for s in spec_dict["input_size"])
         if in_channels % spec.channels:
-            raise ValueError(
+            raise InputError(
                 f"the model's {in_channels} input channels are not a multiple of the spec's "
                 f"{spec.channels} polarity channel(s)"
             )
         n_frames = in_channels // spec.channels
         if spec.frames_per_clip is not None and spec.frames_per_clip != n_frames:
-            raise ValueError(
+            raise InputError(
                 f"the spec's frames_per_clip={spec.frames_per_clip} does not match the model's "
                 f"{in_channels} input channels / {spec.channels} polarity channel(s) = {n_frames}"
             )
@@ -210,10 +211,10 @@ class StreamingClassifier:
         self.n_frames = n_frames
         if window_us is None:
             if spec.time_window_us is None:
-                raise ValueError(f"the spec slices by {spec.mode}; give window_us for streaming")
+                raise InputError(f"the spec slices by {spec.mode}; give window_us for streaming")
             window_us = n_frames * spec.time_window_us
         if not isinstance(window_us, (int, np.integer)) or window_us < n_frames or window_us % n_frames:
-            raise ValueError(
+            raise InputError(
                 f"window_us={window_us!r} must be a whole number of µs that splits into {n_frames} frames of whole µs"
             )
         hop_us = int(window_us) // 2 if hop_us is None else hop_us
@@ -227,7 +228,7 @@ class StreamingClassifier:
         )
         self.mc = mc
         if not 0.0 < decay <= 1.0:
-            raise ValueError(f"decay must be in (0, 1], got {decay!r}")
+            raise InputError(f"decay must be in (0, 1], got {decay!r}")
         self.decay, self.seed = float(decay), check_int("seed", seed, 0)
         self.model = model
         self._weights = nsm.WeightCache(model)
@@ -249,7 +250,7 @@ class StreamingClassifier:
         t = checkpoint_temperature(ck.state, path) if temperature is None else temperature
         frame_spec = overrides.pop("frame_spec")
         if frame_spec is None:
-            raise ValueError(f"{path}: the checkpoint holds no frame spec; pass frame_spec=...")
+            raise InputError(f"{path}: the checkpoint holds no frame spec; pass frame_spec=...")
         return cls(ck.model, frame_spec, mc=dataclasses.replace(mc, temperature=t), **overrides)
 
     @property

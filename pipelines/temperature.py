@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from events.errors import InputError
 from nsm.sampling import MAX_TEMPERATURE, MCSettings, draws_noise, temper
 
 from .calibration import classification_metrics, fit_temperature
@@ -55,7 +56,7 @@ def checkpoint_temperature(state: dict, path) -> float:
         return 1.0
     t = fit.get("temperature") if isinstance(fit, dict) else None
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= MAX_TEMPERATURE:
-        raise ValueError(f"{path}: its temperature record is not a temperature in (0, {MAX_TEMPERATURE:g}]: {fit!r}")
+        raise InputError(f"{path}: its temperature record is not a temperature in (0, {MAX_TEMPERATURE:g}]: {fit!r}")
     return float(t)
 
 
@@ -76,7 +77,7 @@ def fit_run_temperature(model, val_items: Dataset, samples: int, *, seed: int, d
     """Fit the temperature of ``model``'s Monte Carlo prediction with ``samples`` passes (one for a network that does
     not sample) on ``val_items`` (the module docstring)."""
     if len(val_items) == 0:
-        raise ValueError("fitting a temperature needs validation items")
+        raise InputError("fitting a temperature needs validation items")
     if not draws_noise(model):
         samples = 1
     mc = MCSettings(samples=samples)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from events.errors import InputError
 from events.types import SEED_MAX, check_float, check_int
 from nsm.moments import VARIANCE_RULES
 from nsm.neurons import NEURON_KINDS
@@ -163,7 +164,7 @@ class TrainConfig:
             check_int(f"train.{name}", getattr(self, name), 0)
         for kind, epochs in self.kind_epochs.items():
             if kind not in NEURON_KINDS:
-                raise ValueError(f"train.kind_epochs: unknown neuron kind {kind!r}; kinds: {', '.join(NEURON_KINDS)}")
+                raise InputError(f"train.kind_epochs: unknown neuron kind {kind!r}; kinds: {', '.join(NEURON_KINDS)}")
             check_int(f"train.kind_epochs.{kind}", epochs, 1)
         check_int("train.seed", self.seed, 0, SEED_MAX)
         for name in ("lr", "lr_gamma", "gain_lr_factor"):
@@ -173,28 +174,28 @@ class TrainConfig:
         check_float("train.sampled_lr_factor", self.sampled_lr_factor, 0, 1, open_min=True)
         check_float("train.weight_decay", self.weight_decay, 0, FLOAT32_MAX)
         if self.lr * max(1.0, self.gain_lr_factor) > MAX_LR:
-            raise ValueError(
+            raise InputError(
                 f"train.lr x train.gain_lr_factor must be at most {MAX_LR:.4g} (Adam's first step, 10 x the rate, "
                 f"must fit a float32), got {self.lr:g} x {self.gain_lr_factor:g}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+            raise InputError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.init not in INITS:
-            raise ValueError(f"train.init must be one of {INITS}, got {self.init!r}")
+            raise InputError(f"train.init must be one of {INITS}, got {self.init!r}")
         if self.logit_norm not in LOGIT_NORMS:
-            raise ValueError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
+            raise InputError(f"train.logit_norm must be one of {LOGIT_NORMS}, got {self.logit_norm!r}")
         if self.forward not in FORWARDS:
-            raise ValueError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
+            raise InputError(f"train.forward must be one of {FORWARDS}, got {self.forward!r}")
         if self.variance not in VARIANCE_RULES:
-            raise ValueError(f"train.variance must be one of {VARIANCE_RULES}, got {self.variance!r}")
+            raise InputError(f"train.variance must be one of {VARIANCE_RULES}, got {self.variance!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+            raise InputError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.lr_ramp not in LR_RAMPS:
-            raise ValueError(f"train.lr_ramp must be one of {LR_RAMPS}, got {self.lr_ramp!r}")
+            raise InputError(f"train.lr_ramp must be one of {LR_RAMPS}, got {self.lr_ramp!r}")
         if self.warmup_forward not in WARMUP_FORWARDS:
-            raise ValueError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
+            raise InputError(f"train.warmup_forward must be one of {WARMUP_FORWARDS}, got {self.warmup_forward!r}")
         if self.readout_fit not in READOUT_FITS:
-            raise ValueError(f"train.readout_fit must be one of {READOUT_FITS}, got {self.readout_fit!r}")
+            raise InputError(f"train.readout_fit must be one of {READOUT_FITS}, got {self.readout_fit!r}")
         if self.temperature_fit not in TEMPERATURE_FITS:
-            raise ValueError(f"train.temperature_fit must be one of {TEMPERATURE_FITS}, got {self.temperature_fit!r}")
+            raise InputError(f"train.temperature_fit must be one of {TEMPERATURE_FITS}, got {self.temperature_fit!r}")
         self.augment.validate()

@@ -47,15 +47,28 @@ def test_an_error_raised_inside_another_library_is_not_hidden(monkeypatch):
         cli.main(["bench", "--quick"])
 
 
-def test_raised_by_project_looks_at_the_innermost_frame():
-    import events
+def test_what_is_one_line_is_decided_by_the_errors_type(monkeypatch, capsys):
+    """A ``UserError`` (here an ``InputError``) is one line, whichever module raised it; a plain ``ValueError``, even
+    one raised by the project's own code, is a bug and shows its traceback."""
+    from events.errors import InputError
 
-    with pytest.raises(OSError) as project:
-        events.read("/nonexistent/file.bin")
-    assert cli.raised_by_project(project.value)
-    with pytest.raises(ValueError) as foreign:
-        np.zeros(3).reshape(2, 2)
-    assert not cli.raised_by_project(foreign.value)
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "--quick"])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+
+    def user_mistake(args):
+        raise InputError("train.lr must be positive, got -1")
+
+    args.func = user_mistake
+    assert cli.main(["bench", "--quick"]) == 2
+    assert capsys.readouterr().err == "nsm bench: error: train.lr must be positive, got -1\n"
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")
+
+    args.func = bug
+    with pytest.raises(ValueError, match="internal invariant"):
+        cli.main(["bench", "--quick"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from events.atomic import atomic_file, remove_dead_temps
+from events.errors import InputError, MissingInputError
 from events.frames import FrameSpec
 from events.types import SensorSize
 
@@ -34,7 +35,7 @@ def _fingerprint(dataset, spec: FrameSpec) -> dict:
         try:
             st = p.stat()
         except OSError as err:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{p}: source file of data set {dataset.name!r} cannot be read ({err.strerror or err})"
             ) from err
         sources.append([str(p), st.st_size, st.st_mtime_ns])
@@ -241,7 +242,7 @@ class FrameCache:
         if not isinstance(spec, FrameSpec):
             raise TypeError(f"spec must be a FrameSpec, got {type(spec).__name__}")
         if getattr(dataset, "transform", None) is not None:
-            raise ValueError(
+            raise InputError(
                 "the frame cache bins raw events and cannot key a transform: pass the data set "
                 "without transform (the FrameSpec covers binning)"
             )

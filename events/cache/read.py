@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from events.errors import InputError, UserError
 from events.frames import FrameSpec, frames_from_spec
 from events.types import SensorSize, check_int
 
@@ -24,7 +25,7 @@ STR = h5py.string_dtype("utf-8")
 log = logging.getLogger(__name__)
 
 
-class CacheError(OSError):
+class CacheError(UserError, OSError):
     """A cache file that cannot be used: names the file and what is wrong with it."""
 
     def __init__(self, path, problem: str):
@@ -63,12 +64,12 @@ def bin_sample(dataset, i: int, spec: FrameSpec, dtype: np.dtype) -> tuple[np.nd
     its info not JSON or its events cannot be binned."""
     events, label = dataset[i]
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-        raise ValueError(f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers")
+        raise InputError(f"sample {i} of {dataset.name!r} has label {label!r}; labels must be integers")
     info = dataset.sample_info(i)
     try:
         info_json = json.dumps(info, sort_keys=True)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}") from err
+        raise InputError(f"sample_info({i}) of {dataset.name!r} is not JSON-serialisable: {err}") from err
     window = (info.get("start_us"), info.get("end_us")) if spec.span == "sample" else (None, None)
     start, end = (None, None) if None in window else (int(window[0]), int(window[1]))
     sensor = SensorSize(*(int(v) for v in dataset.sensor_size))
@@ -236,7 +237,7 @@ class CachedClips(Sequence):
     def __init__(self, frames: CachedFrames, frames_per_clip: int | None = None, stride: int | None = None):
         fpc = frames.spec.frames_per_clip if frames_per_clip is None else frames_per_clip
         if fpc is None:
-            raise ValueError("frames_per_clip is not set in the frame spec; pass it explicitly")
+            raise InputError("frames_per_clip is not set in the frame spec; pass it explicitly")
         stride = fpc if stride is None else stride
         for name, v in (("frames_per_clip", fpc), ("stride", stride)):
             check_int(name, v, 1)

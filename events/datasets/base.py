@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from events.errors import MissingInputError
 from events.types import SensorSize
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """The data set is missing or incomplete; the message names the layout and the source."""
 
 

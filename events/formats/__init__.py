@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from events.atomic import file_kind
+from events.errors import InputError, MissingInputError
 from events.types import (
     EVENT_DTYPE,
     EventFormatError,
@@ -55,7 +56,7 @@ def check_regular_file(path: str | os.PathLike, what: str = "event file") -> Pat
         st = os.stat(path)
     except FileNotFoundError:
         dangling = " (a dangling symbolic link)" if os.path.islink(path) else ""
-        raise FileNotFoundError(f"no such {what}{dangling}: {path}") from None
+        raise MissingInputError(f"no such {what}{dangling}: {path}") from None
     except ValueError as err:  # an embedded NUL byte
         raise EventFormatError(f"unusable {what} path: {err}", repr(str(path))) from None
     except OSError as err:
@@ -169,17 +170,17 @@ def as_event_array(events, name: str = "events") -> np.ndarray:
     """
     arr = np.asarray(events)
     if arr.dtype.names is None or not {"x", "y", "t", "p"} <= set(arr.dtype.names):
-        raise ValueError(f"{name} must be a structured array with fields x, y, t, p; got dtype {arr.dtype}")
+        raise InputError(f"{name} must be a structured array with fields x, y, t, p; got dtype {arr.dtype}")
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+        raise InputError(f"{name} must be one-dimensional, got shape {arr.shape}")
     out = np.empty(len(arr), dtype=EVENT_DTYPE)
     for f in ("x", "y", "t", "p"):
         col = arr[f]
         if col.dtype.kind not in "iub":
-            raise ValueError(f"{name}[{f!r}] must hold integers, got {col.dtype}")
+            raise InputError(f"{name}[{f!r}] must hold integers, got {col.dtype}")
         info = np.iinfo(EVENT_DTYPE[f])
         if len(col) and (col.min() < info.min or col.max() > info.max):
-            raise ValueError(f"{name}[{f!r}] holds values outside {EVENT_DTYPE[f]}")
+            raise InputError(f"{name}[{f!r}] holds values outside {EVENT_DTYPE[f]}")
         out[f] = col
     return out
 
@@ -213,7 +214,7 @@ class CheckedChunks:
         ev = as_event_array(events)
         check_in_bounds(ev, self.sensor_size, self.path)
         if bad_times(ev["t"]).any() or first_disorder(ev, self.last_t) >= 0:
-            raise ValueError(f"{self.path}: event timestamps must be >= 0 and in time order")
+            raise InputError(f"{self.path}: event timestamps must be >= 0 and in time order")
         if len(ev):
             self.last_t = int(ev["t"][-1])
         self.n += len(ev)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from events.atomic import atomic_write
+from events.errors import InputError
 from events.formats import EventFileReader, as_event_array
 from events.formats.aedat_magic import SIGNATURE
 from events.formats.record import EventFormat
@@ -136,7 +137,7 @@ def read_time_range(path, start_us: int, end_us: int, index: PacketIndex) -> np.
     """
     st = os.stat(path)
     if st.st_size != index.file_size or st.st_mtime_ns != index.mtime_ns:
-        raise ValueError(f"{path}: file changed since its packet index was built")
+        raise InputError(f"{path}: file changed since its packet index was built")
     hit = np.flatnonzero((index.t_max >= start_us) & (index.t_min < end_us))
     parts = []
     with open(path, "rb") as fh:
@@ -297,13 +298,13 @@ def write_aedat3(path, events, sensor_size: SensorSize = DEFAULT_SENSOR, packet_
     ev = as_event_array(events)
     sensor_size = SensorSize(*sensor_size)
     if not (0 < sensor_size.width <= 1 << 15 and 0 < sensor_size.height <= 1 << 15):
-        raise ValueError(f"sensor size {tuple(sensor_size)} does not fit AEDAT 3.1's 15-bit x and y")
+        raise InputError(f"sensor size {tuple(sensor_size)} does not fit AEDAT 3.1's 15-bit x and y")
     if int(packet_events) < 1:
-        raise ValueError(f"packet_events must be positive, got {packet_events}")
+        raise InputError(f"packet_events must be positive, got {packet_events}")
     check_in_bounds(ev, sensor_size, path)
     t = ev["t"]
     if len(t) and (t.min() < 0 or t.max() >= 1 << 62):
-        raise ValueError("AEDAT 3.1 timestamps must satisfy 0 <= t < 2**62")
+        raise InputError("AEDAT 3.1 timestamps must satisfy 0 <= t < 2**62")
     overflow = t >> 31
     data = (
         (ev["x"].astype(np.uint32) << 17)

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 import aedat
 import numpy as np
 
+from events.errors import InputError
 from events.formats import EventFileReader, native_call
 from events.formats.aedat4_writer import MAX_SIDE, Aedat4Writer
 from events.formats.aedat_magic import SIGNATURE
@@ -202,7 +203,7 @@ class PacketFraming:
 
         def read(pos: int, n: int) -> bytes:
             if pos + n > length:
-                raise ValueError(f"its frames run past its {length} bytes")
+                raise InputError(f"its frames run past its {length} bytes")
             self.fh.seek(start + pos)
             return self.fh.read(n)
 
@@ -238,11 +239,11 @@ def decompressed_bound(read, length: int, compression: int) -> int:
             pos += 8 + struct.unpack("<I", read(pos + 4, 4))[0]
             continue
         if magic != (_LZ4_MAGIC if lz4 else _ZSTD_MAGIC):
-            raise ValueError(f"magic number {magic:#010x} at byte {pos} starts no {'LZ4' if lz4 else 'Zstd'} frame")
+            raise InputError(f"magic number {magic:#010x} at byte {pos} starts no {'LZ4' if lz4 else 'Zstd'} frame")
         pos, size = (_lz4_frame if lz4 else _zstd_frame)(read, pos + 4)
         total += size
     if pos > length:
-        raise ValueError(f"its frames run past its {length} bytes")
+        raise InputError(f"its frames run past its {length} bytes")
     return total
 
 
@@ -250,7 +251,7 @@ def _lz4_frame(read, pos: int) -> tuple[int, int]:
     """(end, decompressed size bound) of the LZ4 frame whose descriptor starts at ``pos``."""
     flags, bd = read(pos, 2)
     if flags >> 6 != 1 or (bd >> 4) & 7 not in _LZ4_BLOCK:
-        raise ValueError(f"LZ4 frame descriptor {flags:#04x} {bd:#04x} at byte {pos}")
+        raise InputError(f"LZ4 frame descriptor {flags:#04x} {bd:#04x} at byte {pos}")
     block_max = _LZ4_BLOCK[(bd >> 4) & 7]
     declared = struct.unpack("<Q", read(pos + 2, 8))[0] if flags & 0x08 else 0
     pos += 3 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0)  # FLG, BD, size, dictionary id, checksum
@@ -270,7 +271,7 @@ def _zstd_frame(read, pos: int) -> tuple[int, int]:
     """(end, decompressed size bound) of the Zstd frame whose header descriptor is at ``pos``."""
     (fhd,) = read(pos, 1)
     if fhd & 0x08:
-        raise ValueError(f"Zstd frame header descriptor {fhd:#04x} at byte {pos} sets the reserved bit")
+        raise InputError(f"Zstd frame header descriptor {fhd:#04x} at byte {pos} sets the reserved bit")
     single = bool(fhd & 0x20)
     pos += 1 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3]  # descriptor, window, dictionary id
     fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
@@ -281,7 +282,7 @@ def _zstd_frame(read, pos: int) -> tuple[int, int]:
         header = int.from_bytes(read(pos, 3), "little")
         kind, size = (header >> 1) & 3, header >> 3
         if kind == 3:
-            raise ValueError(f"Zstd block of the reserved type at byte {pos}")
+            raise InputError(f"Zstd block of the reserved type at byte {pos}")
         blocks += _ZSTD_BLOCK if kind == 2 else size  # compressed: at most a full block; raw or RLE: its size
         pos += 3 + (1 if kind == 1 else size)
         if header & 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from events.errors import InputError
 from events.formats.faery_writer import FAERY_EVENTS, FaeryWriter
 
 MAX_SIDE = (1 << 15) - 1
@@ -55,7 +56,7 @@ class Aedat4Writer(FaeryWriter):
     def __init__(self, path, sensor_size):
         w, h, *_ = (int(v) for v in sensor_size)
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-            raise ValueError(f"{path}: sensor size {w}x{h} does not fit AEDAT 4 (each side 1..{MAX_SIDE})")
+            raise InputError(f"{path}: sensor size {w}x{h} does not fit AEDAT 4 (each side 1..{MAX_SIDE})")
         super().__init__(path, (w, h, 2))
 
     def _encoder_for(self, tmp: str):

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from events.atomic import atomic_path
+from events.errors import InputError
 from events.formats import CheckedChunks, native_call
 
 FAERY_EVENTS = np.dtype([("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
@@ -60,7 +61,7 @@ class FaeryWriter(CheckedChunks):
     def write(self, events) -> None:
         """Append ``events`` (fields x, y, t, p; after every event written before)."""
         if self._encoder is None:
-            raise ValueError(f"{self.path}: writer is not open (use it as a context manager)")
+            raise InputError(f"{self.path}: writer is not open (use it as a context manager)")
         last_t = self.last_t
         ev = self.check(events)
         if not len(ev):

@@ -26,6 +26,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from events.atomic import atomic_file
+from events.errors import InputError
 from events.formats import CheckedChunks, EventFileReader
 from events.formats.record import EventFormat, Signature
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, time_limit, times_us
@@ -96,7 +97,7 @@ def _read_header(fh, path: str):
         if reader is None and major == 3:  # 3.0 differs from 2.0 only in allowing utf-8 names
             reader = fmt.read_array_header_2_0
         if reader is None:
-            raise ValueError(f"unsupported .npy format version {major}")
+            raise InputError(f"unsupported .npy format version {major}")
         shape, fortran, dtype = reader(fh)
     except EventFormatError:
         raise
@@ -145,7 +146,7 @@ class GestureNpyWriter(CheckedChunks):
     def __enter__(self) -> GestureNpyWriter:
         w, h, _ = self.sensor_size
         if w > SENSOR_SIZE.width or h > SENSOR_SIZE.height:
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: tonic's .npy holds {SENSOR_SIZE.width}x{SENSOR_SIZE.height} DVS Gesture events; "
                 f"this recording's sensor is {w}x{h}"
             )
@@ -160,7 +161,7 @@ class GestureNpyWriter(CheckedChunks):
         """Append ``events`` (fields x, y, t, p; after every event written before)."""
         ev = self.check(events)
         if len(ev) and ev["t"].max() >= NPY_MAX_T_US:
-            raise ValueError(f"{self.path}: a time of {NPY_MAX_T_US} µs or later does not survive t / 1000 in ms")
+            raise InputError(f"{self.path}: a time of {NPY_MAX_T_US} µs or later does not survive t / 1000 in ms")
         rows = np.empty((len(ev), 4), dtype="<f8")
         rows[:, 0], rows[:, 1], rows[:, 2] = ev["x"], ev["y"], ev["p"]
         rows[:, 3] = ev["t"] / US_PER_MS

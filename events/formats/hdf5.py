@@ -33,6 +33,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from events.atomic import atomic_write
+from events.errors import InputError
 from events.formats import CheckedChunks, EventFileReader, as_event_array
 from events.formats.record import EventFormat, Signature
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, bad_times, first_disorder
@@ -111,7 +112,7 @@ class HDF5EventReader(EventFileReader):
 
     def _chunks(self, max_events: int) -> Iterator[np.ndarray]:
         if self._file is None:
-            raise ValueError(f"{self.path}: reader is closed")
+            raise InputError(f"{self.path}: reader is closed")
         w, h, _ = self.sensor_size
         limits = {"x": w, "y": h, "p": 2}
         last_t = None  # of the event before the batch
@@ -213,7 +214,7 @@ class HDF5Writer(CheckedChunks):
         super().__init__(path, SensorSize(*sensor_size))
         w, h, n_pol = (int(v) for v in self.sensor_size)
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and n_pol in (1, 2)):
-            raise ValueError(
+            raise InputError(
                 f"{path}: sensor size {w}x{h} with {n_pol} polarities does not fit an HDF5 event file (each side "
                 f"1..{MAX_SIDE}, 1 or 2 polarities)"
             )
@@ -241,7 +242,7 @@ class HDF5Writer(CheckedChunks):
         """Append ``events`` (fields x, y, t, p; after every event written before)."""
         ev = self.check(events)
         if self.n_events is not None and self.n > self.n_events:
-            raise ValueError(f"{self.path}: {self.n} events written, {self.n_events} announced")
+            raise InputError(f"{self.path}: {self.n} events written, {self.n_events} announced")
         for name, ds in zip(COLUMNS, self._columns):
             if self.n_events is None:
                 ds.resize((self.n,))
@@ -250,7 +251,7 @@ class HDF5Writer(CheckedChunks):
 
     def __exit__(self, *exc) -> bool:
         if exc[0] is None and self.n_events not in (None, self.n):
-            err = ValueError(f"{self.path}: {self.n} of the {self.n_events} events announced were written")
+            err = InputError(f"{self.path}: {self.n} of the {self.n_events} events announced were written")
             self._stack.__exit__(ValueError, err, None)
             raise err
         return bool(self._stack.__exit__(*exc))

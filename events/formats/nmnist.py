@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from events.atomic import atomic_write
+from events.errors import InputError
 from events.formats import EventFileReader, as_event_array
 from events.formats.record import EventFormat
 from events.types import EVENT_DTYPE, EventFormatError, SensorSize, check_in_bounds, empty_events
@@ -131,14 +132,14 @@ def write_nmnist(path, events) -> None:
     check_in_bounds(ev, SENSOR_SIZE, path)
     t = ev["t"]
     if len(t) and t.min() < 0:
-        raise ValueError("N-MNIST timestamps must be >= 0")
+        raise InputError("N-MNIST timestamps must be >= 0")
     # k[i]: overflow markers before event i; the fewest with 0 <= t - k * 2**13 <= TS_MAX.
     need = np.maximum(0, -((TS_MAX - t) // OVERFLOW_US))
     k = np.maximum.accumulate(need) if len(t) else need
     stored = t - k * OVERFLOW_US
     if len(t) and stored.min() < 0:
         i = int(np.argmax(stored < 0))
-        raise ValueError(
+        raise InputError(
             f"event {i}: t={int(t[i])} lies more than 2**23 us before an earlier event; N-MNIST cannot encode it"
         )
     n_markers = int(k[-1]) if len(k) else 1

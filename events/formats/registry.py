@@ -11,6 +11,7 @@ the records.
 
 from __future__ import annotations
 
+from events.errors import InputError
 from events.formats import aedat3, aedat4, gesture_npy, hdf5, nmnist, prophesee
 from events.formats.record import EventFormat
 
@@ -30,7 +31,7 @@ def event_format(name: str) -> EventFormat:
     for fmt in EVENT_FORMATS:
         if fmt.name == name:
             return fmt
-    raise ValueError(f"unknown event format {name!r}; known: {', '.join(NAMES)}")
+    raise InputError(f"unknown event format {name!r}; known: {', '.join(NAMES)}")
 
 
 def formats_table() -> str:

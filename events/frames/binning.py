@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 
+from events.errors import InputError
 from events.types import EVENT_DTYPE, EventFormatError, is_int
 
 from .kernels import EXCLUDED, bin_events, check_range, searchsorted_left
@@ -23,17 +24,17 @@ def _as_event_array(events, width: int, height: int) -> np.ndarray:
     values are known to fit, so that a conversion never wraps a bad coordinate onto the sensor.
     """
     if not isinstance(events, np.ndarray) or events.dtype.names is None:
-        raise ValueError(f"events must be a NumPy structured array with fields x, y, t, p, got {type(events).__name__}")
+        raise InputError(f"events must be a NumPy structured array with fields x, y, t, p, got {type(events).__name__}")
     if events.ndim != 1:
-        raise ValueError(f"events must be a 1-D structured array, got shape {events.shape}")
+        raise InputError(f"events must be a 1-D structured array, got shape {events.shape}")
     if events.dtype == EVENT_DTYPE:
         return events
     missing = [n for n in ("x", "y", "t", "p") if n not in events.dtype.names]
     if missing:
-        raise ValueError(f"events need fields x, y, t, p; missing {missing} (dtype {events.dtype})")
+        raise InputError(f"events need fields x, y, t, p; missing {missing} (dtype {events.dtype})")
     for n in ("x", "y", "t", "p"):
         if events.dtype[n].kind not in "iub":
-            raise ValueError(f"event field {n!r} must be integer, got {events.dtype[n]}")
+            raise InputError(f"event field {n!r} must be integer, got {events.dtype[n]}")
     x, y, p = (events[n].astype(np.int64) for n in ("x", "y", "p"))
     bad = (x < 0) | (x >= width) | (y < 0) | (y >= height) | (p < 0) | (p > 1)
     if events.dtype["t"].kind == "u":
@@ -128,7 +129,7 @@ def _lookup_tables(spec: FrameSpec, width: int, height: int, out_shape):
 def _out_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind not in "iuf":
-        raise ValueError(f"dtype must be an integer or floating type, got {dt}")
+        raise InputError(f"dtype must be an integer or floating type, got {dt}")
     return dt
 
 
@@ -154,14 +155,14 @@ def frames_from_spec(
     if not isinstance(spec, FrameSpec):
         raise TypeError(f"spec must be a FrameSpec, got {type(spec).__name__}")
     if spec.mode != "time_window_us" and (start_us is not None or end_us is not None):
-        raise ValueError("start_us/end_us apply to time_window_us binning only")
+        raise InputError("start_us/end_us apply to time_window_us binning only")
     for name, v in (("start_us", start_us), ("end_us", end_us)):
         if v is not None and not is_int(v):
-            raise ValueError(f"{name} must be an integer number of µs, got {v!r}")
+            raise InputError(f"{name} must be an integer number of µs, got {v!r}")
     if start_us is not None and end_us is not None and end_us < start_us:
-        raise ValueError(f"end_us ({end_us}) is before start_us ({start_us})")
+        raise InputError(f"end_us ({end_us}) is before start_us ({start_us})")
     if threads is not None and (not is_int(threads) or threads < 1):
-        raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
+        raise InputError(f"threads must be None or an integer >= 1, got {threads!r}")
     out_dtype = _out_dtype((np.uint8 if spec.binary else np.uint16) if dtype is None else dtype)
     width, height = sensor_wh(sensor_size)
     shape = spec.output_shape((width, height))
@@ -286,12 +287,12 @@ def split_clips(frames: np.ndarray, frames_per_clip: int, stride: int | None = N
     """
     frames = np.asarray(frames)
     if frames.ndim != 4:
-        raise ValueError(f"frames must be (T, P, H, W), got shape {frames.shape}")
+        raise InputError(f"frames must be (T, P, H, W), got shape {frames.shape}")
     if not is_int(frames_per_clip) or frames_per_clip < 1:
-        raise ValueError(f"frames_per_clip must be an integer >= 1, got {frames_per_clip!r}")
+        raise InputError(f"frames_per_clip must be an integer >= 1, got {frames_per_clip!r}")
     stride = frames_per_clip if stride is None else stride
     if not is_int(stride) or stride < 1:
-        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+        raise InputError(f"stride must be an integer >= 1, got {stride!r}")
     n_frames = frames.shape[0]
     n = (n_frames - frames_per_clip) // stride + 1 if n_frames >= frames_per_clip else 0
     out = np.empty((n, frames_per_clip, *frames.shape[1:]), dtype=frames.dtype)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from events.errors import InputError
 from events.types import is_int
 
 _POLARITY_MODES = ("both", "on", "off", "merge")
@@ -26,9 +27,9 @@ def sensor_wh(sensor_size) -> tuple[int, int]:
     try:
         w, h = int(sensor_size[0]), int(sensor_size[1])
     except (TypeError, IndexError, ValueError):
-        raise ValueError(f"sensor_size must be (width, height[, polarities]), got {sensor_size!r}") from None
+        raise InputError(f"sensor_size must be (width, height[, polarities]), got {sensor_size!r}") from None
     if not (0 < w <= _MAX_SIDE and 0 < h <= _MAX_SIDE):
-        raise ValueError(f"sensor width and height must be in 1..{_MAX_SIDE} (int16 coordinates), got {sensor_size!r}")
+        raise InputError(f"sensor width and height must be in 1..{_MAX_SIDE} (int16 coordinates), got {sensor_size!r}")
     return w, h
 
 
@@ -80,59 +81,59 @@ class FrameSpec:
         }
         chosen = [k for k, v in modes.items() if v is not None]
         if len(chosen) != 1:
-            raise ValueError(
+            raise InputError(
                 "set exactly one of n_time_bins, time_window_us and event_count "
                 f"(got {', '.join(chosen) if chosen else 'none'})"
             )
         mode = chosen[0]
         value = modes[mode]
         if not is_int(value) or value <= 0:
-            raise ValueError(f"{mode} must be a positive integer, got {value!r}")
+            raise InputError(f"{mode} must be a positive integer, got {value!r}")
         object.__setattr__(self, mode, int(value))
         if self.polarity not in _POLARITY_MODES:
-            raise ValueError(f"polarity must be one of {_POLARITY_MODES}, got {self.polarity!r}")
+            raise InputError(f"polarity must be one of {_POLARITY_MODES}, got {self.polarity!r}")
         if not is_int(self.downsample) or self.downsample < 1:
-            raise ValueError(f"downsample must be an integer >= 1, got {self.downsample!r}")
+            raise InputError(f"downsample must be an integer >= 1, got {self.downsample!r}")
         object.__setattr__(self, "downsample", int(self.downsample))
         if self.crop is not None:
             crop = tuple(self.crop) if isinstance(self.crop, (tuple, list)) else None
             if crop is None or len(crop) != 2 or not all(is_int(c) and c > 0 for c in crop):
-                raise ValueError(f"crop must be None or (width, height) of positive integers, got {self.crop!r}")
+                raise InputError(f"crop must be None or (width, height) of positive integers, got {self.crop!r}")
             object.__setattr__(self, "crop", (int(crop[0]), int(crop[1])))
         if not isinstance(self.binary, (bool, np.bool_)):
-            raise ValueError(f"binary must be True or False, got {self.binary!r}")
+            raise InputError(f"binary must be True or False, got {self.binary!r}")
         object.__setattr__(self, "binary", bool(self.binary))
         if self.frames_per_clip is not None:
             if not is_int(self.frames_per_clip) or self.frames_per_clip < 1:
-                raise ValueError(f"frames_per_clip must be None or an integer >= 1, got {self.frames_per_clip!r}")
+                raise InputError(f"frames_per_clip must be None or an integer >= 1, got {self.frames_per_clip!r}")
             object.__setattr__(self, "frames_per_clip", int(self.frames_per_clip))
         if not isinstance(self.include_incomplete, (bool, np.bool_)):
-            raise ValueError(f"include_incomplete must be True or False, got {self.include_incomplete!r}")
+            raise InputError(f"include_incomplete must be True or False, got {self.include_incomplete!r}")
         object.__setattr__(self, "include_incomplete", bool(self.include_incomplete))
         ov = self.overlap
         if mode == "n_time_bins":
             if not _is_number(ov) or not 0 <= ov < 1:
-                raise ValueError(f"overlap for n_time_bins is a fraction of a bin, 0 <= overlap < 1; got {ov!r}")
+                raise InputError(f"overlap for n_time_bins is a fraction of a bin, 0 <= overlap < 1; got {ov!r}")
             if self.include_incomplete:
-                raise ValueError("include_incomplete applies to time_window_us and event_count, not n_time_bins")
+                raise InputError("include_incomplete applies to time_window_us and event_count, not n_time_bins")
             object.__setattr__(self, "overlap", int(ov) if is_int(ov) else float(ov))
         else:
             if not is_int(ov) or not 0 <= ov < value:
                 unit = "µs" if mode == "time_window_us" else "events"
-                raise ValueError(
+                raise InputError(
                     f"overlap for {mode} is an integer number of {unit}, 0 <= overlap < {mode}={value}; got {ov!r}"
                 )
             object.__setattr__(self, "overlap", int(ov))
         if self.span not in _SPANS:
-            raise ValueError(f"span must be one of {_SPANS}, got {self.span!r}")
+            raise InputError(f"span must be one of {_SPANS}, got {self.span!r}")
         if self.span == "sample" and mode != "time_window_us":
-            raise ValueError("span='sample' needs time_window_us (fixed windows over the sample's interval)")
+            raise InputError("span='sample' needs time_window_us (fixed windows over the sample's interval)")
         if self.max_frames is not None:
             if not is_int(self.max_frames) or self.max_frames < 1:
-                raise ValueError(f"max_frames must be None or an integer >= 1, got {self.max_frames!r}")
+                raise InputError(f"max_frames must be None or an integer >= 1, got {self.max_frames!r}")
             object.__setattr__(self, "max_frames", int(self.max_frames))
             if self.frames_per_clip is not None and self.max_frames < self.frames_per_clip:
-                raise ValueError(
+                raise InputError(
                     f"max_frames={self.max_frames} holds no clip of frames_per_clip={self.frames_per_clip} frames"
                 )
 
@@ -162,7 +163,7 @@ class FrameSpec:
         if self.crop is not None:
             cw, ch = self.crop
             if cw > w or ch > h:
-                raise ValueError(f"crop {cw}x{ch} is larger than the {w}x{h} sensor")
+                raise InputError(f"crop {cw}x{ch} is larger than the {w}x{h} sensor")
             w, h = cw, ch
         f = self.downsample
         return self.channels, -(-h // f), -(-w // f)
@@ -181,11 +182,11 @@ class FrameSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> FrameSpec:
         """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError``."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"a frame spec must be a mapping, got {type(d).__name__}")
+            raise InputError(f"a frame spec must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown frame spec key(s) {unknown}; known keys are {sorted(known)}")
+            raise InputError(f"unknown frame spec key(s) {unknown}; known keys are {sorted(known)}")
         kw = dict(d)
         if "crop" in kw and isinstance(kw["crop"], list):
             kw["crop"] = tuple(kw["crop"])

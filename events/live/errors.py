@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from events.errors import UserError
 
-class LiveSourceError(OSError):
+
+class LiveSourceError(UserError, OSError):
     """A live source that cannot be used: ``str(err)`` reads ``"<source>: <problem>"``."""
 
     def __init__(self, problem: str, source: str):

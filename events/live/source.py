@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from events.errors import InputError
 from events.formats import DEFAULT_CHUNK_EVENTS, check_chunk_size
 from events.live import network
 from events.live.clock import ClockGaps
@@ -266,7 +267,7 @@ def open_source(
     """
     for name, value in (("stall_timeout_s", stall_timeout_s), ("reconnect_s", reconnect_s)):
         if value is not None and not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            raise InputError(f"{name} must be a positive number of seconds, got {value!r}")
     settings = dict(stall_timeout_s=float(stall_timeout_s), reconnect_s=reconnect_s, notify=notify)
     if source.startswith("dv://"):
         try:
@@ -275,12 +276,12 @@ def open_source(
         except ValueError:
             host = port = None
         if not host or not port or parts.path or parts.query or parts.fragment:
-            raise ValueError(f"{source!r}: a network source is dv://HOST:PORT, e.g. dv://127.0.0.1:7777")
+            raise InputError(f"{source!r}: a network source is dv://HOST:PORT, e.g. dv://127.0.0.1:7777")
         _import_dv(source)  # here, for its error; the reader process imports it again
         opener = network.network_opener(host, port, source, float(stall_timeout_s))
         return LiveSource(source, "dv network stream", opener, "the server closed the connection", **settings)
     kind, _, wanted = source.partition(":")
     if kind != "camera":
-        raise ValueError(f"{source!r} is not a live source: give dv://HOST:PORT or camera[:NAME]")
+        raise InputError(f"{source!r} is not a live source: give dv://HOST:PORT or camera[:NAME]")
     opener = _camera_opener(_import_dv(source), wanted or None, source)
     return LiveSource(source, "iniVation camera", opener, "the camera stopped", **settings)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from events.datasets import GESTURE_CLASSES as _DATASET_CLASSES
+from events.errors import InputError
 
 from .render import render_capsules
 
@@ -283,7 +284,7 @@ def hand_paths(cls: int, tau: np.ndarray, duration: float, p: dict):
                 bends[j] = path["bend"]
         hands, bends = tuple(hands), tuple(bends)
     else:
-        raise ValueError(f"gesture class must be 1..11, got {cls}")
+        raise InputError(f"gesture class must be 1..11, got {cls}")
     # tremor, and easing from / to the rest pose
     out = []
     w = _smoothstep(np.minimum(tau, duration - tau) / RAMP_S)[:, None]

@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from events.errors import InputError
 from events.types import EVENT_DTYPE, SensorSize, check_int, empty_events
 
 from .kernels import camera_kernel, init_noise_clocks
@@ -101,7 +102,7 @@ class EventCameraModel:
         )
         for name, v, zero_ok in checks:
             if not (np.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
-                raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'} and finite, got {v!r}")
+                raise InputError(f"{name} must be {'>= 0' if zero_ok else '> 0'} and finite, got {v!r}")
         self.width, self.height = int(width), int(height)
         self.sensor_size = SensorSize(self.width, self.height, 2)
         self.contrast_threshold = float(contrast_threshold)
@@ -169,9 +170,9 @@ class EventCameraModel:
         frames = np.ascontiguousarray(frames)
         times = np.atleast_1d(np.asarray(times_us, dtype=np.float64))
         if frames.ndim != 3 or frames.shape[1:] != (self.height, self.width):
-            raise ValueError(f"frames must have shape (N, {self.height}, {self.width}), got {frames.shape}")
+            raise InputError(f"frames must have shape (N, {self.height}, {self.width}), got {frames.shape}")
         if times.shape != (frames.shape[0],):
-            raise ValueError(f"times_us must have one entry per frame ({frames.shape[0]}), got {times.shape}")
+            raise InputError(f"times_us must have one entry per frame ({frames.shape[0]}), got {times.shape}")
         if len(times) == 0:
             return empty_events()
         if (
@@ -179,12 +180,12 @@ class EventCameraModel:
             or np.any(np.diff(times) <= 0)
             or (self._started and times[0] <= self._clock[0])
         ):
-            raise ValueError("frame times must be finite and increase strictly (also across calls)")
+            raise InputError("frame times must be finite and increase strictly (also across calls)")
         bg, shot = self.background_rate_hz * 1e-6, self.shot_noise_rate_hz * 1e-6
         if not self._started:
             first = frames[0].astype(np.float64).ravel()
             if not np.all(np.isfinite(first)):
-                raise ValueError("frame 0 holds NaN or infinite values")
+                raise InputError("frame 0 holds NaN or infinite values")
             self._prev_lin[:] = first
             self._prev_log[:] = np.log(np.maximum(first, 0.0) + self.eps)
             self._ref[:] = self._prev_log
@@ -214,7 +215,7 @@ class EventCameraModel:
         )
         if bad >= 0:
             self.reset()
-            raise ValueError(f"frame {bad} of this call holds NaN or infinite values (the model was reset)")
+            raise InputError(f"frame {bad} of this call holds NaN or infinite values (the model was reset)")
         order = np.lexsort((rows[:, 1] * self.width + rows[:, 0], rows[:, 2]))
         out = np.empty(len(rows), dtype=EVENT_DTYPE)
         for j, f in enumerate(("x", "y", "t", "p")):
@@ -244,7 +245,7 @@ class EventCameraModel:
         self.reset(noise_seed)
         if callable(scene):
             if duration_us is None or duration_us <= 0 or step_us <= 0:
-                raise ValueError("a scene callable needs duration_us > 0 and step_us > 0")
+                raise InputError("a scene callable needs duration_us > 0 and step_us > 0")
             grid = start_us + np.arange(0, int(duration_us) + 1, int(step_us), dtype=np.int64)
             parts = []
             for a in range(0, len(grid), chunk_frames):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from events.errors import InputError
 from events.types import SensorSize, check_int
 
 from .body import (
@@ -152,10 +153,10 @@ def simulate_gestures(
     lightings = list(LIGHTINGS) if lightings is None else [str(name) for name in lightings]
     unknown = [name for name in lightings if name not in LIGHTINGS]
     if not lightings or unknown or len(set(lightings)) != len(lightings):
-        raise ValueError(f"lightings must be distinct names out of {sorted(LIGHTINGS)}, got {lightings!r}")
+        raise InputError(f"lightings must be distinct names out of {sorted(LIGHTINGS)}, got {lightings!r}")
     g_min, g_max = (float(v) for v in gesture_s)
     if not (2 * RAMP_S < g_min <= g_max < 600):  # room to ease in and out; a sanity bound
-        raise ValueError(
+        raise InputError(
             f"gesture_s must be (min, max) seconds with {2 * RAMP_S} < min <= max < 600, got {gesture_s!r}"
         )
     out = Path(out_dir)

@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from events.errors import ExistingOutputError
+
 FORMAT_VERSION = 1
 
 
@@ -40,7 +42,7 @@ def claim_output(out: Path, generator: str, patterns: Sequence[str]) -> set[Path
             ours = False
         if not ours:
             example = sorted(found)[0] if found else marker
-            raise FileExistsError(
+            raise ExistingOutputError(
                 f"{out} already holds data files not written by {generator} "
                 f"(e.g. {example}); choose an empty folder or one this generator wrote"
             )

@@ -14,6 +14,7 @@ import torch
 import events
 import models
 import nsm
+from events.errors import InputError
 
 from ..runs import cpu_has_native_bf16
 from ..stream import STREAM_MC, StreamingClassifier
@@ -154,7 +155,7 @@ def stream_checkpoint(path, quick: bool) -> list[Row]:
 
     ck = load_checkpoint(path)
     if ck.frame_spec is None:
-        raise ValueError(f"{path}: the checkpoint holds no frame spec, so its input cannot be binned")
+        raise InputError(f"{path}: the checkpoint holds no frame spec, so its input cannot be binned")
     name = ck.model.spec["name"]
     make = _classifier(ck.model, ck.frame_spec, _ADAPTIVE)
     default = torch.get_num_threads()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from events.errors import MissingInputError
 from nsm.neurons import NEURON_KINDS
 
 from .. import analyze as analysis
@@ -38,18 +39,18 @@ def resolve_runs(args) -> list[Path]:
     if args.checkpoint:
         for ck in map(Path, args.checkpoint):
             if not ck.is_file():
-                raise FileNotFoundError(f"{ck}: checkpoint not found")
+                raise MissingInputError(f"{ck}: checkpoint not found")
             runs.append(ck.resolve().parent)
     else:
         for path in map(Path, args.run):
             if not path.is_dir():
-                raise FileNotFoundError(f"{path}: run folder not found")
+                raise MissingInputError(f"{path}: run folder not found")
             if (path / ACTIVITY).exists() or not (path / "runs").is_dir():
                 runs.append(path)
                 continue
             found = [p for p in (path / "runs").iterdir() if p.is_dir()]
             if not found:
-                raise FileNotFoundError(f"{path / 'runs'}: no run folders in this 'nsm compare' output")
+                raise MissingInputError(f"{path / 'runs'}: no run folders in this 'nsm compare' output")
             order = {k: i for i, k in enumerate(NEURON_KINDS)}
             runs.extend(sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name)))
     unique = list(dict.fromkeys(p.resolve() for p in runs))

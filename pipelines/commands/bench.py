@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 
 from events.atomic import check_output, write_text_atomic
+from events.errors import MissingInputError
 
 from .. import bench as benchmarks
 
@@ -33,7 +34,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     for path in args.checkpoint:  # fail before the long run, not after it
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--checkpoint {path}: no such file")
+            raise MissingInputError(f"--checkpoint {path}: no such file")
     if args.out:
         check_output(args.out, [("--checkpoint", path) for path in args.checkpoint])
     print(f"machine: {benchmarks.machine()}", flush=True)

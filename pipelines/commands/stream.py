@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
+from events.errors import InputError
 from events.live import DEFAULT_STALL_S, INSTALL_HINT, LiveSource, SourceLost, open_source
 
 from ..replay import replay
@@ -40,7 +41,7 @@ def _ms_to_us(value: float | None, name: str) -> int | None:
         return None
     us = round(value * 1000)
     if us < 1 or abs(us - value * 1000) > 1e-6:
-        raise ValueError(f"{name} must be a positive whole number of µs in ms (e.g. 96 or 0.5), got {value}")
+        raise InputError(f"{name} must be a positive whole number of µs in ms (e.g. 96 or 0.5), got {value}")
     return int(us)
 
 
@@ -167,9 +168,9 @@ def _ctrl_c_ends(source: LiveSource):
 def run(args) -> int:
     window_us, hop_us = _ms_to_us(args.window_ms, "--window-ms"), _ms_to_us(args.hop_ms, "--hop-ms")
     if args.source is None and (args.stall_timeout is not None or args.reconnect is not None):
-        raise ValueError("--stall-timeout and --reconnect apply to a live --source only")
+        raise InputError("--stall-timeout and --reconnect apply to a live --source only")
     if args.chunk_events < 1:
-        raise ValueError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
+        raise InputError(f"--chunk-events must be an integer >= 1 (events read per chunk), got {args.chunk_events}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = dict(

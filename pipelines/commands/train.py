@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from events.atomic import check_output
+from events.errors import InputError
 
 from .. import config as configs
 from ..runs import DEFAULT_CACHE, RunFolder
@@ -58,11 +59,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.resume:
         if args.set:
-            raise ValueError("--set cannot change a resumed run; its configuration is in its config.toml")
+            raise InputError("--set cannot change a resumed run; its configuration is in its config.toml")
         cfg = configs.Config()  # replaced by the run's own configuration
     else:
         if args.config is None:
-            raise ValueError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
+            raise InputError(f"--config is required (a preset: {', '.join(configs.list_presets())}, or a TOML file)")
         cfg = configs.load_config(args.config, args.set)
         # a fresh run writes these files: none may be the configuration file or the warm start's checkpoint
         for path in RunFolder(args.out).files:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from events.atomic import file_kind
+from events.errors import InputError, MissingInputError
 from nsm.sampling import using_mode
 
 from . import importers
@@ -45,7 +46,7 @@ def check_samples_fit(n: int, input_shape) -> int:
     most = max_check_samples(input_shape)
     if n > most:
         need = n * 4 * math.prod(int(s) for s in input_shape) / 2**30
-        raise ValueError(
+        raise InputError(
             f"--check-samples {n}: that many random inputs of shape {tuple(input_shape)} would take {need:.3g} GiB "
             f"(float32 frames); at most {most} fit in the {CHECK_INPUT_BYTES >> 20} MiB allowed for them"
         )
@@ -60,15 +61,15 @@ def check_importer_python(python: str) -> str:
     executable by this user."""
     if os.sep not in python:
         if shutil.which(python) is None:
-            raise FileNotFoundError(f"--importer-python {python}: no such program on PATH")
+            raise MissingInputError(f"--importer-python {python}: no such program on PATH")
         return python
     if not os.path.exists(python):
         dangling = " (a dangling symbolic link)" if os.path.islink(python) else ""
-        raise FileNotFoundError(f"--importer-python {python}: no such file{dangling}")
+        raise MissingInputError(f"--importer-python {python}: no such file{dangling}")
     if not os.path.isfile(python):
-        raise ValueError(f"--importer-python {python}: it is {file_kind(os.stat(python).st_mode)}, not an interpreter")
+        raise InputError(f"--importer-python {python}: it is {file_kind(os.stat(python).st_mode)}, not an interpreter")
     if not os.access(python, os.X_OK):
-        raise ValueError(f"--importer-python {python}: not executable (give a Python interpreter, e.g. ENV/bin/python)")
+        raise InputError(f"--importer-python {python}: not executable (give a Python interpreter, e.g. ENV/bin/python)")
     return python
 
 

@@ -82,6 +82,8 @@ import math
 import nir
 import numpy as np
 
+from events.errors import InputError
+
 from .layout import dense_as_conv, pools_as_conv
 from .metadata import TAU, ExportError, decode_metadata
 
@@ -115,7 +117,7 @@ def _topological(graph: nir.NIRGraph) -> list[str]:
             if preds[b] == 0:
                 ready.append(b)
     if len(order) != len(graph.nodes):
-        raise ValueError("the graph has a cycle")
+        raise InputError("the graph has a cycle")
     return order
 
 

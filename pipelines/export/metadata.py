@@ -89,6 +89,7 @@ import nir
 import numpy as np
 
 from events.atomic import atomic_file, remove_dead_temps
+from events.errors import InputError, MissingInputError
 
 TAU = 2.0**-10
 """Time constant and time step (s, about 1 ms) of the memoryless neurons; import with ``dt = TAU``."""
@@ -100,7 +101,7 @@ up to negatives within 1.2e-38 of 0 (module docstring)."""
 OR_THRESHOLD = 0.5
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """The network cannot be written as a binary spike graph (the message names the layer)."""
 
 
@@ -138,8 +139,8 @@ def read_nir(path) -> nir.NIRGraph:
     """``nir.read`` with a clear error for missing or unreadable files."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such NIR file")
+        raise MissingInputError(f"{path}: no such NIR file")
     try:
         return nir.read(path)
     except Exception as err:  # h5py and nir raise several types for foreign or damaged files
-        raise ValueError(f"{path}: not a readable NIR graph ({type(err).__name__}: {err})") from None
+        raise InputError(f"{path}: not a readable NIR graph ({type(err).__name__}: {err})") from None

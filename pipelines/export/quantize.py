@@ -37,6 +37,7 @@ import nir
 import numpy as np
 import torch
 
+from events.errors import InputError
 from nsm.grid import MAX_BITS, MIN_BITS, power_of_two_scale
 
 from .metadata import decode_metadata
@@ -112,9 +113,9 @@ def quantize(graph: nir.NIRGraph, bits: int, bias_limit: int | None = None) -> n
     exactly).
     """
     if not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"quantization needs {MIN_BITS} <= bits <= {MAX_BITS} (got {bits})")
+        raise InputError(f"quantization needs {MIN_BITS} <= bits <= {MAX_BITS} (got {bits})")
     if bias_limit is not None and int(bias_limit) < 1:
-        raise ValueError(f"quantization needs a bias limit >= 1 (got {bias_limit})")
+        raise InputError(f"quantization needs a bias limit >= 1 (got {bias_limit})")
     q = 2 ** (int(bits) - 1) - 1
     runtime = NIRRuntime(graph)  # validates the chain and gives the order
     order = runtime.order
@@ -124,13 +125,13 @@ def quantize(graph: nir.NIRGraph, bits: int, bias_limit: int | None = None) -> n
         unit_meta = decode_metadata(unit.metadata or {})
         if isinstance(unit, nir.LIF) and unit_meta.get("role") == "unit":
             if not isinstance(syn, (nir.Conv2d, nir.Affine)):
-                raise ValueError(f"unit {post!r} is fed by {type(syn).__name__}, not Conv2d/Affine")
+                raise InputError(f"unit {post!r} is fed by {type(syn).__name__}, not Conv2d/Affine")
             k = _grid_scale(syn.weight, syn.bias, q, bias_limit)
             k = _per_unit_scale(syn.weight, syn.bias, q, bias_limit) if k is None else k
             w, c = _scaled(syn.weight, syn.bias, k)
             bound = float(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max() + np.abs(c).max())
             if bound >= _EXACT_LIMIT:
-                raise ValueError(
+                raise InputError(
                     f"layer {unit_meta.get('layer')}: {bits}-bit pre-activations reach {bound:.3g} "
                     f">= 2^24, beyond exact float32 integers; use fewer bits"
                 )
@@ -190,7 +191,7 @@ def quantization_report(
     """Run both graphs deterministically (``NIRRuntime``) on ``inputs`` (event counts or spikes, batched)."""
     labels = torch.as_tensor(labels).reshape(-1)
     if labels.shape[0] != inputs.shape[0]:
-        raise ValueError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        raise InputError(f"{inputs.shape[0]} inputs but {labels.shape[0]} labels")
     before = NIRRuntime(float_graph).outputs(inputs).argmax(dim=1)
     after = NIRRuntime(quantized_graph).outputs(inputs).argmax(dim=1)
     biases = [  # the units' (the readout's bias is the host's, of any width)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from events.errors import InputError
 from nsm.sampling import MAX_BATCH, MCResult
 
 from .metadata import decode_metadata, read_nir
@@ -77,12 +78,12 @@ class NIRRuntime:
         """The nodes in an order where each comes after its inputs (a chain, or the split forms of ``forms``)."""
         inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
         if len(inputs) != 1:
-            raise ValueError(f"the runtime needs exactly one Input node (found {len(inputs)})")
+            raise InputError(f"the runtime needs exactly one Input node (found {len(inputs)})")
         succ: dict[str, list[str]] = {k: [] for k in graph.nodes}
         preds: dict[str, int] = {k: 0 for k in graph.nodes}
         for a, b in graph.edges:
             if a not in succ or b not in preds:
-                raise ValueError(f"edge ({a!r}, {b!r}) names a node that is not in the graph")
+                raise InputError(f"edge ({a!r}, {b!r}) names a node that is not in the graph")
             succ[a].append(b)
             preds[b] += 1
         order, ready = [], [inputs[0]]
@@ -97,7 +98,7 @@ class NIRRuntime:
                     ready.append(b)
         if len(order) != len(graph.nodes):
             missing = sorted(set(graph.nodes) - set(order))
-            raise ValueError(f"nodes {missing} are not reached from the Input node, or lie on a cycle")
+            raise InputError(f"nodes {missing} are not reached from the Input node, or lie on a cycle")
         return order
 
     def _compile(self, name: str, node):
@@ -129,7 +130,7 @@ class NIRRuntime:
             r, theta = _tensor(node.r), _tensor(node.v_threshold)
             strict = not str(meta.get("threshold_rule", "")).startswith("non-strict")
             return lambda x, mode, g: ((r * x > theta) if strict else (r * x >= theta)).to(x.dtype)
-        raise ValueError(f"node {name!r}: the runtime does not execute {type(node).__name__} nodes")
+        raise InputError(f"node {name!r}: the runtime does not execute {type(node).__name__} nodes")
 
     @staticmethod
     def _lif(name, node, meta):
@@ -153,7 +154,7 @@ class NIRRuntime:
         if x.dim() == len(self.input_shape) + 2:
             x = x.flatten(1, 2)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
+            raise InputError(
                 f"input of shape {tuple(x.shape)} does not match the graph's input "
                 f"(batch, {', '.join(map(str, self.input_shape))})"
             )
@@ -171,9 +172,9 @@ class NIRRuntime:
         ``until``: stop after the node of that name and return its output (e.g. a layer's spikes).
         """
         if mode not in RUNTIME_MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {RUNTIME_MODES}")
+            raise InputError(f"unknown mode {mode!r}; expected one of {RUNTIME_MODES}")
         if until is not None and until not in self.order:
-            raise ValueError(f"no node {until!r} in the graph (nodes: {', '.join(self.order)})")
+            raise InputError(f"no node {until!r} in the graph (nodes: {', '.join(self.order)})")
         outs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for name, step in zip(self.order, self.steps):
@@ -220,7 +221,7 @@ class NIRRuntime:
     ) -> MCResult:
         """Monte Carlo prediction: the mean softmax of ``samples`` stochastic passes (``nsm.mc_predict``)."""
         if samples < 1:
-            raise ValueError(f"samples must be >= 1 (got {samples})")
+            raise InputError(f"samples must be >= 1 (got {samples})")
         probs = self.sample_probabilities(x, samples, generator, max_batch).mean(dim=0)
         return MCResult(probs, torch.full((x.shape[0],), samples, dtype=torch.long))
 

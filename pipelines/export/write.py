@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from events.atomic import check_output
+from events.errors import InputError
 from events.types import check_int
 
 from .. import config as configs
@@ -66,7 +67,7 @@ def export_checkpoint(
     if importer_python is not None:
         check_importer_python(importer_python)
     if data is not None and not (check or quantize_bits is not None):
-        raise ValueError(f"--data {data}: the test clips are inputs for --check and --quantize-bits; give one of them")
+        raise InputError(f"--data {data}: the test clips are inputs for --check and --quantize-bits; give one of them")
     check_output(out, {"--checkpoint": checkpoint, "--importer-python": importer_python})
     ck = load_checkpoint(checkpoint)
     model = ck.model
@@ -117,7 +118,7 @@ def held_out_clips(ck, checkpoint, data_root, cache_dir, n: int, progress: bool 
     split). Clips are read one at a time (``FrameSet``), and n is bounded by ``check.check_samples_fit``."""
     cfg = configs.from_dict(ck.config, str(checkpoint)) if ck.config else None
     if cfg is None:
-        raise ValueError(f"{checkpoint}: the checkpoint holds no run configuration, so --data cannot be binned like it")
+        raise InputError(f"{checkpoint}: the checkpoint holds no run configuration, so --data cannot be binned like it")
     test = checked_test_set(ck, checkpoint, cfg, data_root, cache_dir, progress)
     m = min(int(n), len(test))
     first = test[0][0]

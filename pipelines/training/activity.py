@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from events.errors import InputError
 from nsm.moments import widened
 
 MAX_VALUES = 1 << 20  # percentiles from at most this many values (an even stride through the batch)
@@ -39,7 +40,7 @@ class ActivityRecorder:
     def __init__(self, model: nn.Module, neuron: str, path: Path | None):
         units = weight_units(model)
         if not units:
-            raise ValueError("the model has no hidden units to record")
+            raise InputError("the model has no hidden units to record")
         self.neuron, self.path = neuron, path
         (self.last_name, self.last), (self.third_name, self.third) = units[-1], units[min(2, len(units) - 1)]
         self._input: torch.Tensor | None = None

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from events.errors import InputError
+
 from ..figures import new_figure, save_png
 from ..runs import read_records
 from .health import DEAD_RATE, SATURATED_SHARE, SATURATION_P
@@ -23,7 +25,7 @@ def _series(records: list[dict], key: str, source: str) -> tuple[np.ndarray, np.
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{source}: record {i + 1}: {key!r} must be a number or null, got {value!r}")
+            raise InputError(f"{source}: record {i + 1}: {key!r} must be a number or null, got {value!r}")
         if math.isfinite(value):
             xs.append(r["epoch"])
             ys.append(float(value))
@@ -37,13 +39,13 @@ def _epoch_records(records) -> tuple[list[dict], str]:
     if isinstance(records, (str, os.PathLike)):
         records = read_records(records)
     if not isinstance(records, (list, tuple)) or not records:
-        raise ValueError(f"{source}: no training records to plot")
+        raise InputError(f"{source}: no training records to plot")
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise ValueError(f"{source}: record {i + 1} is not a dict")
+            raise InputError(f"{source}: record {i + 1} is not a dict")
         epoch = r.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
-            raise ValueError(f"{source}: record {i + 1}: 'epoch' must be a finite number, got {epoch!r}")
+            raise InputError(f"{source}: record {i + 1}: 'epoch' must be a finite number, got {epoch!r}")
     return list(records), source
 
 
@@ -111,7 +113,7 @@ def plot_health(records, path) -> Path:
     for i, r in enumerate(records):
         health = r.get("health") or {}
         if not isinstance(health, dict) or not all(isinstance(e, dict) for e in health.values()):
-            raise ValueError(f"{source}: record {i + 1}: 'health' must map layer names to dicts")
+            raise InputError(f"{source}: record {i + 1}: 'health' must map layer names to dicts")
         for name, entry in health.items():
             labels.setdefault(name, f"{name} {entry.get('module', '')}".rstrip())
     if len(labels) <= 20:  # tab20's ten dark colours first, then their light pairs

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from events.errors import InputError
 from nsm.functional import firing_probability
 from nsm.layers import EXPECTATION_MODES
 
@@ -76,7 +77,7 @@ def label_prior(labels, num_classes: int) -> np.ndarray:
     """The class frequencies of ``labels`` (integers in [0, num_classes))."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
     if counts.sum() == 0:
-        raise ValueError("no labels to take the class frequencies of")
+        raise InputError("no labels to take the class frequencies of")
     return counts / counts.sum()
 
 
@@ -98,7 +99,7 @@ def loss_sat_at_prior(losses, prior_losses, entropy: float) -> bool:
     """
     losses, prior_losses = np.asarray(losses, dtype=np.float64), np.asarray(prior_losses, dtype=np.float64)
     if losses.shape != prior_losses.shape:
-        raise ValueError(f"{losses.size} losses but {prior_losses.size} prior losses")
+        raise InputError(f"{losses.size} losses but {prior_losses.size} prior losses")
     return losses.size > 0 and bool(np.all(np.abs(losses - prior_losses) <= PRIOR_LOSS_TOLERANCE * entropy))
 
 
@@ -155,7 +156,7 @@ class HealthMonitor:
     def __init__(self, model: nn.Module, train_labels, num_classes: int, enabled: bool = True):
         units = dict(weight_units(model))
         if not units:
-            raise ValueError("the model has no hidden units to monitor")
+            raise InputError("the model has no hidden units to monitor")
         self.units = units
         self.layers = [(name, m) for name, m in model.named_modules() if name in units or isinstance(m, nn.MaxPool2d)]
         prior = label_prior(train_labels, num_classes)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import nsm
+from events.errors import InputError
 from nsm.grid import readout_on_grid
 from nsm.sampling import draws_noise
 from nsm.weight_cache import WeightCache
@@ -118,9 +119,9 @@ def fit_readout(
     """Refit ``model``'s readout in place as the module docstring says, keeping the fit only if it lowers the Monte
     Carlo NLL of ``val_items`` too (``samples_the_readout`` must hold; both sets must hold items)."""
     if not samples_the_readout(model):
-        raise ValueError("fit_readout needs a network whose units sample and that ends in an nsm.Readout")
+        raise InputError("fit_readout needs a network whose units sample and that ends in an nsm.Readout")
     if len(train_items) == 0 or len(val_items) == 0:
-        raise ValueError("fit_readout needs training items to fit on and validation items to check the fit on")
+        raise InputError("fit_readout needs training items to fit on and validation items to check the fit on")
     generator = torch.Generator(device=device).manual_seed(seed)
     if len(train_items) > MAX_ITEMS:
         chosen = torch.randperm(len(train_items), generator=torch.Generator().manual_seed(seed))[:MAX_ITEMS]

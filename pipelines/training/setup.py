@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import models
 from events.atomic import remove_dead_temps, write_text_atomic
+from events.errors import InputError, MissingInputError
 from nsm.initialization import data_init
 from nsm.normalization import LogitNormalization
 
@@ -75,12 +76,12 @@ def prepare_run(
     """Check the run folder against ``resume``; return the configuration to use and the checkpoint state."""
     if not resume:
         if run.checkpoint.exists():
-            raise ValueError(
+            raise InputError(
                 f"{run.out} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another --out"
             )
         return cfg, None
     if not run.checkpoint.is_file():
-        raise FileNotFoundError(f"{run.out}: nothing to resume (no checkpoint.pt); start the run without --resume")
+        raise MissingInputError(f"{run.out}: nothing to resume (no checkpoint.pt); start the run without --resume")
     ck = load_checkpoint(run.checkpoint)
     saved = configs.from_dict(ck.config, str(run.checkpoint))
     epochs = saved_epochs if saved_epochs is not None else saved.train.epochs

@@ -11,13 +11,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from events.errors import UserError
 from nsm.sampling import runs_in_torch
 
 from ..runs import Process, RunFolder, cpu_has_native_bf16
 from ..train_config import TrainConfig
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(UserError, ValueError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
 

@@ -27,6 +27,8 @@ import dataclasses
 
 import torch.distributed as dist
 
+from events.errors import InputError
+
 from .. import config as configs
 from ..checkpoint import save_checkpoint
 from ..data import load_data
@@ -54,7 +56,7 @@ def train(
     (``pipelines.training.warmstart``); every checkpoint of the run records it as ``init_from``. Subnormal numbers are
     flushed to zero while it runs (``flushing_denormals``)."""
     if resume and init_from is not None:
-        raise ValueError(
+        raise InputError(
             "--init-from starts a fresh run from another run's weights; a resumed run continues from "
             "its own checkpoint.pt (drop --init-from or --resume)"
         )
@@ -95,7 +97,7 @@ def _start(cfg, data_root, out, cache_dir, resume: bool, epochs: int | None, pro
     cfg, state = prepare_run(cfg, run, resume, epochs)
     tc = cfg.train
     if tc.batch_size % proc.world:
-        raise ValueError(
+        raise InputError(
             f"train.batch_size {tc.batch_size} is the global batch; it must divide evenly over {proc.world} processes"
         )
     splits = load_data(

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from events.errors import InputError
 from models import Network
 from models.registry import NEURON_OPTIONS
 from nsm import Readout
@@ -182,13 +183,13 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
     source, path = ck.model, Path(checkpoint).resolve()
     mismatch = architecture_mismatch(source, model)
     if mismatch:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot warm-start {describe(model.spec)} from this checkpoint's "
             f"{describe(source.spec)}: {mismatch}. A warm start needs the same architecture; "
             f"only the neuron kind may differ"
         )
     if classes is not None and list(classes) != ck.classes:
-        raise ValueError(
+        raise InputError(
             f"{path}: the checkpoint's classes {ck.classes} are not this run's {list(classes)}; "
             f"its readout would score other labels"
         )
@@ -208,7 +209,7 @@ def warm_start(model: Network, checkpoint, classes: list[str] | None = None) -> 
     problems = [p for name, tensor in model.state_dict().items() if (p := non_finite(name, tensor)) is not None]
     if problems:
         model.load_state_dict(before)
-        raise ValueError(
+        raise InputError(
             f"{path}: warm-starting {describe(model.spec)} from it gives non-finite parameters ({problems[0]}): its "
             "finite weights map to NaN or infinity (a negative batch-norm variance, or values too large), so the "
             "checkpoint is damaged or unfit for a warm start"

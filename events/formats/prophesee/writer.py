@@ -25,6 +25,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from events.atomic import atomic_file
+from events.errors import InputError
 from events.formats import CheckedChunks
 from events.formats.prophesee.header import COUNTERS, DAT_EVENT_BYTES, MAX_SIDE, NAMES, Counter
 
@@ -77,11 +78,11 @@ class PropheseeWriter(CheckedChunks):
 
     def __init__(self, path, format: str, sensor_size):
         if format not in WRITABLE:
-            raise ValueError(f"cannot write Prophesee format {format!r}; writable: {', '.join(WRITABLE)}")
+            raise InputError(f"cannot write Prophesee format {format!r}; writable: {', '.join(WRITABLE)}")
         w, h, *_ = (int(v) for v in sensor_size)
         top = MAX_SIDE[format]
         if not (0 < w <= top and 0 < h <= top):
-            raise ValueError(f"{path}: sensor size {w}x{h} does not fit {format} (each side 1..{top})")
+            raise InputError(f"{path}: sensor size {w}x{h} does not fit {format} (each side 1..{top})")
         super().__init__(path, (w, h, 2))
         self.format = format
         self._stack: ExitStack | None = None
@@ -113,7 +114,7 @@ class PropheseeWriter(CheckedChunks):
     def write(self, events) -> None:
         """Append ``events`` (fields x, y, t, p; after every event written before)."""
         if self._fh is None:
-            raise ValueError(f"{self.path}: writer is not open (use it as a context manager)")
+            raise InputError(f"{self.path}: writer is not open (use it as a context manager)")
         last_t = self.last_t
         ev = self.check(events)
         if not len(ev):
@@ -159,7 +160,7 @@ class PropheseeWriter(CheckedChunks):
             why = f"more than {MAX_WRAPS} periods of {NAMES[self.format]}'s 2^{bits} µs time apart"
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(
+            raise InputError(
                 f"{self.path}: events at t={int(prev[i])} and t={int(t[i])} µs are {why}: write EVT 2.0 or HDF5 instead"
             )
 
