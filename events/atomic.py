@@ -54,6 +54,7 @@ _ADVICE = {
     errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
     errno.EEXIST: "a file is there where a folder is expected: choose another path",
     errno.EISDIR: "a folder is there where a file is expected: choose another path",
+    errno.ENAMETOOLONG: "a name in that path is longer than the file system allows: choose a shorter one",
 }
 """What to do about each way the system refuses to open, create or write a file, by ``errno``."""
 

@@ -378,8 +378,8 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> Config:
     """Load a preset or TOML file, apply ``--set`` overrides, validate."""
     path = resolve_source(name_or_path)
     try:
-        d = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        d = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid TOML ({err})") from None
     d.setdefault("name", path.stem)
     d = apply_overrides(d, list(overrides))

@@ -220,6 +220,10 @@ def test_a_refused_file_is_one_line_naming_it_wherever_it_was_raised(tmp_path, m
     err = capsys.readouterr().err
     advice = "a part of that path is a file, not a folder: choose another path"
     assert err == f"nsm bench: error: {a_file / 'run'}: Not a directory ({advice})\n"
+    too_long = tmp_path / ("n" * 300)  # longer than a name may be (255 bytes on Linux file systems)
+    assert run_command(monkeypatch, lambda args: too_long.stat()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nsm bench: error: {too_long}: ") and "choose a shorter one" in err
     with pytest.raises(FileNotFoundError):  # not a refusal: a missing file in a library is a bug to see
         run_command(monkeypatch, lambda args: (tmp_path / "missing").read_text())
 

@@ -316,6 +316,18 @@ def test_unknown_key_in_a_toml_file_is_an_error(tmp_path):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("content", [b'[train]\nepochs = 3\nname = "\xff\xfe"\n', b"\x89HDF\r\n\x1a\n\x00\x94"])
+def test_a_configuration_file_that_is_not_utf8_toml_is_one_error_naming_it(tmp_path, content):
+    """TOML is UTF-8: a file with other bytes (a binary file given by mistake) is an InputError naming it."""
+    from events.errors import InputError
+
+    path = tmp_path / "mine.toml"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="not valid TOML") as err:
+        configs.load_config(str(path))
+    assert str(path) in str(err.value)
+
+
 def test_malformed_overrides_and_values_are_clear_errors():
     with pytest.raises(ValueError, match="key=value"):
         configs.load_config("tiny", ["train.lr"])
