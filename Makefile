@@ -4,7 +4,7 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: venv test demo bench clean check-targets target-venvs
 
