@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
 from events.errors import InputError
 
 BLOCK = 1 << 14
@@ -55,8 +56,10 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 # error_model="numpy": float division and the like compile without Python's error checks (branches
-# that would keep the loops from being vectorized).
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
+# that would keep the loops from being vectorized). fastmath "contract" only: a product and a sum may fuse into one
+# FMA instruction (one rounding instead of two, so the rounding bounds of the margins above still hold); 512-bit
+# vectors where the CPU has AVX-512 (``events.jit``). Together about 1.5 times the states per second.
+_JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
 
 @numba.njit(inline="always")

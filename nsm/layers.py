@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from events.errors import InputError
 
@@ -364,9 +365,34 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
         return moments.or_on_probability(summed)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.mode not in EXPECTATION_MODES:
-            return super().forward(z)
-        return (2.0 * self.on_probability(moments.log_off(z)) - 1.0).to(z.dtype)
+        if self.mode in EXPECTATION_MODES:
+            return (2.0 * self.on_probability(moments.log_off(z)) - 1.0).to(z.dtype)
+        if self._pairs_suffice(z):
+            return _max_of_pairs(z)
+        return super().forward(z)
+
+    def _pairs_suffice(self, z: torch.Tensor) -> bool:
+        """Whether ``_max_of_pairs`` computes this pool on ``z``: 2x2 windows at stride 2 without padding or
+        dilation, a channels-last 4-d input of even height and width, and no gradient to route (torch.maximum
+        would split a tie's gradient where max-pooling gives it to one input)."""
+        if z.dim() != 4 or z.shape[-1] % 2 or z.shape[-2] % 2 or (torch.is_grad_enabled() and z.requires_grad):
+            return False
+        if not z.is_contiguous(memory_format=torch.channels_last):
+            return False
+        return all(
+            _pair(value) == want
+            for value, want in ((self.kernel_size, (2, 2)), (self.stride, (2, 2)), (self.padding, (0, 0)))
+        ) and _pair(self.dilation) == (1, 1)
+
+
+def _max_of_pairs(z: torch.Tensor) -> torch.Tensor:
+    """The 2x2, stride-2 max-pool of a channels-last (N, C, H, W) tensor, as the larger of each window's two rows and
+    then of its two columns, each over contiguous views of the (N, H, W, C) storage: what ``F.max_pool2d`` gives, in
+    about half its time (it also finds the indices). Channels-last out."""
+    n, c, h, w = z.shape
+    rows = z.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
+    widest = torch.maximum(rows[:, :, 0], rows[:, :, 1])  # (N, H/2, W/2, 2C): both columns of each window
+    return torch.maximum(widest[..., :c], widest[..., c:]).permute(0, 3, 1, 2)
 
 
 class Readout(Modal, nn.Module):

@@ -262,6 +262,32 @@ def test_binarize_and_or_pooling():
     assert torch.equal(pooled, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_or_pool_without_gradient_takes_pairs_and_equals_the_explicit_or(dtype):
+    """The no-gradient path (channels-last, 2x2 at stride 2: the larger of rows, then of columns) against the OR
+    over unfolded windows; inputs it does not cover (odd sizes, NCHW, a 3x3 pool, a gradient to route) keep
+    max-pooling and give the same OR."""
+    pool = nsm.BinaryMaxPool2d(2)
+    z = random_states(3, 5, 8, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    blocks = z.unfold(2, 2, 2).unfold(3, 2, 2).reshape(3, 5, 4, 3, 4)
+    expected = torch.where((blocks > 0).any(dim=-1), 1.0, -1.0).to(dtype)
+    with torch.no_grad():
+        assert pool._pairs_suffice(z)
+        got = pool(z)
+    assert torch.equal(got, expected) and got.is_contiguous(memory_format=torch.channels_last)
+    graded = z.float().requires_grad_()
+    assert not pool._pairs_suffice(graded) and torch.equal(pool(graded).detach(), expected.float())
+    with torch.no_grad():
+        for other, x in (
+            (pool, z.contiguous()),
+            (pool, z[..., :5]),
+            (nsm.BinaryMaxPool2d(3, stride=2), z),
+            (nsm.BinaryMaxPool2d(2, stride=1), z),
+        ):
+            assert not other._pairs_suffice(x)
+            assert torch.equal(other(x), F.max_pool2d(x, other.kernel_size, other.stride))
+
+
 def test_noise_laws_validate_and_round_trip():
     with pytest.raises(ValueError, match="0 < p < 1"):
         nsm.BernoulliNoise(1.0)

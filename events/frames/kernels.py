@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
+
 _CHUNK = 4096  # events decoded per batch before they are scattered (fits in L1 as int64)
 EXCLUDED = -(1 << 40)  # lookup-table entry of a dropped column/row/polarity: any sum with it stays < 0
 

@@ -8,6 +8,8 @@ import math
 import numpy as np
 from numba import njit
 
+import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
+
 _SM_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _SM_M1 = np.uint64(0xBF58476D1CE4E5B9)
 _SM_M2 = np.uint64(0x94D049BB133111EB)

@@ -6,6 +6,8 @@ import math
 
 from numba import njit
 
+import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
+
 STROKE_LOW, STROKE_HIGH = 0.3, 0.6  # B-spline level where a stroke starts / is fully bright
 
 
