@@ -75,45 +75,22 @@ def _stepper(net, x: torch.Tensor, y: torch.Tensor, *, bf16: bool = False, compi
 
 def training(quick: bool) -> list[Row]:
     """Training samples per second of allconvnet18 (bnsm) vs the plain conv + hardtanh layout in float32, 64x64,
-    batch 16.
-
-    One step (``_stepper``) on the same random binary input; the bnsm network trains as ``nsm train`` trains it
-    after its warm-up epochs, on batch-normalized firing logits (``nsm.normalization``), in the ``expected`` mode
-    (``train.forward = "expected"``, the default: a mean and a variance convolution per layer), the same with the
-    ``window-mean`` variance (``train.variance``: an average pool instead of the variance convolution) and sampling
-    its states (``train.forward = "sampled"``), each in float32 and, where the CPU has native bf16, under bfloat16
-    autocast (``train.cpu_bf16``), and (not with ``quick``: compiling takes minutes) the expected pass compiled too
-    (``train.compile``), with each variance rule; subnormal numbers flushed to zero, as ``nsm train`` does. The
-    reference is always float32 and eager."""
-    batch = 16
-    torch.manual_seed(0)
-    x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
-    y = torch.randint(0, 11, (batch,))
-
-    def bnsm(mode, rule, **how):
-        net = models.create_model("allconvnet18", neuron="bnsm")
-        nsm.LogitNormalization.attach(net, x)
-        if mode is not None:
-            nsm.set_mode(net, mode)
-        step = _stepper(net, x, y, **how)
-
-        def by_rule():
-            with nsm.using_variance_rule(net, rule):
-                step()
-
-        return by_rule
-
+    batch 16 (``fullwidth_steps``): in the ``expected`` mode (``train.forward = "expected"``, the default: a mean and a
+    variance convolution per layer), the same with the ``window-mean`` variance (``train.variance``: an average pool
+    instead of the variance convolution) and sampling its states (``train.forward = "sampled"``), each in float32
+    and, where the CPU has native bf16, under bfloat16 autocast (``train.cpu_bf16``), and (not with ``quick``:
+    compiling takes minutes) the expected pass compiled too (``train.compile``), with each variance rule; subnormal
+    numbers flushed to zero, as ``nsm train`` does. The reference is always float32 and eager."""
+    batch = FULLWIDTH_BATCH
     variants = [(forward, mode, rule, bf16, False) for bf16 in _precisions() for forward, mode, rule in FORWARDS]
     if not quick and cpu_has_native_bf16():
         variants += [("expected", "expected", rule, True, True) for rule in nsm.moments.VARIANCE_RULES]
     rows = []
     goals = {"expected": ">= 0.6x (issue 28)", "sampled": ">= 1.0x (issue 28)"}
     for forward, mode, rule, bf16, compiled in variants:
-        plain = _stepper(models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE), x, y)
+        ours, plain = fullwidth_steps(mode, rule, bf16=bf16, compiled=compiled)
         with flushing_denormals():  # as nsm train runs
-            t_nsm, t_plain, ratio = interleaved(
-                bnsm(mode, rule, bf16=bf16, compiled=compiled), plain, 2 if quick else 6
-            )
+            t_nsm, t_plain, ratio = interleaved(ours, plain, 2 if quick else 6)
         how = "".join(
             (
                 f", {rule} variance" if rule != "exact" else "",
@@ -123,7 +100,7 @@ def training(quick: bool) -> list[Row]:
         )
         rows.append(
             Row(
-                f"allconvnet18 training step ({forward}{how}), 64x64, batch 16",
+                f"allconvnet18 training step ({forward}{how}), 64x64, batch {batch}",
                 "samples/s",
                 batch / t_nsm,
                 "plain conv + hardtanh, float32",
@@ -133,6 +110,31 @@ def training(quick: bool) -> list[Row]:
             )
         )
     return rows
+
+
+FULLWIDTH_BATCH = 16
+
+
+def fullwidth_steps(mode: str | None, rule: str, *, bf16: bool = False, compiled: bool = False):
+    """(bNSM step, plain step): one training step (``_stepper``) each of allconvnet18 at full width on the same
+    random binary 6x64x64 input, batch ``FULLWIDTH_BATCH``. The bnsm network trains as ``nsm train`` trains it after
+    its warm-up epochs, on batch-normalized firing logits (``nsm.normalization``), its units in ``mode`` (None:
+    their own) with the variance rule ``rule``, under bfloat16 autocast with ``bf16``, compiled with ``compiled``;
+    the plain conv + hardtanh layout always in float32, eager."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 2, (FULLWIDTH_BATCH, 6, 64, 64)).float()
+    y = torch.randint(0, 11, (FULLWIDTH_BATCH,))
+    net = models.create_model("allconvnet18", neuron="bnsm")
+    nsm.LogitNormalization.attach(net, x)
+    if mode is not None:
+        nsm.set_mode(net, mode)
+    step = _stepper(net, x, y, bf16=bf16, compiled=compiled)
+
+    def by_rule():
+        with nsm.using_variance_rule(net, rule):
+            step()
+
+    return by_rule, _stepper(models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE), x, y)
 
 
 FORWARDS = (("expected", "expected", "exact"), ("expected", "expected", "window-mean"), ("sampled", None, "exact"))
@@ -156,11 +158,33 @@ def preset_training(quick: bool) -> list[Row]:
 
 def _preset_row(rule: str, as_preset: bool, quick: bool) -> Row:
     """``preset_training``'s row for the preset with ``train.variance = rule``."""
+    ours, twin, how = preset_steps(rule)
+    with flushing_denormals():
+        t_nsm, t_twin, ratio = interleaved(ours, twin, 3 if quick else 8)
+    batch = how["batch"]
+    return Row(
+        f"gestures-allconv18 training step {'as the preset trains' if as_preset else f'with train.variance = {rule}'}"
+        f" ({how['precision']}), batch {batch}",
+        "samples/s",
+        batch / t_nsm,
+        "its dcnn twin, same recipe",
+        batch / t_twin,
+        ratio,
+        ">= 0.83x (an epoch <= 1.2x the twin's, issue 28)",
+    )
+
+
+def preset_steps(rule: str | None = None):
+    """(bNSM step, dcnn twin step, how): one training step each of the ``gestures-allconv18`` preset's network
+    (``train.variance = rule``; None: the preset's) and its twin (``--set model.neuron=dcnn``) as the recipe trains
+    them: the preset's model options, batch and a random 6x32x32 input of counts, each kind in the mode its epochs
+    after the warm-up train in, bfloat16 autocast and compiled steps where the preset turns them on. ``how``: the
+    batch and a description of the precision."""
     from ..config import load_config
     from ..training.modes import training_mode
     from ..training.steps import autocast_for
 
-    cfg = load_config("gestures-allconv18", [f"train.variance={rule}"])
+    cfg = load_config("gestures-allconv18", [f"train.variance={rule}"] if rule is not None else [])
     tc, m = cfg.train, cfg.model
     torch.manual_seed(0)
     x = torch.randint(0, 4, (tc.batch_size, 6, 32, 32)).float()
@@ -179,19 +203,8 @@ def _preset_row(rule: str, as_preset: bool, quick: bool) -> Row:
 
         return in_mode
 
-    with flushing_denormals():
-        t_nsm, t_twin, ratio = interleaved(stepper("bnsm"), stepper("dcnn"), 3 if quick else 8)
-    how = ", ".join(["bfloat16" if bf16 else "float32"] + (["compiled"] if tc.compile else []))
-    return Row(
-        f"gestures-allconv18 training step {'as the preset trains' if as_preset else f'with train.variance = {rule}'}"
-        f" ({how}), batch {tc.batch_size}",
-        "samples/s",
-        tc.batch_size / t_nsm,
-        "its dcnn twin, same recipe",
-        tc.batch_size / t_twin,
-        ratio,
-        ">= 0.83x (an epoch <= 1.2x the twin's, issue 28)",
-    )
+    precision = ", ".join(["bfloat16" if bf16 else "float32"] + (["compiled"] if tc.compile else []))
+    return stepper("bnsm"), stepper("dcnn"), {"batch": tc.batch_size, "precision": precision}
 
 
 def binning(quick: bool) -> Row:
