@@ -58,7 +58,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 # error_model="numpy": float division and the like compile without Python's error checks (branches
 # that would keep the loops from being vectorized). fastmath "contract" only: a product and a sum may fuse into one
 # FMA instruction (one rounding instead of two, so the rounding bounds of the margins above still hold); 512-bit
-# vectors where the CPU has AVX-512 (``events.jit``). Together about 1.5 times the states per second.
+# vectors where the CPU has AVX-512 (``events.jit``). Together about 1.6 times the states per second.
 _JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
 

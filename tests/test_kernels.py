@@ -210,20 +210,22 @@ def test_kernel_refuses_an_output_of_another_dtype():
 
 
 def _numba_target_in_child(env_extra: dict) -> dict:
-    """In a fresh interpreter whose environment has no NUMBA_CPU_* variable but ``env_extra``: NUMBA_CPU_FEATURES
-    after importing the sampling kernels, and whether a kernel compiled there uses 512-bit (zmm) registers."""
+    """In a fresh interpreter whose environment has no NUMBA_CPU_* variable but ``env_extra``: numba's CPU features
+    setting after importing the sampling kernels, and whether a kernel compiled there uses 512-bit (zmm)
+    registers."""
     import json
     import os
     import subprocess
     import sys
 
     code = (
-        "import json, os, re, numba, numpy as np\n"
+        "import json, os, numba, numpy as np\n"
         "from nsm import kernels\n"
         "f = numba.njit(nogil=True, error_model='numpy')(kernels._sample_block_bf16.py_func)\n"
         "f(np.zeros(64, np.float32), np.zeros(64, np.uint16), np.uint32(1))\n"
         "asm = f.inspect_asm(f.signatures[0])\n"
-        "print(json.dumps({'features': os.environ.get('NUMBA_CPU_FEATURES'), 'zmm': 'zmm' in asm}))\n"
+        "env = os.environ.get('NUMBA_CPU_FEATURES')\n"
+        "print(json.dumps({'features': numba.config.CPU_FEATURES, 'zmm': 'zmm' in asm, 'env': env}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU")} | env_extra
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -235,12 +237,12 @@ def test_kernels_compile_to_512_bit_vectors_where_the_cpu_has_avx512():
 
     child = _numba_target_in_child({})
     if not llvm.get_host_cpu_features().get("avx512f"):
-        assert child == {"features": None, "zmm": False}
+        assert child == {"features": None, "zmm": False, "env": None}
         pytest.skip("this CPU has no AVX-512F: the kernels keep numba's default target (checked)")
-    assert child["features"].endswith(",-prefer-256-bit")
+    assert child["features"].endswith(",-prefer-256-bit") and child["env"] is None  # the environment left alone
     assert child["zmm"], "the bfloat16 sampler's loop was not compiled to 512-bit vectors"
 
 
 def test_a_numba_target_the_user_set_is_kept():
     child = _numba_target_in_child({"NUMBA_CPU_FEATURES": "+sse2,+sse4.2"})
-    assert child == {"features": "+sse2,+sse4.2", "zmm": False}
+    assert child == {"features": "+sse2,+sse4.2", "zmm": False, "env": "+sse2,+sse4.2"}
