@@ -602,6 +602,64 @@ def test_hdf5_without_marker_is_rejected(tmp_path):
         read(path)
 
 
+def _with_heap_marker(path):
+    """Rewrite an event file's marker as a variable-length string (as files written before the fixed-length marker
+    hold it: its characters in the file's global heap); returns the offset of that heap object's size field."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        del f.attrs["format"]
+        f.attrs["format"] = "nsm-events"  # h5py stores a Python str as a variable-length string
+    data = path.read_bytes()
+    heap = data.index(b"GCOL")  # the collection: signature, version, 3 reserved, size (8); then the objects
+    size_field = heap + 16 + 8  # first object: index (2), references (2), reserved (4), size (8)
+    assert int.from_bytes(data[size_field : size_field + 8], "little") == len("nsm-events")
+    return size_field
+
+
+def test_hdf5_marker_is_a_fixed_length_string_and_a_heap_marker_still_reads(tmp_path):
+    import h5py
+
+    ev = random_events(300, 64, 48, 10**6, seed=4)
+    path = tmp_path / "ev.h5"
+    write_hdf5(path, ev, SensorSize(64, 48, 2))
+    with h5py.File(path, "r") as f:
+        assert not f.attrs.get_id("format").get_type().is_variable_str()
+    assert b"GCOL" not in path.read_bytes()  # nothing of the file lives in a global heap
+    _with_heap_marker(path)
+    np.testing.assert_array_equal(read(path).events, ev)
+
+
+@pytest.mark.timeout(120)
+def test_hdf5_damaged_global_heap_is_an_error_within_the_time_limit_not_a_hang(tmp_path, monkeypatch):
+    """Mutation fuzzing found it: a heap object's size shrunk from 10 to 8 leaves a free-space object of size 0
+    behind it, on which libhdf5 loops forever; the marker's read by a child interpreter runs out of time."""
+    from events.formats import hdf5
+
+    path = tmp_path / "ev.h5"
+    write_hdf5(path, random_events(200, 64, 48, 10**6, seed=3), SensorSize(64, 48, 2))
+    size_field = _with_heap_marker(path)
+    data = bytearray(path.read_bytes())
+    data[size_field] = 8
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(hdf5, "HEAP_READ_TIMEOUT_S", 5.0)
+    with pytest.raises(EventFormatError, match=r"attribute 'format' .* could not be read within 5 s") as err:
+        read(path)
+    assert str(path) in str(err.value)
+
+
+def test_hdf5_sensor_attribute_stored_as_a_string_is_refused_unread(tmp_path):
+    import h5py
+
+    path = tmp_path / "ev.h5"
+    write_hdf5(path, random_events(10, 64, 48, 10**6, seed=2), SensorSize(64, 48, 2))
+    with h5py.File(path, "r+") as f:
+        del f.attrs["width"]
+        f.attrs["width"] = "64"  # a variable-length string: its heap is never read
+    with pytest.raises(EventFormatError, match=r"attribute width='<not an integer>' must be an integer"):
+        read(path)
+
+
 def test_hdf5_out_of_range_value_names_offset(tmp_path):
     import h5py
 

@@ -18,6 +18,13 @@ a polarity other than 0/1, a timestamp that is negative or beyond int64, or one 
 it raises ``EventFormatError`` (with the event's index, and the byte offset of the offending value where HDF5
 stores it contiguously), after every good event before it has been yielded.
 
+The root's attributes are read by their stored type first (metadata only): the marker as a string, the others as
+integers; anything else is refused unread. The marker is written as a fixed-length string, stored in the attribute
+itself. Files written before that hold it as a variable-length string, whose characters live in the file's global
+heap, and libhdf5 (2.0.0) loops forever on a damaged global heap collection (a free-space object of size 0, found
+by mutation fuzzing); so such a marker is read by a child interpreter within ``HEAP_READ_TIMEOUT_S`` seconds, and a
+child that runs out of time is an ``EventFormatError`` naming the file, not a hang.
+
 An event file holds its own data: reading it never opens another file. The group and the columns must be plain
 (hard) links, not soft or external links, and a column that is a virtual dataset (its data mapped from other
 files, read as fill values where they are missing) or that keeps its data in external raw files is refused with
@@ -26,7 +33,10 @@ files, read as fill values where they are missing) or that keeps its data in ext
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -45,6 +55,8 @@ COLUMNS = ("x", "y", "t", "p")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_SIDE = 1 << 15
 """The widest and tallest sensor an event file may give (and the writer takes)."""
+HEAP_READ_TIMEOUT_S = 20.0
+"""How long a child interpreter may take to read a variable-length string attribute (module docstring)."""
 
 
 class HDF5EventReader(EventFileReader):
@@ -70,21 +82,19 @@ class HDF5EventReader(EventFileReader):
 
     def _check_layout(self):
         f, path = self._file, self.path
-        marker = f.attrs.get("format")
-        if isinstance(marker, bytes):
-            marker = marker.decode("utf-8", "replace")
+        marker = _string_attribute(f, "format", path)
         if marker != FORMAT_MARKER:
             raise EventFormatError(
                 f"HDF5 file is not a project event file (attribute format={marker!r}, expected {FORMAT_MARKER!r})", path
             )
-        version = f.attrs.get("format_version")
+        version = _integer_attribute(f, "format_version")
         if version != FORMAT_VERSION:
             raise EventFormatError(
                 f"unsupported event file version {version!r} (this reader knows {FORMAT_VERSION})", path
             )
         dims = []
         for name, top in (("width", MAX_SIDE), ("height", MAX_SIDE), ("polarities", 2)):
-            v = f.attrs.get(name)
+            v = _integer_attribute(f, name)
             if not (isinstance(v, (int, np.integer)) and 1 <= int(v) <= top):
                 raise EventFormatError(f"attribute {name}={v!r} must be an integer in 1..{top}", path)
             dims.append(int(v))
@@ -159,6 +169,68 @@ class HDF5EventReader(EventFileReader):
                 self._file = None
 
 
+def _stored_class(f, name: str):
+    """The HDF5 type class of the root attribute ``name`` (None when absent), read from its metadata only."""
+    return f.attrs.get_id(name).get_type().get_class() if name in f.attrs else None
+
+
+def _integer_attribute(f, name: str):
+    """The root attribute ``name`` when it is stored as an integer (a scalar or an array), else the string
+    ``"<not an integer>"`` without reading it (None when absent)."""
+    import h5py
+
+    kind = _stored_class(f, name)
+    if kind is None:
+        return None
+    return f.attrs[name] if kind == h5py.h5t.INTEGER else "<not an integer>"
+
+
+_HEAP_STRING_READER = (
+    "import json, sys, h5py\n"
+    "with h5py.File(sys.argv[1], 'r') as f:\n"
+    "    v = f.attrs[sys.argv[2]]\n"
+    "print(json.dumps(v.decode('utf-8', 'replace') if isinstance(v, bytes) else str(v)))\n"
+)
+
+
+def _string_attribute(f, name: str, path) -> str | None:
+    """The root attribute ``name`` as text when it is stored as a string (None when absent; ``"<not a string>"``
+    unread when stored otherwise): a fixed-length string read here, a variable-length one by a child interpreter
+    within ``HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the child fails or runs out of
+    time."""
+    import h5py
+
+    kind = _stored_class(f, name)
+    if kind is None:
+        return None
+    if kind != h5py.h5t.STRING:
+        return "<not a string>"
+    if not f.attrs.get_id(name).get_type().is_variable_str():
+        value = f.attrs[name]
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _HEAP_STRING_READER, os.fspath(path), name],
+            capture_output=True,
+            text=True,
+            timeout=HEAP_READ_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise EventFormatError(
+            f"attribute {name!r} (a variable-length string in the file's global heap) could not be read within "
+            f"{HEAP_READ_TIMEOUT_S:g} s: the heap is damaged",
+            path,
+        ) from None
+    if child.returncode == 0:
+        try:
+            return str(json.loads(child.stdout.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            pass
+    raise EventFormatError(
+        f"attribute {name!r} (a variable-length string) could not be read: {child.stderr.strip()[-300:]}", path
+    )
+
+
 def _check_link(group, name: str, where: str, path) -> None:
     """Refuse a soft or external link at ``group[name]`` (module docstring); a missing one passes."""
     import h5py
@@ -231,7 +303,8 @@ class HDF5Writer(CheckedChunks):
         with ExitStack() as stack:
             self._fh, _ = stack.enter_context(atomic_write(self.path, "r+b"))
             f = stack.enter_context(h5py.File(self._fh, "w"))
-            f.attrs["format"], f.attrs["format_version"] = FORMAT_MARKER, FORMAT_VERSION
+            f.attrs["format"] = np.bytes_(FORMAT_MARKER)  # fixed-length: stored in the attribute, not the heap
+            f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
             group = f.create_group(GROUP)
             self._columns = [group.create_dataset(name, dtype=EVENT_DTYPE[name], **shape) for name in COLUMNS]
