@@ -301,6 +301,22 @@ def _bad_offsets(path):
         f["offsets"][-1] = f["offsets"][-1] + 5
 
 
+def _heap_key(path):
+    """The key as a variable-length string (its characters in the global heap, where libhdf5 can loop forever on
+    damage): refused unread."""
+    with h5py.File(path, "a") as f:
+        key = f.attrs["key"].decode()
+        del f.attrs["key"]
+        f.attrs["key"] = key
+
+
+def _heap_info(path):
+    with h5py.File(path, "a") as f:
+        info = [bytes(v).decode() for v in f["info"][()]]
+        del f["info"]
+        f.create_dataset("info", data=info, dtype=h5py.string_dtype("utf-8"))
+
+
 @pytest.mark.parametrize(
     "damage,reason",
     [
@@ -310,6 +326,8 @@ def _bad_offsets(path):
         (_bad_version, "format version 999"),
         (_incomplete, "not marked complete"),
         (_bad_offsets, "offsets"),
+        (_heap_key, "attribute 'key' is stored as a variable-length string"),
+        (_heap_info, "info is stored as object, not as fixed-length text"),
         (lambda p: p.write_bytes(b""), "cannot be read"),
     ],
 )
@@ -396,14 +414,30 @@ def test_flipped_label_and_frame_bytes_are_repaired_from_the_source(ds, cache, c
     assert_matches(cf, ds)
 
 
-def test_old_cache_without_label_checksums_is_stale(ds, cache, caplog):
+@pytest.mark.parametrize(
+    "version,before", [(1, "before labels were checksummed"), (2, "before its text was stored as fixed-length strings")]
+)
+def test_old_cache_formats_are_stale(ds, cache, caplog, version, before):
     path = cache.get(ds, SPEC, progress=False).path
     with h5py.File(path, "a") as f:
-        f.attrs["format_version"] = 1
+        f.attrs["format_version"] = version
     ds.reads = 0
     with caplog.at_level(logging.INFO, logger="events.cache"):
         assert_matches(cache.get(ds, SPEC, progress=False), ds)
-    assert ds.reads == len(ds) and "stale frame cache (format version 1, before labels were checksummed)" in caplog.text
+    assert ds.reads == len(ds) and f"stale frame cache (format version {version}, {before})" in caplog.text
+
+
+def test_cache_text_is_stored_inline_and_a_heap_string_is_refused_unread(ds, cache):
+    """Nothing of a cache lives in the file's global heap (``events.h5attrs``); CachedFrames refuses a spec stored
+    there without reading it."""
+    path = cache.get(ds, SPEC, progress=False).path
+    assert b"GCOL" not in path.read_bytes()
+    with h5py.File(path, "a") as f:
+        spec = f.attrs["spec"].decode()
+        del f.attrs["spec"]
+        f.attrs["spec"] = spec
+    with pytest.raises(CacheError, match=f"{path}: .*attribute 'spec' is stored as a variable-length string"):
+        CachedFrames(path)
 
 
 def test_cached_frames_refuses_a_broken_file(tmp_path, ds, cache):

@@ -167,3 +167,30 @@ def test_fuzz_aedat4_length_fields(real_data, tmp_path):
         outcomes[check_outcome(path)] += 1
         path.unlink()
     assert outcomes["error"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_frame_cache(tmp_path):
+    """Damaged frame cache files (h5py raises RuntimeError for some damage, a link may name a committed datatype):
+    CachedFrames and every sample and info read either work or raise CacheError naming the file."""
+    from test_cache import SPEC, FakeDataset
+
+    from events.cache import CachedFrames, CacheError, FrameCache
+
+    ds = FakeDataset(tmp_path)
+    data = FrameCache(tmp_path / "cache").get(ds, SPEC, progress=False).path.read_bytes()
+    rng = np.random.default_rng(3)
+    outcomes = {"error": 0, "ok": 0}
+    for k in range(200):
+        path = tmp_path / f"{k:04d}.h5"
+        path.write_bytes(mutate(data, rng))
+        try:
+            with CachedFrames(path) as cf:
+                for i in range(len(cf)):
+                    cf[i], cf.info(i)
+            outcomes["ok"] += 1
+        except CacheError as err:
+            assert str(path) in str(err)
+            outcomes["error"] += 1
+        path.unlink()
+    assert outcomes["error"] > 0 and outcomes["ok"] > 0

@@ -16,9 +16,10 @@ from tqdm import tqdm
 from events.atomic import atomic_file, remove_dead_temps
 from events.errors import InputError, MissingInputError
 from events.frames import FrameSpec
+from events.h5attrs import fixed_text, read_attribute
 from events.types import SensorSize
 
-from .read import CACHE_FORMAT_VERSION, STR, CachedFrames, bin_sample, damage_marker, layout_problem
+from .read import CACHE_FORMAT_VERSION, CachedFrames, bin_sample, damage_marker, layout_problem
 
 _CHUNK_BYTES = 1 << 17  # target size of one HDF5 chunk of frames
 _FLUSH_BYTES = 16 << 20  # frames buffered in memory before they are written
@@ -89,6 +90,10 @@ def _damaged_frames(frames: h5py.Dataset, verify: bool) -> str:
     return f"frame chunk(s) starting at frame {', '.join(map(str, bad))} fail their checksum" if bad else ""
 
 
+_BEFORE = {1: "before labels were checksummed", 2: "before its text was stored as fixed-length strings"}
+"""The stale format versions: what each came before (``CACHE_FORMAT_VERSION``)."""
+
+
 def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str, str]:
     """Classify a cache file as ``("ok"|"missing"|"stale"|"corrupt"|"damaged", reason)``: "damaged" when its
     layout is sound but labels or frames fail their checksum, or a reader left the damage marker."""
@@ -96,22 +101,25 @@ def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str
         return "missing", "no cache file yet"
     try:
         with h5py.File(path, "r") as f:
-            version = f.attrs.get("format_version")
+            version = read_attribute(f, "format_version")
             if version is None:
                 return "corrupt", "no format_version attribute"
-            if 1 <= int(version) < CACHE_FORMAT_VERSION:
-                return "stale", f"format version {int(version)}, before labels were checksummed"
+            if int(version) in _BEFORE:
+                return "stale", f"format version {int(version)}, {_BEFORE[int(version)]}"
             if int(version) != CACHE_FORMAT_VERSION:
                 return "corrupt", f"cache format version {int(version)}, expected {CACHE_FORMAT_VERSION}"
-            if not bool(f.attrs.get("complete", False)):
+            if not bool(read_attribute(f, "complete")):
                 return "corrupt", "not marked complete"
             missing = [n for n in ("frames", "offsets", "labels", "info", "fingerprint") if n not in f]
             if missing:
                 return "corrupt", f"missing dataset(s) {missing}"
-            if f.attrs.get("key") != key:
+            stored = f["fingerprint"]
+            if not isinstance(stored, h5py.Dataset) or stored.dtype.kind != "S":
+                return "corrupt", f"fingerprint is {getattr(stored, 'dtype', 'not a dataset')}, not fixed-length text"
+            if read_attribute(f, "key", "text") != key:
                 try:
-                    old = json.loads(f["fingerprint"][()].decode())
-                except (ValueError, AttributeError):
+                    old = json.loads(bytes(f["fingerprint"][()]).decode("utf-8"))
+                except (ValueError, TypeError):
                     old = {}
                 return "stale", _what_changed(old, fingerprint)
             problem = layout_problem(f, int(fingerprint["n_samples"]))
@@ -177,19 +185,18 @@ class _Writer:
             shuffle=True,
             fletcher32=True,
         )
-        self.info = f.create_dataset("info", shape=(n,), dtype=STR)
+        self._file, self._n = f, n
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         self.labels = np.zeros(n, dtype=np.int64)
         self._frames: list[np.ndarray] = []
-        self._info: list[str] = []
-        self._first = 0  # first sample index held in the buffer
+        self._info: list[bytes] = []  # every sample's info, UTF-8: written at ``finish`` as fixed-length text
         self._buffered = 0  # bytes of frames in the buffer
         self._written = 0  # frames already on disk
         self._check = check  # raises when the system has refused a write
 
     def add(self, i: int, frames: np.ndarray, label: int, info_json: str) -> None:
         self._frames.append(frames)
-        self._info.append(info_json)
+        self._info.append(info_json.encode("utf-8"))
         self.labels[i] = label
         self.offsets[i + 1] = self.offsets[i] + frames.shape[0]
         self._buffered += frames.nbytes
@@ -197,16 +204,21 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        if self._info:
-            block = np.concatenate(self._frames) if self._frames else None
-            if block is not None and len(block):
+        if self._frames:
+            block = np.concatenate(self._frames)
+            if len(block):
                 end = self._written + len(block)
                 self.frames.resize(end, axis=0)
                 self.frames[self._written : end] = block
                 self._written = end
-            self.info[self._first : self._first + len(self._info)] = self._info
-            self._first += len(self._info)
-        self._frames, self._info, self._buffered = [], [], 0
+        self._frames, self._buffered = [], 0
+        self._check()
+
+    def finish(self) -> None:
+        """Flush the frames and write the samples' info, one fixed-length string each (as long as the longest)."""
+        self.flush()
+        width = max([len(s) for s in self._info] + [1])
+        self._file.create_dataset("info", data=np.array(self._info, dtype=f"S{width}").reshape(self._n))
         self._check()
 
 
@@ -312,20 +324,20 @@ class FrameCache:
                         (frames, label), info_json = kept, json.dumps(dataset.sample_info(i), sort_keys=True)
                     writer.add(i, frames, label, info_json)
                     bar.update()
-            writer.flush()
+            writer.finish()
             checked = {"chunks": (max(1, min(n, _LABEL_CHUNK)),), "fletcher32": True}
             f.create_dataset("offsets", data=writer.offsets, **checked)
             f.create_dataset("labels", data=writer.labels, **checked)
-            f.create_dataset("fingerprint", data=json.dumps(fingerprint, sort_keys=True), dtype=STR)
+            f.create_dataset("fingerprint", data=fixed_text(json.dumps(fingerprint, sort_keys=True)))
             f.attrs.update(
                 {
                     "format_version": CACHE_FORMAT_VERSION,
-                    "key": key,
-                    "spec": json.dumps(spec.to_dict()),
-                    "dataset": str(dataset.name),
-                    "split": str(dataset.split),
+                    "key": fixed_text(key),
+                    "spec": fixed_text(json.dumps(spec.to_dict())),
+                    "dataset": fixed_text(str(dataset.name)),
+                    "split": fixed_text(str(dataset.split)),
                     "sensor_size": list(sensor),
-                    "classes": json.dumps([str(c) for c in dataset.classes]),
+                    "classes": fixed_text(json.dumps([str(c) for c in dataset.classes])),
                     "n_samples": n,
                     "frame_shape": list(frame_shape),
                 }

@@ -15,12 +15,12 @@ import numpy as np
 
 from events.errors import InputError, UserError
 from events.frames import FrameSpec, frames_from_spec
+from events.h5attrs import read_attribute
 from events.types import SensorSize, check_int
 
-CACHE_FORMAT_VERSION = 2
-"""Version 2 checksums offsets and labels as well as frames; version 1 files are stale and rebuilt."""
-
-STR = h5py.string_dtype("utf-8")
+CACHE_FORMAT_VERSION = 3
+"""Version 2 checksums offsets and labels as well as frames; version 3 stores its text as fixed-length strings, in
+the attributes and datasets themselves (no global heap, ``events.h5attrs``). Earlier files are stale and rebuilt."""
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,33 @@ def layout_problem(f: h5py.File, n: int) -> str:
     if missing:
         return f"missing dataset(s) {missing}"
     frames, offsets, labels, info = f["frames"], f["offsets"], f["labels"], f["info"]
+    odd = [
+        name
+        for name, d in zip(("frames", "offsets", "labels", "info"), (frames, offsets, labels, info))
+        if not isinstance(d, h5py.Dataset)
+    ]
+    if odd:
+        return f"{odd} not datasets"
     if offsets.shape != (n + 1,) or labels.shape != (n,) or info.shape != (n,):
         return f"offsets/labels/info shapes {offsets.shape}/{labels.shape}/{info.shape} do not fit {n} samples"
-    if frames.ndim != 4 or list(frames.shape[1:]) != [int(v) for v in f.attrs.get("frame_shape", [])]:
-        return f"frames shape {frames.shape} does not match frame_shape {f.attrs.get('frame_shape')}"
+    if info.dtype.kind != "S":
+        return f"info is stored as {info.dtype}, not as fixed-length text"
+    frame_shape = read_attribute(f, "frame_shape")
+    want = [] if frame_shape is None else [int(v) for v in np.atleast_1d(frame_shape)]
+    if frames.ndim != 4 or list(frames.shape[1:]) != want:
+        return f"frames shape {frames.shape} does not match frame_shape {frame_shape}"
     off = offsets[()]
     if off[0] != 0 or off[-1] != frames.shape[0] or (np.diff(off) < 0).any():
         return f"offsets do not partition the {frames.shape[0]} stored frames"
     return ""
+
+
+def _text(f: h5py.File, name: str) -> str:
+    """The fixed-length text attribute ``name`` (``events.h5attrs``); ``KeyError`` when absent."""
+    value = read_attribute(f, name, "text")
+    if value is None:
+        raise KeyError(f"no attribute {name!r}")
+    return value
 
 
 def damage_marker(path) -> Path:
@@ -112,19 +131,17 @@ class CachedFrames(Sequence):
         self._pid: int | None = None
         try:
             with h5py.File(self.path, "r") as f:
-                if int(f.attrs.get("format_version", -1)) != CACHE_FORMAT_VERSION:
-                    raise CacheError(
-                        self.path,
-                        f"cache format version {f.attrs.get('format_version')}, expected {CACHE_FORMAT_VERSION}",
-                    )
-                if not bool(f.attrs.get("complete", False)):
+                version = read_attribute(f, "format_version")
+                if version is None or int(version) != CACHE_FORMAT_VERSION:
+                    raise CacheError(self.path, f"cache format version {version}, expected {CACHE_FORMAT_VERSION}")
+                if not bool(read_attribute(f, "complete")):
                     raise CacheError(self.path, "not marked complete")
-                self.spec = FrameSpec.from_dict(json.loads(f.attrs["spec"]))
-                self.sensor_size = SensorSize(*(int(v) for v in f.attrs["sensor_size"]))
-                self.classes = list(json.loads(f.attrs["classes"]))
-                self.dataset_name = str(f.attrs["dataset"])
-                self.split = str(f.attrs["split"])
-                n = int(f.attrs["n_samples"])
+                self.spec = FrameSpec.from_dict(json.loads(_text(f, "spec")))
+                self.sensor_size = SensorSize(*(int(v) for v in read_attribute(f, "sensor_size")))
+                self.classes = list(json.loads(_text(f, "classes")))
+                self.dataset_name = _text(f, "dataset")
+                self.split = _text(f, "split")
+                n = int(read_attribute(f, "n_samples"))
                 problem = layout_problem(f, n)
                 if problem:
                     raise CacheError(self.path, problem)
@@ -132,7 +149,7 @@ class CachedFrames(Sequence):
                 self.labels = f["labels"][()].astype(np.int64)
         except CacheError:
             raise
-        except (OSError, KeyError, ValueError, TypeError) as err:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:  # RuntimeError: h5py's, on damage
             raise CacheError(self.path, f"not a usable frame cache ({type(err).__name__}: {err})") from err
         self.labels.flags.writeable = False
         self._offsets.flags.writeable = False
@@ -176,7 +193,7 @@ class CachedFrames(Sequence):
         first = int(self._offsets[j])
         try:
             return self._h5()["frames"][first + a : first + b]
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
             if self.source is None:
                 raise CacheError(
                     self.path,
@@ -207,10 +224,9 @@ class CachedFrames(Sequence):
         """``sample_info(i)`` of the data set the cache was built from."""
         j = self._index(i)
         try:
-            raw = self._h5()["info"][j]
-        except (OSError, KeyError, ValueError) as err:
+            return json.loads(bytes(self._h5()["info"][j]).decode("utf-8"))
+        except (OSError, KeyError, ValueError, RuntimeError) as err:
             raise CacheError(self.path, f"cannot read info of sample {j} ({err})") from err
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
     def clips(self, frames_per_clip: int | None = None, stride: int | None = None) -> CachedClips:
         """Fixed-length clips of every sample (``split_clips`` semantics), read lazily per clip.

@@ -169,20 +169,15 @@ class HDF5EventReader(EventFileReader):
                 self._file = None
 
 
-def _stored_class(f, name: str):
-    """The HDF5 type class of the root attribute ``name`` (None when absent), read from its metadata only."""
-    return f.attrs.get_id(name).get_type().get_class() if name in f.attrs else None
-
-
 def _integer_attribute(f, name: str):
-    """The root attribute ``name`` when it is stored as an integer (a scalar or an array), else the string
+    """The root attribute ``name`` when it is stored as a number (``events.h5attrs``), else the string
     ``"<not an integer>"`` without reading it (None when absent)."""
-    import h5py
+    from events.h5attrs import NotInline, read_attribute
 
-    kind = _stored_class(f, name)
-    if kind is None:
-        return None
-    return f.attrs[name] if kind == h5py.h5t.INTEGER else "<not an integer>"
+    try:
+        return read_attribute(f, name)
+    except NotInline:
+        return "<not an integer>"
 
 
 _HEAP_STRING_READER = (
@@ -195,19 +190,16 @@ _HEAP_STRING_READER = (
 
 def _string_attribute(f, name: str, path) -> str | None:
     """The root attribute ``name`` as text when it is stored as a string (None when absent; ``"<not a string>"``
-    unread when stored otherwise): a fixed-length string read here, a variable-length one by a child interpreter
-    within ``HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the child fails or runs out of
-    time."""
-    import h5py
+    unread when stored otherwise): a fixed-length string read here (``events.h5attrs``), a variable-length one by
+    a child interpreter within ``HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the child fails
+    or runs out of time."""
+    from events.h5attrs import NotInline, read_attribute
 
-    kind = _stored_class(f, name)
-    if kind is None:
-        return None
-    if kind != h5py.h5t.STRING:
-        return "<not a string>"
-    if not f.attrs.get_id(name).get_type().is_variable_str():
-        value = f.attrs[name]
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        return read_attribute(f, name, "text")
+    except NotInline as err:
+        if err.kind != "a variable-length string":
+            return "<not a string>"
     try:
         child = subprocess.run(
             [sys.executable, "-c", _HEAP_STRING_READER, os.fspath(path), name],
@@ -295,6 +287,8 @@ class HDF5Writer(CheckedChunks):
     def __enter__(self) -> HDF5Writer:
         import h5py
 
+        from events.h5attrs import fixed_text
+
         w, h, n_pol = (int(v) for v in self.sensor_size)
         if self.n_events is None:
             shape = {"shape": (0,), "maxshape": (None,), "chunks": (self.CHUNK,)}
@@ -303,7 +297,7 @@ class HDF5Writer(CheckedChunks):
         with ExitStack() as stack:
             self._fh, _ = stack.enter_context(atomic_write(self.path, "r+b"))
             f = stack.enter_context(h5py.File(self._fh, "w"))
-            f.attrs["format"] = np.bytes_(FORMAT_MARKER)  # fixed-length: stored in the attribute, not the heap
+            f.attrs["format"] = fixed_text(FORMAT_MARKER)  # stored in the attribute, not the global heap
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["width"], f.attrs["height"], f.attrs["polarities"] = w, h, n_pol
             group = f.create_group(GROUP)

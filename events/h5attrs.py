@@ -1,0 +1,61 @@
+"""HDF5 attributes read without touching the file's global heap.
+
+A variable-length string or sequence keeps its data in the file's global heap, and libhdf5 (2.0.0) loops forever
+on a damaged heap collection (a free-space object of size 0: found by mutation fuzzing, docs/design.md section 5).
+The project's files therefore store text as fixed-length strings, and its readers ask for an attribute by the kind
+they expect: ``read_attribute`` looks at the attribute's stored type first (metadata only) and reads it only when
+it is held in the attribute itself as that kind, else raises ``NotInline`` without reading it.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from events.errors import InputError
+
+NUMBER_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM)  # ENUM: h5py stores a bool as one
+
+
+class NotInline(InputError):
+    """An attribute is not stored as the kind asked for (``kind``: its stored type, in words)."""
+
+    def __init__(self, name: str, kind: str):
+        self.name, self.kind = name, kind
+        super().__init__(f"attribute {name!r} is stored as {kind}")
+
+
+def stored_kind(obj, name: str) -> str | None:
+    """``"text"`` (a fixed-length string), ``"number"`` (integers, floats or h5py's bools, scalar or array), or
+    another word for what the attribute ``name`` of ``obj`` holds (None when absent), from its type alone."""
+    if name not in obj.attrs:
+        return None
+    stored = obj.attrs.get_id(name).get_type()
+    kind = stored.get_class()
+    if kind == h5py.h5t.STRING:
+        return "a variable-length string" if stored.is_variable_str() else "text"
+    if kind in NUMBER_CLASSES:
+        return "number"
+    return {h5py.h5t.VLEN: "a variable-length sequence", h5py.h5t.COMPOUND: "a compound"}.get(kind, "another type")
+
+
+def read_attribute(obj, name: str, kind: str = "number"):
+    """The attribute ``name`` of ``obj`` when stored as ``kind`` (``"number"``: its value, a scalar or an array;
+    ``"text"``: a fixed-length string decoded as UTF-8, undecodable bytes replaced); None when absent; ``NotInline``
+    (nothing read) when stored otherwise, a variable-length string among them."""
+    stored = stored_kind(obj, name)
+    if stored is None:
+        return None
+    if stored != kind:
+        raise NotInline(name, stored)
+    value = obj.attrs[name]
+    if kind != "text":
+        return value
+    if np.ndim(value):
+        raise NotInline(name, "an array of strings")
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def fixed_text(text: str) -> np.bytes_:
+    """``text`` as a fixed-length string attribute value (UTF-8 bytes, stored in the attribute itself)."""
+    return np.bytes_(text.encode("utf-8"))
