@@ -373,9 +373,11 @@ class BinaryMaxPool2d(Modal, nn.MaxPool2d):
 
     def _pairs_suffice(self, z: torch.Tensor) -> bool:
         """Whether ``_max_of_pairs`` computes this pool on ``z``: 2x2 windows at stride 2 without padding or
-        dilation, a channels-last 4-d input of even height and width, and no gradient to route (torch.maximum
-        would split a tie's gradient where max-pooling gives it to one input)."""
+        dilation, no indices asked for, a channels-last 4-d input of even height and width, and no gradient to route
+        (torch.maximum would split a tie's gradient where max-pooling gives it to one input)."""
         if z.dim() != 4 or z.shape[-1] % 2 or z.shape[-2] % 2 or (torch.is_grad_enabled() and z.requires_grad):
+            return False
+        if self.return_indices:
             return False
         if not z.is_contiguous(memory_format=torch.channels_last):
             return False

@@ -584,9 +584,9 @@ def test_every_target_form_computes_the_model_exactly_in_the_float64_runtime(tar
 @pytest.mark.parametrize("target", ["norse", "snntorch", "sinabs", "speck", "spikingjelly", "spyx"])
 def test_target_import_matches_the_model_on_200_inputs(target, tiny_run, gestures, untrained_full, tmp_path):
     """Export -> write -> read -> the target's own importer -> the model's outputs, for a trained tiny, an
-    untrained allconvnet18 and their 8-bit forms: float graphs within 1e-4 and the same top class on every input,
-    integer graphs exactly equal. sinabs (and speck, run by sinabs), SpikingJelly and Spyx run in their own venvs
-    (build/targets/TOOLCHAIN, made by make target-venvs)."""
+    untrained allconvnet18 and their 8-bit forms (Spyx: allconvnet18's 8-bit form only): float graphs within 1e-4
+    and the same top class on every input, integer graphs exactly equal. sinabs (and speck, run by sinabs),
+    SpikingJelly and Spyx run in their own venvs (build/targets/TOOLCHAIN, made by make target-venvs)."""
     toolchain = "sinabs" if target in ("sinabs", "speck") else target
     python = None
     if toolchain_version(toolchain) is None:
@@ -598,6 +598,9 @@ def test_target_import_matches_the_model_on_200_inputs(target, tiny_run, gesture
         for bits in (None, 8):
             if target == "speck" and bits is None:
                 continue
+            if target == "spyx" and bits is None and name == "allconvnet18":
+                continue  # CI time: a 50 s JAX compile; Spyx's float path is checked on tiny, allconvnet18's float form
+                # by the four other importers, and Spyx's import of allconvnet18 in its integer form below
             base, ref = _reference(model, graph, x, bits)
             path = write_nir(target_form(base, target), tmp_path / f"{name}-{target}-{bits}.nir")
             result = check_file(target, path, x, ref, exact=bits is not None, python=python)

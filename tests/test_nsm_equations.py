@@ -265,8 +265,8 @@ def test_binarize_and_or_pooling():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_or_pool_without_gradient_takes_pairs_and_equals_the_explicit_or(dtype):
     """The no-gradient path (channels-last, 2x2 at stride 2: the larger of rows, then of columns) against the OR
-    over unfolded windows; inputs it does not cover (odd sizes, NCHW, a 3x3 pool, a gradient to route) keep
-    max-pooling and give the same OR."""
+    over unfolded windows; inputs it does not cover (odd sizes, NCHW, a 3x3 pool, a gradient to route, indices
+    asked for) keep max-pooling and give the same OR."""
     pool = nsm.BinaryMaxPool2d(2)
     z = random_states(3, 5, 8, 6).to(dtype).contiguous(memory_format=torch.channels_last)
     blocks = z.unfold(2, 2, 2).unfold(3, 2, 2).reshape(3, 5, 4, 3, 4)
@@ -286,6 +286,9 @@ def test_or_pool_without_gradient_takes_pairs_and_equals_the_explicit_or(dtype):
         ):
             assert not other._pairs_suffice(x)
             assert torch.equal(other(x), F.max_pool2d(x, other.kernel_size, other.stride))
+        with_indices = nsm.BinaryMaxPool2d(2, return_indices=True)
+        assert not with_indices._pairs_suffice(z)
+        assert torch.equal(with_indices(z)[0], expected)
 
 
 def test_noise_laws_validate_and_round_trip():
