@@ -205,6 +205,7 @@ def _string_attribute(f, name: str, path) -> str | None:
             [sys.executable, "-c", _HEAP_STRING_READER, os.fspath(path), name],
             capture_output=True,
             text=True,
+            errors="replace",  # a child's message is reported, whatever bytes it holds
             timeout=HEAP_READ_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
