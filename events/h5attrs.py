@@ -15,6 +15,7 @@ import numpy as np
 from events.errors import InputError
 
 NUMBER_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM)  # ENUM: h5py stores a bool as one
+HEAP_STRING = "a variable-length string"  # ``stored_kind`` of a string kept in the global heap
 
 
 class NotInline(InputError):
@@ -33,7 +34,7 @@ def stored_kind(obj, name: str) -> str | None:
     stored = obj.attrs.get_id(name).get_type()
     kind = stored.get_class()
     if kind == h5py.h5t.STRING:
-        return "a variable-length string" if stored.is_variable_str() else "text"
+        return HEAP_STRING if stored.is_variable_str() else "text"
     if kind in NUMBER_CLASSES:
         return "number"
     return {h5py.h5t.VLEN: "a variable-length sequence", h5py.h5t.COMPOUND: "a compound"}.get(kind, "another type")

@@ -20,51 +20,6 @@ TINY_EPOCHS = 4
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
-LONGEST_FIRST = (  # node id prefix: a group that runs in one worker, and its seconds (--durations, session 20)
-    ("test_learning.py::", 300),  # its runs are a module fixture: the group must stay in one worker
-    ("test_export.py::test_target_import_matches_the_model_on_200_inputs", 230),
-    ("test_demo.py::", 150),
-    ("test_export_toolchains.py::test_a_25_cell_readout_pool", 80),
-    ("test_train.py::test_the_default_bnsm_recipe_trains_under_torchrun", 66),
-    ("test_export.py::test_runtime_mc_of_the_trained_tiny_preset", 59),
-    ("test_wheel.py::", 55),
-    ("test_export_toolchains.py::test_cli_export_check_spyx", 44),
-    ("test_export_toolchains.py::test_spyx_needs_the_stated_steps", 40),
-)
-"""The suite's longest tests. Started first and shared out among the workers, none of them keeps a worker busy at
-the end while the other waits (longest-processing-time-first scheduling)."""
-
-
-def pytest_collection_modifyitems(config, items):
-    """Order the run so that pytest-xdist's work-stealing scheduler, which hands worker i the i-th of
-    ``PYTEST_XDIST_WORKER_COUNT`` contiguous shares of the items, finds ``LONGEST_FIRST`` at the head of the shares:
-    each group goes to the share with the least time so far (longest first); the other items keep their order and
-    fill the shares to the sizes the scheduler cuts. Without workers: the groups first."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    groups, taken = [], set()
-    for prefix, seconds in LONGEST_FIRST:
-        members = [it for it in items if prefix in it.nodeid and it.nodeid not in taken]
-        taken.update(it.nodeid for it in members)
-        groups.append((seconds, members))
-    rest = [it for it in items if it.nodeid not in taken]
-    sizes, left = [], len(items)
-    for i in range(workers):  # the scheduler's cut: worker i gets len(pending) // (workers - i)
-        sizes.append(left // (workers - i))
-        left -= sizes[-1]
-    heads, load = [[] for _ in range(workers)], [0] * workers
-    for seconds, members in sorted(groups, key=lambda g: -g[0]):
-        i = min(range(workers), key=lambda w: load[w])
-        heads[i] += members
-        load[i] += seconds
-    if any(len(head) > size for head, size in zip(heads, sizes)):
-        heads, sizes = [[it for _, members in groups for it in members]], [len(items)]  # too few items: groups first
-    ordered = []
-    for head, size in zip(heads, sizes):
-        fill = max(0, size - len(head)) if len(ordered) + size < len(items) else len(rest)
-        ordered += head + rest[:fill]
-        rest = rest[fill:]
-    items[:] = ordered + rest
-
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:

@@ -118,7 +118,7 @@ def _inspect(path: Path, key: str, fingerprint: dict, verify: bool) -> tuple[str
                 return "corrupt", f"fingerprint is {getattr(stored, 'dtype', 'not a dataset')}, not fixed-length text"
             if read_attribute(f, "key", "text") != key:
                 try:
-                    old = json.loads(bytes(f["fingerprint"][()]).decode("utf-8"))
+                    old = json.loads(bytes(stored[()]).decode("utf-8"))
                 except (ValueError, TypeError):
                     old = {}
                 return "stale", _what_changed(old, fingerprint)

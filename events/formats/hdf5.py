@@ -193,12 +193,12 @@ def _string_attribute(f, name: str, path) -> str | None:
     unread when stored otherwise): a fixed-length string read here (``events.h5attrs``), a variable-length one by
     a child interpreter within ``HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the child fails
     or runs out of time."""
-    from events.h5attrs import NotInline, read_attribute
+    from events.h5attrs import HEAP_STRING, NotInline, read_attribute
 
     try:
         return read_attribute(f, name, "text")
     except NotInline as err:
-        if err.kind != "a variable-length string":
+        if err.kind != HEAP_STRING:
             return "<not a string>"
     try:
         child = subprocess.run(
