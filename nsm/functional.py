@@ -32,7 +32,7 @@ import torch
 
 from events.errors import InputError
 
-from . import kernels
+from . import kernels, state_codes
 from .noise import Noise
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -102,22 +102,28 @@ def _is_dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback) -> torch.Tensor:
+def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, codes: bool = False) -> torch.Tensor:
     """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32 or bfloat16, ``_kernel_array``) or
-    ``fallback()``; into ``out`` if given.
+    ``fallback()``; into ``out`` if given. ``codes``: the kernel writes 8-bit state codes (``nsm.state_codes``).
 
     The kernel walks memory in storage order, so a channels-last tensor is processed in place, without a
     copy to NCHW order; the states keep ``like``'s memory format.
     """
     if _uses_kernel(like):
         like = like if _is_dense(like) else like.contiguous()
-        res = out if out is not None and out.stride() == like.stride() else torch.empty_like(like)
+        fits = out is not None and out.stride() == like.stride()
+        res = out if fits else torch.empty_like(like, dtype=torch.uint8 if codes else like.dtype)
         kernel(_kernel_array(like), _kernel_array(res))
     else:
         res = fallback()
     if out is not None and res is not out:
         return out.copy_(res)
     return res
+
+
+def _kernel_seed(generator: torch.Generator | None) -> int:
+    """The sampling kernels' seed: one draw from ``generator`` (torch's global RNG when None)."""
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
 
 
 def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None):
@@ -129,14 +135,25 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
     """
 
     def kernel(a, o):
-        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-        kernels.sample_sign_cpu(a, seed, out=o, threads=torch.get_num_threads())
+        kernels.sample_sign_cpu(a, _kernel_seed(generator), out=o, threads=torch.get_num_threads())
 
     def fallback():
         r = torch.empty_like(v).uniform_(-1.0, 1.0, generator=generator)
         return torch.where(r < torch.erf(v), 1.0, -1.0).to(v.dtype)
 
     return _write_states(v, out, kernel, fallback)
+
+
+def draw_codes(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The states ``draw_states(v, generator)`` draws, as 8-bit codes (``nsm.state_codes``; no gradient): written by
+    the sampler itself from CPU bfloat16 logits, encoded afterwards from any others."""
+    if v.dtype != torch.bfloat16 or not _uses_kernel(v):
+        return state_codes.encode(draw_states(v, generator))
+
+    def kernel(a, o):
+        kernels.sample_sign_cpu(a, _kernel_seed(generator), out=o, threads=torch.get_num_threads(), codes=True)
+
+    return _write_states(v, None, kernel, None, codes=True)
 
 
 def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,6 +164,14 @@ def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
         lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads()),
         lambda: torch.where(u >= 0, 1.0, -1.0).to(u.dtype),
     )
+
+
+def sign_codes(u: torch.Tensor) -> torch.Tensor:
+    """``sign_states(u)`` as 8-bit codes (``nsm.state_codes``; no gradient)."""
+    if u.dtype != torch.bfloat16 or not _uses_kernel(u):
+        return state_codes.encode(sign_states(u))
+    kernel = lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads(), codes=True)  # noqa: E731
+    return _write_states(u, None, kernel, None, codes=True)
 
 
 class _SignWithSurrogate(torch.autograd.Function):

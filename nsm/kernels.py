@@ -30,6 +30,9 @@ h = lowbias32(i 0x9E3779B9 + key_b) (Wellons' 32-bit integer hash, 2018; key_b t
 sampler's stream origin of block b) and compares w t^16 with 1/2 in float32 (A&S 7.1.28 as above). Its decision
 equals u < P except where |u - P| <= ``BF16_BAND`` (1e-6: the approximation's 1.5e-7 plus float32 rounding of
 t^16): each state fires with probability within 1e-6 of P.
+
+8-bit state codes (``nsm.state_codes``): from bfloat16 logits the kernels can write each state as its code z + 1
+(2 for +1, 0 for -1, ``uint8``) instead of its pattern, with the same draws: ``codes=True``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import numpy as np
 
 import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
 from events.errors import InputError
+
+from .state_codes import CODE_MINUS, CODE_PLUS
 
 BLOCK = 1 << 14
 MARGIN = 1e-6
@@ -158,9 +163,10 @@ def _lowbias32(h):
 
 
 @numba.njit(**_JIT)
-def _sample_block_bf16(v, out, key):
-    """States of float32 logits ``v`` (widened bfloat16) as bfloat16 patterns into ``out``, element i drawing
-    u = (lowbias32(i 0x9E3779B9 + key) >> 8) 2^-24; branch-free, so the loop runs in 16 float32 lanes. NaN: -1."""
+def _sample_block_bf16(v, out, key, plus, minus):
+    """States of float32 logits ``v`` (widened bfloat16) into ``out``, ``plus`` for +1 and ``minus`` for -1 (bfloat16
+    patterns or 8-bit codes), element i drawing u = (lowbias32(i 0x9E3779B9 + key) >> 8) 2^-24; branch-free, so the
+    loop runs in 16 float32 lanes. NaN: -1."""
     for i in range(v.size):
         u = np.float32(_lowbias32(np.uint32(np.uint32(i) * _GOLDEN32 + key)) >> np.uint32(8)) * np.float32(2.0**-24)
         x = v[i]
@@ -173,29 +179,29 @@ def _sample_block_bf16(v, out, key):
         w = np.float32(1.0) - u if positive else u  # exact: u is a multiple of 2^-24
         above = w * (t8 * t8) > np.float32(0.5)  # w > Q ~ 0.5 / t^16
         fire = (above == positive) & (x == x)  # u < P iff w > Q (v >= 0) or w < Q (v < 0)
-        out[i] = np.uint16(0x3F80 | (np.uint16(not fire) << np.uint16(15)))
+        out[i] = plus if fire else minus
 
 
 @numba.njit(**_JIT)
-def _sample_blocks_bf16(v, out, seed, first, last):
+def _sample_blocks_bf16(v, out, seed, plus, minus, first, last):
     """Blocks ``first .. last - 1`` of flat bfloat16 patterns, each widened into a buffer and sampled from its own
-    key (the low half of the float32 sampler's block origin)."""
+    key (the low half of the float32 sampler's block origin) into ``out`` as ``plus`` / ``minus``."""
     wide = np.empty(BLOCK, np.float32)
     for b in range(first, last):
         lo, hi = b * BLOCK, min(v.size, (b + 1) * BLOCK)
         origin = _mix64(np.uint64(seed) ^ _mix64(np.uint64(b) * _GAMMA + _GAMMA))
         _widen_bf16(v[lo:hi], wide[: hi - lo])
-        _sample_block_bf16(wide[: hi - lo], out[lo:hi], np.uint32(origin & np.uint64(0xFFFFFFFF)))
+        _sample_block_bf16(wide[: hi - lo], out[lo:hi], np.uint32(origin & np.uint64(0xFFFFFFFF)), plus, minus)
 
 
 @numba.njit(**_JIT)
-def _sign_blocks_bf16(v, out, first, last):
+def _sign_blocks_bf16(v, out, plus, minus, first, last):
     wide = np.empty(BLOCK, np.float32)
     for b in range(first, last):
         lo, hi = b * BLOCK, min(v.size, (b + 1) * BLOCK)
         _widen_bf16(v[lo:hi], wide[: hi - lo])
         for i in range(hi - lo):
-            out[lo + i] = BF16_PLUS if wide[i] >= 0.0 else BF16_MINUS
+            out[lo + i] = plus if wide[i] >= 0.0 else minus
 
 
 # Work is split over a few plain threads running the nogil kernels: unlike numba's OpenMP pool, idle
@@ -234,33 +240,43 @@ def _run_split(fn, n_units: int, threads: int, *args) -> None:
         f.result()
 
 
-def _flat_in_out(v: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(flat input, flat output, whether they hold bfloat16 patterns): ``uint16`` arrays are bfloat16 patterns and
-    stay so; anything else is read as float32."""
+def _flat_in_out(v: np.ndarray, out: np.ndarray | None, codes: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(flat input, flat output, the extra arguments of the bfloat16 kernels or () for float32): ``uint16`` arrays are
+    bfloat16 patterns, anything else is read as float32; the output is like the input, or ``uint8`` codes when
+    ``codes`` (bfloat16 input only)."""
     bf16 = np.asarray(v).dtype == np.uint16
+    if codes and not bf16:
+        raise InputError("state codes are written from bfloat16 logits (uint16 patterns)")
     flat = np.ascontiguousarray(v, dtype=np.uint16 if bf16 else np.float32).reshape(-1)
-    res = np.empty_like(flat) if out is None else out.reshape(-1)
-    if res.dtype != flat.dtype:
-        raise InputError(f"out must be {flat.dtype} like the input, got {res.dtype}")
-    return flat, res, bf16
+    dtype = np.uint8 if codes else flat.dtype
+    res = np.empty(flat.size, dtype) if out is None else out.reshape(-1)
+    if res.dtype != dtype:
+        raise InputError(f"out must be {np.dtype(dtype)}, got {res.dtype}")
+    values = (CODE_PLUS, CODE_MINUS) if codes else (BF16_PLUS, BF16_MINUS) if bf16 else ()
+    return flat, res, values
 
 
-def sample_sign_cpu(v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+def sample_sign_cpu(
+    v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1, codes: bool = False
+) -> np.ndarray:
     """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise, any shape; float32 in and out, or bfloat16
-    bit patterns (``uint16``) in and out.
+    bit patterns (``uint16``) in and out, or in and 8-bit codes out (``codes``: 2 for +1, 0 for -1).
 
-    The states depend on ``seed`` and the element positions only, not on ``threads``. float32: exactly
+    The states depend on ``seed`` and the element positions only, not on ``threads`` or ``codes``. float32: exactly
     u < P for a 53-bit u; bfloat16: the 32-bit sampler (the module docstring), within ``BF16_BAND`` of that.
     """
-    flat, res, bf16 = _flat_in_out(v, out)
+    flat, res, values = _flat_in_out(v, out, codes)
     n_blocks = (flat.size + BLOCK - 1) // BLOCK
-    kernel = _sample_blocks_bf16 if bf16 else _sample_blocks
-    _run_split(kernel, n_blocks, threads, flat, res, np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+    kernel = _sample_blocks_bf16 if values else _sample_blocks
+    seed = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+    _run_split(kernel, n_blocks, threads, flat, res, seed, *values)
     return res.reshape(np.shape(v))
 
 
-def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-    """z = sgn(v) with sgn(0) = +1 (NaN: -1), elementwise; float32 in and out, or bfloat16 patterns (``uint16``)."""
-    flat, res, bf16 = _flat_in_out(v, out)
-    _run_split(_sign_blocks_bf16 if bf16 else _sign_blocks, (flat.size + BLOCK - 1) // BLOCK, threads, flat, res)
+def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1, codes: bool = False) -> np.ndarray:
+    """z = sgn(v) with sgn(0) = +1 (NaN: -1), elementwise; float32 in and out, or bfloat16 patterns (``uint16``) in and
+    out, or in and 8-bit codes out (``codes``)."""
+    flat, res, values = _flat_in_out(v, out, codes)
+    blocks = (flat.size + BLOCK - 1) // BLOCK
+    _run_split(_sign_blocks_bf16 if values else _sign_blocks, blocks, threads, flat, res, *values)
     return res.reshape(np.shape(v))

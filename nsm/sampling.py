@@ -17,7 +17,7 @@ returned: T < 1 sharpens an underconfident average, T > 1 softens an overconfide
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,6 +29,7 @@ from events.types import check_int
 from .affine import AffineUnit
 from .modes import EXPECTATION_MODES, MODES, Modal, StochasticUnit
 from .moments import VARIANCE_RULES
+from .state_codes import unavailable, using_state_codes
 from .weight_cache import WeightCache
 
 
@@ -197,7 +198,7 @@ def temper(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 MAX_TEMPERATURE = 100.0
 """The largest temperature: beyond it every prediction is all but uniform."""
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 """How Monte Carlo passes multiply (``MCSettings.precision``)."""
 MAX_SAMPLES = 4096
 """The most Monte Carlo passes an input may take (``samples``, ``min_samples``, ``max_samples``): each pass is a
@@ -215,7 +216,10 @@ class MCSettings:
     ``MAX_TEMPERATURE``), for the threshold and the result. ``precision``: ``"bfloat16"`` runs the passes under
     bfloat16 autocast (the convolutions and the readout's product rounded to bfloat16, the +-1 states exact, the
     logits and probabilities float32: ``nsm.layers.AffineConv2d``), several times faster on CPUs with native bf16
-    instructions; ``"float32"`` without. The defaults are the library's; a caller that needs others (the stream
+    instructions; ``"int8"`` passes the binary states between layers as 8-bit codes and multiplies them by int8
+    weights (``nsm.state_codes``: the states exact, each unit's weights rounded to 127 levels of its largest, the
+    logits bfloat16; CPU only), faster again on CPUs with AVX-512 VNNI or AMX; ``"float32"`` neither. The defaults
+    are the library's; a caller that needs others (the stream
     bounds a window's latency, a run's checkpoint holds its fitted temperature) says so.
     """
 
@@ -274,11 +278,14 @@ class MCSettings:
         max_batch: int = MAX_BATCH,
     ) -> MCResult:
         """Monte Carlo prediction of ``model`` on the batch ``x`` (``mc_predict``)."""
+        if self.precision == "int8" and (reason := unavailable(x.device)) is not None:
+            raise InputError(f"Monte Carlo precision int8: {reason}; use float32 or bfloat16")
         was_training = model.training
         model.eval()
         try:
             bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
-            with torch.inference_mode(), bf16, using_generator(model, generator), WeightCache(model):
+            codes = using_state_codes() if self.precision == "int8" else nullcontext()
+            with torch.inference_mode(), bf16, codes, using_generator(model, generator), WeightCache(model):
                 if not self.adaptive:
                     mean = sample_probabilities(model, x, self.samples, max_batch).mean(dim=0)
                     probs = temper(mean, self.temperature)

@@ -141,8 +141,8 @@ class ModelConfig:
 class EvalConfig:
     """Monte Carlo prediction (docs/design.md section 3; ``nsm.MCSettings``, whose defaults these are):
     ``samples`` fixed K, or ``adaptive`` with ``threshold``, ``min_samples``, ``max_samples``; ``precision``
-    (``"float32"`` or ``"bfloat16"``: the passes' products under bfloat16 autocast); ``batch_size`` inputs per
-    step."""
+    (``nsm.sampling.PRECISIONS``: ``"float32"``, ``"bfloat16"`` for the passes' products under bfloat16 autocast,
+    ``"int8"`` for spikes and int8 weights); ``batch_size`` inputs per step."""
 
     samples: int = MCSettings.samples
     adaptive: bool = MCSettings.adaptive

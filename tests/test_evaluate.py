@@ -142,15 +142,19 @@ def test_evaluation_repeats_exactly_with_the_same_seed(gestures, tiny_run, evalu
     assert other["deterministic"] == first["deterministic"]  # the mean-field network has no noise
 
 
-def test_bfloat16_evaluation_names_its_precision_and_keeps_the_accuracy(gestures, tiny_run, evaluated, tmp_path):
-    """``--precision bfloat16``: the predictor says so; the products' rounding changes a few draws, not what the
-    network predicts: MC accuracy within 4 points of float32's on these clips (the two differ by their draws; the
-    spread between two noise seeds in float32 is about 2 points here), the deterministic network's nearly equal."""
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_lower_precision_evaluation_names_its_precision_and_keeps_the_accuracy(
+    gestures, tiny_run, evaluated, tmp_path, precision
+):
+    """``--precision bfloat16`` or ``int8``: the predictor says so; the products' rounding (of the weights, in int8)
+    changes a few draws, not what the network predicts: MC accuracy within 4 points of float32's on these clips (they
+    differ by their draws; the spread between two noise seeds in float32 is about 2 points here), the deterministic
+    network's equal (it is evaluated in float32)."""
     _, first = evaluated
-    bf16 = evaluate(gestures, tiny_run, tmp_path, "--precision", "bfloat16")
-    assert bf16["predictor"] == first["predictor"] + ", bfloat16"
-    assert abs(bf16["accuracy"] - first["accuracy"]) <= 0.04
-    assert bf16["deterministic"] == first["deterministic"]  # the deterministic network is evaluated in float32
+    low = evaluate(gestures, tiny_run, tmp_path, "--precision", precision)
+    assert low["predictor"] == f"{first['predictor']}, {precision}"
+    assert abs(low["accuracy"] - first["accuracy"]) <= 0.04
+    assert low["deterministic"] == first["deterministic"]
 
 
 def test_trained_tiny_model_is_well_above_chance(evaluated, clip_labels):

@@ -112,7 +112,7 @@ def test_monte_carlo_precision_sets_the_states_dtype_and_keeps_probabilities_flo
 
 
 def test_monte_carlo_precision_must_be_known():
-    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16', 'int8'\), got 'fp8'"):
         nsm.MCSettings(precision="fp8")
 
 

@@ -222,7 +222,7 @@ def _numba_target_in_child(env_extra: dict) -> dict:
         "import json, os, numba, numpy as np\n"
         "from nsm import kernels\n"
         "f = numba.njit(nogil=True, error_model='numpy')(kernels._sample_block_bf16.py_func)\n"
-        "f(np.zeros(64, np.float32), np.zeros(64, np.uint16), np.uint32(1))\n"
+        "f(np.zeros(64, np.float32), np.zeros(64, np.uint16), np.uint32(1), kernels.BF16_PLUS, kernels.BF16_MINUS)\n"
         "asm = f.inspect_asm(f.signatures[0])\n"
         "env = os.environ.get('NUMBA_CPU_FEATURES')\n"
         "print(json.dumps({'features': numba.config.CPU_FEATURES, 'zmm': 'zmm' in asm, 'env': env}))\n"

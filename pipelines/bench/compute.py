@@ -26,31 +26,41 @@ def _precisions() -> list[bool]:
     return [False, True] if cpu_has_native_bf16() else [False]
 
 
+def mc_precisions() -> list[str]:
+    """The Monte Carlo precisions (``MCSettings.precision``) worth timing on this CPU: float32; bfloat16 where it
+    multiplies bfloat16 natively (``cpu_has_native_bf16``); int8 where oneDNN's int8 kernels run
+    (``nsm.state_codes.unavailable``)."""
+    return (
+        ["float32"]
+        + (["bfloat16"] if cpu_has_native_bf16() else [])
+        + (["int8"] if nsm.state_codes.unavailable(torch.device("cpu")) is None else [])
+    )
+
+
 def mc_inference(quick: bool) -> list[Row]:
     """MC samples per second of allconvnet18 (bnsm) vs the same layout of conv + hardtanh in float32, 64x64,
-    batch 16; a second row with the NSM under bfloat16 autocast (``MCSettings.precision``) where the CPU has
-    native bf16."""
+    batch 16, in each of ``mc_precisions``."""
     batch, k = 16, 4
     torch.manual_seed(0)
     x = torch.randint(0, 2, (batch, 6, 64, 64)).float()
     net = models.create_model("allconvnet18", neuron="bnsm")
     plain = models.create_model("allconvnet18", neuron=nsm.neurons.BENCH_REFERENCE)
     rows = []
-    for bf16 in _precisions():
-        settings = nsm.MCSettings(samples=k, precision="bfloat16" if bf16 else "float32")
+    for precision in mc_precisions():
+        settings = nsm.MCSettings(samples=k, precision=precision)
         t_nsm, t_plain, ratio = interleaved(
             partial(settings.predict, net, x), lambda: nsm.mc_predict(plain, x, samples=k), 3 if quick else 10
         )
         n = batch * k
         rows.append(
             Row(
-                f"allconvnet18 MC inference{', bfloat16' if bf16 else ''}, 64x64, batch 16",
+                f"allconvnet18 MC inference{'' if precision == 'float32' else ', ' + precision}, 64x64, batch 16",
                 "samples/s",
                 n / t_nsm,
                 "plain conv + hardtanh, float32",
                 n / t_plain,
                 ratio,
-                ">= 2x (issue 28)" if bf16 else ">= 0.8x (NSM costs at most 1.25x plain)",
+                ">= 0.8x (NSM costs at most 1.25x plain)" if precision == "float32" else ">= 2x (issue 28)",
             )
         )
     return rows

@@ -16,10 +16,9 @@ import models
 import nsm
 from events.errors import InputError
 
-from ..runs import cpu_has_native_bf16
 from ..stream import STREAM_MC, StreamingClassifier
 from .common import Row
-from .compute import tiny_model
+from .compute import mc_precisions, tiny_model
 
 STREAM_FRAMES = {"time_window_us": 16_000, "polarity": "merge", "frames_per_clip": 6}  # 96 ms windows
 CAMERA_PACKET_US = 5_000  # the stream benchmarks push events as a camera delivers them: 5 ms packets
@@ -172,16 +171,18 @@ def stream_checkpoint(path, quick: bool) -> list[Row]:
 
 
 def stream_allconvnet18(quick: bool) -> list[Row]:
-    """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop); where the CPU
-    has native bf16, also 16 samples a window in bfloat16 (``--precision bfloat16``) at torch's thread count."""
+    """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop); also 16 samples a
+    window in each faster precision this CPU has (``mc_precisions``: ``--precision bfloat16``, ``int8``) at torch's
+    thread count."""
     torch.manual_seed(0)
     net, seconds = models.create_model("allconvnet18"), 0.75 if quick else 6.0
     rows = _stream_rows("allconvnet18 64x64", net, 2, seconds, 1, quick)
-    if cpu_has_native_bf16():
-        threads = torch.get_num_threads()
-        mc = STREAM_MC.overridden(samples=16, precision="bfloat16")
+    threads = torch.get_num_threads()
+    for precision in mc_precisions()[1:]:
+        mc = STREAM_MC.overridden(samples=16, precision=precision)
         make = _classifier(net, events.FrameSpec(downsample=2, **STREAM_FRAMES), mc)
-        rows.append(_stream_row(f"stream allconvnet18 64x64, K=16, bfloat16, {_threads(threads)}", make, seconds, 1))
+        name = f"stream allconvnet18 64x64, K=16, {precision}, {_threads(threads)}"
+        rows.append(_stream_row(name, make, seconds, 1))
     return rows
 
 

@@ -72,9 +72,11 @@ def add_mc_options(parser: argparse.ArgumentParser, defaults: MCSettings, origin
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="float32, or bfloat16: the passes' products rounded to bfloat16 under autocast (the +-1 states exact, "
-        "probabilities float32), several times faster on CPUs with AMX or AVX-512 BF16 and on GPUs; the accuracy "
-        f"it cost is measured in docs/training-study.md, section 14 {default('precision')}",
+        help="float32; bfloat16: the passes' products rounded to bfloat16 under autocast (the +-1 states exact, "
+        "probabilities float32), several times faster on CPUs with AMX or AVX-512 BF16 and on GPUs; int8 (CPU only): "
+        "the states passed between layers as 1-byte spikes and multiplied by int8 weights (each unit's rounded to 127 "
+        "levels of its largest), faster again on CPUs with AMX or AVX-512 VNNI. The accuracy each costs is measured "
+        f"in docs/training-study.md, sections 14 and 20 {default('precision')}",
     )
 
 
