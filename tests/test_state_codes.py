@@ -17,8 +17,8 @@ import torch.nn.functional as F
 import models
 import nsm
 from events.errors import InputError
-from nsm import kernels, state_codes
 from nsm import functional as nsmf
+from nsm import kernels, state_codes
 from nsm.layers import Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout
 from nsm.noise import BernoulliNoise
 
