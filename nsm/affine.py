@@ -4,8 +4,9 @@ the border), and what a unit says about itself to the code that copies or export
 Every product returns the dtype of its input. Under autocast (``torch.autocast``, e.g. bfloat16 on a CPU with native
 bf16 instructions) the products run in the lower precision; states that are exact in it (sampled or deterministic
 +-1, ``Binarize``'s) stay in it from layer to layer, while moments and means (the expectation modes) and logits are
-float32 (``nsm.moments.widened``), so that only the products are rounded there. An input of 8-bit state codes
-(spikes, ``nsm.state_codes``: the ``int8`` precision) is multiplied by int8 weights and gives bfloat16 logits.
+float32 (``nsm.moments.widened``), so that only the products are rounded there. An input of spikes (binary
+states in one byte each, ``nsm.state_codes``: the ``int8`` precision) is multiplied by int8 weights into bfloat16
+logits.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _is_dense(t: torch.Tensor) -> bool:
 
 def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, codes: bool = False) -> torch.Tensor:
     """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32 or bfloat16, ``_kernel_array``) or
-    ``fallback()``; into ``out`` if given. ``codes``: the kernel writes 8-bit state codes (``nsm.state_codes``).
+    ``fallback()``; into ``out`` if given. ``codes``: the kernel writes spikes (``nsm.state_codes``).
 
     The kernel walks memory in storage order, so a channels-last tensor is processed in place, without a
     copy to NCHW order; the states keep ``like``'s memory format.
@@ -145,8 +145,8 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
 
 
 def draw_codes(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The states ``draw_states(v, generator)`` draws, as 8-bit codes (``nsm.state_codes``; no gradient): written by
-    the sampler itself from CPU bfloat16 logits, encoded afterwards from any others."""
+    """The states ``draw_states(v, generator)`` draws, as spikes (``nsm.state_codes``; no gradient): written by the
+    sampler itself from CPU bfloat16 logits, encoded afterwards from any others."""
     if v.dtype != torch.bfloat16 or not _uses_kernel(v):
         return state_codes.encode(draw_states(v, generator))
 
@@ -167,7 +167,7 @@ def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
 
 
 def sign_codes(u: torch.Tensor) -> torch.Tensor:
-    """``sign_states(u)`` as 8-bit codes (``nsm.state_codes``; no gradient)."""
+    """``sign_states(u)`` as spikes (``nsm.state_codes``; no gradient)."""
     if u.dtype != torch.bfloat16 or not _uses_kernel(u):
         return state_codes.encode(sign_states(u))
     kernel = lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads(), codes=True)  # noqa: E731

@@ -31,8 +31,8 @@ sampler's stream origin of block b) and compares w t^16 with 1/2 in float32 (A&S
 equals u < P except where |u - P| <= ``BF16_BAND`` (1e-6: the approximation's 1.5e-7 plus float32 rounding of
 t^16): each state fires with probability within 1e-6 of P.
 
-8-bit state codes (``nsm.state_codes``): from bfloat16 logits the kernels can write each state as its code z + 1
-(2 for +1, 0 for -1, ``uint8``) instead of its pattern, with the same draws: ``codes=True``.
+Spikes (``nsm.state_codes``): from bfloat16 logits the kernels can write each state as its spike (z + 1) / 2 (1 for
++1, 0 for -1, ``uint8``) instead of its pattern, with the same draws: ``codes=True``.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _lowbias32(h):
 @numba.njit(**_JIT)
 def _sample_block_bf16(v, out, key, plus, minus):
     """States of float32 logits ``v`` (widened bfloat16) into ``out``, ``plus`` for +1 and ``minus`` for -1 (bfloat16
-    patterns or 8-bit codes), element i drawing u = (lowbias32(i 0x9E3779B9 + key) >> 8) 2^-24; branch-free, so the
+    patterns or spikes), element i drawing u = (lowbias32(i 0x9E3779B9 + key) >> 8) 2^-24; branch-free, so the
     loop runs in 16 float32 lanes. NaN: -1."""
     for i in range(v.size):
         u = np.float32(_lowbias32(np.uint32(np.uint32(i) * _GOLDEN32 + key)) >> np.uint32(8)) * np.float32(2.0**-24)
@@ -242,11 +242,11 @@ def _run_split(fn, n_units: int, threads: int, *args) -> None:
 
 def _flat_in_out(v: np.ndarray, out: np.ndarray | None, codes: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
     """(flat input, flat output, the extra arguments of the bfloat16 kernels or () for float32): ``uint16`` arrays are
-    bfloat16 patterns, anything else is read as float32; the output is like the input, or ``uint8`` codes when
+    bfloat16 patterns, anything else is read as float32; the output is like the input, or ``uint8`` spikes when
     ``codes`` (bfloat16 input only)."""
     bf16 = np.asarray(v).dtype == np.uint16
     if codes and not bf16:
-        raise InputError("state codes are written from bfloat16 logits (uint16 patterns)")
+        raise InputError("spikes are written from bfloat16 logits (uint16 patterns)")
     flat = np.ascontiguousarray(v, dtype=np.uint16 if bf16 else np.float32).reshape(-1)
     dtype = np.uint8 if codes else flat.dtype
     res = np.empty(flat.size, dtype) if out is None else out.reshape(-1)
@@ -260,7 +260,7 @@ def sample_sign_cpu(
     v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1, codes: bool = False
 ) -> np.ndarray:
     """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise, any shape; float32 in and out, or bfloat16
-    bit patterns (``uint16``) in and out, or in and 8-bit codes out (``codes``: 2 for +1, 0 for -1).
+    bit patterns (``uint16``) in and out, or in and spikes out (``codes``: 1 for +1, 0 for -1, ``uint8``).
 
     The states depend on ``seed`` and the element positions only, not on ``threads`` or ``codes``. float32: exactly
     u < P for a 53-bit u; bfloat16: the 32-bit sampler (the module docstring), within ``BF16_BAND`` of that.
@@ -275,7 +275,7 @@ def sample_sign_cpu(
 
 def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1, codes: bool = False) -> np.ndarray:
     """z = sgn(v) with sgn(0) = +1 (NaN: -1), elementwise; float32 in and out, or bfloat16 patterns (``uint16``) in and
-    out, or in and 8-bit codes out (``codes``)."""
+    out, or in and spikes out (``codes``)."""
     flat, res, values = _flat_in_out(v, out, codes)
     blocks = (flat.size + BLOCK - 1) // BLOCK
     _run_split(_sign_blocks_bf16 if values else _sign_blocks, blocks, threads, flat, res, *values)

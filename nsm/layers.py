@@ -203,7 +203,7 @@ class _NSMUnit(StochasticUnit):
 
     def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
         """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
-        mode, as 8-bit codes where ``nsm.state_codes.emitting``; lets Monte Carlo prediction compute one input's
+        mode, as spikes where ``nsm.state_codes.emitting``; lets Monte Carlo prediction compute one input's
         logits once and sample them K times."""
         codes = state_codes.emitting()
         if self.mode == "probability":
@@ -318,8 +318,8 @@ class Binarize(nn.Module):
 
     Accepts (B, C, H, W) or (B, T, P, H, W); the latter is flattened to C = T * P channels. The states are exact in
     every float type: under autocast they come out in its lower precision (the first product then reads them
-    without a conversion), else in the input's float type (the default float type for integer counts), and as 8-bit
-    codes where ``nsm.state_codes.emitting`` (the ``int8`` precision). Feature maps
+    without a conversion), else in the input's float type (the default float type for integer counts), and as spikes
+    where ``nsm.state_codes.emitting`` (the ``int8`` precision). Feature maps
     come out channels-last in memory (the logical shape stays (B, C, H, W)) and the layers after keep
     that format: oneDNN's CPU convolutions then run without reordering their input to and from NCHW
     (about half the time per 3x3 layer of allconvnet18 on a 2-core AVX-512 CPU), and so do cuDNN's.
@@ -350,8 +350,8 @@ class Binarize(nn.Module):
 
 
 class BinaryMaxPool2d(Modal, nn.MaxPool2d):
-    """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR); over their 8-bit codes
-    (``nsm.state_codes``, ordered as the states) the code of the OR.
+    """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR); over their spikes
+    (``nsm.state_codes``, ordered as the states) the spike of the OR.
 
     In the ``expected`` and ``mean-input`` modes the input holds the means m_k of independent states and the
     output is the mean of their OR: P(on) = 1 - prod_k ((1 - m_k) / 2) over the window, E = 2 P(on) - 1
@@ -453,8 +453,8 @@ class Readout(Modal, nn.Module):
         return moments.pooled_affine_moments(m, *self.affine_parameters(positions), self.pool, positions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded); 8-bit state
-        codes are decoded first."""
+        """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded); spikes
+        (``nsm.state_codes``) are decoded first."""
         if state_codes.is_codes(x):
             x = state_codes.decode(x)
         if self.mode in NOISY_INPUT_MODES:

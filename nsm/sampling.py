@@ -216,11 +216,11 @@ class MCSettings:
     ``MAX_TEMPERATURE``), for the threshold and the result. ``precision``: ``"bfloat16"`` runs the passes under
     bfloat16 autocast (the convolutions and the readout's product rounded to bfloat16, the +-1 states exact, the
     logits and probabilities float32: ``nsm.layers.AffineConv2d``), several times faster on CPUs with native bf16
-    instructions; ``"int8"`` passes the binary states between layers as 8-bit codes and multiplies them by int8
+    instructions; ``"int8"`` passes the binary states between layers as 1-byte spikes and multiplies them by int8
     weights (``nsm.state_codes``: the states exact, each unit's weights rounded to 127 levels of its largest, the
     logits bfloat16; CPU only), faster again on CPUs with AVX-512 VNNI or AMX; ``"float32"`` neither. The defaults
-    are the library's; a caller that needs others (the stream
-    bounds a window's latency, a run's checkpoint holds its fitted temperature) says so.
+    are the library's; a caller that needs others (the stream bounds a window's latency, a run's checkpoint holds its
+    fitted temperature) says so.
     """
 
     samples: int = 16

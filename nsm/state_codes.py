@@ -1,4 +1,5 @@
-"""8-bit state codes and the int8 products that read them: the ``int8`` precision of Monte Carlo prediction.
+"""Binary states as 1-byte spikes and the int8 products that read them: the ``int8`` precision of Monte Carlo
+prediction.
 
 A binary state z in {-1, +1} is stored as its spike s = (z + 1) / 2 in {0, 1} (``uint8``: a byte per state instead of
 two or four), so z = 2 s - 1. A unit's firing logit is then, exactly,
@@ -11,8 +12,7 @@ rounded per output unit to int8: W_ij ~ r_i q_ij, q_ij = round(W_ij / r_i) in [-
 (``quantize``), and the sum of the rounded weights enters the bias. oneDNN's quantized convolution and matrix product
 (input scale 2, zero point 0) compute sum_j q_ij s_j exactly in int32 (AVX-512 VNNI or AMX on x86), then the scale
 2 r_i and the bias in float32, and round v to bfloat16 (as the ``bfloat16`` precision does). The weights' rounding is
-the only other one: at most r_i / 2 = max_j |W_ij| / 254 a weight; a network trained on an 8-bit weight grid
-(``nsm.grid``) loses nothing more than that.
+the only other one: at most r_i / 2 = max_j |W_ij| / 254 a weight.
 
 Within ``using_state_codes()`` and without autograd (``emitting``), ``nsm.layers.Binarize`` and the NSM units emit
 spikes instead of float states; the products of binary units read them (``nsm.affine``), the OR-pool takes their
@@ -40,7 +40,7 @@ _EMITTING = contextvars.ContextVar("nsm_state_codes", default=False)
 
 @contextmanager
 def using_state_codes():
-    """Within the block, binary states travel between layers as 8-bit codes (where autograd is off)."""
+    """Within the block, binary states travel between layers as spikes (where autograd is off: ``emitting``)."""
     token = _EMITTING.set(True)
     try:
         yield
