@@ -82,25 +82,24 @@ def unavailable(device: torch.device) -> str | None:
 
 
 def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, s): int8 weights q and float32 scales s (one per output unit, dimension 0) with weight ~ s q (module
-    docstring); a unit whose weights are all 0 gets s = 1."""
+    """(q, r): int8 weights q and float32 steps r (one per output unit, dimension 0) with weight ~ r q (module
+    docstring); a unit whose weights are all 0 gets r = 1."""
     w = weight.detach().float()
     top = w.abs().amax(dim=tuple(range(1, w.dim())))
-    scale = torch.where(top > 0, top / WEIGHT_LEVELS, torch.ones_like(top))
-    q = torch.round(w / scale.reshape(-1, *[1] * (w.dim() - 1))).clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS)
-    return q.to(torch.int8), scale
+    step = torch.where(top > 0, top / WEIGHT_LEVELS, torch.ones_like(top))
+    q = torch.round(w / step.reshape(-1, *[1] * (w.dim() - 1))).clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS)
+    return q.to(torch.int8), step
 
 
 @dataclass(frozen=True)
 class PackedWeight:
     """A unit's weights as oneDNN's int8 kernels read them: ``packed`` (oneDNN's layout), the per-unit ``scale`` 2 r_i
-    and ``zero`` points (0: symmetric), ``rounded`` = r q (the weights the products compute with) and ``offset``
-    = -sum_j rounded_ij, which the bias takes on (module docstring)."""
+    and ``zero`` points (0: symmetric), and ``offset`` = -sum_j r_i q_ij, which the bias takes on (module
+    docstring)."""
 
     packed: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor
-    rounded: torch.Tensor
     offset: torch.Tensor
 
     def bias(self, bias: torch.Tensor | None) -> torch.Tensor:
@@ -113,7 +112,7 @@ def _packed(weight: torch.Tensor, prepack) -> PackedWeight:
     rounded = q.float() * r.reshape(-1, *[1] * (q.dim() - 1))
     scale = 2.0 * r
     zero = torch.zeros(len(r), dtype=torch.int64)
-    return PackedWeight(prepack(q, scale), scale, zero, rounded, -rounded.flatten(1).sum(1))
+    return PackedWeight(prepack(q, scale), scale, zero, -rounded.flatten(1).sum(1))
 
 
 def _conv_weight(owner, weight: torch.Tensor, stride, padding) -> PackedWeight:
