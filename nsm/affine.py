@@ -5,7 +5,7 @@ Every product returns the dtype of its input. Under autocast (``torch.autocast``
 bf16 instructions) the products run in the lower precision; states that are exact in it (sampled or deterministic
 +-1, ``Binarize``'s) stay in it from layer to layer, while moments and means (the expectation modes) and logits are
 float32 (``nsm.moments.widened``), so that only the products are rounded there. An input of spikes (binary
-states in one byte each, ``nsm.state_codes``: the ``int8`` precision) is multiplied by int8 weights into bfloat16
+states in one byte each, ``nsm.spikes``: the ``int8`` precision) is multiplied by int8 weights into bfloat16
 logits.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from . import state_codes
+from . import spikes
 from .weight_cache import memo
 
 OFF_STATE = -1.0
@@ -146,12 +146,12 @@ class AffineConv2d(AffineUnit):
         return F.avg_pool2d(x.mean(1, keepdim=True), self.kernel_size, self.stride, self.padding)
 
     def affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        """W * x + b with the border filled by ``pad_value``. Of spikes (``nsm.state_codes``): the int8 product's
+        """W * x + b with the border filled by ``pad_value``. Of spikes (``nsm.spikes``): the int8 product's
         bfloat16 logits where the border is the off state (the spike 0), else of the decoded states."""
-        if state_codes.is_codes(x):
+        if spikes.is_spikes(x):
             if self.pad_value == OFF_STATE:
-                return state_codes.conv2d(self, x, weight, bias, self.stride, self.padding)
-            x = state_codes.decode(x)
+                return spikes.conv2d(self, x, weight, bias, self.stride, self.padding)
+            x = spikes.decode(x)
         pad_value = self.pad_value
         if pad_value == 0.0:
             return F.conv2d(x, weight, bias, self.stride, self.padding).to(x.dtype)
@@ -217,9 +217,9 @@ class AffineLinear(AffineUnit):
         return x
 
     def affine_padded(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        """W x + b in ``x``'s dtype; of spikes (``nsm.state_codes``), the int8 product's bfloat16 logits."""
-        if state_codes.is_codes(x):
-            return state_codes.linear(self, x, weight, bias)
+        """W x + b in ``x``'s dtype; of spikes (``nsm.spikes``), the int8 product's bfloat16 logits."""
+        if spikes.is_spikes(x):
+            return spikes.linear(self, x, weight, bias)
         return F.linear(x, weight, bias).to(x.dtype)
 
     affine = affine_padded

@@ -32,7 +32,7 @@ import torch
 
 from events.errors import InputError
 
-from . import kernels, state_codes
+from . import kernels, spikes
 from .noise import Noise
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
@@ -102,9 +102,9 @@ def _is_dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, codes: bool = False) -> torch.Tensor:
+def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, as_spikes: bool = False):
     """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32 or bfloat16, ``_kernel_array``) or
-    ``fallback()``; into ``out`` if given. ``codes``: the kernel writes spikes (``nsm.state_codes``).
+    ``fallback()``; into ``out`` if given. ``as_spikes``: the kernel writes spikes (``nsm.spikes``).
 
     The kernel walks memory in storage order, so a channels-last tensor is processed in place, without a
     copy to NCHW order; the states keep ``like``'s memory format.
@@ -112,7 +112,7 @@ def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback
     if _uses_kernel(like):
         like = like if _is_dense(like) else like.contiguous()
         fits = out is not None and out.stride() == like.stride()
-        res = out if fits else torch.empty_like(like, dtype=torch.uint8 if codes else like.dtype)
+        res = out if fits else torch.empty_like(like, dtype=torch.uint8 if as_spikes else like.dtype)
         kernel(_kernel_array(like), _kernel_array(res))
     else:
         res = fallback()
@@ -144,16 +144,16 @@ def draw_states(v: torch.Tensor, generator: torch.Generator | None = None, out: 
     return _write_states(v, out, kernel, fallback)
 
 
-def draw_codes(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The states ``draw_states(v, generator)`` draws, as spikes (``nsm.state_codes``; no gradient): written by the
+def draw_spikes(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The states ``draw_states(v, generator)`` draws, as spikes (``nsm.spikes``; no gradient): written by the
     sampler itself from CPU bfloat16 logits, encoded afterwards from any others."""
     if v.dtype != torch.bfloat16 or not _uses_kernel(v):
-        return state_codes.encode(draw_states(v, generator))
+        return spikes.encode(draw_states(v, generator))
 
     def kernel(a, o):
-        kernels.sample_sign_cpu(a, _kernel_seed(generator), out=o, threads=torch.get_num_threads(), codes=True)
+        kernels.sample_sign_cpu(a, _kernel_seed(generator), out=o, threads=torch.get_num_threads(), spikes=True)
 
-    return _write_states(v, None, kernel, None, codes=True)
+    return _write_states(v, None, kernel, None, as_spikes=True)
 
 
 def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,12 +166,12 @@ def sign_states(u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     )
 
 
-def sign_codes(u: torch.Tensor) -> torch.Tensor:
-    """``sign_states(u)`` as spikes (``nsm.state_codes``; no gradient)."""
+def sign_spikes(u: torch.Tensor) -> torch.Tensor:
+    """``sign_states(u)`` as spikes (``nsm.spikes``; no gradient)."""
     if u.dtype != torch.bfloat16 or not _uses_kernel(u):
-        return state_codes.encode(sign_states(u))
-    kernel = lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads(), codes=True)  # noqa: E731
-    return _write_states(u, None, kernel, None, codes=True)
+        return spikes.encode(sign_states(u))
+    kernel = lambda a, o: kernels.sign_cpu(a, out=o, threads=torch.get_num_threads(), spikes=True)  # noqa: E731
+    return _write_states(u, None, kernel, None, as_spikes=True)
 
 
 class _SignWithSurrogate(torch.autograd.Function):

@@ -31,8 +31,8 @@ sampler's stream origin of block b) and compares w t^16 with 1/2 in float32 (A&S
 equals u < P except where |u - P| <= ``BF16_BAND`` (1e-6: the approximation's 1.5e-7 plus float32 rounding of
 t^16): each state fires with probability within 1e-6 of P.
 
-Spikes (``nsm.state_codes``): from bfloat16 logits the kernels can write each state as its spike (z + 1) / 2 (1 for
-+1, 0 for -1, ``uint8``) instead of its pattern, with the same draws: ``codes=True``.
+Spikes (``nsm.spikes``): from bfloat16 logits the kernels can write each state as its spike (z + 1) / 2 (1 for
++1, 0 for -1, ``uint8``) instead of its pattern, with the same draws: ``spikes=True``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 import events.jit  # noqa: F401  (numba's target set before any kernel compiles)
 from events.errors import InputError
 
-from .state_codes import CODE_MINUS, CODE_PLUS
+from .spikes import SPIKE_OFF, SPIKE_ON
 
 BLOCK = 1 << 14
 MARGIN = 1e-6
@@ -240,32 +240,32 @@ def _run_split(fn, n_units: int, threads: int, *args) -> None:
         f.result()
 
 
-def _flat_in_out(v: np.ndarray, out: np.ndarray | None, codes: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _flat_in_out(v: np.ndarray, out: np.ndarray | None, spikes: bool) -> tuple[np.ndarray, np.ndarray, tuple]:
     """(flat input, flat output, the extra arguments of the bfloat16 kernels or () for float32): ``uint16`` arrays are
     bfloat16 patterns, anything else is read as float32; the output is like the input, or ``uint8`` spikes when
-    ``codes`` (bfloat16 input only)."""
+    ``spikes`` (bfloat16 input only)."""
     bf16 = np.asarray(v).dtype == np.uint16
-    if codes and not bf16:
+    if spikes and not bf16:
         raise InputError("spikes are written from bfloat16 logits (uint16 patterns)")
     flat = np.ascontiguousarray(v, dtype=np.uint16 if bf16 else np.float32).reshape(-1)
-    dtype = np.uint8 if codes else flat.dtype
+    dtype = np.uint8 if spikes else flat.dtype
     res = np.empty(flat.size, dtype) if out is None else out.reshape(-1)
     if res.dtype != dtype:
         raise InputError(f"out must be {np.dtype(dtype)}, got {res.dtype}")
-    values = (CODE_PLUS, CODE_MINUS) if codes else (BF16_PLUS, BF16_MINUS) if bf16 else ()
+    values = (SPIKE_ON, SPIKE_OFF) if spikes else (BF16_PLUS, BF16_MINUS) if bf16 else ()
     return flat, res, values
 
 
 def sample_sign_cpu(
-    v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1, codes: bool = False
+    v: np.ndarray, seed: int, out: np.ndarray | None = None, threads: int = 1, spikes: bool = False
 ) -> np.ndarray:
     """z = +1 with probability 1/2 (1 + erf(v)) else -1, elementwise, any shape; float32 in and out, or bfloat16
-    bit patterns (``uint16``) in and out, or in and spikes out (``codes``: 1 for +1, 0 for -1, ``uint8``).
+    bit patterns (``uint16``) in and out, or in and spikes out (``spikes``: 1 for +1, 0 for -1, ``uint8``).
 
-    The states depend on ``seed`` and the element positions only, not on ``threads`` or ``codes``. float32: exactly
+    The states depend on ``seed`` and the element positions only, not on ``threads`` or ``spikes``. float32: exactly
     u < P for a 53-bit u; bfloat16: the 32-bit sampler (the module docstring), within ``BF16_BAND`` of that.
     """
-    flat, res, values = _flat_in_out(v, out, codes)
+    flat, res, values = _flat_in_out(v, out, spikes)
     n_blocks = (flat.size + BLOCK - 1) // BLOCK
     kernel = _sample_blocks_bf16 if values else _sample_blocks
     seed = np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
@@ -273,10 +273,10 @@ def sample_sign_cpu(
     return res.reshape(np.shape(v))
 
 
-def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1, codes: bool = False) -> np.ndarray:
+def sign_cpu(v: np.ndarray, out: np.ndarray | None = None, threads: int = 1, spikes: bool = False) -> np.ndarray:
     """z = sgn(v) with sgn(0) = +1 (NaN: -1), elementwise; float32 in and out, or bfloat16 patterns (``uint16``) in and
-    out, or in and spikes out (``codes``)."""
-    flat, res, values = _flat_in_out(v, out, codes)
+    out, or in and spikes out (``spikes``)."""
+    flat, res, values = _flat_in_out(v, out, spikes)
     blocks = (flat.size + BLOCK - 1) // BLOCK
     _run_split(_sign_blocks_bf16 if values else _sign_blocks, blocks, threads, flat, res, *values)
     return res.reshape(np.shape(v))

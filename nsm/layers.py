@@ -28,7 +28,7 @@ from torch.nn.modules.utils import _pair
 from events.errors import InputError
 
 from . import functional as nsmf
-from . import moments, state_codes
+from . import moments, spikes
 from .affine import AffineConv2d, AffineLinear, AffineMap, MapSet
 from .grid import WeightGrid, readout_on_grid, unit_on_grid
 from .modes import EXPECTATION_MODES, NOISY_INPUT_MODES, Modal, StochasticUnit
@@ -203,15 +203,15 @@ class _NSMUnit(StochasticUnit):
 
     def states_from_logit(self, v: torch.Tensor) -> torch.Tensor:
         """The states for logits ``v`` (which this call may overwrite) in ``probability`` or ``deterministic``
-        mode, as spikes where ``nsm.state_codes.emitting``; lets Monte Carlo prediction compute one input's
+        mode, as spikes where ``nsm.spikes.emitting``; lets Monte Carlo prediction compute one input's
         logits once and sample them K times."""
-        codes = state_codes.emitting()
+        as_spikes = spikes.emitting()
         if self.mode == "probability":
-            if codes:
-                return nsmf.draw_codes(v, self.generator)
+            if as_spikes:
+                return nsmf.draw_spikes(v, self.generator)
             return nsmf.sample_sign(v, self.surrogate, self.generator, overwrite=True)
         if self.mode == "deterministic":
-            return nsmf.sign_codes(v) if codes else nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
+            return nsmf.sign_spikes(v) if as_spikes else nsmf.deterministic_sign(v, self.surrogate, overwrite=True)
         raise InputError(
             f"states_from_logit needs probability or deterministic mode ({self.mode} mode needs the input)"
         )
@@ -232,8 +232,8 @@ class _NSMUnit(StochasticUnit):
         v = self._logit(z, track=True)
         if self.mode != "synapse":
             return self.states_from_logit(v)
-        if state_codes.is_codes(z):
-            z = state_codes.decode(z)
+        if spikes.is_spikes(z):
+            z = spikes.decode(z)
         if self.logit_norm is not None:
             raise InputError(
                 "synapse mode draws eq. 4's noise with the unit's own parameters: fold the batch-"
@@ -319,7 +319,7 @@ class Binarize(nn.Module):
     Accepts (B, C, H, W) or (B, T, P, H, W); the latter is flattened to C = T * P channels. The states are exact in
     every float type: under autocast they come out in its lower precision (the first product then reads them
     without a conversion), else in the input's float type (the default float type for integer counts), and as spikes
-    where ``nsm.state_codes.emitting`` (the ``int8`` precision). Feature maps
+    where ``nsm.spikes.emitting`` (the ``int8`` precision). Feature maps
     come out channels-last in memory (the logical shape stays (B, C, H, W)) and the layers after keep
     that format: oneDNN's CPU convolutions then run without reordering their input to and from NCHW
     (about half the time per 3x3 layer of allconvnet18 on a 2-core AVX-512 CPU), and so do cuDNN's.
@@ -341,8 +341,8 @@ class Binarize(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
         codes = [torch.where(x > level - 1, 1.0, -1.0) for level in self.levels]
         states = (codes[0] if len(codes) == 1 else torch.cat(codes, dim=1)).to(dtype)
-        if state_codes.emitting():
-            states = state_codes.encode(states)
+        if spikes.emitting():
+            states = spikes.encode(states)
         return states.contiguous(memory_format=torch.channels_last) if states.dim() == 4 else states
 
     def extra_repr(self) -> str:
@@ -351,7 +351,7 @@ class Binarize(nn.Module):
 
 class BinaryMaxPool2d(Modal, nn.MaxPool2d):
     """Max-pooling over {-1, +1} states: +1 if any input in the window is +1 (a logical OR); over their spikes
-    (``nsm.state_codes``, ordered as the states) the spike of the OR.
+    (``nsm.spikes``, ordered as the states) the spike of the OR.
 
     In the ``expected`` and ``mean-input`` modes the input holds the means m_k of independent states and the
     output is the mean of their OR: P(on) = 1 - prod_k ((1 - m_k) / 2) over the window, E = 2 P(on) - 1
@@ -454,9 +454,9 @@ class Readout(Modal, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits in at least float32 (``moments.widened``: under autocast only the product is rounded); spikes
-        (``nsm.state_codes``) are decoded first."""
-        if state_codes.is_codes(x):
-            x = state_codes.decode(x)
+        (``nsm.spikes``) are decoded first."""
+        if spikes.is_spikes(x):
+            x = spikes.decode(x)
         if self.mode in NOISY_INPUT_MODES:
             return moments.probit_logits(*self.logit_moments(x))
         return moments.widened(F.linear(self.pool(x), *self.affine_parameters(self.positions(x))))

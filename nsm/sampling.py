@@ -29,7 +29,7 @@ from events.types import check_int
 from .affine import AffineUnit
 from .modes import EXPECTATION_MODES, MODES, Modal, StochasticUnit
 from .moments import VARIANCE_RULES
-from .state_codes import unavailable, using_state_codes
+from .spikes import unavailable, using_spikes
 from .weight_cache import WeightCache
 
 
@@ -217,7 +217,7 @@ class MCSettings:
     bfloat16 autocast (the convolutions and the readout's product rounded to bfloat16, the +-1 states exact, the
     logits and probabilities float32: ``nsm.layers.AffineConv2d``), several times faster on CPUs with native bf16
     instructions; ``"int8"`` passes the binary states between layers as 1-byte spikes and multiplies them by int8
-    weights (``nsm.state_codes``: the states exact, each unit's weights rounded to 127 levels of its largest, the
+    weights (``nsm.spikes``: the states exact, each unit's weights rounded to 127 levels of its largest, the
     logits bfloat16; CPU only), faster again on CPUs with AVX-512 VNNI or AMX; ``"float32"`` neither. The defaults
     are the library's; a caller that needs others (the stream bounds a window's latency, a run's checkpoint holds its
     fitted temperature) says so.
@@ -284,8 +284,8 @@ class MCSettings:
         model.eval()
         try:
             bf16 = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
-            codes = using_state_codes() if self.precision == "int8" else nullcontext()
-            with torch.inference_mode(), bf16, codes, using_generator(model, generator), WeightCache(model):
+            int8 = using_spikes() if self.precision == "int8" else nullcontext()
+            with torch.inference_mode(), bf16, int8, using_generator(model, generator), WeightCache(model):
                 if not self.adaptive:
                     mean = sample_probabilities(model, x, self.samples, max_batch).mean(dim=0)
                     probs = temper(mean, self.temperature)

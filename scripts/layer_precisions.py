@@ -5,7 +5,7 @@
 For allconvnet18's 3x3 layers at their sizes (16 samples, as one stream window of 16 samples computes them), the
 firing logits of random +-1 states through ``AffineConv2d.affine`` (the -1 border's corrections included): in
 float32, under bfloat16 autocast (states in bfloat16, as the layers pass them), and from spikes with int8 weights
-(``nsm.state_codes``, weights packed once inside an ``nsm.WeightCache``). Prints the median milliseconds of
+(``nsm.spikes``, weights packed once inside an ``nsm.WeightCache``). Prints the median milliseconds of
 ``--calls`` calls each, the three precisions alternated call by call (the machine's speed drifts).
 """
 
@@ -18,7 +18,7 @@ import time
 import torch
 
 import nsm
-from nsm import state_codes
+from nsm import spikes
 from nsm.layers import NSMConv2d
 
 LAYERS = [(64, 64, 64), (96, 96, 32), (128, 128, 16), (128, 256, 8)]  # (in, out, size) of allconvnet18's 3x3 layers
@@ -28,13 +28,13 @@ def layer_times(c_in: int, c_out: int, size: int, calls: int) -> dict[str, float
     """Median seconds of one 3x3 NSM layer's logits for 16 samples of ``size`` x ``size`` states, per precision."""
     unit = NSMConv2d(c_in, c_out, 3, padding=1)
     z = torch.where(torch.rand(16, c_in, size, size) < 0.5, 1.0, -1.0).contiguous(memory_format=torch.channels_last)
-    z16, spikes = z.bfloat16(), state_codes.encode(z)
+    z16, fired = z.bfloat16(), spikes.encode(z)
     with torch.inference_mode(), nsm.WeightCache(unit):
         w, b = unit.effective_weight()
         runs = {
             "float32": lambda: unit.affine(z, w, b),
             "bfloat16": lambda: _autocast(lambda: unit.affine(z16, w, b)),
-            "int8": lambda: unit.affine(spikes, w, b),
+            "int8": lambda: unit.affine(fired, w, b),
         }
         times = {name: [] for name in runs}
         for _ in range(3):

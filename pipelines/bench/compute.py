@@ -29,11 +29,11 @@ def _precisions() -> list[bool]:
 def mc_precisions() -> list[str]:
     """The Monte Carlo precisions (``MCSettings.precision``) worth timing on this CPU: float32; bfloat16 where it
     multiplies bfloat16 natively (``cpu_has_native_bf16``); int8 where oneDNN's int8 kernels run
-    (``nsm.state_codes.unavailable``)."""
+    (``nsm.spikes.unavailable``)."""
     return (
         ["float32"]
         + (["bfloat16"] if cpu_has_native_bf16() else [])
-        + (["int8"] if nsm.state_codes.unavailable(torch.device("cpu")) is None else [])
+        + (["int8"] if nsm.spikes.unavailable(torch.device("cpu")) is None else [])
     )
 
 

@@ -10,11 +10,11 @@ the sum over every weight of the unit, the border's included: a convolution's -1
 padding is exact and no border correction remains (the spike form of docs/design.md section 6). The weights are
 rounded per output unit to int8: W_ij ~ r_i q_ij, q_ij = round(W_ij / r_i) in [-127, 127], r_i = max_j |W_ij| / 127
 (``quantize``), and the sum of the rounded weights enters the bias. oneDNN's quantized convolution and matrix product
-(input scale 2, zero point 0) compute sum_j q_ij s_j exactly in int32 (AVX-512 VNNI or AMX on x86), then the scale
-2 r_i and the bias in float32, and round v to bfloat16 (as the ``bfloat16`` precision does). The weights' rounding is
-the only other one: at most r_i / 2 = max_j |W_ij| / 254 a weight.
+(input scale 1, zero point 0) compute sum_j q_ij s_j exactly in int32 (AVX-512 VNNI or AMX on x86), then apply the
+weights' scale 2 r_i and the bias in float32, and round v to bfloat16 (as the ``bfloat16`` precision does). The
+weights' rounding is the only other one: at most r_i / 2 = max_j |W_ij| / 254 a weight.
 
-Within ``using_state_codes()`` and without autograd (``emitting``), ``nsm.layers.Binarize`` and the NSM units emit
+Within ``using_spikes()`` and without autograd (``emitting``), ``nsm.layers.Binarize`` and the NSM units emit
 spikes instead of float states; the products of binary units read them (``nsm.affine``), the OR-pool takes their
 maximum (spikes are ordered as the states are), and the readout, real-valued units (whose border is 0, which a spike
 cannot hold) and the synapse mode decode them. CPU only (oneDNN).
@@ -31,15 +31,15 @@ import torch
 
 from .weight_cache import memo
 
-CODE_PLUS, CODE_MINUS = np.uint8(1), np.uint8(0)  # the spikes of the states +1 and -1
+SPIKE_ON, SPIKE_OFF = np.uint8(1), np.uint8(0)  # the spikes of the states +1 and -1
 WEIGHT_LEVELS = 127  # int8 weights in [-127, 127] (symmetric)
 LOGIT_DTYPE = torch.bfloat16  # what the int8 products return
 
-_EMITTING = contextvars.ContextVar("nsm_state_codes", default=False)
+_EMITTING = contextvars.ContextVar("nsm_spikes", default=False)
 
 
 @contextmanager
-def using_state_codes():
+def using_spikes():
     """Within the block, binary states travel between layers as spikes (where autograd is off: ``emitting``)."""
     token = _EMITTING.set(True)
     try:
@@ -49,7 +49,7 @@ def using_state_codes():
 
 
 def emitting() -> bool:
-    """Whether layers that produce binary states should emit them as spikes now: inside ``using_state_codes`` with
+    """Whether layers that produce binary states should emit them as spikes now: inside ``using_spikes`` with
     autograd off (a gradient cannot flow through a spike), and not in a graph that ``torch.compile`` traces (its
     passes take expectations, which are no states)."""
     if torch.compiler.is_compiling():
@@ -57,7 +57,7 @@ def emitting() -> bool:
     return _EMITTING.get() and not torch.is_grad_enabled()
 
 
-def is_codes(x: torch.Tensor) -> bool:
+def is_spikes(x: torch.Tensor) -> bool:
     """Whether ``x`` holds spikes (``uint8``) rather than real values."""
     return x.dtype == torch.uint8
 

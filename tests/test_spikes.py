@@ -1,4 +1,4 @@
-"""The ``int8`` precision: binary states as spikes (uint8) and their int8 products (nsm.state_codes).
+"""The ``int8`` precision: binary states as spikes (uint8) and their int8 products (nsm.spikes).
 
 The references are written here from the definitions, in float64: a unit's weights rounded per output unit to 127
 levels of its largest one, the states z = 2 s - 1 of the spikes s, the -1 border padded explicitly. oneDNN's product
@@ -18,13 +18,13 @@ import models
 import nsm
 from events.errors import InputError
 from nsm import functional as nsmf
-from nsm import kernels, state_codes
+from nsm import kernels, spikes
 from nsm.layers import Binarize, BinaryMaxPool2d, NSMConv2d, NSMLinear, Readout
 from nsm.noise import BernoulliNoise
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
-    pytest.mark.skipif(state_codes.unavailable(torch.device("cpu")) is not None, reason="no oneDNN int8 kernels"),
+    pytest.mark.skipif(spikes.unavailable(torch.device("cpu")) is not None, reason="no oneDNN int8 kernels"),
 ]
 
 
@@ -46,17 +46,17 @@ def random_states(*shape) -> torch.Tensor:
 
 def test_spikes_are_the_states_plus_one_halved_and_keep_the_memory_format():
     z = random_states(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
-    s = state_codes.encode(z)
+    s = spikes.encode(z)
     assert s.dtype == torch.uint8 and s.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(s.double(), (z.double() + 1) / 2)
-    assert torch.equal(state_codes.decode(s), z)
+    assert torch.equal(spikes.decode(s), z)
 
 
 def test_quantize_rounds_each_unit_to_127_levels_of_its_largest_weight():
     torch.manual_seed(0)
     w = torch.randn(5, 3, 3, 3)
     w[2] = 0.0
-    q, r = state_codes.quantize(w)
+    q, r = spikes.quantize(w)
     assert q.dtype == torch.int8 and r.dtype == torch.float32
     assert int(q.abs().max()) == 127 and bool((q[2] == 0).all()) and float(r[2]) == 1.0
     for i in (0, 1, 3, 4):
@@ -76,7 +76,7 @@ def test_int8_convolution_of_spikes_is_the_rounded_weights_convolution_of_the_st
     z = random_states(3, 6, 9, 11)
     w, b = unit.effective_weight()
     with torch.no_grad():
-        v = unit.affine(state_codes.encode(z).contiguous(memory_format=torch.channels_last), w, b)
+        v = unit.affine(spikes.encode(z).contiguous(memory_format=torch.channels_last), w, b)
     ref = F.conv2d(F.pad(z.double(), (padding,) * 4, value=-1.0), rounded_weights(w), b.double(), stride)
     assert v.dtype == torch.bfloat16 and v.shape == ref.shape
     assert within_bf16(v, ref)
@@ -92,7 +92,7 @@ def test_int8_matrix_product_of_spikes_is_the_rounded_weights_product_of_the_sta
     z = random_states(4, 40)
     w, b = unit.effective_weight()
     with torch.no_grad():
-        v = unit.affine(state_codes.encode(z), w, b)
+        v = unit.affine(spikes.encode(z), w, b)
     assert v.dtype == torch.bfloat16
     assert within_bf16(v, F.linear(z.double(), rounded_weights(w), b.double()))
 
@@ -103,26 +103,26 @@ def test_the_sampler_writes_spikes_with_the_draws_of_the_bfloat16_states():
     bits = logits.view(torch.int16).numpy().view(np.uint16)
     patterns = kernels.sample_sign_cpu(bits, 5)
     for threads in (1, 2):
-        spikes = kernels.sample_sign_cpu(bits, 5, threads=threads, codes=True)
-        assert spikes.dtype == np.uint8
-        assert np.array_equal(spikes, (patterns == kernels.BF16_PLUS).astype(np.uint8))
-        signs = kernels.sign_cpu(bits, threads=threads, codes=True)
+        fired = kernels.sample_sign_cpu(bits, 5, threads=threads, spikes=True)
+        assert fired.dtype == np.uint8
+        assert np.array_equal(fired, (patterns == kernels.BF16_PLUS).astype(np.uint8))
+        signs = kernels.sign_cpu(bits, threads=threads, spikes=True)
         assert np.array_equal(signs, (kernels.sign_cpu(bits) == kernels.BF16_PLUS).astype(np.uint8))
     with pytest.raises(InputError, match="from bfloat16 logits"):
-        kernels.sample_sign_cpu(np.zeros(4, np.float32), 1, codes=True)
+        kernels.sample_sign_cpu(np.zeros(4, np.float32), 1, spikes=True)
     with pytest.raises(InputError, match="out must be uint8"):
-        kernels.sample_sign_cpu(bits, 1, out=np.zeros(bits.size, np.uint16), codes=True)
+        kernels.sample_sign_cpu(bits, 1, out=np.zeros(bits.size, np.uint16), spikes=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_drawn_spikes_are_the_drawn_states_encoded(dtype):
     """From bfloat16 logits the sampler writes them, from others they are encoded: either way, the same draws."""
     v = (torch.randn(2, 5, 6, 7) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
-    spikes = nsmf.draw_codes(v, torch.Generator().manual_seed(3))
+    fired = nsmf.draw_spikes(v, torch.Generator().manual_seed(3))
     states = nsmf.draw_states(v, torch.Generator().manual_seed(3))
-    assert spikes.dtype == torch.uint8 and spikes.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(spikes, state_codes.encode(states))
-    assert torch.equal(nsmf.sign_codes(v), state_codes.encode(nsmf.sign_states(v)))
+    assert fired.dtype == torch.uint8 and fired.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fired, spikes.encode(states))
+    assert torch.equal(nsmf.sign_spikes(v), spikes.encode(nsmf.sign_states(v)))
 
 
 def test_layers_emit_spikes_only_inside_the_context_and_without_autograd():
@@ -131,23 +131,23 @@ def test_layers_emit_spikes_only_inside_the_context_and_without_autograd():
     with torch.no_grad():
         states = binarize(counts)
         assert states.dtype == torch.float32
-        with state_codes.using_state_codes():
-            spikes = binarize(counts)
-            assert spikes.dtype == torch.uint8 and torch.equal(state_codes.decode(spikes), states)
-            assert unit(spikes).dtype == torch.uint8
-    with state_codes.using_state_codes():
+        with spikes.using_spikes():
+            fired = binarize(counts)
+            assert fired.dtype == torch.uint8 and torch.equal(spikes.decode(fired), states)
+            assert unit(fired).dtype == torch.uint8
+    with spikes.using_spikes():
         assert binarize(counts).dtype == torch.float32  # autograd on: a gradient cannot flow through a spike
-    assert not state_codes.emitting()
+    assert not spikes.emitting()
 
 
 def test_the_pool_and_readout_take_spikes_as_the_states_they_stand_for():
     z = random_states(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
-    s = state_codes.encode(z)
+    s = spikes.encode(z)
     pool = BinaryMaxPool2d(2)
     readout = Readout(4, 3)
     with torch.no_grad():
-        assert torch.equal(pool(s), state_codes.encode(pool(z)))
-        assert torch.equal(BinaryMaxPool2d(3, 1)(s), state_codes.encode(BinaryMaxPool2d(3, 1)(z)))
+        assert torch.equal(pool(s), spikes.encode(pool(z)))
+        assert torch.equal(BinaryMaxPool2d(3, 1)(s), spikes.encode(BinaryMaxPool2d(3, 1)(z)))
         torch.testing.assert_close(readout(s), readout(z), rtol=0, atol=0)
 
 
@@ -160,7 +160,7 @@ def test_the_synapse_mode_decodes_spikes():
         unit.generator = torch.Generator().manual_seed(1)
         from_states = unit(z)
         unit.generator = torch.Generator().manual_seed(1)
-        from_spikes = unit(state_codes.encode(z))
+        from_spikes = unit(spikes.encode(z))
     assert torch.equal(from_spikes, from_states)
 
 
@@ -204,21 +204,21 @@ def test_the_int8_deterministic_network_is_the_rounded_weights_network(name, in_
     for module in net:
         module.register_forward_hook(lambda module, args, out: seen.append((module, args[0], out)))
     counts = torch.randint(0, 4, (3, in_channels, *size)).float()
-    with torch.no_grad(), nsm.using_mode(net, "deterministic"), state_codes.using_state_codes():
+    with torch.no_grad(), nsm.using_mode(net, "deterministic"), spikes.using_spikes():
         net(counts)
     assert [module for module, _, _ in seen] == list(net)
     for module, x, out in seen:
-        x = state_codes.decode(x).double() if state_codes.is_codes(x) else x.double()
+        x = spikes.decode(x).double() if spikes.is_spikes(x) else x.double()
         ref = reference_step(module, x)
         if isinstance(module, Readout):
             torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
             continue
-        assert state_codes.is_codes(out), module
+        assert spikes.is_spikes(out), module
         if isinstance(module, (NSMConv2d, NSMLinear)):
             decided = ref.abs() > 1e-5
             ref = torch.where(ref >= 0, 1.0, -1.0).double()
             assert bool(decided.all())
-        assert torch.equal(state_codes.decode(out).double(), ref), module
+        assert torch.equal(spikes.decode(out).double(), ref), module
 
 
 def test_int8_monte_carlo_passes_spikes_between_layers_and_keeps_probabilities_float32():
@@ -234,7 +234,7 @@ def test_int8_monte_carlo_passes_spikes_between_layers_and_keeps_probabilities_f
     assert seen and {z.dtype for z in seen} == {torch.uint8}
     assert all(bool((z <= 1).all()) for z in seen)
     assert settings.describe() == "MC 3, int8"
-    assert not state_codes.emitting()
+    assert not spikes.emitting()
 
 
 def test_int8_monte_carlo_of_a_real_valued_network_is_its_float32_prediction():
@@ -259,9 +259,9 @@ def test_int8_monte_carlo_fires_at_the_rounded_networks_rates():
     v_ref = F.conv2d(F.pad(z.double(), (1,) * 4, value=-1.0), rounded_weights(w), b.double())
     p_ref = 0.5 * (1 + torch.erf(v_ref))
     n = 4000
-    rows = state_codes.encode(z).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+    rows = spikes.encode(z).expand(n, -1, -1, -1).contiguous(memory_format=torch.channels_last)
     unit.generator = torch.Generator().manual_seed(0)
-    with torch.no_grad(), state_codes.using_state_codes():
+    with torch.no_grad(), spikes.using_spikes():
         rate = unit(rows).double().mean(0, keepdim=True)
     bound = 5 * torch.sqrt(p_ref * (1 - p_ref) / n) + (2.0**-8 * v_ref.abs() + 1e-5) / np.sqrt(np.pi) + 1e-6
     assert bool(((rate - p_ref).abs() <= bound + 1.0 / n).all())
