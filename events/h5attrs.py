@@ -4,15 +4,24 @@ A variable-length string or sequence keeps its data in the file's global heap, a
 on a damaged heap collection (a free-space object of size 0: found by mutation fuzzing, docs/design.md section 5).
 The project's files therefore store text as fixed-length strings, and its readers ask for an attribute by the kind
 they expect: ``read_attribute`` looks at the attribute's stored type first (metadata only) and reads it only when
-it is held in the attribute itself as that kind, else raises ``NotInline`` without reading it.
+it is held in the attribute itself as that kind, else raises ``NotInline`` without reading it. What must read the
+heap (an old event file's marker, a NIR graph's strings) does so first in a child interpreter with a time limit
+(``read_in_child``), so that a damaged heap is an error, not a hang.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 
 from events.errors import InputError
+
+HEAP_READ_TIMEOUT_S = 20.0
+"""How long a child interpreter may take to read what lives in a file's global heap (``read_in_child``)."""
 
 NUMBER_CLASSES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM)  # ENUM: h5py stores a bool as one
 HEAP_STRING = "a variable-length string"  # ``stored_kind`` of a string kept in the global heap
@@ -60,3 +69,18 @@ def read_attribute(obj, name: str, kind: str = "number"):
 def fixed_text(text: str) -> np.bytes_:
     """``text`` as a fixed-length string attribute value (UTF-8 bytes, stored in the attribute itself)."""
     return np.bytes_(text.encode("utf-8"))
+
+
+def read_in_child(code: str, path, *args: str) -> subprocess.CompletedProcess | None:
+    """Run ``code`` in a child interpreter (``sys.argv[1:]`` = ``path``, ``args``) within ``HEAP_READ_TIMEOUT_S``:
+    its result (text output, undecodable bytes replaced), or None when it ran out of time and was killed."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code, os.fspath(path), *args],
+            capture_output=True,
+            text=True,
+            errors="replace",  # a child's message is reported, whatever bytes it holds
+            timeout=HEAP_READ_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return None

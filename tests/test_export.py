@@ -402,6 +402,35 @@ def test_write_is_atomic_and_bad_files_are_named(trained, tmp_path):
         read_nir(bad)
 
 
+def _free_space_size_field(data: bytes) -> int:
+    """The byte offset of the size of the free-space object (index 0) of the first global heap collection in HDF5
+    ``data`` (HDF5 file format spec: "GCOL", version, 3 reserved bytes, collection size; then objects of index (2
+    bytes), reference count (2), 4 reserved, size (8), data padded to 8 bytes)."""
+    heap = data.index(b"GCOL")
+    end = heap + int.from_bytes(data[heap + 8 : heap + 16], "little")
+    offset = heap + 16
+    while offset + 16 <= end:
+        if int.from_bytes(data[offset : offset + 2], "little") == 0:
+            return offset + 8
+        offset += 16 + (int.from_bytes(data[offset + 8 : offset + 16], "little") + 7) // 8 * 8
+    raise AssertionError("no free-space object in the global heap")
+
+
+def test_a_nir_file_with_a_damaged_global_heap_is_an_error_not_a_hang(trained, tmp_path, monkeypatch):
+    """NIR keeps its strings in the global heap; libhdf5 2.0.0 loops forever when the collection's free-space object
+    claims 8 bytes: the child that reads it first runs out of time, and the error names the file."""
+    from events import h5attrs
+
+    path = write_nir(to_nir(trained, TASK), tmp_path / "heap.nir")
+    data = bytearray(path.read_bytes())
+    field = _free_space_size_field(bytes(data))
+    data[field : field + 8] = (8).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(h5attrs, "HEAP_READ_TIMEOUT_S", 5.0)
+    with pytest.raises(ValueError, match=r"heap.nir: not a readable NIR graph \(reading it did not finish within 5 s"):
+        NIRRuntime(path)
+
+
 # ------------------------------------------------------------------------------------ quantization
 
 

@@ -634,7 +634,7 @@ def test_hdf5_marker_is_a_fixed_length_string_and_a_heap_marker_still_reads(tmp_
 def test_hdf5_damaged_global_heap_is_an_error_within_the_time_limit_not_a_hang(tmp_path, monkeypatch):
     """Mutation fuzzing found it: a heap object's size shrunk from 10 to 8 leaves a free-space object of size 0
     behind it, on which libhdf5 loops forever; the marker's read by a child interpreter runs out of time."""
-    from events.formats import hdf5
+    from events import h5attrs
 
     path = tmp_path / "ev.h5"
     write_hdf5(path, random_events(200, 64, 48, 10**6, seed=3), SensorSize(64, 48, 2))
@@ -642,7 +642,7 @@ def test_hdf5_damaged_global_heap_is_an_error_within_the_time_limit_not_a_hang(t
     data = bytearray(path.read_bytes())
     data[size_field] = 8
     path.write_bytes(bytes(data))
-    monkeypatch.setattr(hdf5, "HEAP_READ_TIMEOUT_S", 5.0)
+    monkeypatch.setattr(h5attrs, "HEAP_READ_TIMEOUT_S", 5.0)
     with pytest.raises(EventFormatError, match=r"attribute 'format' .* could not be read within 5 s") as err:
         read(path)
     assert str(path) in str(err.value)

@@ -22,8 +22,8 @@ The root's attributes are read by their stored type first (metadata only): the m
 integers; anything else is refused unread. The marker is written as a fixed-length string, stored in the attribute
 itself. Files written before that hold it as a variable-length string, whose characters live in the file's global
 heap, and libhdf5 (2.0.0) loops forever on a damaged global heap collection (a free-space object of size 0, found
-by mutation fuzzing); so such a marker is read by a child interpreter within ``HEAP_READ_TIMEOUT_S`` seconds, and a
-child that runs out of time is an ``EventFormatError`` naming the file, not a hang.
+by mutation fuzzing); so such a marker is read by a child interpreter within ``events.h5attrs.HEAP_READ_TIMEOUT_S``
+seconds, and a child that runs out of time is an ``EventFormatError`` naming the file, not a hang.
 
 An event file holds its own data: reading it never opens another file. The group and the columns must be plain
 (hard) links, not soft or external links, and a column that is a virtual dataset (its data mapped from other
@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -55,8 +53,6 @@ COLUMNS = ("x", "y", "t", "p")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_SIDE = 1 << 15
 """The widest and tallest sensor an event file may give (and the writer takes)."""
-HEAP_READ_TIMEOUT_S = 20.0
-"""How long a child interpreter may take to read a variable-length string attribute (module docstring)."""
 
 
 class HDF5EventReader(EventFileReader):
@@ -190,30 +186,23 @@ _HEAP_STRING_READER = (
 
 def _string_attribute(f, name: str, path) -> str | None:
     """The root attribute ``name`` as text when it is stored as a string (None when absent; ``"<not a string>"``
-    unread when stored otherwise): a fixed-length string read here (``events.h5attrs``), a variable-length one by
-    a child interpreter within ``HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the child fails
-    or runs out of time."""
-    from events.h5attrs import HEAP_STRING, NotInline, read_attribute
+    unread when stored otherwise): a fixed-length string read here (``events.h5attrs``), a variable-length one by a
+    child interpreter within ``events.h5attrs.HEAP_READ_TIMEOUT_S`` (module docstring); ``EventFormatError`` when the
+    child fails or runs out of time."""
+    from events import h5attrs
 
     try:
-        return read_attribute(f, name, "text")
-    except NotInline as err:
-        if err.kind != HEAP_STRING:
+        return h5attrs.read_attribute(f, name, "text")
+    except h5attrs.NotInline as err:
+        if err.kind != h5attrs.HEAP_STRING:
             return "<not a string>"
-    try:
-        child = subprocess.run(
-            [sys.executable, "-c", _HEAP_STRING_READER, os.fspath(path), name],
-            capture_output=True,
-            text=True,
-            errors="replace",  # a child's message is reported, whatever bytes it holds
-            timeout=HEAP_READ_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired:
+    child = h5attrs.read_in_child(_HEAP_STRING_READER, path, name)
+    if child is None:
         raise EventFormatError(
             f"attribute {name!r} (a variable-length string in the file's global heap) could not be read within "
-            f"{HEAP_READ_TIMEOUT_S:g} s: the heap is damaged",
+            f"{h5attrs.HEAP_READ_TIMEOUT_S:g} s: the heap is damaged",
             path,
-        ) from None
+        )
     if child.returncode == 0:
         try:
             return str(json.loads(child.stdout.strip().splitlines()[-1]))

@@ -88,6 +88,7 @@ from pathlib import Path
 import nir
 import numpy as np
 
+from events import h5attrs
 from events.atomic import atomic_file, remove_dead_temps
 from events.errors import InputError, MissingInputError
 
@@ -135,11 +136,27 @@ def write_nir(graph: nir.NIRGraph, path) -> Path:
     return path
 
 
+_NIR_READER = "import sys, nir\nnir.read(sys.argv[1])\n"
+
+
 def read_nir(path) -> nir.NIRGraph:
-    """``nir.read`` with a clear error for missing or unreadable files."""
+    """``nir.read`` with a clear error for missing or unreadable files. NIR keeps its strings in the HDF5 file's global
+    heap, on some damages of which libhdf5 (2.0.0) loops forever or crashes, so a child interpreter reads the file
+    first (``events.h5attrs.read_in_child``): one that runs out of time or is killed by a signal is an
+    ``InputError`` naming the file, and only a file it could read or whose error it raised is read here."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: no such NIR file")
+    child = h5attrs.read_in_child(_NIR_READER, path)
+    if child is None:
+        raise InputError(
+            f"{path}: not a readable NIR graph (reading it did not finish within {h5attrs.HEAP_READ_TIMEOUT_S:g} s: "
+            f"the HDF5 global heap that holds its strings is damaged)"
+        )
+    if child.returncode < 0:
+        raise InputError(
+            f"{path}: not a readable NIR graph (reading it killed the reader with signal {-child.returncode})"
+        )
     try:
         return nir.read(path)
     except Exception as err:  # h5py and nir raise several types for foreign or damaged files
