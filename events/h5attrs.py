@@ -71,16 +71,29 @@ def fixed_text(text: str) -> np.bytes_:
     return np.bytes_(text.encode("utf-8"))
 
 
+_PARENT_VARIABLE = "NSM_HEAP_READER_PARENT"
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG: the kernel kills this child with its parent
+    f"    if os.getppid() != int(os.environ['{_PARENT_VARIABLE}']):\n"
+    "        os._exit(3)\n"  # the parent died before the line above
+)
+
+
 def read_in_child(code: str, path, *args: str) -> subprocess.CompletedProcess | None:
     """Run ``code`` in a child interpreter (``sys.argv[1:]`` = ``path``, ``args``) within ``HEAP_READ_TIMEOUT_S``:
-    its result (text output, undecodable bytes replaced), or None when it ran out of time and was killed."""
+    its result (text output, undecodable bytes replaced), or None when it ran out of time and was killed. A child
+    looping in libhdf5 answers no signal but SIGKILL: it is killed when it runs out of time, when the caller is
+    interrupted (``subprocess.run``) and, on Linux, when the caller dies (PR_SET_PDEATHSIG)."""
     try:
         return subprocess.run(
-            [sys.executable, "-c", code, os.fspath(path), *args],
+            [sys.executable, "-c", _DIE_WITH_PARENT + code, os.fspath(path), *args],
             capture_output=True,
             text=True,
             errors="replace",  # a child's message is reported, whatever bytes it holds
             timeout=HEAP_READ_TIMEOUT_S,
+            env={**os.environ, _PARENT_VARIABLE: str(os.getpid())},
         )
     except subprocess.TimeoutExpired:
         return None

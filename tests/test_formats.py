@@ -648,6 +648,35 @@ def test_hdf5_damaged_global_heap_is_an_error_within_the_time_limit_not_a_hang(t
     assert str(path) in str(err.value)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_heap_readers_child_dies_with_its_caller():
+    """A child looping in libhdf5 answers no signal but SIGKILL: when the process that started it is killed, the
+    kernel kills it too (no orphan left spinning)."""
+    import time
+
+    starter = "from events import h5attrs\nh5attrs.read_in_child('while True: pass', '/dev/null')\n"
+    caller = subprocess.Popen([sys.executable, "-c", starter])
+    try:
+        deadline = time.monotonic() + 30
+        children = []
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.2)
+            children = subprocess.run(["pgrep", "-P", str(caller.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the reader child did not start"
+    finally:
+        caller.kill()
+        caller.wait()
+    time.sleep(1.0)
+
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert not [pid for pid in children if running(pid)]
+
+
 def test_hdf5_sensor_attribute_stored_as_a_string_is_refused_unread(tmp_path):
     import h5py
 
