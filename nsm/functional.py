@@ -102,7 +102,9 @@ def _is_dense(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _write_states(like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, as_spikes: bool = False):
+def _write_states(
+    like: torch.Tensor, out: torch.Tensor | None, kernel, fallback, as_spikes: bool = False
+) -> torch.Tensor:
     """States computed by ``kernel(numpy_in, numpy_out)`` (CPU float32 or bfloat16, ``_kernel_array``) or
     ``fallback()``; into ``out`` if given. ``as_spikes``: the kernel writes spikes (``nsm.spikes``).
 

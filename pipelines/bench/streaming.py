@@ -170,27 +170,31 @@ def stream_checkpoint(path, quick: bool) -> list[Row]:
     ]
 
 
-def _allconvnet18(quick: bool):
-    """(the untrained full-width allconvnet18 the stream rows time, seconds of recording to stream)."""
+def _allconvnet18():
+    """The untrained full-width allconvnet18 the stream rows time (made from torch seed 0)."""
     torch.manual_seed(0)
-    return models.create_model("allconvnet18"), 0.75 if quick else 6.0
+    return models.create_model("allconvnet18")
+
+
+def _allconvnet18_seconds(quick: bool) -> float:
+    """Seconds of the simulated recording the allconvnet18 stream rows push."""
+    return 0.75 if quick else 6.0
 
 
 def stream_allconvnet18_k16(precision: str, quick: bool, net=None) -> Row:
     """Real-time factor and latency of streaming allconvnet18 at 64x64 with 16 samples a window in ``precision``
     (``MCSettings.precision``) at torch's thread count (``net``: that network, made here when None)."""
-    made, seconds = _allconvnet18(quick)
     mc = STREAM_MC.overridden(samples=16, precision=precision)
-    make = _classifier(made if net is None else net, events.FrameSpec(downsample=2, **STREAM_FRAMES), mc)
+    make = _classifier(_allconvnet18() if net is None else net, events.FrameSpec(downsample=2, **STREAM_FRAMES), mc)
     name = f"stream allconvnet18 64x64, K=16, {precision}, {_threads(torch.get_num_threads())}"
-    return _stream_row(name, make, seconds, 1)
+    return _stream_row(name, make, _allconvnet18_seconds(quick), 1)
 
 
 def stream_allconvnet18(quick: bool) -> list[Row]:
     """Real-time factor and latency of streaming allconvnet18 (6x64x64, 96 ms windows, 48 ms hop); also 16 samples a
     window in each faster precision this CPU has (``mc_precisions``: ``--precision bfloat16``, ``int8``)."""
-    net, seconds = _allconvnet18(quick)
-    rows = _stream_rows("allconvnet18 64x64", net, 2, seconds, 1, quick)
+    net = _allconvnet18()
+    rows = _stream_rows("allconvnet18 64x64", net, 2, _allconvnet18_seconds(quick), 1, quick)
     return rows + [stream_allconvnet18_k16(precision, quick, net) for precision in mc_precisions()[1:]]
 
 
